@@ -1,0 +1,125 @@
+"""Frames as they move through a stream, and the bounded queues between threads.
+
+Video queues keep the newest frames: when a consumer falls behind, the oldest frame is dropped and
+counted, so latency never grows. Both queues are safe to use from threads and from the loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import av
+
+T = TypeVar("T")
+
+
+@dataclass
+class VideoItem:
+    """A decoded video frame plus the bookkeeping the pipeline needs.
+
+    `media_time` is the frame's time in seconds on the stream's timeline (source pts relative to
+    the stream's first timestamp); `ingest_time` is `time.perf_counter()` when it was decoded."""
+
+    frame: av.VideoFrame
+    media_time: float
+    ingest_time: float = field(default_factory=time.perf_counter)
+    seq: int = 0
+
+
+@dataclass
+class AudioItem:
+    frame: av.AudioFrame
+    media_time: float
+    ingest_time: float = field(default_factory=time.perf_counter)
+
+
+class DropOldestQueue(Generic[T]):
+    """A thread-safe bounded FIFO that drops its oldest item when full (and counts it).
+
+    `get` blocks up to `timeout`; `close` wakes every waiter, after which `get` returns None once
+    the queue is drained."""
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self.maxsize = maxsize
+        self._items: deque[T] = deque(maxlen=maxsize)
+        self._cond = threading.Condition()
+        self._closed = False
+        self.put_count = 0
+        self.dropped = 0
+
+    def put(self, item: T) -> bool:
+        """Add `item`; returns False when an older item had to be dropped to make room."""
+        with self._cond:
+            if self._closed:
+                return True
+            dropped = len(self._items) >= self.maxsize
+            if dropped:
+                self.dropped += 1
+            self._items.append(item)  # deque(maxlen) evicts the oldest
+            self.put_count += 1
+            self._cond.notify()
+            return not dropped
+
+    def get(self, timeout: float | None = None) -> T | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._items:
+                if self._closed:
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            return self._items.popleft()
+
+    def get_latest(self, timeout: float | None = None) -> T | None:
+        """Take the newest item and discard (and count) everything older."""
+        item = self.get(timeout)
+        if item is None:
+            return None
+        with self._cond:
+            while self._items:
+                self.dropped += 1
+                item = self._items.popleft()
+        return item
+
+    def clear(self) -> None:
+        with self._cond:
+            self._items.clear()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class LatestSlot(Generic[T]):
+    """Holds only the newest value (a queue of one, drop-oldest), e.g. the frame a vision sampler
+    will look at next. Reading does not consume."""
+
+    def __init__(self) -> None:
+        self._value: T | None = None
+        self._lock = threading.Lock()
+        self.version = 0
+
+    def set(self, value: T) -> None:
+        with self._lock:
+            self._value = value
+            self.version += 1
+
+    def get(self) -> tuple[T | None, int]:
+        with self._lock:
+            return self._value, self.version

@@ -1,0 +1,103 @@
+"""Owns the streams: admission (capacity), lookup by manifest id, and stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+from media.stream import Stream
+
+log = logging.getLogger(__name__)
+
+
+class AdmissionError(Exception):
+    """The server cannot take another stream now (→ 503)."""
+
+
+class DuplicateStreamError(Exception):
+    """A stream with this manifest id is already running (→ 409)."""
+
+
+class StreamManager:
+    def __init__(self, capacity: int, history: int = 64) -> None:
+        self.capacity = capacity
+        self._active: dict[str, Stream] = {}
+        self._reserved: set[str] = set()
+        self._recent: OrderedDict[str, Stream] = OrderedDict()  # bounded by `history`
+        self._history = history
+        # extra admission rules, e.g. GPU memory: each returns (ok, reason)
+        self.admission_checks: list[Callable[[], tuple[bool, str]]] = []
+        self.started_total = 0
+
+    # -- admission ------------------------------------------------------------------------------
+    def load(self) -> int:
+        return len(self._active) + len(self._reserved)
+
+    def can_accept(self) -> tuple[bool, str]:
+        if self.load() >= self.capacity:
+            return False, f"at capacity: {self.load()} of {self.capacity} streams running"
+        for check in self.admission_checks:
+            ok, reason = check()
+            if not ok:
+                return False, reason
+        return True, ""
+
+    def reserve(self, manifest_id: str) -> None:
+        """Hold a slot while a stream is being built; raises AdmissionError or DuplicateStreamError."""
+        if manifest_id in self._active or manifest_id in self._reserved:
+            raise DuplicateStreamError(f"stream '{manifest_id}' is already running")
+        ok, reason = self.can_accept()
+        if not ok:
+            raise AdmissionError(reason)
+        self._reserved.add(manifest_id)
+
+    def release(self, manifest_id: str) -> None:
+        self._reserved.discard(manifest_id)
+
+    async def start(self, stream: Stream) -> Stream:
+        """Start a stream whose id was reserved; the slot is released if the start fails."""
+        try:
+            stream.on_stop(self._forget)
+            self._active[stream.manifest_id] = stream
+            await stream.start()
+            self.started_total += 1
+            return stream
+        except BaseException:
+            self._active.pop(stream.manifest_id, None)
+            raise
+        finally:
+            self._reserved.discard(stream.manifest_id)
+
+    def _forget(self, stream: Stream) -> None:
+        if self._active.get(stream.manifest_id) is stream:
+            del self._active[stream.manifest_id]
+        self._recent[stream.manifest_id] = stream
+        self._recent.move_to_end(stream.manifest_id)
+        while len(self._recent) > self._history:
+            self._recent.popitem(last=False)
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def get(self, manifest_id: str) -> Stream | None:
+        return self._active.get(manifest_id) or self._recent.get(manifest_id)
+
+    def get_active(self, manifest_id: str) -> Stream | None:
+        return self._active.get(manifest_id)
+
+    def active(self) -> list[Stream]:
+        return list(self._active.values())
+
+    # -- stopping -------------------------------------------------------------------------------
+    async def stop(self, manifest_id: str, reason: str = "stopped by request") -> Stream | None:
+        stream = self._active.get(manifest_id)
+        if stream is None:
+            return None
+        await stream.stop(reason)
+        return stream
+
+    async def stop_all(self, reason: str = "server shutting down") -> None:
+        streams = self.active()
+        if streams:
+            log.info("stopping %d stream(s): %s", len(streams), reason)
+            await asyncio.gather(*(s.stop(reason) for s in streams), return_exceptions=True)

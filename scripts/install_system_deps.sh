@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages streamlens needs: codecs and the ffmpeg CLI (benchmarks), espeak-ng + sox (test
+# speech), Apertium with the English↔Spanish pair (offline translation), Chromium (browser tests),
+# DejaVu fonts (Unicode captions). Runs `apt-get update` once, and only when something is missing.
+set -euo pipefail
+PACKAGES=(ffmpeg espeak-ng sox apertium apertium-eng-spa chromium fonts-dejavu-core python3-venv)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing Debian packages: ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update
+$SUDO apt-get install -y --no-install-recommends "${missing[@]}"

@@ -1,0 +1,3 @@
+"""streamlens server: the aiohttp app, settings, routes and CLI."""
+
+__version__ = "0.1.0"

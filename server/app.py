@@ -1,0 +1,53 @@
+"""The aiohttp application factory: the composition root of the whole server."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from media.manager import StreamManager
+from media.trickle_server import TrickleServer
+from server import routes_streams, routes_system
+from server.errors import error_middleware
+from server.metrics import Metrics
+from server.pipeline import StreamFactory
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or Settings()
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app["settings"] = settings
+    manager = StreamManager(settings.max_streams)
+    app["streams"] = manager
+    metrics = Metrics(manager)
+    app["metrics"] = metrics
+    app["stream_factory"] = StreamFactory(settings, on_frame_latency=metrics.frame_latency.observe)
+    # extension points filled by features: called with (stream, spec) before a stream starts
+    app["stream_start_hooks"] = []
+    # each returns "OK" | "LOADING" | "ERROR" for /health
+    app["health_probes"] = []
+    # extra sections of the /health body: name → callable returning a JSON-able value
+    app["health_details"] = {}
+
+    trickle = TrickleServer(
+        autocreate=settings.trickle_autocreate,
+        idle_timeout=settings.trickle_idle_timeout,
+        max_segment_bytes=settings.trickle_max_segment_bytes,
+        max_channels=settings.trickle_max_channels,
+    )
+    app["trickle"] = trickle
+    # streams stop before the trickle server closes its channels
+    app.on_shutdown.append(_stop_streams)
+    trickle.add_routes(app, prefix="/ai/trickle/")
+
+    app.add_routes(routes_streams.routes)
+    app.add_routes(routes_system.routes)
+    return app
+
+
+async def _stop_streams(app: web.Application) -> None:
+    await app["streams"].stop_all("server shutting down")

@@ -1,0 +1,25 @@
+"""Bearer-token checks. A route group is open when its token setting is unset."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+def bearer_ok(request: web.Request, token: str | None) -> bool:
+    if not token:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def require_bearer(request: web.Request, token: str | None) -> None:
+    """Raise 401 (with `WWW-Authenticate: Bearer`) unless the request carries the token."""
+    if not bearer_ok(request, token):
+        log.info("%s %s → 401: missing or wrong bearer token", request.method, request.path)
+        raise web.HTTPUnauthorized(reason="missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})

@@ -1,0 +1,69 @@
+"""`streamlens serve`: run the server. Flags override environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from server import __version__
+from server.settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamlens", description="Real-time AI media server")
+    parser.add_argument("--version", action="version", version=f"streamlens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="address to listen on (HOST)")
+    serve.add_argument("--port", type=int, help="TCP port (PORT)")
+    serve.add_argument("--max-streams", type=int, help="streams run at once (MAX_STREAMS)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (LOG_LEVEL)")
+    serve.add_argument("--api-token", help="bearer token for the public API (API_TOKEN)")
+    serve.add_argument("--auth-token", help="bearer token for Livepeer routes (AUTH_TOKEN)")
+    serve.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="any other setting, e.g. --set encoder_preset=veryfast (repeatable)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    for name in ("host", "port", "max_streams", "log_level", "api_token", "auth_token"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects NAME=VALUE, got {item!r}")
+        name = name.strip().lower().replace("-", "_")
+        if name not in Settings.model_fields:
+            raise SystemExit(f"unknown setting {name!r}")
+        overrides[name] = value
+    return Settings(**overrides)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+    from server.app import create_app  # imported late so --help stays fast
+
+    app = create_app(settings)
+    # run_app handles SIGINT/SIGTERM: on_shutdown stops every stream, on_cleanup closes the rest
+    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=30,
+                print=lambda msg: logging.getLogger("streamlens").info(msg))
+
+
+if __name__ == "__main__":
+    main()

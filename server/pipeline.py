@@ -1,0 +1,75 @@
+"""The composition root of a stream: picks its source, sinks and AI stages from its spec and params.
+
+`media` never imports a stage; this module is where stages are built and handed to a `Stream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from media.encode import EncoderSettings
+from media.endpoints import MediaSink, MediaSource
+from media.stage import Stage
+from media.stream import Stream, StreamConfig, StreamThresholds
+from media.trickle_io import TrickleSink, TrickleSource
+from server.settings import Settings
+from server.start_request import StreamSpec
+
+# A stage provider builds a stage for a stream (or returns None when it does not apply).
+StageProvider = Callable[[StreamSpec], Stage | None]
+
+
+class StreamFactory:
+    def __init__(self, settings: Settings, on_frame_latency: Callable[[float], None] | None = None) -> None:
+        self.settings = settings
+        self.on_frame_latency = on_frame_latency
+        self.stage_providers: list[StageProvider] = []
+
+    def encoder_settings(self) -> EncoderSettings:
+        s = self.settings
+        return EncoderSettings(preset=s.encoder_preset, tune=s.encoder_tune, crf=s.encoder_crf, gop_seconds=s.gop_seconds)
+
+    def stream_config(self) -> StreamConfig:
+        s = self.settings
+        return StreamConfig(
+            video_queue_size=s.video_queue_size,
+            thresholds=StreamThresholds(
+                input_timeout=s.input_timeout, output_stall=s.output_stall_timeout, min_input_fps=s.min_input_fps
+            ),
+            debug_frame_delay=s.debug_frame_delay_ms / 1000.0,
+        )
+
+    def build_stages(self, spec: StreamSpec) -> list[Stage]:
+        stages = []
+        for provider in self.stage_providers:
+            stage = provider(spec)
+            if stage is not None:
+                stages.append(stage)
+        return stages
+
+    def output_size(self, spec: StreamSpec) -> tuple[int, int] | None:
+        if "width" in spec.params and "height" in spec.params:
+            return int(spec.params["width"]), int(spec.params["height"])
+        return None
+
+    def build(self, spec: StreamSpec, source: MediaSource | None = None, sinks: list[MediaSink] | None = None) -> Stream:
+        """A stream for `spec`: trickle in/out from its URLs unless a source/sinks are given (WebRTC)."""
+        label = spec.manifest_id
+        if source is None and spec.subscribe_url:
+            source = TrickleSource(spec.subscribe_url, label)
+        if sinks is None:
+            sinks = []
+            if spec.publish_url:
+                sinks.append(TrickleSink(spec.publish_url, label, self.encoder_settings(), size=self.output_size(spec)))
+        return Stream(
+            spec.manifest_id,
+            source=source,
+            sinks=sinks,
+            stages=self.build_stages(spec),
+            params=spec.params,
+            loop=asyncio.get_running_loop(),
+            config=self.stream_config(),
+            metadata=spec.metadata(),
+            on_frame_latency=self.on_frame_latency,
+        )

@@ -1,0 +1,126 @@
+"""The stream lifecycle API: start, list, status, stop."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from media.manager import AdmissionError, DuplicateStreamError, StreamManager
+from server.auth import require_bearer
+from server.errors import json_error, read_json, validation_message
+from server.pipeline import StreamFactory
+from server.start_request import StreamSpec, parse_start
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+def manager_of(request: web.Request) -> StreamManager:
+    return request.app["streams"]
+
+
+async def start_stream(app: web.Application, spec: StreamSpec, **build_kwargs):
+    """Admit, build and start a stream; raises AdmissionError / DuplicateStreamError."""
+    manager: StreamManager = app["streams"]
+    factory: StreamFactory = app["stream_factory"]
+    manager.reserve(spec.manifest_id)
+    try:
+        stream = factory.build(spec, **build_kwargs)
+    except BaseException:
+        manager.release(spec.manifest_id)
+        raise
+    for hook in app["stream_start_hooks"]:
+        hook(stream, spec)
+    await manager.start(stream)
+    app["metrics"].streams_started.inc()
+    return stream
+
+
+def start_response(stream) -> dict:
+    return {
+        "success": True,
+        "status": "success",
+        "message": "Stream started successfully",
+        "manifest_id": stream.manifest_id,
+        "request_id": stream.manifest_id,
+        "current_state": stream.state.value,
+        "stream": stream.summary(),
+    }
+
+
+async def handle_start(request: web.Request) -> web.Response:
+    """Shared by the native API and the Livepeer routes (which check their own token first)."""
+    body = await read_json(request)
+    try:
+        spec = parse_start(body, request.headers.get("X-Stream-Id"))
+    except ValidationError as exc:
+        request.app["metrics"].streams_rejected.labels("bad_request").inc()
+        return json_error(400, validation_message(exc))
+    except ValueError as exc:
+        request.app["metrics"].streams_rejected.labels("bad_request").inc()
+        return json_error(400, str(exc))
+    if spec.mode == "livepeer":
+        require_bearer(request, request.app["settings"].auth_token)
+    else:
+        require_bearer(request, request.app["settings"].api_token)
+    try:
+        stream = await start_stream(request.app, spec)
+    except AdmissionError as exc:
+        request.app["metrics"].streams_rejected.labels("capacity").inc()
+        return json_error(503, str(exc), code="at_capacity", headers={"Retry-After": "5"})
+    except DuplicateStreamError as exc:
+        return json_error(409, str(exc))
+    except Exception as exc:
+        log.exception("[%s] stream failed to start", spec.manifest_id)
+        return json_error(500, f"stream failed to start: {exc}")
+    return web.json_response(start_response(stream))
+
+
+@routes.post("/stream/start")
+async def post_stream_start(request: web.Request) -> web.Response:
+    return await handle_start(request)
+
+
+@routes.get("/streams")
+async def list_streams(request: web.Request) -> web.Response:
+    require_bearer(request, request.app["settings"].api_token)
+    streams = []
+    for stream in manager_of(request).active():
+        item = stream.summary()
+        status = stream.status()
+        item.update({k: status[k] for k in ("state", "uptime_s", "frames_in", "frames_out", "frames_dropped",
+                                            "input_fps", "output_fps")})
+        streams.append(item)
+    return web.json_response({"success": True, "streams": streams, "count": len(streams)})
+
+
+def _stream_or_404(request: web.Request, active_only: bool = False):
+    manifest_id = request.match_info["manifest_id"]
+    manager = manager_of(request)
+    stream = manager.get_active(manifest_id) if active_only else manager.get(manifest_id)
+    if stream is None:
+        raise web.HTTPNotFound(reason=f"no stream with manifest id '{manifest_id}'")
+    return stream
+
+
+@routes.get("/stream/{manifest_id}/status")
+async def stream_status(request: web.Request) -> web.Response:
+    require_bearer(request, request.app["settings"].api_token)
+    stream = _stream_or_404(request)
+    return web.json_response({"success": True, **stream.status()})
+
+
+@routes.delete("/stream/{manifest_id}")
+async def delete_stream(request: web.Request) -> web.Response:
+    require_bearer(request, request.app["settings"].api_token)
+    stream = _stream_or_404(request, active_only=True)
+    await stream.stop("stopped by DELETE")
+    return web.json_response({
+        "success": True,
+        "manifest_id": stream.manifest_id,
+        "status": stream.state.value,
+        "end_reason": stream.end_reason,
+    })

@@ -1,0 +1,47 @@
+"""Health, version and Prometheus metrics."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server import __version__
+from server.metrics import CONTENT_TYPE
+
+routes = web.RouteTableDef()
+
+
+def health_status(app: web.Application) -> str:
+    """IDLE: can take a stream; OK: streams running (never IDLE then, or Livepeer reclaims the
+    worker); LOADING: models still loading; ERROR: cannot serve."""
+    for probe in app["health_probes"]:
+        state = probe()
+        if state in ("ERROR", "LOADING"):
+            return state
+    if app["streams"].active():
+        return "OK"
+    ok, _ = app["streams"].can_accept()
+    return "IDLE" if ok else "ERROR"
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    manager = app["streams"]
+    body = {"status": health_status(app), "streams": len(manager.active()), "capacity": manager.capacity}
+    for name, describe in app["health_details"].items():
+        body[name] = describe()
+    return web.json_response(body)
+
+
+@routes.get("/version")
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({
+        "pipeline": request.app["settings"].pipeline_name,
+        "model_id": request.app["settings"].model_id,
+        "version": __version__,
+    })
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app["metrics"].render(), headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,157 @@
+"""One `POST /stream/start` for two shapes (reference/livepeer.md §6).
+
+- native (ComfyStream-BYOC style): `{"subscribe_url", "publish_url" | "stream_url", "params"?,
+  "width"?, "height"?, "prompts"?}` → a server-issued manifest id;
+- Livepeer (BYOC gateway / ai-runner): header `X-Stream-Id`, body `gateway_request_id`,
+  `control_url`, `events_url`, `data_url`, settings inside `params` → manifest id = stream id.
+
+Both normalise to one `StreamSpec`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MANIFEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+URL_FIELDS = ("subscribe_url", "publish_url", "stream_url", "control_url", "events_url", "data_url")
+
+
+def check_http_url(value: str | None, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"{name} must be an http(s) URL, got {value!r}")
+    return value
+
+
+class StartRequest(BaseModel):
+    """The union of both shapes; unknown top-level keys are ignored (as pytrickle does)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    subscribe_url: str | None = None
+    publish_url: str | None = None
+    stream_url: str | None = None  # ComfyStream BYOC name for the output URL
+    control_url: str | None = None
+    events_url: str | None = None
+    data_url: str | None = None
+    gateway_request_id: str | None = None
+    manifest_id: str | None = None
+    stream_id: str | None = None
+    model_id: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    width: int | None = Field(None, ge=64, le=4096)
+    height: int | None = Field(None, ge=64, le=4096)
+    prompts: Any = None
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_object(cls, value: Any) -> Any:
+        # the BYOC gateway API carries params as a JSON-encoded string
+        if value is None:
+            return {}
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return {}
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"params is a string but not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ValueError("params must be an object")
+        return value
+
+    @model_validator(mode="after")
+    def _urls(self) -> StartRequest:
+        for name in URL_FIELDS:
+            setattr(self, name, check_http_url(getattr(self, name), name))
+        return self
+
+
+@dataclass
+class StreamSpec:
+    manifest_id: str
+    mode: str  # "native" | "livepeer"
+    subscribe_url: str | None
+    publish_url: str | None
+    control_url: str | None = None
+    events_url: str | None = None
+    data_url: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    model_id: str | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "subscribe_url": self.subscribe_url,
+            "publish_url": self.publish_url,
+            "control_url": self.control_url,
+            "events_url": self.events_url,
+            "data_url": self.data_url,
+            "model_id": self.model_id,
+            "width": self.params.get("width"),
+            "height": self.params.get("height"),
+        }
+
+
+def is_livepeer(body: dict[str, Any], stream_id_header: str | None) -> bool:
+    return bool(
+        stream_id_header
+        or body.get("gateway_request_id")
+        or any(body.get(k) for k in ("control_url", "events_url", "data_url"))
+    )
+
+
+def new_manifest_id() -> str:
+    return "sl-" + uuid.uuid4().hex[:16]
+
+
+def parse_start(body: dict[str, Any], stream_id_header: str | None = None) -> StreamSpec:
+    """Validate and normalise a start body; raises ValidationError or ValueError with a clear message."""
+    req = StartRequest.model_validate(body)
+    livepeer = is_livepeer(body, stream_id_header)
+    params = dict(req.params)
+    # native keys may sit at the top level (native) or inside params (Livepeer)
+    for key in ("width", "height", "prompts"):
+        value = getattr(req, key)
+        if value is not None and key not in params:
+            params[key] = value
+    for key in ("width", "height"):
+        if key in params:
+            value = params[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not 64 <= value <= 4096:
+                raise ValueError(f"params.{key} must be an integer between 64 and 4096")
+    if ("width" in params) != ("height" in params):
+        raise ValueError("width and height must be given together")
+    publish_url = req.publish_url or req.stream_url
+    if livepeer:
+        manifest_id = stream_id_header or req.gateway_request_id or req.manifest_id or req.stream_id or new_manifest_id()
+    else:
+        if not req.subscribe_url:
+            raise ValueError("subscribe_url: field required (the trickle URL the input is read from)")
+        manifest_id = req.manifest_id or new_manifest_id()
+    if not MANIFEST_ID_RE.match(manifest_id):
+        raise ValueError("manifest id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+    return StreamSpec(
+        manifest_id=manifest_id,
+        mode="livepeer" if livepeer else "native",
+        subscribe_url=req.subscribe_url,
+        publish_url=publish_url,
+        control_url=req.control_url,
+        events_url=req.events_url,
+        data_url=req.data_url,
+        params=params,
+        model_id=req.model_id,
+    )
+
+
+__all__ = ["StartRequest", "StreamSpec", "parse_start", "ValidationError", "new_manifest_id", "check_http_url"]
