@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import av
 
+from media.captions import CaptionLog
 from media.endpoints import MediaSink, MediaSource
 from media.events import ErrorEvent, EventBus
 from media.frames import AudioItem, DropOldestQueue, VideoItem
@@ -115,6 +116,8 @@ class Stream:
         self.events = EventBus(loop, history=self.config.event_history)
         self.overlay_state = OverlayState()
         self.events.add_listener(self.overlay_state.on_event)
+        self.captions = CaptionLog()
+        self.events.add_listener(self.captions.on_event)
         self.overlay = Overlay(manifest_id[:24], self.overlay_state, OverlayOptions.from_params(self.params))
         self.video_queue: DropOldestQueue[VideoItem] = DropOldestQueue(self.config.video_queue_size)
         self.timeline = Timeline()

@@ -8,8 +8,9 @@ from aiohttp import web
 
 from media.manager import StreamManager
 from media.trickle_server import TrickleServer
-from server import routes_streams, routes_system
+from server import routes_events, routes_streams, routes_system
 from server.errors import error_middleware
+from server.features import install_features
 from server.metrics import Metrics
 from server.pipeline import StreamFactory
 from server.settings import Settings
@@ -46,6 +47,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
 
     app.add_routes(routes_streams.routes)
     app.add_routes(routes_system.routes)
+    app.add_routes(routes_events.routes)
+    install_features(app, settings)
     return app
 
 

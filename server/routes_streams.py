@@ -28,7 +28,7 @@ async def start_stream(app: web.Application, spec: StreamSpec, **build_kwargs):
     factory: StreamFactory = app["stream_factory"]
     manager.reserve(spec.manifest_id)
     try:
-        stream = factory.build(spec, **build_kwargs)
+        stream = factory.build(spec, **build_kwargs)  # ValueError: params a stage cannot accept
     except BaseException:
         manager.release(spec.manifest_id)
         raise
@@ -73,6 +73,9 @@ async def handle_start(request: web.Request) -> web.Response:
         return json_error(503, str(exc), code="at_capacity", headers={"Retry-After": "5"})
     except DuplicateStreamError as exc:
         return json_error(409, str(exc))
+    except ValueError as exc:
+        request.app["metrics"].streams_rejected.labels("bad_request").inc()
+        return json_error(400, str(exc))
     except Exception as exc:
         log.exception("[%s] stream failed to start", spec.manifest_id)
         return json_error(500, f"stream failed to start: {exc}")

@@ -57,6 +57,12 @@ def synthetic_picture(width: int, height: int, index: int) -> np.ndarray:
     return np.concatenate([luma, chroma_u.reshape(-1, width), chroma_v.reshape(-1, width)])
 
 
+def picture_i420(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An RGB photograph scaled to width×height as an I420 array."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:, :, :3]), format="rgb24")
+    return frame.reformat(width=width, height=height, format="yuv420p").to_ndarray()
+
+
 def tone(start_sample: int, samples: int, freq: float = 440.0) -> np.ndarray:
     t = (np.arange(samples) + start_sample) / AUDIO_RATE
     wave = (0.2 * np.sin(2 * math.pi * freq * t) * 32767).astype(np.int16)
@@ -72,10 +78,14 @@ def make_segments(
     audio: bool = True,
     first_frame: int = 0,
     audio_samples: np.ndarray | None = None,
+    picture: np.ndarray | None = None,
+    stamp_ids: bool = True,
 ) -> list[bytes]:
     """MPEG-TS segments of `segment_seconds` each (one GOP each).
 
-    `audio_samples` (mono int16 at 48 kHz) replaces the test tone, e.g. with speech."""
+    `audio_samples` (mono int16 at 48 kHz) replaces the test tone, e.g. with speech; `picture` (an
+    RGB photograph) replaces the moving gradient (its frame id is stamped unless `stamp_ids` is off)."""
+    still = picture_i420(picture, width, height) if picture is not None else None
     frames_per_segment = max(1, round(fps * segment_seconds))
     total_frames = round(seconds * fps)
     segments = []
@@ -93,7 +103,13 @@ def make_segments(
             aud.layout = "stereo"
         for index in range(seg_start, min(total_frames, seg_start + frames_per_segment)):
             number = first_frame + index
-            frame = av.VideoFrame.from_ndarray(synthetic_picture(width, height, number), format="yuv420p")
+            if still is not None:
+                planes = still.copy()
+                if stamp_ids:
+                    stamp_frame_id(planes[:height], number)
+            else:
+                planes = synthetic_picture(width, height, number)
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
             frame.pts = round(number * 90000 / fps)
             frame.time_base = Fraction(1, 90000)
             container.mux(video.encode(frame))

@@ -1,0 +1,52 @@
+"""Final captions of a stream, kept for WebVTT, and the WebVTT formatting itself."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from media.events import CaptionEvent, StreamEvent
+
+
+def vtt_timestamp(seconds: float) -> str:
+    millis = max(0, round(seconds * 1000))
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}.{millis:03d}"
+
+
+def vtt_escape(text: str) -> str:
+    # WebVTT cue text: '&', '<' and '>' must be escaped; "-->" may not appear
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+
+
+class CaptionLog:
+    """The newest final captions of a stream (bounded). A final re-published with the same id
+    (e.g. once its translations arrive) replaces the earlier copy."""
+
+    def __init__(self, maxlen: int = 2000) -> None:
+        self._finals: deque[CaptionEvent] = deque(maxlen=maxlen)
+
+    def on_event(self, event: StreamEvent) -> None:
+        if not isinstance(event, CaptionEvent) or not event.final or not event.text.strip():
+            return
+        if self._finals and self._finals[-1].id == event.id:
+            self._finals[-1] = event
+            return
+        for i in range(len(self._finals) - 1, max(-1, len(self._finals) - 8), -1):
+            if self._finals[i].id == event.id:  # a late update of a recent final
+                self._finals[i] = event
+                return
+        self._finals.append(event)
+
+    def finals(self) -> list[CaptionEvent]:
+        return list(self._finals)
+
+    def to_webvtt(self, lang: str | None = None) -> str:
+        """A WebVTT document of the finals; `lang` picks a translation (falls back to the original)."""
+        lines = ["WEBVTT", ""]
+        for cue in self._finals:
+            text = cue.translations.get(lang, cue.text) if lang else cue.text
+            end = cue.end if cue.end > cue.start else cue.start + 1.0
+            lines += [str(cue.id), f"{vtt_timestamp(cue.start)} --> {vtt_timestamp(end)}", vtt_escape(text), ""]
+        return "\n".join(lines)

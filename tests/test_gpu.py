@@ -1,0 +1,298 @@
+"""GPU parts: frame upload queue, TensorRT backend, GPU memory manager.
+
+Tests marked `needs_cuda` run only where torch sees a CUDA device and skip elsewhere with the
+reason. The CPU-side tests check that, without a GPU, everything says so plainly and nothing
+imports torch. The memory manager's policy is also tested with a fixed-reading probe — a real
+`MemoryProbe` subclass, the same seam the NVML and torch probes plug into."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import skimage.data
+
+from inference.gpu import GpuMemoryManager, GpuSettings, MemoryProbe, MemoryReading
+from inference.vision.base import BackendUnavailable, VisionRequest
+from inference.vision.tensorrt_backend import TensorRtBackend, TensorRtConfig, missing_requirements
+from media import gpu_frames
+from media.gpu_frames import GpuFrame, GpuFrameQueue, GpuFrameUploader
+
+REPO = Path(__file__).resolve().parents[1]
+CUDA = gpu_frames.available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason=f"needs a GPU: {gpu_frames.unavailable_reason() or 'no CUDA device'}")
+needs_tensorrt = pytest.mark.skipif(
+    not CUDA or importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("onnx") is None,
+    reason="needs CUDA, tensorrt and onnx (no CUDA device or packages missing)",
+)
+cpu_only = pytest.mark.skipif(CUDA, reason="checks the no-GPU path; this machine has CUDA")
+
+
+# -- CPU side: plain unavailability ------------------------------------------------------------------
+
+
+@cpu_only
+def test_memory_manager_reports_unavailability_plainly() -> None:
+    manager = GpuMemoryManager()
+    assert manager.available is False
+    assert manager.snapshot() == {"available": False, "reason": "no CUDA device"}
+    accept, reason = manager.can_accept_stream()
+    assert accept is True and "no CUDA device" in reason  # nothing to protect: never refuses
+    assert manager.recommended_batch_size(16) == 16
+    asyncio.run(asyncio.wait_for(manager.run(0.01), 1.0))  # returns at once, does nothing
+
+
+@cpu_only
+def test_tensorrt_backend_names_what_is_missing(tmp_path: Path) -> None:
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not an engine")
+    with pytest.raises(BackendUnavailable) as caught:
+        TensorRtBackend(TensorRtConfig(engine_path=str(engine)))
+    message = str(caught.value)
+    for missing in missing_requirements():
+        assert missing in message
+    if importlib.util.find_spec("tensorrt") is None:
+        assert "tensorrt" in message
+    if importlib.util.find_spec("torch") is None:
+        assert "torch" in message
+
+
+@cpu_only
+def test_build_engine_cli_explains_missing_tensorrt(tmp_path: Path) -> None:
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"\x08\x07")
+    proc = subprocess.run(
+        [sys.executable, "-m", "inference.vision.build_engine", "--onnx", str(onnx), "--out", str(tmp_path / "m.engine")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and "tensorrt" in proc.stderr
+
+
+@cpu_only
+def test_cpu_path_never_imports_torch() -> None:
+    code = (
+        "import sys\n"
+        "from media import gpu_frames\n"
+        "import inference.vision, inference.gpu, server.routes_vision\n"
+        "from inference.gpu import GpuMemoryManager\n"
+        "assert gpu_frames.available() is False\n"
+        "GpuMemoryManager().snapshot()\n"
+        "assert 'torch' not in sys.modules and 'tensorrt' not in sys.modules, 'torch imported'\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+@cpu_only
+def test_uploader_refuses_without_cuda() -> None:
+    with pytest.raises(RuntimeError, match="no CUDA device|torch"):
+        GpuFrameUploader(GpuFrameQueue())
+
+
+def test_gpu_frame_queue_is_bounded_drop_oldest() -> None:
+    # the queue only holds references, so its policy is testable anywhere
+    queue = GpuFrameQueue(maxsize=3)
+    frames = [GpuFrame(tensor=None, media_time=i / 30, seq=i, ingest_time=0.0, ready=None, width=2, height=2) for i in range(10)]
+    for frame in frames:
+        queue.put(frame)
+    assert len(queue) == 3 and queue.dropped == 7
+    assert queue.latest() is frames[-1]
+    assert queue.get(timeout=0).seq == 7
+    assert queue.get_latest(timeout=0).seq == 9 and queue.dropped == 8
+    assert queue.get(timeout=0.01) is None
+    queue.close()
+    assert queue.latest() is None
+
+
+# -- memory manager policy (fixed-reading probe) -----------------------------------------------------
+
+
+class FixedProbe(MemoryProbe):
+    """Reports whatever free memory the test sets; unloads can give memory back."""
+
+    name = "fixed"
+
+    def __init__(self, free_mb: float, total_mb: float = 16000) -> None:
+        self.free_mb, self.total_mb = free_mb, total_mb
+
+    def read(self) -> MemoryReading:
+        return MemoryReading(self.total_mb, self.free_mb, self.total_mb - self.free_mb, "test-gpu", None, self.name)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_memory_manager_admission_pressure_and_batches() -> None:
+    probe, clock = FixedProbe(free_mb=8000), Clock()
+    manager = GpuMemoryManager(GpuSettings(min_free_mb=2000, pressure_free_mb=1000, unload_cooldown=30), probe=probe, clock=clock)
+    unloaded: list[str] = []
+
+    def unload_asr() -> None:
+        unloaded.append("asr")
+        probe.free_mb += 600
+
+    async def unload_vlm() -> None:
+        unloaded.append("vlm")
+        probe.free_mb += 600
+
+    busy = {"translator": True}
+    manager.register_model("translator", lambda: unloaded.append("translator"), is_idle=lambda: not busy["translator"])
+    manager.register_model("asr", unload_asr)
+    manager.register_model("vlm", unload_vlm)
+
+    assert manager.can_accept_stream()[0] is True
+    assert manager.recommended_batch_size(8) == 8
+    assert await manager.relieve_pressure() == []  # no pressure: nothing unloaded
+
+    probe.free_mb = 1500
+    clock.now += 1
+    accept, reason = manager.can_accept_stream()
+    assert accept is False and "min_free_mb=2000" in reason
+    assert manager.recommended_batch_size(8) == 8  # short for new streams, not yet under pressure
+
+    probe.free_mb = 700
+    clock.now += 1
+    assert manager.recommended_batch_size(8) == 4
+    probe.free_mb = 300
+    clock.now += 1
+    assert manager.recommended_batch_size(8) == 1
+    # busy translator is left alone; asr unloads (+600 = 900, still short), then vlm (+600 = 1500): stop
+    assert await manager.relieve_pressure() == ["asr", "vlm"]
+    assert unloaded == ["asr", "vlm"]
+    snapshot = manager.snapshot()
+    assert snapshot["available"] is True and snapshot["device_name"] == "test-gpu"
+    assert snapshot["free_mb"] == 1500 and snapshot["under_pressure"] is False and snapshot["unloads"] == 2
+
+    probe.free_mb = 100  # pressure again, but within the cooldown: nobody is asked twice
+    clock.now += 1
+    busy["translator"] = False
+    assert await manager.relieve_pressure() == ["translator"]
+    clock.now += 31
+    assert await manager.relieve_pressure() == ["translator", "asr", "vlm"]
+
+
+async def test_memory_manager_watcher_runs_until_cancelled() -> None:
+    probe = FixedProbe(free_mb=500)
+    manager = GpuMemoryManager(GpuSettings(min_free_mb=2000, pressure_free_mb=1000, unload_cooldown=0), probe=probe)
+    calls: list[int] = []
+    manager.register_model("m", lambda: calls.append(1))
+    task = asyncio.create_task(manager.run(0.01))
+    for _ in range(200):
+        if len(calls) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(calls) >= 3 and manager.pressure_events >= 3
+
+
+def test_settings_reject_inverted_thresholds() -> None:
+    with pytest.raises(ValueError):
+        GpuSettings(min_free_mb=500, pressure_free_mb=1000)
+
+
+# -- CUDA machines ------------------------------------------------------------------------------------
+
+
+@needs_cuda
+def test_uploads_frames_once_into_the_gpu_queue_with_pinned_reuse() -> None:
+    import torch
+
+    queue = GpuFrameQueue(maxsize=2)
+    uploader = GpuFrameUploader(queue)
+    rgb = skimage.data.astronaut()
+    yuv_frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    first = uploader.upload(yuv_frame, media_time=0.0, seq=0)
+    pinned_ptrs = {slot.host.data_ptr() for slot in uploader._pinned}
+    for seq in range(1, 6):
+        queue.put(uploader.upload(yuv_frame, media_time=seq / 30, seq=seq))
+    assert {slot.host.data_ptr() for slot in uploader._pinned} == pinned_ptrs  # buffers reused
+    assert all(slot.host.is_pinned() for slot in uploader._pinned)
+    assert len(queue) == 2 and queue.dropped == 3
+    tensor = first.wait()
+    torch.cuda.synchronize()
+    assert tensor.is_cuda and tensor.dtype == torch.uint8 and tuple(tensor.shape) == (512, 512, 3)
+    reference = yuv_frame.to_ndarray(format="rgb24").astype(np.int16)
+    assert np.abs(tensor.cpu().numpy().astype(np.int16) - reference).mean() < 3  # GPU colour conversion
+    assert uploader.stats()["gpu_color_converted"] == 6
+
+
+@needs_cuda
+def test_uploader_thread_never_blocks_the_decoder() -> None:
+    import time
+
+    from media.frames import VideoItem
+
+    queue = GpuFrameQueue(maxsize=4)
+    uploader = GpuFrameUploader(queue, inbox_size=2)
+    uploader.start()
+    frame = av.VideoFrame.from_ndarray(skimage.data.astronaut(), format="rgb24").reformat(format="yuv420p")
+    try:
+        for seq in range(120):
+            uploader.offer(VideoItem(frame=frame, media_time=seq / 30, seq=seq))
+        deadline = time.monotonic() + 10
+        while queue.latest() is None or queue.latest().seq < 119:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        uploader.stop()
+    stats = uploader.stats()
+    assert stats["uploaded"] + stats["inbox_dropped"] == 120 and stats["errors"] == 0
+
+
+@needs_cuda
+def test_memory_manager_reads_the_real_device() -> None:
+    manager = GpuMemoryManager(GpuSettings(min_free_mb=1, pressure_free_mb=0))
+    snapshot = manager.snapshot()
+    assert snapshot["available"] is True and snapshot["total_mb"] > 0 and 0 < snapshot["free_mb"] <= snapshot["total_mb"]
+    assert manager.can_accept_stream()[0] is True
+    manager.close()
+
+
+@needs_tensorrt
+async def test_tensorrt_engine_classifies_on_gpu(tmp_path: Path) -> None:
+    import torch
+
+    from inference.vision.build_engine import build_engine
+
+    # a tiny classifier with a known answer: class = the brightest colour channel
+    class BrightestChannel(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3)) * 10.0
+
+    onnx_path = tmp_path / "brightest.onnx"
+    export_args = dict(input_names=["image"], output_names=["logits"], opset_version=17)
+    try:  # the TorchScript exporter: no onnxscript needed
+        torch.onnx.export(BrightestChannel(), torch.zeros(1, 3, 64, 64), str(onnx_path), dynamo=False, **export_args)
+    except TypeError:  # torch < 2.5 has no `dynamo` argument
+        torch.onnx.export(BrightestChannel(), torch.zeros(1, 3, 64, 64), str(onnx_path), **export_args)
+    engine_path = build_engine(onnx_path, tmp_path / "brightest.engine")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\ngreen\nblue\n")
+    backend = TensorRtBackend(TensorRtConfig(engine_path=str(engine_path), labels_path=str(labels), top_k=3,
+                                             mean=(0, 0, 0), std=(1, 1, 1)))
+    try:
+        blue = np.zeros((120, 160, 3), np.uint8)
+        blue[..., 2] = 255
+        result = await backend.analyze(blue, VisionRequest(threshold=0.0))
+        assert result.tags[0].name == "blue" and result.tags[0].confidence > 0.9
+        assert abs(sum(t.confidence for t in result.tags) - 1.0) < 0.01  # softmax over the 3 classes
+        gpu_input = torch.from_numpy(blue).cuda()
+        assert (await backend.analyze(gpu_input, VisionRequest())).tags[0].name == "blue"
+    finally:
+        await backend.close()
