@@ -31,11 +31,14 @@ class BytePipe:
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=max_chunks)
         self._leftover = b""
         self._eof = False
+        self._eof_requested = False
         self._closed = threading.Event()
         self.bytes_in = 0
 
     async def write(self, data: bytes) -> bool:
         """Queue `data`; False if the reader side has closed."""
+        if not data:
+            return True  # an empty read means end-of-file to the demuxer: never queue one
         while not self._closed.is_set():
             try:
                 self._chunks.put_nowait(data)
@@ -46,20 +49,22 @@ class BytePipe:
         return False
 
     def write_eof(self) -> None:
-        """Signal the end of the stream; never blocks (drops queued data if it must)."""
-        while True:
-            try:
-                self._chunks.put_nowait(None)
-                return
-            except queue.Full:
-                try:
-                    self._chunks.get_nowait()
-                except queue.Empty:
-                    pass
+        """Signal the end of the stream after the data already queued; never blocks."""
+        self._eof_requested = True
+        try:
+            self._chunks.put_nowait(None)  # wakes a waiting reader at once
+        except queue.Full:
+            pass  # the reader sees the flag once it has drained the queue
 
     def close(self) -> None:
-        """Reader gone: wake and refuse writers."""
+        """Reader gone or stream stopping: wake and refuse writers, drop what is queued."""
         self._closed.set()
+        self._eof_requested = True
+        while True:
+            try:
+                self._chunks.get_nowait()
+            except queue.Empty:
+                break
         self.write_eof()
 
     # -- reader side (file-like for PyAV) -------------------------------------------------------
@@ -72,7 +77,14 @@ class BytePipe:
         else:
             if self._eof:
                 return b""
-            chunk = self._chunks.get()
+            while True:
+                try:
+                    chunk = self._chunks.get(timeout=0.05)
+                    break
+                except queue.Empty:
+                    if self._eof_requested:
+                        chunk = None
+                        break
             if chunk is None:
                 self._eof = True
                 return b""
@@ -120,7 +132,7 @@ class DecodeSink:
 
 @dataclass
 class DecoderOptions:
-    analyzeduration_us: int = 1_000_000
+    analyzeduration_us: int = 200_000
     probesize: int = 1_000_000
     max_restarts: int = 5  # demuxer reopen attempts (budget refills after a calm minute)
     threads: int = 1
@@ -137,6 +149,8 @@ class MediaDecoder(threading.Thread):
         self.options = options or DecoderOptions()
         self.on_exit = on_exit
         self.decode_errors = 0
+        self.repeated_frames = 0
+        self._last_video_time: float | None = None
         self.restarts = 0
         self.end_reason = ""
         self._stop_requested = threading.Event()
@@ -152,6 +166,8 @@ class MediaDecoder(threading.Thread):
             while not self._stop_requested.is_set():
                 try:
                     finished = self._decode_container()
+                except av.EOFError:
+                    break  # the input ended before a full header could be read
                 except Exception as exc:  # demuxer gave up on this stretch of bytes
                     if self._stop_requested.is_set():
                         break
@@ -173,6 +189,20 @@ class MediaDecoder(threading.Thread):
             if self.on_exit is not None:
                 self.on_exit(self.end_reason)
 
+    def _is_repeat(self, frame: av.VideoFrame) -> bool:
+        """A frame whose timestamp does not move forward (within a second) repeats one already
+        delivered: the demuxer can emit a segment's last frame twice at a segment boundary. A
+        bigger step back is a publisher restart and passes (the stream's timeline re-bases it)."""
+        time_s = frame.time
+        if time_s is None:
+            return False
+        last, self._last_video_time = self._last_video_time, time_s
+        if last is not None and last - 1.0 < time_s <= last:
+            self._last_video_time = last
+            self.repeated_frames += 1
+            return True
+        return False
+
     def _decode_container(self) -> bool:
         """Decode until EOF. Returns True at a clean end of input."""
         if self.pipe._eof and not self.pipe._leftover:
@@ -184,6 +214,8 @@ class MediaDecoder(threading.Thread):
             options={
                 "analyzeduration": str(self.options.analyzeduration_us),
                 "probesize": str(self.options.probesize),
+                # codec parameters come from the first keyframe; don't wait ~20 frames to guess fps
+                "fpsprobesize": "1",
             },
         )
         try:
@@ -209,6 +241,8 @@ class MediaDecoder(threading.Thread):
                     continue
                 for frame in frames:
                     if packet.stream is video:
+                        if self._is_repeat(frame):
+                            continue
                         self.sink.on_video_frame(frame)
                     else:
                         self.sink.on_audio_frame(frame)

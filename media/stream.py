@@ -53,12 +53,20 @@ class StreamThresholds:
 
 @dataclass
 class StreamConfig:
-    video_queue_size: int = 16
+    video_queue_size: int = 30
     thresholds: StreamThresholds = field(default_factory=StreamThresholds)
     monitor_interval: float = 1.0
     event_history: int = 200
     # a deliberately slow per-frame delay (seconds) for overload tests and benchmarks only
     debug_frame_delay: float = 0.0
+
+
+class StreamLog(logging.LoggerAdapter):
+    """Prefixes every line with the stream's manifest id (and carries it as `extra`)."""
+
+    def process(self, msg, kwargs):
+        kwargs.setdefault("extra", {}).update(self.extra)
+        return f"[{self.extra['manifest_id']}] {msg}", kwargs
 
 
 class Timeline:
@@ -108,7 +116,7 @@ class Stream:
         self.loop = loop
         self.config = config or StreamConfig()
         self.metadata = metadata or {}
-        self.log = logging.LoggerAdapter(log, {"manifest_id": manifest_id})
+        self.log = StreamLog(log, {"manifest_id": manifest_id})
         self.created_at = datetime.now(timezone.utc)
         self._created_mono = time.monotonic()
         self.state = StreamState.LOADING

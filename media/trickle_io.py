@@ -111,6 +111,7 @@ class TrickleSource(MediaSource):
             "bytes": self._pipe.bytes_in,
             "decode_errors": self._decoder.decode_errors if self._decoder else 0,
             "demuxer_restarts": self._decoder.restarts if self._decoder else 0,
+            "repeated_frames_dropped": self._decoder.repeated_frames if self._decoder else 0,
         }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,28 @@ class Settings(BaseSettings):
     model_id: str = Field("streamlens", description="Model id reported by /version (ai-runner checks it on start)")
     cors_origins: str = Field("*", description="Access-Control-Allow-Origin for browser-facing routes")
 
+    # -- webrtc --------------------------------------------------------------------------------------
+    ice_servers: str = Field("", description='ICE servers for every WebRTC peer: JSON list of {"urls", "username", '
+                             '"credential"} or comma-separated stun:/turn: URLs; empty = host candidates only '
+                             "(aiortc's public STUN default is never used)")
+    webrtc_udp_port_min: int = Field(0, ge=0, le=65535, description="Lowest UDP port for ICE host candidates (0 = any)")
+    webrtc_udp_port_max: int = Field(0, ge=0, le=65535, description="Highest UDP port for ICE host candidates (0 = any)")
+    webrtc_host_addresses: str = Field("", description="Comma-separated local IPs ICE gathers on (empty = every "
+                                       "interface but loopback; 127.0.0.1 for loopback-only use)")
+    whip_token: str | None = Field(None, description="Bearer token for WHIP publishers (falls back to api_token)")
+    whep_token: str | None = Field(None, description="Bearer token for WHEP viewers (falls back to api_token)")
+    whep_max_viewers: int = Field(8, ge=1, description="WHEP viewers per stream; one more gets 503")
+    webrtc_video_codec: str = Field("VP8", pattern="^(VP8|H264)$", description="Preferred video codec sent to "
+                                    "peers (VP8: cheapest real-time encode; H264: libx264 zerolatency)")
+    webrtc_video_bitrate: int = Field(1_500_000, ge=100_000, le=20_000_000, description="Video bitrate sent to peers (bps)")
+    webrtc_audio_bitrate: int = Field(64_000, ge=6_000, le=510_000, description="Opus bitrate sent to peers (bps)")
+    webrtc_h264_preset: str = Field("ultrafast", description="libx264 preset of the WebRTC output")
+    webrtc_keyframe_interval: float = Field(2.0, gt=0, le=10, description="Seconds between keyframes sent to peers")
+    webrtc_video_queue_size: int = Field(3, ge=1, description="Decoded frames a WebRTC stream may hold (newest kept)")
+    webrtc_connect_timeout: float = Field(20.0, gt=0, description="Seconds a new peer has to connect and send media")
+    webrtc_media_timeout: float = Field(10.0, gt=0, description="A peer silent this long (no media, no RTCP) is closed")
+    webrtc_status_interval: float = Field(1.0, gt=0, description="Seconds between data-channel status messages")
+
     # -- trickle server ----------------------------------------------------------------------------
     trickle_autocreate: bool = Field(True, description="Create trickle channels on first publish")
     trickle_idle_timeout: float = Field(300.0, gt=0, description="Seconds before an idle channel is swept")
@@ -30,7 +52,7 @@ class Settings(BaseSettings):
     trickle_max_channels: int = Field(256, ge=1, description="Channels the built-in server holds at once")
 
     # -- media pipeline ----------------------------------------------------------------------------
-    video_queue_size: int = Field(16, ge=1, description="Decoded frames waiting for the video worker (newest kept)")
+    video_queue_size: int = Field(30, ge=1, description="Decoded frames waiting for the video worker (newest kept); absorbs one 1 s burst at 30 fps")
     encoder_preset: str = Field("superfast", description="libx264 preset")
     encoder_tune: str = Field("zerolatency", description="libx264 tune")
     encoder_crf: int = Field(23, ge=0, le=51, description="libx264 constant rate factor")
@@ -39,3 +61,30 @@ class Settings(BaseSettings):
     output_stall_timeout: float = Field(5.0, gt=0, description="Output stalled this long while input flows → ERROR")
     min_input_fps: float = Field(15.0, ge=0, description="Input fps below this → DEGRADED_INPUT")
     debug_frame_delay_ms: float = Field(0.0, ge=0, description="Artificial per-frame delay (benchmarks only)")
+
+    # -- livepeer ----------------------------------------------------------------------------------
+    # BYOC capability registration (byoc/registration.py): on when ORCH_URL and ORCH_SECRET are set.
+    orch_url: str | None = Field(None, description="Orchestrator URL to register with, e.g. https://orch:8935")
+    orch_secret: SecretStr | None = Field(None, description="Orchestrator secret (sent raw as Authorization; never logged)")
+    capability_name: str = Field("streamlens", description="BYOC capability name registered with the orchestrator")
+    capability_url: str | None = Field(None, description="URL the orchestrator calls this worker at (default http://<hostname>:<port>)")
+    capability_description: str = Field("streamlens: live captions, translation and vision on video streams",
+                                        description="Capability description sent at registration")
+    capability_capacity: int | None = Field(None, ge=1, description="Capacity registered (default MAX_STREAMS)")
+    capability_price_per_unit: int = Field(0, ge=0, description="Price per compute unit (integer)")
+    capability_price_scaling: int = Field(1, ge=1, description="Price scaling (integer)")
+    capability_currency: str = Field("wei", description="Price currency: wei or eth (others need an orchestrator price feed)")
+    capability_token: SecretStr | None = Field(None, description="Token the orchestrator sends as Bearer (default AUTH_TOKEN)")
+    register_retry_initial_delay: float = Field(1.0, gt=0, description="First registration retry delay (s), doubling")
+    register_retry_max_delay: float = Field(30.0, gt=0, description="Longest delay between fast registration retries (s)")
+    register_retry_attempts: int = Field(6, ge=1, description="Fast registration attempts before slow retries")
+    register_retry_slow_interval: float = Field(60.0, gt=0, description="Registration retry period after the fast attempts (s)")
+    register_timeout: float = Field(10.0, gt=0, description="Timeout of one (un)registration request (s)")
+    register_refresh_interval: float = Field(0.0, ge=0, description="Re-register this often (s) to survive orchestrator restarts; 0 = off")
+    # Stream side channels (byoc/channels.py)
+    events_interval: float = Field(10.0, gt=0, le=25, description="Seconds between status events (gateway gives up after 30 s)")
+    events_error_min_interval: float = Field(1.0, ge=0, description="At most one error event per this many seconds")
+    data_flush_interval: float = Field(0.333, gt=0, description="Seconds between data-channel segments (JSON lines)")
+    data_keepalive_interval: float = Field(25.0, gt=0, description="Data-channel keepalive line after this many idle seconds")
+    control_end_stops_stream: bool = Field(True, description="Stop a stream when its control channel ends (as ai-runner)")
+    capability_default_timeout: float = Field(60.0, gt=0, description="Batch capability timeout without a Livepeer header (s)")
