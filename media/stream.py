@@ -45,6 +45,8 @@ class StreamThresholds:
 
     input_timeout: float = 60.0  # no input at all for this long → the stream is stopped
     output_stall: float = 5.0  # input flows but no output for this long → ERROR
+    # no output at all yet: ai-runner allows 10 s after the pipeline (re)load before ERROR
+    first_output: float = 10.0
     idle: float = 2.0  # no frames for this long → DEGRADED_*
     min_input_fps: float = 15.0
     min_output_fps: float = 10.0  # output below min(this, 0.8 × input) → DEGRADED_INFERENCE
@@ -360,13 +362,19 @@ class Stream:
         out_idle = self.out_meter.idle_for(now)
         in_fps = self.in_meter.rate(now)
         out_fps = self.out_meter.rate(now)
+        if self.source is None and self.frames_in == 0:
+            # a data-only / output-only stream has no input to judge: it is up while it runs,
+            # degraded while a stage reports errors
+            recent_error = self.last_error_time is not None and time.time() - self.last_error_time < th.error_grace
+            return StreamState.DEGRADED_INFERENCE if recent_error else StreamState.ONLINE
         if self.frames_in == 0:
             return StreamState.LOADING
         if self.frames_out == 0:
-            if now - self._created_mono > th.output_stall and in_idle is not None and in_idle < th.idle:
+            if now - self._created_mono > th.first_output and in_idle is not None and in_idle < th.idle:
                 return StreamState.ERROR
             return StreamState.LOADING
-        if in_idle is not None and in_idle < th.idle and out_idle is not None and out_idle > th.output_stall:
+        # ai-runner: output stopped over a second before input did, and more than output_stall ago
+        if in_idle is not None and out_idle is not None and out_idle > in_idle + 1 and out_idle > th.output_stall:
             return StreamState.ERROR
         if self.last_error_time is not None and time.time() - self.last_error_time < th.error_grace:
             return StreamState.DEGRADED_INFERENCE
@@ -383,7 +391,7 @@ class Stream:
             now = time.monotonic()
             self._set_state(self.evaluate_state(now))
             last_input = self.in_meter.last_time or self._created_mono
-            if now - last_input > th.input_timeout:
+            if self.source is not None and now - last_input > th.input_timeout:
                 self.request_stop(f"no input for {th.input_timeout:.0f} s")
                 return
 

@@ -6,6 +6,7 @@ import logging
 
 from aiohttp import web
 
+from byoc.mount import mount_livepeer
 from media.manager import StreamManager
 from media.trickle_server import TrickleServer
 from server import routes_events, routes_streams, routes_system
@@ -48,6 +49,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.add_routes(routes_streams.routes)
     app.add_routes(routes_system.routes)
     app.add_routes(routes_events.routes)
+    # Livepeer worker: BYOC/ai-runner routes, stream side channels, capability registration.
+    # Before the features, so they can add batch capabilities to app["capabilities"].
+    mount_livepeer(app, manager=manager, settings=settings, start_handler=routes_streams.handle_start)
     install_features(app, settings)
     return app
 

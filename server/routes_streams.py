@@ -29,11 +29,11 @@ async def start_stream(app: web.Application, spec: StreamSpec, **build_kwargs):
     manager.reserve(spec.manifest_id)
     try:
         stream = factory.build(spec, **build_kwargs)  # ValueError: params a stage cannot accept
+        for hook in app["stream_start_hooks"]:
+            hook(stream, spec)
     except BaseException:
         manager.release(spec.manifest_id)
         raise
-    for hook in app["stream_start_hooks"]:
-        hook(stream, spec)
     await manager.start(stream)
     app["metrics"].streams_started.inc()
     return stream

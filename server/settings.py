@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     webrtc_audio_bitrate: int = Field(64_000, ge=6_000, le=510_000, description="Opus bitrate sent to peers (bps)")
     webrtc_h264_preset: str = Field("ultrafast", description="libx264 preset of the WebRTC output")
     webrtc_keyframe_interval: float = Field(2.0, gt=0, le=10, description="Seconds between keyframes sent to peers")
+    webrtc_encoder_threads: int = Field(1, ge=1, le=16, description="Threads per WebRTC video encoder (1 keeps "
+                                        "latency steady on busy machines)")
     webrtc_video_queue_size: int = Field(3, ge=1, description="Decoded frames a WebRTC stream may hold (newest kept)")
     webrtc_connect_timeout: float = Field(20.0, gt=0, description="Seconds a new peer has to connect and send media")
     webrtc_media_timeout: float = Field(10.0, gt=0, description="A peer silent this long (no media, no RTCP) is closed")

@@ -146,3 +146,16 @@ async def test_stop_leaves_no_task_thread_socket_or_file(server):
             assert len(process.net_connections()) <= conns_before + 1
             new_threads = [t for t in threading.enumerate() if t.ident not in threads_before]
             assert all(not t.name.startswith(("decode-", "video-")) for t in new_threads)
+
+
+async def test_stream_without_input_is_not_timed_out(make_server):
+    """A data-only / output-only stream (no subscribe URL) has no input to wait for."""
+    srv = await make_server(input_timeout=1.0)
+    srv.app["trickle"].create_channel("nodata-data")
+    resp = await srv.session.post(srv.url("/stream/start"), headers={"X-Stream-Id": "nodata"},
+                                  json={"gateway_request_id": "nodata", "data_url": srv.trickle_url("nodata-data"),
+                                        "params": {}})
+    assert resp.status == 200, await resp.text()
+    await asyncio.sleep(2.5)
+    status = await (await srv.session.get(srv.url("/stream/nodata/status"))).json()
+    assert status["state"] == "ONLINE" and status["end_reason"] is None

@@ -1,0 +1,94 @@
+"""HTTP helpers for the Livepeer routes: JSON errors, bearer checks, body parsing.
+
+`byoc` never imports `server`, so it carries its own small copies of these. Error bodies have the
+project's `{"error": {"code", "message"}}` and ai-runner's `{"detail": {"msg"}}` side by side: the
+orchestrator only relays the status code, and Livepeer components read the `detail` shape.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    409: "conflict",
+    413: "payload_too_large",
+    500: "internal_error",
+    503: "unavailable",
+    504: "timeout",
+}
+
+# ai-runner's wording for a bad token (routes/live_video_to_video.py)
+INVALID_TOKEN_MESSAGE = "Invalid bearer token."
+
+
+class LivepeerHTTPError(Exception):
+    """Raised inside a handler; turned into a JSON error response by `error_response`."""
+
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = headers
+
+    def response(self) -> web.Response:
+        return json_error(self.status, self.message, code=self.code, headers=self.headers)
+
+
+def json_error(status: int, message: str, code: str | None = None,
+               headers: dict[str, str] | None = None) -> web.Response:
+    body = {
+        "success": False,
+        "status": "error",
+        "error": {"code": code or _CODES.get(status, "error"), "message": message},
+        "detail": {"msg": message},
+    }
+    return web.json_response(body, status=status, headers=headers)
+
+
+def bearer_ok(request: web.Request, token: str | None) -> bool:
+    """True when no token is configured, or the request carries `Authorization: Bearer <token>`."""
+    if not token:
+        return True
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def require_bearer(request: web.Request, token: str | None) -> None:
+    if not bearer_ok(request, token):
+        log.info("%s %s → 401: missing or wrong bearer token", request.method, request.path)
+        raise LivepeerHTTPError(401, INVALID_TOKEN_MESSAGE, headers={"WWW-Authenticate": "Bearer"})
+
+
+def parse_json_object(raw: bytes, *, allow_empty: bool = False, what: str = "request body") -> dict[str, Any] | None:
+    """`raw` as a JSON object; None for an empty body when `allow_empty`; else LivepeerHTTPError(400)."""
+    if not raw.strip():
+        if allow_empty:
+            return None
+        raise LivepeerHTTPError(400, f"{what} is empty; a JSON object is required")
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LivepeerHTTPError(400, f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise LivepeerHTTPError(400, f"{what} must be a JSON object")
+    return value
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The raw body; aiohttp answers 413 past the app's client_max_size."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise LivepeerHTTPError(413, "request body too large") from None

@@ -1,0 +1,1 @@
+"""Helpers for Livepeer interop tests (gateway stand-in, pytrickle scripts)."""

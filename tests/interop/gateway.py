@@ -1,0 +1,141 @@
+"""Play the Livepeer gateway/orchestrator side of a BYOC stream in tests, with real trickle I/O.
+
+The orchestrator creates a stream's channels before it calls the worker; `LivepeerGateway` does the
+same on the server's built-in trickle server, then reads the events and data channels as the Go
+gateway does (one JSON value per events segment; JSON lines on the data channel) and writes the
+control channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from media.trickle_client import TricklePublisher, TrickleSubscriber
+
+MAX_ITEMS = 2000  # collectors are bounded like everything else
+
+
+class JsonSegmentCollector:
+    """Reads every segment of a channel to its end and keeps what it parses (bounded)."""
+
+    def __init__(self, url: str, lines: bool = False) -> None:
+        self.url = url
+        self.lines = lines
+        self.items: list[tuple[float, Any]] = []  # (loop time received, parsed value)
+        self.raw_segments: list[bytes] = []
+        self.ended = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.new_item = asyncio.Event()
+
+    def start(self) -> JsonSegmentCollector:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        subscriber = TrickleSubscriber(self.url)
+        try:
+            while len(self.items) < MAX_ITEMS:
+                segment = await subscriber.next_segment()
+                if segment is None:
+                    return
+                parts = []
+                while chunk := await segment.read():
+                    parts.append(chunk)
+                data = b"".join(parts)
+                if not data:
+                    continue
+                self.raw_segments.append(data)
+                values = [json.loads(line) for line in data.splitlines() if line.strip()] if self.lines \
+                    else [json.loads(data)]
+                for value in values:
+                    self.items.append((loop.time(), value))
+                self.new_item.set()
+        finally:
+            await subscriber.close()
+            self.ended.set()
+
+    def values(self) -> list[Any]:
+        return [value for _, value in self.items]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class EventsCollector(JsonSegmentCollector):
+    def events(self, event_type: str | None = None, queue: str | None = None) -> list[dict[str, Any]]:
+        found = []
+        for value in self.values():
+            event = value.get("event", value)
+            if event_type is not None and event.get("type") != event_type:
+                continue
+            if queue is not None and value.get("queue_event_type") != queue:
+                continue
+            found.append(event)
+        return found
+
+    def timed(self, event_type: str) -> list[tuple[float, dict[str, Any]]]:
+        return [(t, v["event"]) for t, v in self.items if v.get("event", {}).get("type") == event_type]
+
+
+class LivepeerGateway:
+    """Channels `{mid}`, `{mid}-out`, `{mid}-control`, `{mid}-events`, `{mid}-data` on the server."""
+
+    def __init__(self, server: Any, mid: str, *, video_in: bool = True, video_out: bool = True,
+                 data: bool = True) -> None:
+        self.server = server
+        self.mid = mid
+        trickle = server.app["trickle"]
+        trickle.create_channel(f"{mid}-control", "application/json")
+        trickle.create_channel(f"{mid}-events", "application/json")
+        self.body: dict[str, Any] = {
+            "gateway_request_id": mid,
+            "control_url": server.trickle_url(f"{mid}-control"),
+            "events_url": server.trickle_url(f"{mid}-events"),
+        }
+        if video_in:
+            trickle.create_channel(mid, "video/MP2T")
+            self.body["subscribe_url"] = server.trickle_url(mid)
+        if video_out:
+            trickle.create_channel(f"{mid}-out", "video/MP2T")
+            self.body["publish_url"] = server.trickle_url(f"{mid}-out")
+        if data:
+            trickle.create_channel(f"{mid}-data", "application/jsonl")
+            self.body["data_url"] = server.trickle_url(f"{mid}-data")
+        self.events = EventsCollector(server.trickle_url(f"{mid}-events"))
+        self.data = JsonSegmentCollector(server.trickle_url(f"{mid}-data"), lines=True) if data else None
+        self._control: TricklePublisher | None = None
+
+    def start_collectors(self) -> LivepeerGateway:
+        """Subscribe before the start call, as the gateway does, so no early event is missed."""
+        self.events.start()
+        if self.data is not None:
+            self.data.start()
+        return self
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        headers = {"X-Stream-Id": self.mid}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    async def send_control(self, message: dict[str, Any]) -> None:
+        if self._control is None:
+            self._control = TricklePublisher(self.server.trickle_url(f"{self.mid}-control"), mime="application/json")
+        writer = await self._control.next_segment()
+        data = json.dumps(message).encode()
+        # split in two writes: the worker must read a control segment to its end
+        await writer.write(data[: len(data) // 2])
+        await writer.write(data[len(data) // 2 :])
+        await writer.close()
+
+    async def close(self) -> None:
+        if self._control is not None:
+            await self._control.close(delete_channel=False)
+        await self.events.stop()
+        if self.data is not None:
+            await self.data.stop()
