@@ -20,8 +20,10 @@ from prometheus_client.core import GaugeMetricFamily
 from inference.gpu import GpuMemoryManager, GpuSettings
 from inference.translate.service import TranslateSettings, TranslationService
 from inference.vision.stage import VisionBackends, VisionParams, VisionSettings, VisionStage
-from server.routes_translate import add_translate_routes
-from server.routes_vision import add_vision_routes
+from byoc.capabilities import CapabilityError
+from inference.translate.base import TranslationError
+from server.routes_translate import add_translate_routes, translate_capability
+from server.routes_vision import DescribeError, add_vision_routes, describe_capability
 from server.settings import Settings
 from server.start_request import StreamSpec
 
@@ -66,6 +68,14 @@ def install_translation(app: web.Application) -> TranslationService:
         await service.close()
 
     app.on_cleanup.append(close)
+
+    async def translate(body: dict, _ctx) -> dict:
+        try:
+            return await translate_capability(body, service)
+        except TranslationError as exc:
+            raise CapabilityError(exc.http_status, exc.message) from None
+
+    app["capabilities"].register("translate", translate, "Translate text: {text|texts, source_lang, target_lang}")
     return service
 
 
@@ -86,6 +96,15 @@ def install_vision(app: web.Application, settings: Settings) -> VisionBackends:
         await backends.close()
 
     app.on_cleanup.append(close)
+
+    async def describe(body: dict, _ctx) -> dict:
+        try:
+            return await describe_capability(body, backends)
+        except DescribeError as exc:
+            raise CapabilityError(exc.status, exc.message) from None
+
+    app["capabilities"].register("describe", describe,
+                                 "Tag or describe an image: {image (base64/data URI), mode, tag_list, threshold}")
     return backends
 
 
