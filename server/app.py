@@ -14,6 +14,7 @@ from server.errors import error_middleware
 from server.features import install_features
 from server.metrics import Metrics
 from server.pipeline import StreamFactory
+from server.routes_webrtc import add_webrtc_routes
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     # Before the features, so they can add batch capabilities to app["capabilities"].
     mount_livepeer(app, manager=manager, settings=settings, start_handler=routes_streams.handle_start)
     install_features(app, settings)
+    add_webrtc_routes(app)  # /offer, WHIP, WHEP, demo pages; its shutdown runs after _stop_streams
     return app
 
 

@@ -30,10 +30,10 @@ class StreamFactory:
         s = self.settings
         return EncoderSettings(preset=s.encoder_preset, tune=s.encoder_tune, crf=s.encoder_crf, gop_seconds=s.gop_seconds)
 
-    def stream_config(self) -> StreamConfig:
+    def stream_config(self, video_queue_size: int | None = None) -> StreamConfig:
         s = self.settings
         return StreamConfig(
-            video_queue_size=s.video_queue_size,
+            video_queue_size=video_queue_size or s.video_queue_size,
             thresholds=StreamThresholds(
                 input_timeout=s.input_timeout, output_stall=s.output_stall_timeout, min_input_fps=s.min_input_fps
             ),
@@ -53,8 +53,11 @@ class StreamFactory:
             return int(spec.params["width"]), int(spec.params["height"])
         return None
 
-    def build(self, spec: StreamSpec, source: MediaSource | None = None, sinks: list[MediaSink] | None = None) -> Stream:
-        """A stream for `spec`: trickle in/out from its URLs unless a source/sinks are given (WebRTC)."""
+    def build(self, spec: StreamSpec, source: MediaSource | None = None, sinks: list[MediaSink] | None = None,
+              video_queue_size: int | None = None) -> Stream:
+        """A stream for `spec`: trickle in/out from its URLs unless a source/sinks are given (WebRTC).
+        `video_queue_size` overrides the setting (WebRTC keeps only a few frames: a live peer must
+        never wait behind stale ones)."""
         label = spec.manifest_id
         if source is None and spec.subscribe_url:
             source = TrickleSource(spec.subscribe_url, label)
@@ -69,7 +72,7 @@ class StreamFactory:
             stages=self.build_stages(spec),
             params=spec.params,
             loop=asyncio.get_running_loop(),
-            config=self.stream_config(),
+            config=self.stream_config(video_queue_size),
             metadata=spec.metadata(),
             on_frame_latency=self.on_frame_latency,
         )

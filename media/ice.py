@@ -1,0 +1,252 @@
+"""ICE configuration for every WebRTC peer the server creates.
+
+- `RTCConfiguration(iceServers=[...])` is always explicit: with `None` aiortc falls back to Google's
+  public STUN server and may wait up to 5 s for it, longer than OBS waits for a WHIP answer.
+- aioice never gathers loopback addresses and binds to any free port. A deployment (and the
+  loopback tests) can name the host addresses to use (`use_host_addresses`) and a UDP port range
+  (`use_udp_port_range`); both replace an aioice module attribute once, process-wide, and give the
+  original back when released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import random
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aioice.ice
+import aioice.turn
+import aiortc.rtcicetransport
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aiortc import RTCConfiguration, RTCIceServer
+
+log = logging.getLogger(__name__)
+
+# tries per host address before giving up on a port range (each try is one bind() call)
+PORT_BIND_ATTEMPTS = 64
+
+
+class IceConfigError(ValueError):
+    """A setting that cannot be turned into an ICE configuration."""
+
+
+def parse_ice_servers(value: str | None) -> list[RTCIceServer]:
+    """ICE servers from a setting: a JSON list of `{"urls", "username"?, "credential"?}` objects
+    (or plain URL strings), or comma-separated URLs. Empty → no servers (host candidates only)."""
+    text = (value or "").strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise IceConfigError(f"ice_servers is not valid JSON: {exc}") from None
+    else:
+        items = [part.strip() for part in text.split(",") if part.strip()]
+    servers = []
+    for item in items:
+        if isinstance(item, str):
+            item = {"urls": item}
+        if not isinstance(item, dict) or not item.get("urls"):
+            raise IceConfigError(f"ice_servers entry needs 'urls': {item!r}")
+        urls = item["urls"]
+        for url in urls if isinstance(urls, list) else [urls]:
+            if not isinstance(url, str) or url.split(":", 1)[0] not in ("stun", "stuns", "turn", "turns"):
+                raise IceConfigError(f"ice_servers URL must start with stun:, turn: or turns:, got {url!r}")
+        servers.append(RTCIceServer(urls=urls, username=item.get("username"), credential=item.get("credential")))
+    return servers
+
+
+def parse_host_addresses(value: str | None) -> list[str]:
+    addresses = [part.strip() for part in (value or "").split(",") if part.strip()]
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise IceConfigError(f"webrtc_host_addresses: {address!r} is not an IP address") from None
+    return addresses
+
+
+@dataclass
+class IceSettings:
+    servers: list[RTCIceServer] = field(default_factory=list)
+    host_addresses: list[str] = field(default_factory=list)  # empty: aioice's own choice
+    udp_port_min: int = 0  # 0/0: any free port
+    udp_port_max: int = 0
+
+    @classmethod
+    def from_strings(cls, servers: str | None, host_addresses: str | None, port_min: int = 0,
+                     port_max: int = 0) -> IceSettings:
+        if (port_min or port_max) and not (0 < port_min <= port_max <= 65535):
+            raise IceConfigError("webrtc_udp_port_min/max must satisfy 0 < min <= max <= 65535 (or both 0)")
+        return cls(parse_ice_servers(servers), parse_host_addresses(host_addresses), port_min, port_max)
+
+    def rtc_configuration(self) -> RTCConfiguration:
+        """Always an explicit list (possibly empty): never aiortc's public default."""
+        return RTCConfiguration(iceServers=list(self.servers))
+
+    def link_headers(self) -> list[str]:
+        """RFC 9725 §4.6 `Link` values advertising the ICE servers to WHIP clients."""
+        links = []
+        for server in self.servers:
+            for url in server.urls if isinstance(server.urls, list) else [server.urls]:
+                link = f'<{url}>; rel="ice-server"'
+                if server.username:
+                    link += f'; username="{server.username}"; credential="{server.credential or ""}"'
+                    link += '; credential-type="password"'
+                links.append(link)
+        return links
+
+
+# -- process-wide aioice settings -----------------------------------------------------------------
+
+class _Override:
+    """Replaces one module attribute while at least one holder wants it (reference counted)."""
+
+    def __init__(self, module: Any, name: str) -> None:
+        self.module = module
+        self.name = name
+        self._original = getattr(module, name)
+        self._holders = 0
+        self._value: Any = None
+        self._lock = threading.Lock()
+
+    def acquire(self, value: Any, same: Callable[[Any], bool]) -> Callable[[], None]:
+        with self._lock:
+            if self._holders and not same(self._value):
+                raise IceConfigError(f"{self.name} is already overridden with a different value in this process")
+            if not self._holders:
+                self._value = value
+                setattr(self.module, self.name, value)
+            self._holders += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if released:
+                    return
+                released = True
+                self._holders -= 1
+                if not self._holders:
+                    setattr(self.module, self.name, self._original)
+                    self._value = None
+
+        return release
+
+
+_host_override = _Override(aioice.ice, "get_host_addresses")
+_connection_override = _Override(aiortc.rtcicetransport, "Connection")
+
+
+def use_host_addresses(addresses: list[str]) -> Callable[[], None]:
+    """Make aioice gather host candidates on exactly `addresses` (e.g. ["127.0.0.1"], which it
+    otherwise skips). Returns a function that restores aioice's own choice."""
+    chosen = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (use_ipv4 if ipaddress.ip_address(a).version == 4 else use_ipv6)]
+
+    get_host_addresses.addresses = chosen  # type: ignore[attr-defined]
+    return _host_override.acquire(
+        get_host_addresses, lambda current: getattr(current, "addresses", None) == chosen)
+
+
+def use_udp_port_range(port_min: int, port_max: int) -> Callable[[], None]:
+    """Bind every ICE host candidate of every new peer connection inside [port_min, port_max]."""
+    connection_class = port_range_connection(port_min, port_max)
+    return _connection_override.acquire(
+        connection_class, lambda current: getattr(current, "port_range", None) == (port_min, port_max))
+
+
+def apply_ice_settings(settings: IceSettings) -> Callable[[], None]:
+    """Install the process-wide parts of `settings`; returns the undo function."""
+    undo: list[Callable[[], None]] = []
+    try:
+        if settings.host_addresses:
+            undo.append(use_host_addresses(settings.host_addresses))
+        if settings.udp_port_min:
+            undo.append(use_udp_port_range(settings.udp_port_min, settings.udp_port_max))
+    except BaseException:
+        for release in reversed(undo):
+            release()
+        raise
+
+    def release_all() -> None:
+        for release in reversed(undo):
+            release()
+
+    return release_all
+
+
+def port_range_connection(port_min: int, port_max: int) -> type[aioice.Connection]:
+    """An aioice `Connection` whose host candidates bind inside a UDP port range.
+
+    aioice binds `(address, 0)`; this class binds the host sockets itself, then lets aioice do
+    the rest (TURN) and asks the STUN server for server-reflexive candidates as aioice would."""
+
+    class PortRangeConnection(aioice.Connection):
+        port_range = (port_min, port_max)
+
+        async def get_component_candidates(self, component: int, addresses: list[str],
+                                           timeout: int = 5) -> list[Candidate]:
+            loop = asyncio.get_running_loop()
+            candidates: list[Candidate] = []
+            host_protocols = []
+            for address in addresses:
+                protocol = await _bind_in_range(loop, self, address, port_min, port_max)
+                if protocol is None:
+                    continue
+                sockname = protocol.transport.get_extra_info("sockname")
+                protocol.local_candidate = Candidate(
+                    foundation=candidate_foundation("host", "udp", sockname[0]),
+                    component=component, transport="udp", priority=candidate_priority(component, "host"),
+                    host=sockname[0], port=sockname[1], type="host",
+                )
+                candidates.append(protocol.local_candidate)
+                host_protocols.append(protocol)
+            self._protocols += host_protocols
+            tasks = []
+            if self.stun_server:
+                for protocol in host_protocols:
+                    if ipaddress.ip_address(protocol.local_candidate.host).version == 4:
+                        tasks.append(asyncio.create_task(
+                            aioice.ice.server_reflexive_candidate(protocol, self.stun_server)))
+            # aioice itself handles TURN (no host addresses left for it to bind)
+            relay_task = asyncio.create_task(super().get_component_candidates(component, [], timeout))
+            if tasks:
+                done, pending = await asyncio.wait(tasks, timeout=timeout)
+                for task in done:
+                    if task.exception() is None:
+                        candidates.append(task.result()[0])
+                for task in pending:
+                    task.cancel()
+            candidates.extend(await relay_task)
+            return candidates
+
+    return PortRangeConnection
+
+
+async def _bind_in_range(loop: asyncio.AbstractEventLoop, connection: aioice.Connection, address: str,
+                         port_min: int, port_max: int):
+    ports = range(port_min, port_max + 1)
+    tries = random.sample(ports, min(len(ports), PORT_BIND_ATTEMPTS))
+    for port in tries:
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: aioice.ice.StunProtocol(connection), local_addr=(address, port))
+        except OSError:
+            continue
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
+        return protocol
+    log.warning("no free UDP port in %d-%d on %s after %d tries", port_min, port_max, address, len(tries))
+    return None
