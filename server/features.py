@@ -17,6 +17,8 @@ from aiohttp import web
 from pydantic import BaseModel
 from prometheus_client.core import GaugeMetricFamily
 
+from inference.asr.model import AsrModelPool, AsrSettings, shared_pool
+from inference.asr.stage import CaptionStage
 from inference.gpu import GpuMemoryManager, GpuSettings
 from inference.translate.service import TranslateSettings, TranslationService
 from inference.vision.stage import VisionBackends, VisionParams, VisionSettings, VisionStage
@@ -34,6 +36,7 @@ _ENV_NAME = re.compile(r"^([A-Z][A-Z0-9_]+)\b")
 TRANSLATION_KEY = web.AppKey("translation", TranslationService)
 VISION_KEY = web.AppKey("vision_backends", VisionBackends)
 GPU_KEY = web.AppKey("gpu_memory", GpuMemoryManager)
+ASR_KEY = web.AppKey("asr_pool", AsrModelPool)
 
 
 def model_from_env(model: type[BaseModel], environ: Mapping[str, str] | None = None) -> Any:
@@ -145,7 +148,37 @@ def install_gpu(app: web.Application) -> GpuMemoryManager:
     return gpu
 
 
+def install_asr(app: web.Application, settings: Settings, translation: TranslationService) -> AsrModelPool:
+    """One shared speech model for every stream; each stream gets a CaptionStage that stays idle
+    until its params carry a "captions" object."""
+    asr_settings = model_from_env(AsrSettings)
+    pool = shared_pool(asr_settings)
+    app[ASR_KEY] = pool
+
+    def provider(spec: StreamSpec) -> CaptionStage:
+        return CaptionStage(pool, asr_settings, translate=translation.translate_for_captions)
+
+    app["stream_factory"].stage_providers.append(provider)
+
+    def probe() -> str:
+        if pool.load_error is not None:
+            return "ERROR"
+        return "LOADING" if pool.loading else "OK"
+
+    app["health_probes"].append(probe)
+    app["health_details"]["asr"] = lambda: {
+        "model": asr_settings.model, "loaded": pool.loaded, "loading": pool.loading, "load_error": pool.load_error}
+
+    async def preload(_app: web.Application) -> None:
+        if settings.asr_preload:
+            pool.start_loading()  # in the pool's thread; /health says LOADING meanwhile
+
+    app.on_startup.append(preload)
+    return pool
+
+
 def install_features(app: web.Application, settings: Settings) -> None:
     install_gpu(app)
-    install_translation(app)
+    translation = install_translation(app)
+    install_asr(app, settings, translation)
     install_vision(app, settings)

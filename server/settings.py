@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     input_timeout: float = Field(60.0, gt=0, description="Seconds without input before a stream is stopped")
     output_stall_timeout: float = Field(5.0, gt=0, description="Output stalled this long while input flows → ERROR")
     min_input_fps: float = Field(15.0, ge=0, description="Input fps below this → DEGRADED_INPUT")
+    asr_preload: bool = Field(True, description="Load the speech model at start-up (/health says LOADING meanwhile)")
     debug_frame_delay_ms: float = Field(0.0, ge=0, description="Artificial per-frame delay (benchmarks only)")
 
     # -- livepeer ----------------------------------------------------------------------------------

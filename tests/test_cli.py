@@ -46,15 +46,18 @@ async def test_serve_and_graceful_shutdown(sig):
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(200):  # up to ~20 s for the import and start-up
+            health = {}
+            for _ in range(300):  # up to ~30 s for the import, start-up and the speech model load
                 try:
                     async with session.get(base + "/health") as resp:
                         health = await resp.json()
+                    if health["status"] != "LOADING":
                         break
                 except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
+                    pass
+                await asyncio.sleep(0.1)
             else:
-                pytest.fail("server did not come up")
+                pytest.fail(f"server did not come up: {health}")
             assert health["status"] == "IDLE" and health["capacity"] == 2  # the flag beat MAX_STREAMS=9
             # a running stream (its input channel exists but nothing is published yet)
             async with session.post(base + "/ai/trickle/sig-in/0", data=b"") as resp:

@@ -1,0 +1,37 @@
+"""Streaming speech recognition for live captions (faster-whisper + LocalAgreement-2 + Silero VAD).
+
+Typical wiring (composition root):
+
+    pool = AsrModelPool(AsrSettings(...))      # one per process: one loaded model for all streams
+    pool.start_loading()                        # optional: load at server start (/health: LOADING)
+    stage = CaptionStage(pool, translate=...)   # one per stream
+"""
+
+from inference.asr.audio import AudioRing, Resampler16k
+from inference.asr.model import AsrModelPool, AsrResult, AsrSegment, AsrSettings, AsrWord, resolve_model, shared_pool
+from inference.asr.policy import CaptionAssembler, CaptionUpdate, LocalAgreement, Word
+from inference.asr.stage import CaptionParams, CaptionStage, TranslateFn
+from inference.asr.streaming import StreamingTranscriber
+from inference.asr.vad import StreamingVad, VadEvent
+
+__all__ = [
+    "AsrModelPool",
+    "AsrResult",
+    "AsrSegment",
+    "AsrSettings",
+    "AsrWord",
+    "AudioRing",
+    "CaptionAssembler",
+    "CaptionParams",
+    "CaptionStage",
+    "CaptionUpdate",
+    "LocalAgreement",
+    "Resampler16k",
+    "StreamingTranscriber",
+    "StreamingVad",
+    "TranslateFn",
+    "VadEvent",
+    "Word",
+    "resolve_model",
+    "shared_pool",
+]

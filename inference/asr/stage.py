@@ -1,0 +1,226 @@
+"""`CaptionStage`: live captions (and their translations) for one stream.
+
+The stream hands every decoded audio frame to `on_audio` (decode thread: resample + copy only);
+the stage's `StreamingTranscriber` turns it into `CaptionEvent`s on the stream's `EventBus`.
+
+Params (the stream's params object, changeable mid-stream through `update_params`):
+
+    {"captions": {"enabled": true, "language": "en", "translate_to": ["es"], "burn_in": false}}
+
+Translation: finals only. Each final is published at once, untranslated; when the translations
+are in, the same final (same id, same text and times) is published again with `translations`
+filled and failed targets listed in `untranslated`. Captions therefore never wait for
+translation, and a consumer that sees a final id twice should keep the later event (it only adds
+translations). Partials are never translated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from inference.asr.model import AsrModelPool, AsrSettings
+from inference.asr.streaming import StreamingTranscriber
+from media.events import CaptionEvent
+from media.frames import AudioItem
+from media.stage import Stage, StageContext
+
+log = logging.getLogger(__name__)
+
+# (text, source_lang, target_lang) -> (translated text or None, error or None)
+TranslateFn = Callable[[str, str, str], Awaitable[tuple[str | None, str | None]]]
+
+
+class CaptionParams(BaseModel):
+    enabled: bool = True
+    language: str | None = None  # None: the ASR settings' language
+    translate_to: list[str] = Field(default_factory=list, max_length=8)
+    burn_in: bool = False
+
+
+class CaptionStage(Stage):
+    name = "captions"
+
+    def __init__(
+        self,
+        pool: AsrModelPool,
+        settings: AsrSettings | None = None,
+        translate: TranslateFn | None = None,
+        *,
+        max_translations_in_flight: int = 8,
+        translate_timeout: float = 10.0,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings or pool.settings
+        self.translate = translate
+        # off until the stream's params carry a "captions" object (then enabled defaults to true)
+        self.params = CaptionParams(enabled=False)
+        self.transcriber: StreamingTranscriber | None = None
+        self.max_translations_in_flight = max_translations_in_flight
+        self.translate_timeout = translate_timeout
+        self._translation_tasks: set[asyncio.Task] = set()  # bounded by max_translations_in_flight
+        self._control_tasks: set[asyncio.Task] = set()  # enable/disable requests (few, short)
+        self.translations_done = 0
+        self.translation_errors = 0
+        self.translations_skipped = 0
+        self.last_translation_error: str | None = None
+        self._stopped = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.params.enabled
+
+    @property
+    def burn_in(self) -> bool:
+        return self.params.burn_in
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, ctx: StageContext) -> None:
+        await super().start(ctx)
+        self.pool.start_loading()  # in the pool's thread; /health can read pool.loading
+        self.transcriber = StreamingTranscriber(
+            self.pool,
+            self.settings,
+            on_event=self._on_caption,
+            on_error=self._on_model_error,
+            name=ctx.manifest_id,
+        )
+        self.update_params(ctx.params)
+        self.transcriber.start()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for task in list(self._control_tasks) + list(self._translation_tasks):
+            task.cancel()
+        for task in list(self._control_tasks) + list(self._translation_tasks):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.transcriber is not None:
+            await self.transcriber.close(finalize=self.params.enabled)
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    def on_audio(self, item: AudioItem) -> None:
+        if self.transcriber is not None and self.params.enabled and not self._stopped:
+            self.transcriber.feed(item)
+
+    def update_params(self, params: dict[str, Any]) -> None:
+        if "captions" not in (params or {}):
+            return
+        try:
+            new = CaptionParams.model_validate(params["captions"] or {})
+        except ValidationError as exc:
+            log.warning("ignoring invalid caption params: %s", exc.errors(include_url=False))
+            return
+        old, self.params = self.params, new
+        if self.transcriber is None:
+            return
+        self.transcriber.set_language(new.language or self.settings.language)
+        if old.enabled and not new.enabled:
+            self._control(self.transcriber.finish())  # close the open caption as final
+        elif new.enabled and not old.enabled:
+            self._control(self.transcriber.areset())  # drop audio from before the pause
+
+    def _control(self, coro: Awaitable[Any]) -> None:
+        loop = self.ctx.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not loop:  # params may arrive from another thread
+            asyncio.run_coroutine_threadsafe(_await(coro), loop)
+            return
+        if len(self._control_tasks) >= 4:
+            log.warning("%s: caption control requests pile up; one ignored", self.ctx.manifest_id)
+            coro.close()  # type: ignore[attr-defined]
+            return
+        task = loop.create_task(_await(coro))
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    # -- output -------------------------------------------------------------------------------
+
+    def _on_caption(self, event: CaptionEvent) -> None:
+        self.ctx.events.publish(event)
+        targets = [t for t in self.params.translate_to if t]
+        if event.final and event.text and targets and self.translate is not None and not self._stopped:
+            self._start_translation(event, targets)
+
+    def _start_translation(self, event: CaptionEvent, targets: list[str]) -> None:
+        if len(self._translation_tasks) >= self.max_translations_in_flight:
+            # overload: say so on the caption rather than queue without bound
+            self.translations_skipped += 1
+            self.ctx.events.publish(replace(event, untranslated=list(targets), emitted_at=time.time()))
+            return
+        task = self.ctx.loop.create_task(self._translate_final(event, targets))
+        self._translation_tasks.add(task)
+        task.add_done_callback(self._translation_tasks.discard)
+
+    async def _translate_final(self, event: CaptionEvent, targets: list[str]) -> None:
+        results = await asyncio.gather(*(self._translate_one(event.text, event.lang, t) for t in targets))
+        translations: dict[str, str] = {}
+        untranslated: list[str] = []
+        for target, (text, error) in zip(targets, results):
+            if text:
+                translations[target] = text
+                self.translations_done += 1
+            else:
+                untranslated.append(target)
+                self.translation_errors += 1
+                self.last_translation_error = error or "empty translation"
+        if not self._stopped:
+            self.ctx.events.publish(
+                replace(event, translations=translations, untranslated=untranslated, emitted_at=time.time())
+            )
+
+    async def _translate_one(self, text: str, source: str, target: str) -> tuple[str | None, str | None]:
+        if target == source:
+            return text, None
+        assert self.translate is not None
+        try:
+            return await asyncio.wait_for(self.translate(text, source, target), self.translate_timeout)
+        except asyncio.TimeoutError:
+            return None, f"translation to {target} timed out after {self.translate_timeout:.0f}s"
+        except Exception as exc:  # the translator is someone else's code: never let it stop captions
+            return None, f"{type(exc).__name__}: {exc}"
+
+    def _on_model_error(self, message: str | None) -> None:
+        report = getattr(self.ctx, "report_error", None)
+        if report is not None:
+            try:
+                report(message)
+            except Exception:
+                log.exception("report_error failed")
+
+    # -- stats --------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = dict(self.transcriber.stats()) if self.transcriber else {}
+        stats.update(
+            enabled=self.params.enabled,
+            language=self.transcriber.caption_language if self.transcriber else self.settings.language,
+            translate_to=list(self.params.translate_to),
+            burn_in=self.params.burn_in,
+            translations=self.translations_done,
+            translation_errors=self.translation_errors,
+            translations_skipped=self.translations_skipped,
+            translations_in_flight=len(self._translation_tasks),
+            last_translation_error=self.last_translation_error,
+            model_loaded=self.pool.loaded,
+            model_loading=self.pool.loading,
+            model_load_error=self.pool.load_error,
+        )
+        return stats
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable

@@ -1,0 +1,442 @@
+"""Streaming captions with the real embedded faster-whisper tiny.en model and espeak-ng speech.
+
+Audio reaches the transcriber the way a WebRTC decoder delivers it: PyAV 48 kHz stereo s16
+frames of 20 ms, resampled by the transcriber to 16 kHz mono. Most tests drive the transcriber
+with a clock they control (`step()` after every second of fed audio: the stream as it runs in real
+time on an infinitely fast machine); one test runs the live loop at real-time pace, fed from a
+thread like the decode thread. WER is always compared with what the same model (same beam) gives
+offline on the same audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch model weights in tests
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from inference.asr.audio import AudioRing, Resampler16k  # noqa: E402
+from inference.asr.model import AsrModelPool, AsrSettings, resolve_model  # noqa: E402
+from inference.asr.stage import CaptionStage  # noqa: E402
+from inference.asr.streaming import StreamingTranscriber  # noqa: E402
+from inference.asr.vad import StreamingVad  # noqa: E402
+from media.events import CaptionEvent, EventBus  # noqa: E402
+from media.frames import AudioItem  # noqa: E402
+from media.stage import StageContext  # noqa: E402
+from tests.speech import (  # noqa: E402
+    SAMPLE_RATE,
+    audio_items,
+    build_track,
+    speech_tools_available,
+    word_error_rate,
+)
+
+pytestmark = pytest.mark.skipif(not speech_tools_available(), reason="needs espeak-ng and sox")
+
+PHRASES = [
+    "We will meet at the library after lunch.",
+    "Please send me the report before the end of the week.",
+    "The train to the city leaves from the north station.",
+    "My brother likes to play the guitar in the evening.",
+]
+MEDIA_START = 100.0  # the stream's media clock does not start at zero
+FRAMES_PER_SECOND = 50  # 20 ms frames
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterable[AsrModelPool]:
+    """One loaded model for the whole module (as one model serves all streams in the server)."""
+    pool = AsrModelPool(AsrSettings())
+    pool.load()
+    yield pool
+    pool.close()
+
+
+def offline_text(pool: AsrModelPool, audio: np.ndarray) -> str:
+    segments, _ = pool.model.transcribe(audio, language="en", beam_size=pool.settings.beam_size)
+    return " ".join(s.text.strip() for s in segments)
+
+
+async def drive(
+    transcriber: StreamingTranscriber,
+    items: list[AudioItem],
+    on_second: Callable[[float], None] | None = None,
+) -> list[tuple[float, CaptionEvent]]:
+    """Feed frames and step once per second of audio (a controlled clock), then flush.
+    Returns (media time fed so far, event) pairs."""
+    events: list[tuple[float, CaptionEvent]] = []
+    for n, item in enumerate(items, 1):
+        transcriber.feed(item)
+        if n % FRAMES_PER_SECOND == 0:
+            fed = item.media_time + item.frame.samples / item.frame.sample_rate
+            events += [(fed, e) for e in await transcriber.step()]
+            if on_second is not None:
+                on_second(fed)
+    events += [(items[-1].media_time, e) for e in await transcriber.flush()]
+    return events
+
+
+def finals_text(events: Iterable[CaptionEvent]) -> str:
+    return " ".join(e.text for e in events if e.final and e.text)
+
+
+def assert_finals_never_change(events: list[CaptionEvent]) -> None:
+    closed: set[int] = set()
+    for e in events:
+        assert e.id not in closed, f"caption {e.id} changed after its final: {e}"
+        if e.final:
+            closed.add(e.id)
+
+
+# ---- audio plumbing (no model) ----------------------------------------------------------------
+
+
+def test_resampler_turns_48k_stereo_frames_into_16k_mono() -> None:
+    t = np.arange(48000) / 48000
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+    stereo = np.stack([tone, tone], axis=1).reshape(1, -1)
+    resampler = Resampler16k()
+    out = []
+    for offset in range(0, 48000, 960):
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(stereo[:, offset * 2 : (offset + 960) * 2]), format="s16", layout="stereo"
+        )
+        frame.sample_rate = 48000
+        out.append(resampler.convert(frame))
+    mono = np.concatenate(out)
+    assert mono.dtype == np.float32
+    assert abs(len(mono) - 16000) < 200  # libswresample keeps a few samples of filter delay
+    spectrum = np.abs(np.fft.rfft(mono[:16000 - 200]))
+    peak_hz = np.argmax(spectrum) * SAMPLE_RATE / (16000 - 200)
+    assert abs(peak_hz - 440) < 5
+    assert 0.3 < np.abs(mono).max() < 0.6  # stereo downmix keeps the level
+    # the source changes format mid-stream (e.g. a renegotiated track): rebuilt, still 16 kHz
+    planar = av.AudioFrame.from_ndarray(np.zeros((1, 4410), np.float32), format="fltp", layout="mono")
+    planar.sample_rate = 44100
+    assert abs(len(resampler.convert(planar)) - 1600) < 100
+
+
+def test_ring_is_bounded_and_maps_samples_to_media_time() -> None:
+    ring = AudioRing(max_seconds=1.0)
+    ring.append(np.ones(12000, np.float32), media_time=10.0)
+    ring.append(np.full(12000, 2.0, np.float32), media_time=10.75)  # continuous: no new anchor
+    assert len(ring) == 16000 and ring.dropped_samples == 8000
+    assert ring.start_index == 8000 and ring.end_index == 24000
+    assert ring.read(0, 8100).size == 100  # clipped to what is still held
+    assert ring.read(11990, 12010).tolist() == [1.0] * 10 + [2.0] * 10
+    assert ring.media_time(12000) == pytest.approx(10.75)
+    ring.append(np.zeros(1600, np.float32), media_time=50.0)  # the source jumped
+    assert ring.jumps == 1
+    assert ring.media_time(24000) == pytest.approx(50.0)
+    assert ring.media_time(24800) == pytest.approx(50.05)
+    assert ring.media_time(20000) == pytest.approx(11.25)  # before the jump: old mapping
+    ring.trim(20000)
+    assert ring.start_index == 20000 and len(ring) == 5600
+
+
+def test_streaming_vad_finds_each_phrase_and_ignores_noise() -> None:
+    track = build_track(PHRASES[:3], pause_seconds=1.0)
+    vad = StreamingVad(threshold=0.5, min_silence_ms=500)
+    events = []
+    for i in range(0, len(track.audio), 1600):  # 100 ms pieces, as the live loop sees them
+        events += vad.process(track.audio[i : i + 1600])
+    starts = [e.index / SAMPLE_RATE for e in events if e.kind == "start"]
+    ends = [e.index / SAMPLE_RATE for e in events if e.kind == "end"]
+    assert len(starts) == len(ends) == 3
+    for phrase, start, end in zip(track.phrases, starts, ends):
+        assert abs(start - phrase.start) < 0.15 and abs(end - phrase.end) < 0.15
+    noise = np.random.default_rng(3).normal(0, 0.01, SAMPLE_RATE * 5).astype(np.float32)
+    assert StreamingVad().process(noise) == []
+
+
+# ---- model pool ---------------------------------------------------------------------------------
+
+
+def test_model_resolution_never_downloads_by_default(tmp_path) -> None:
+    path, local = resolve_model("embedded:tiny.en")
+    assert local and os.path.isfile(os.path.join(path, "model.bin"))
+    assert os.path.isfile(os.path.join(path, "tokenizer.json"))  # else faster-whisper fetches one
+    assert resolve_model("small") == ("small", False)  # a named hub model is passed on as named
+    with pytest.raises(ValueError):
+        resolve_model(str(tmp_path / "missing" / "model"))
+    with pytest.raises(ValueError):
+        resolve_model(str(tmp_path))  # a directory without model.bin
+
+
+async def test_pool_skips_instead_of_queueing_past_its_bound(pool: AsrModelPool) -> None:
+    audio = build_track(PHRASES[:1]).audio
+    saved = pool.max_pending
+    pool.max_pending = 1
+    try:
+        skipped_before = pool.counters.skipped_busy
+        first, second = await asyncio.gather(
+            pool.transcribe(audio, beam_size=1), pool.transcribe(audio, beam_size=1)
+        )
+    finally:
+        pool.max_pending = saved
+    assert second is None and first is not None
+    assert "library" in first.text.lower()
+    assert pool.counters.skipped_busy == skipped_before + 1
+    assert pool.pending == 0
+
+
+async def test_load_error_is_reported_not_raised() -> None:
+    broken = AsrModelPool(AsrSettings(model="/nonexistent/asr/model"))
+    broken.start_loading()
+    for _ in range(100):
+        if not broken.loading:
+            break
+        await asyncio.sleep(0.05)
+    assert not broken.loaded and "does not exist" in (broken.load_error or "")
+    errors: list[str | None] = []
+    transcriber = StreamingTranscriber(broken, on_error=errors.append)
+    track = build_track(PHRASES[:1], tail_seconds=1.0)
+    events = await drive(transcriber, list(audio_items(track.audio)))
+    assert [e for _, e in events if e.text] == []
+    assert errors and "does not exist" in errors[0]
+    assert transcriber.stats()["last_error"] == errors[0]
+    broken.close()
+
+
+# ---- streaming with the real model --------------------------------------------------------------
+
+
+async def test_streaming_captions_match_offline_and_stay_silent_in_noise(pool: AsrModelPool) -> None:
+    # two phrases, 4 s of low-level noise only, two more phrases
+    track = build_track(PHRASES, pause_seconds=[1.0, 4.0, 1.0], noise_level=0.002)
+    offline = offline_text(pool, track.audio)
+    items = list(audio_items(track.audio, start_time=MEDIA_START))
+
+    gap_from = MEDIA_START + track.phrases[1].end + 1.5  # the second final is out by then
+    gap_to = MEDIA_START + track.phrases[2].start
+    calls_at: dict[str, int] = {}
+
+    transcriber = StreamingTranscriber(pool, name="test")
+
+    def watch(fed: float) -> None:
+        if fed >= gap_from and "gap_from" not in calls_at:
+            calls_at["gap_from"] = transcriber.model_calls
+        if fed <= gap_to:
+            calls_at["gap_to"] = transcriber.model_calls
+
+    timed = await drive(transcriber, items, on_second=watch)
+    events = [e for _, e in timed]
+    finals = [e for e in events if e.final and e.text]
+
+    # accuracy: streaming finals within 0.05 WER of offline with the same model and beam
+    streaming_wer = word_error_rate(track.text, finals_text(events))
+    offline_wer = word_error_rate(track.text, offline)
+    assert streaming_wer <= offline_wer + 0.05, (finals_text(events), offline)
+
+    # each pause closed one sentence, on the stream's media timeline
+    assert len(finals) == len(PHRASES)
+    for final, phrase in zip(finals, track.phrases):
+        assert abs(final.end - (MEDIA_START + phrase.end)) < 0.6, (final, phrase)
+        assert abs(final.start - (MEDIA_START + phrase.start)) < 0.6, (final, phrase)
+        assert final.pts == final.start and final.lang == "en"
+
+    # partials arrive before their final, under the same id; finals never change
+    for final in finals:
+        first_index = next(i for i, e in enumerate(events) if e.id == final.id)
+        assert not events[first_index].final, f"no partial before final {final.text!r}"
+    assert_finals_never_change(events)
+    assert len({f.id for f in finals}) == len(finals)
+
+    # the noise-only stretch: no model call, no caption
+    assert calls_at["gap_from"] == calls_at["gap_to"]
+    assert not [e for fed, e in timed if gap_from <= fed <= gap_to]
+
+    stats = transcriber.stats()
+    assert stats["finals"] == len(finals) and stats["partials"] >= len(finals)
+    assert stats["model_calls"] > 0 and stats["rtf"] > 0
+    assert stats["dropped_audio_seconds"] == 0 and stats["buffer_seconds"] < 1.0
+
+
+async def test_silence_and_low_noise_cost_no_model_call(pool: AsrModelPool) -> None:
+    rng = np.random.default_rng(11)
+    audio = np.concatenate(
+        [np.zeros(SAMPLE_RATE * 3, np.float32), rng.normal(0, 0.003, SAMPLE_RATE * 5).astype(np.float32)]
+    )
+    transcriber = StreamingTranscriber(pool)
+    events = await drive(transcriber, list(audio_items(audio)))
+    assert events == []
+    assert transcriber.model_calls == 0
+    assert transcriber.stats()["buffer_seconds"] <= 0.5  # silence is not kept
+
+
+async def test_long_speech_without_pauses_keeps_the_buffer_bounded(pool: AsrModelPool) -> None:
+    # ~13 s of speech with 0.2 s breaths (too short to close a caption), small buffer limits
+    settings = AsrSettings(buffer_trim_seconds=6.0, max_buffer_seconds=10.0)
+    track = build_track(PHRASES + PHRASES[:1], pause_seconds=0.2)
+    transcriber = StreamingTranscriber(pool, settings)
+    buffer_sizes: list[float] = []
+    timed = await drive(
+        transcriber,
+        list(audio_items(track.audio)),
+        on_second=lambda fed: buffer_sizes.append(transcriber.stats()["buffer_seconds"]),
+    )
+    events = [e for _, e in timed]
+    assert max(buffer_sizes) <= settings.max_buffer_seconds
+    speech_end = track.phrases[-1].end
+    early_finals = [e for fed, e in timed if e.final and e.text and fed < speech_end]
+    assert len(early_finals) >= 2, "captions must become final during long speech, not only at pauses"
+    assert_finals_never_change(events)
+    assert transcriber.stats()["dropped_audio_seconds"] == 0
+    offline_wer = word_error_rate(track.text, offline_text(pool, track.audio))
+    assert word_error_rate(track.text, finals_text(events)) <= offline_wer + 0.1
+
+
+async def test_two_streams_share_one_model(pool: AsrModelPool) -> None:
+    tracks = [build_track(PHRASES[2:3]), build_track(PHRASES[3:4])]
+    transcribers = [StreamingTranscriber(pool, name=f"s{i}") for i in range(2)]
+    calls_before = pool.counters.calls
+    results = await asyncio.gather(
+        *(drive(t, list(audio_items(track.audio))) for t, track in zip(transcribers, tracks))
+    )
+    for track, timed in zip(tracks, results):
+        finals = [e for _, e in timed if e.final and e.text]
+        assert len(finals) == 1
+        assert word_error_rate(track.text, finals[0].text) <= 0.25  # its own speech, not the other's
+    ids = [{e.id for _, e in timed} for timed in results]
+    assert not ids[0] & ids[1]
+    # one model did all the work, and every call was either served or skipped, never queued
+    assert pool.counters.calls - calls_before == sum(t.model_calls for t in transcribers)
+    assert pool.pending == 0
+
+
+def feed_in_real_time(feed: Callable[[AudioItem], None], items: list[AudioItem], speed: float = 1.0) -> None:
+    """The decode thread: hand over each frame when its time has come."""
+    began = time.perf_counter()
+    origin = items[0].media_time
+    for item in items:
+        delay = (item.media_time - origin) / speed - (time.perf_counter() - began)
+        if delay > 0:
+            time.sleep(delay)
+        feed(item)
+
+
+async def test_live_loop_at_real_time_pace(pool: AsrModelPool) -> None:
+    track = build_track(PHRASES[:1], lead_seconds=0.3, tail_seconds=1.5)
+    offline_wer = word_error_rate(track.text, offline_text(pool, track.audio))
+    events: list[CaptionEvent] = []
+    transcriber = StreamingTranscriber(pool, on_event=events.append, name="live")
+    transcriber.start()
+    feeder = threading.Thread(target=feed_in_real_time, args=(transcriber.feed, list(audio_items(track.audio))))
+    feeder.start()
+    await asyncio.to_thread(feeder.join, 30)
+    for _ in range(100):  # the final needs the pause + one model call
+        if any(e.final for e in events):
+            break
+        await asyncio.sleep(0.1)
+    await transcriber.close()
+    finals = [e for e in events if e.final and e.text]
+    assert len(finals) == 1
+    assert not events[0].final and events[0].id == finals[0].id  # a partial came first
+    assert word_error_rate(track.text, finals[0].text) <= offline_wer + 0.05
+    assert_finals_never_change(events)
+    assert transcriber.stats()["chunks_processed"] > 10  # woken by audio, not once at the end
+
+
+# ---- the stage on a real event bus --------------------------------------------------------------
+
+
+async def apertium_translate(text: str, source: str, target: str) -> tuple[str | None, str | None]:
+    """A real translator (Apertium, offline) behind the stage's translate callable."""
+    pair = {("en", "es"): "eng-spa"}.get((source, target))
+    if pair is None:
+        return None, f"no Apertium pair for {source}-{target}"
+    proc = await asyncio.create_subprocess_exec(
+        "apertium", "-u", pair,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(text.encode()), 30)
+    if proc.returncode:
+        return None, err.decode(errors="replace").strip()
+    return out.decode().strip(), None
+
+
+async def collect_until(sub, done: Callable[[list[CaptionEvent]], bool], timeout: float) -> list[CaptionEvent]:
+    events: list[CaptionEvent] = []
+    deadline = time.monotonic() + timeout
+    while not done(events) and time.monotonic() < deadline:
+        event = await sub.get(timeout=0.2)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+@pytest.mark.skipif(shutil.which("apertium") is None, reason="needs apertium + apertium-eng-spa")
+async def test_caption_stage_publishes_events_translations_and_follows_params(pool: AsrModelPool) -> None:
+    track = build_track(PHRASES[:3], pause_seconds=1.5, tail_seconds=1.5)
+    items = list(audio_items(track.audio))
+    bounds = [track.phrases[1].start - 0.5, track.phrases[2].start - 0.5]
+    sections = [
+        [i for i in items if i.media_time < bounds[0]],
+        [i for i in items if bounds[0] <= i.media_time < bounds[1]],
+        [i for i in items if i.media_time >= bounds[1]],
+    ]
+    loop = asyncio.get_running_loop()
+    bus = EventBus(loop)
+    sub = bus.subscribe(kinds={"caption"})
+    reported: list[str | None] = []
+    ctx = StageContext(
+        "asr-stage-test", loop, bus,
+        params={"captions": {"enabled": True, "language": "en", "translate_to": ["es"]}},
+        report_error=reported.append,
+    )
+    stage = CaptionStage(pool, translate=apertium_translate)
+    await stage.start(ctx)
+    try:
+        # 1) captions on, translated to Spanish
+        feeder = threading.Thread(target=feed_in_real_time, args=(stage.on_audio, sections[0], 2.0))
+        feeder.start()
+
+        def translated(events: list[CaptionEvent]) -> bool:
+            return any(e.final and e.translations for e in events)
+
+        first = await collect_until(sub, translated, timeout=60)
+        await asyncio.to_thread(feeder.join, 30)
+        finals = [e for e in first if e.final]
+        assert len(finals) == 2, first  # published at once, then again with translations
+        plain, with_es = finals
+        assert plain.id == with_es.id and plain.text == with_es.text and plain.start == with_es.start
+        assert plain.translations == {} and "library" in plain.text.lower()
+        assert "biblioteca" in with_es.translations["es"].lower() and with_es.untranslated == []
+        assert any(not e.final and e.id == plain.id for e in first)  # a partial came first
+
+        # 2) captions off mid-stream: speech is not transcribed
+        stage.update_params({"captions": {"enabled": False}})
+        calls_before = stage.transcriber.model_calls
+        feeder = threading.Thread(target=feed_in_real_time, args=(stage.on_audio, sections[1], 2.0))
+        feeder.start()
+        await asyncio.to_thread(feeder.join, 30)
+        quiet = await collect_until(sub, lambda events: False, timeout=1.0)
+        assert quiet == [] and stage.transcriber.model_calls == calls_before
+
+        # 3) on again, translation off: a new final, published once
+        stage.update_params({"captions": {"enabled": True, "translate_to": []}})
+        feeder = threading.Thread(target=feed_in_real_time, args=(stage.on_audio, sections[2], 2.0))
+        feeder.start()
+        third = await collect_until(sub, lambda events: any(e.final for e in events), timeout=60)
+        await asyncio.to_thread(feeder.join, 30)
+        finals = [e for e in third if e.final]
+        assert len(finals) == 1 and "station" in finals[0].text.lower() and finals[0].translations == {}
+        await asyncio.sleep(0.3)
+        assert [e for e in await collect_until(sub, lambda ev: False, 0.3) if e.final] == []
+
+        stats = stage.stats()
+        assert stats["enabled"] and stats["translations"] == 1 and stats["translation_errors"] == 0
+        assert stats["finals"] == 2 and stats["model_loaded"] and stats["last_error"] is None
+        assert reported == []  # the model never failed
+    finally:
+        await stage.stop()
+        sub.close()
+        bus.close()
