@@ -88,7 +88,12 @@ class OverlayState:
 
     def _on_caption(self, event: CaptionEvent) -> None:
         with self._lock:
-            if event.final:
+            if event.final and not event.text:
+                # an empty final withdraws its partial (its words were dropped); the last line stays
+                changed = self._partial_id is not None and self._partial_id <= event.id and bool(self.partial_text)
+                if changed:
+                    self.partial_text = ""
+            elif event.final:
                 translation = next(iter(event.translations.values()), "") if event.translations else ""
                 changed = (event.text, translation) != (self.final_text, self.final_translation)
                 self.final_text, self.final_translation = event.text, translation
@@ -180,7 +185,8 @@ class Overlay:
                 self._blend_band(luma, mask)
         out = av.VideoFrame.from_ndarray(planes, format="yuv420p")
         out.pts = frame.pts
-        out.time_base = frame.time_base
+        if frame.time_base is not None:
+            out.time_base = frame.time_base
         return out
 
     def _draw_header(self, luma: np.ndarray, media_time: float) -> None:
