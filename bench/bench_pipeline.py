@@ -132,10 +132,10 @@ class CountingTsSink(MediaSink):
             self.encoder.close()
 
 
-async def ours_fps(data: bytes, frames: int) -> float:
+async def ours_fps(data: bytes, frames: int, stages: list | None = None, params: dict | None = None) -> float:
     sink = CountingTsSink()
     source = BytesSource(data)
-    stream = Stream("bench", source, [sink], [], {}, asyncio.get_running_loop(),
+    stream = Stream("bench", source, [sink], stages or [], params or {}, asyncio.get_running_loop(),
                     StreamConfig(video_queue_size=frames + 16))  # no drops: measure throughput
     start = time.perf_counter()
     await stream.start()
@@ -172,6 +172,24 @@ async def bench_throughput(seconds: float, repeats: int) -> None:
         rows.append([f"{width}x{height}", f"{ours:.1f}", f"{ff:.1f}", f"{ours / ff:.2f}", ">= 0.90" if width == 512 else "-"])
     table(f"Throughput: decode → overlay → x264 {PRESET}/{TUNE} + Opus → TS segments ({seconds:.0f} s input, "
           f"median of {repeats})", ["size", "streamlens fps", "ffmpeg CLI fps", "ratio", "goal"], rows)
+
+
+async def bench_vision_cost(seconds: float, repeats: int) -> None:
+    """Worker fps with the vision stage on (embedded tagger, one sample every 0.5 s) vs off."""
+    from inference.vision.stage import VisionBackends, VisionStage
+
+    backends = VisionBackends()
+    data = b"".join(make_segments(seconds, 512, 512, fps=30))
+    frames = round(seconds * 30)
+    params = {"vision": {"enabled": True, "interval": 0.5, "backend": "embedded"}}
+    off_runs, on_runs = [], []
+    for _ in range(repeats):
+        off_runs.append(await ours_fps(data, frames))
+        on_runs.append(await ours_fps(data, frames, [VisionStage(backends)], params))
+    await backends.close()
+    off, on = statistics.median(off_runs), statistics.median(on_runs)
+    table("Vision cost: worker fps at 512x512 with the vision stage on (embedded, every 0.5 s) vs off",
+          ["vision off fps", "vision on fps", "ratio", "goal"], [[f"{off:.1f}", f"{on:.1f}", f"{on / off:.2f}", ">= 0.95"]])
 
 
 # -- 2. real-time latency over trickle ----------------------------------------------------------
@@ -336,6 +354,7 @@ async def main(quick: bool) -> None:
         print("ffmpeg CLI not found: run `make bench` (it installs Debian's ffmpeg)")
         return
     await bench_throughput(seconds=5 if quick else 10, repeats=1 if quick else 3)
+    await bench_vision_cost(seconds=5 if quick else 10, repeats=1 if quick else 3)
     lat = await bench_latency(seconds=10 if quick else 30)
     table("Latency at 512x512, 30 fps, 1 s input segments, real time over loopback trickle",
           ["measure", "p50 ms", "p95 ms", "goal"], [
