@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import os
 import resource
-import statistics
 import sys
 import threading
 import time

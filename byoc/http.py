@@ -1,31 +1,19 @@
 """HTTP helpers for the Livepeer routes: JSON errors, bearer checks, body parsing.
 
-`byoc` never imports `server`, so it carries its own small copies of these. Error bodies have the
-project's `{"error": {"code", "message"}}` and ai-runner's `{"detail": {"msg"}}` side by side: the
-orchestrator only relays the status code, and Livepeer components read the `detail` shape.
+The JSON error body and the bearer check themselves are `media.http_json`'s, shared with `server`.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from typing import Any
 
 from aiohttp import web
 
-log = logging.getLogger(__name__)
+from media.http_json import bearer_ok, json_error
 
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    409: "conflict",
-    413: "payload_too_large",
-    500: "internal_error",
-    503: "unavailable",
-    504: "timeout",
-}
+log = logging.getLogger(__name__)
 
 # ai-runner's wording for a bad token (routes/live_video_to_video.py)
 INVALID_TOKEN_MESSAGE = "Invalid bearer token."
@@ -44,25 +32,6 @@ class LivepeerHTTPError(Exception):
 
     def response(self) -> web.Response:
         return json_error(self.status, self.message, code=self.code, headers=self.headers)
-
-
-def json_error(status: int, message: str, code: str | None = None,
-               headers: dict[str, str] | None = None) -> web.Response:
-    body = {
-        "success": False,
-        "status": "error",
-        "error": {"code": code or _CODES.get(status, "error"), "message": message},
-        "detail": {"msg": message},
-    }
-    return web.json_response(body, status=status, headers=headers)
-
-
-def bearer_ok(request: web.Request, token: str | None) -> bool:
-    """True when no token is configured, or the request carries `Authorization: Bearer <token>`."""
-    if not token:
-        return True
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
 
 
 def require_bearer(request: web.Request, token: str | None) -> None:

@@ -24,6 +24,7 @@ from byoc.http import LivepeerHTTPError, parse_json_object, read_body, require_b
 from byoc.livepeer_header import HEADER_NAME, LivepeerHeaderError, parse_livepeer_header
 from byoc.params import normalize_params_body
 from byoc.status import StreamStatusTracker, idle_status
+from media.http_json import validation_message
 
 if TYPE_CHECKING:
     from byoc.mount import LivepeerService
@@ -39,14 +40,6 @@ PREVIOUS_STREAM_STOP_TIMEOUT_S = 10.0
 
 def service_of(request: web.Request) -> LivepeerService:
     return request.app["livepeer"]
-
-
-def validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
 
 
 # -- locating the stream a BYOC call is about ----------------------------------------------------

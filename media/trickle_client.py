@@ -160,6 +160,7 @@ class TrickleSubscriber:
         self._owns_session = session is None
         self._pending: asyncio.Task[aiohttp.ClientResponse | None] | None = None
         self._awaited: asyncio.Task[aiohttp.ClientResponse | None] | None = None
+        # bounded by _track: beyond MAX_TRACKED_SEGMENTS the oldest is released (not dropped silently)
         self._segments: deque[TrickleSegment] = deque()
         self._lock = asyncio.Lock()
 

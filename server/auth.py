@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 
 from aiohttp import web
 
+from media.http_json import bearer_ok
+
 log = logging.getLogger(__name__)
-
-
-def bearer_ok(request: web.Request, token: str | None) -> bool:
-    if not token:
-        return True
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
 
 
 def require_bearer(request: web.Request, token: str | None) -> None:

@@ -1,5 +1,7 @@
 """JSON errors for every route: `{"error": {"code", "message"}}` with the right status.
 
+`json_error` and `validation_message` live in `media.http_json` (shared with `byoc`).
+
 The body also carries ai-runner's `{"detail": {"msg"}}` so Livepeer components that read that
 shape get the message too (the orchestrator only relays the status code).
 """
@@ -12,41 +14,9 @@ import logging
 from aiohttp import web
 from pydantic import ValidationError
 
+from media.http_json import json_error, validation_message
+
 log = logging.getLogger(__name__)
-
-_STATUS_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "unprocessable",
-    429: "too_many_requests",
-    500: "internal_error",
-    503: "unavailable",
-}
-
-
-def json_error(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
-    body = {
-        "success": False,
-        "error": {"code": code or _STATUS_CODES.get(status, "error"), "message": message},
-        "detail": {"msg": message},
-    }
-    return web.json_response(body, status=status, headers=headers)
-
-
-def validation_message(exc: ValidationError) -> str:
-    """'subscribe_url: Field required; width: Input should be ...' — names every bad field."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
-
 
 async def read_json(request: web.Request, allow_empty: bool = False) -> dict | None:
     """The request body as a JSON object, or a 400/413 HTTP error with a clear message."""

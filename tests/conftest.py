@@ -14,6 +14,7 @@ from aiohttp import web
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch model weights in tests
 
 from server.app import create_app  # noqa: E402
+from server.routes_system import health_status  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 
@@ -39,6 +40,8 @@ async def start_server(settings: Settings | None = None, app: web.Application | 
     await site.start()
     port = runner.addresses[0][1]
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+    # ready as a Livepeer orchestrator sees it: /health no longer LOADING (speech model loaded)
+    await wait_until(lambda: health_status(app) != "LOADING", timeout=60, interval=0.05)
     return RunningServer(app, runner, f"http://127.0.0.1:{port}", session)
 
 

@@ -329,8 +329,7 @@ async def test_publisher_close_deletes_channel_unless_told_not_to(start_server):
     assert srv.requests("DELETE", "/drop")
 
 
-async def test_publisher_backpressure_is_bounded(start_server):
-    srv = await start_server()
+async def test_publisher_backpressure_is_bounded():
     gate = asyncio.Event()
 
     async def slow_sink(request: web.Request) -> web.Response:
