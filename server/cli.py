@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 
 from aiohttp import web
@@ -45,24 +47,46 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+log = logging.getLogger("streamlens")
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # faster-whisper logs every model call at INFO; keep its warnings only
+    logging.getLogger("faster_whisper").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM. Streams are stopped while the server still listens, so their last
+    segments and channel DELETEs reach an output on this very server; then everything closes."""
+    from server.app import create_app  # imported late so --help stays fast
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=30)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    log.info("streamlens %s listening on http://%s:%d", __version__, settings.host, settings.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+        await app["streams"].stop_all("server shutting down")
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
-    from server.app import create_app  # imported late so --help stays fast
-
-    app = create_app(settings)
-    # run_app handles SIGINT/SIGTERM: on_shutdown stops every stream, on_cleanup closes the rest
-    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=30,
-                print=lambda msg: logging.getLogger("streamlens").info(msg))
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

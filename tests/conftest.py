@@ -46,6 +46,8 @@ async def start_server(settings: Settings | None = None, app: web.Application | 
 
 
 async def stop_server(server: RunningServer) -> None:
+    # as `streamlens serve` does: stop streams while still listening, then close everything
+    await server.app["streams"].stop_all("server shutting down")
     await server.session.close()
     await server.runner.cleanup()
 

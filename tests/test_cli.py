@@ -62,17 +62,23 @@ async def test_serve_and_graceful_shutdown(sig):
             # a running stream (its input channel exists but nothing is published yet)
             async with session.post(base + "/ai/trickle/sig-in/0", data=b"") as resp:
                 assert resp.status == 200
-            async with session.post(base + "/stream/start", json={"subscribe_url": base + "/ai/trickle/sig-in"}) as resp:
+            async with session.post(base + "/ai/trickle/sig-out/0", data=b"") as resp:
+                assert resp.status == 200
+            async with session.post(base + "/stream/start", json={"subscribe_url": base + "/ai/trickle/sig-in",
+                                                                  "publish_url": base + "/ai/trickle/sig-out"}) as resp:
                 assert resp.status == 200
                 manifest_id = (await resp.json())["manifest_id"]
             async with session.get(base + "/health") as resp:
                 assert (await resp.json())["status"] == "OK"
         proc.send_signal(sig)
-        output, _ = await asyncio.wait_for(proc.communicate(), 30)
+        # streams stop while the server still listens: an output on this same server closes cleanly
+        output, _ = await asyncio.wait_for(proc.communicate(), 10)
         assert proc.returncode == 0, output.decode()[-2000:]
         log = output.decode()
         assert "stopping 1 stream(s): server shutting down" in log
-        assert f"{manifest_id}" in log
+        assert f"[{manifest_id}] state LOADING → STOPPED" in log
+        assert "DELETE /ai/trickle/sig-out HTTP/1.1\" 200" in log  # the output channel was closed
+        assert "failed" not in log
     finally:
         if proc.returncode is None:
             proc.kill()
