@@ -288,3 +288,11 @@ async def test_gpu_frame_queue_feeds_backends_that_accept_gpu_frames() -> None:
     assert events and tagger.gpu_frames_seen == stage.stats()["gpu_samples"] >= 2
     assert all(e.pts >= 100 and e.frame_size == (512, 512) for e in events)  # times of the GPU frames
     assert all(any(t.name == "face" for t in e.tags) for e in events)
+
+
+def test_an_update_without_vision_keeps_vision_as_it_was():
+    stage = VisionStage(VisionBackends(), {"vision": {"interval": 0.5}})
+    stage.update_params({"captions": {"enabled": True}})  # about something else
+    assert stage.params.enabled and stage.params.interval == 0.5
+    stage.update_params({"vision": {"enabled": False}})
+    assert not stage.params.enabled

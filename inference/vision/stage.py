@@ -287,6 +287,8 @@ class VisionStage(Stage):
             self._slot.set(item)
 
     def update_params(self, params: dict[str, Any]) -> None:
+        if "vision" not in (params or {}):
+            return  # an update about something else leaves vision as it is (as captions do)
         try:
             new = VisionParams.from_stream_params(params, self._backends.settings)
         except ValueError as exc:
