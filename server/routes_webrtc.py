@@ -565,9 +565,15 @@ async def delete_any_session(request: web.Request) -> web.Response:
     return await delete_session(request, ("browser", "whip", "whep"), request.app["settings"].api_token)
 
 
+def static_dir(settings) -> Path:
+    """The demo pages: `STATIC_DIR` when set (an installed package has no checkout beside it),
+    else the repository's `static/`."""
+    return Path(settings.static_dir) if settings.static_dir else STATIC_DIR
+
+
 def _page(name: str):
     async def handler(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC_DIR / name, headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(static_dir(request.app["settings"]) / name, headers={"Cache-Control": "no-cache"})
 
     return handler
 
@@ -602,5 +608,5 @@ def add_webrtc_routes(app: web.Application) -> WebRTCService:
     r.add_get("/", _page("index.html"))
     r.add_get("/whep.html", _page("whep.html"))
     r.add_get("/view/{manifest_id}", _page("whep.html"))
-    r.add_static("/static/", STATIC_DIR)
+    r.add_static("/static/", static_dir(app["settings"]))
     return service

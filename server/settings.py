@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     auth_token: str | None = Field(None, description="Bearer token for Livepeer routes (off when unset)")
     pipeline_name: str = Field("streamlens", description="Pipeline name reported by /version")
     model_id: str = Field("streamlens", description="Model id reported by /version (ai-runner checks it on start)")
+    static_dir: str = Field("", description="Folder of the demo pages (empty = the repository's static/)")
     cors_origins: str = Field("*", description="Access-Control-Allow-Origin for browser-facing routes")
 
     # -- webrtc --------------------------------------------------------------------------------------
