@@ -33,19 +33,7 @@ from aiohttp import web  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.webrtc_helpers import BASE_FLAGS as FLAGS, CHROMIUM  # noqa: E402
 
 # Runs in the page. Returns the latency samples (ms, in arrival order) and a few counters.
 PAGE_SCRIPT = """

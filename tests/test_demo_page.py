@@ -21,19 +21,7 @@ from media.events import CaptionEvent
 from tests.conftest import wait_until
 from tests.webrtc_helpers import loopback_settings
 
-CHROMIUM = "/usr/bin/chromium"
-BASE_FLAGS = [
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.webrtc_helpers import BASE_FLAGS, CHROMIUM  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed")
 

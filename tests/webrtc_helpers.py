@@ -35,6 +35,22 @@ VIDEO_RATE = 90000
 AUDIO_RATE = 48000
 ID_MODULO = 1 << 16
 
+# Debian's Chromium, headless, with the flags WebRTC on loopback needs (reference/webrtc.md §4.2)
+CHROMIUM = "/usr/bin/chromium"
+BASE_FLAGS = [
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
 
 def loopback_settings(**overrides) -> dict:
     """Server settings for loopback tests: ICE on 127.0.0.1 only, quick reaping."""
