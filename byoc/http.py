@@ -1,23 +1,19 @@
-"""HTTP helpers for the Livepeer routes: JSON errors, bearer checks, body parsing.
+"""HTTP helpers for the Livepeer routes: JSON errors and body parsing.
 
-The JSON error body and the bearer check themselves are `media.http_json`'s, shared with `server`.
+The JSON error body and the depth-limited JSON parser are `media.http_json`'s, shared with
+`server`. Tokens are checked by the server's access policy from each route's declared role.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from aiohttp import web
 
-from media.http_json import bearer_ok, json_error
+from media.http_json import JSONBodyError, json_error, loads_limited
 
 log = logging.getLogger(__name__)
-
-# ai-runner's wording for a bad token (routes/live_video_to_video.py)
-INVALID_TOKEN_MESSAGE = "Invalid bearer token."
-
 
 class LivepeerHTTPError(Exception):
     """Raised inside a handler; turned into a JSON error response by `error_response`."""
@@ -34,12 +30,6 @@ class LivepeerHTTPError(Exception):
         return json_error(self.status, self.message, code=self.code, headers=self.headers)
 
 
-def require_bearer(request: web.Request, token: str | None) -> None:
-    if not bearer_ok(request, token):
-        log.info("%s %s → 401: missing or wrong bearer token", request.method, request.path)
-        raise LivepeerHTTPError(401, INVALID_TOKEN_MESSAGE, headers={"WWW-Authenticate": "Bearer"})
-
-
 def parse_json_object(raw: bytes, *, allow_empty: bool = False, what: str = "request body") -> dict[str, Any] | None:
     """`raw` as a JSON object; None for an empty body when `allow_empty`; else LivepeerHTTPError(400)."""
     if not raw.strip():
@@ -47,9 +37,9 @@ def parse_json_object(raw: bytes, *, allow_empty: bool = False, what: str = "req
             return None
         raise LivepeerHTTPError(400, f"{what} is empty; a JSON object is required")
     try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LivepeerHTTPError(400, f"{what} is not valid JSON: {exc}") from None
+        value = loads_limited(raw)
+    except JSONBodyError as exc:
+        raise LivepeerHTTPError(400, f"{what}: {exc}") from None
     if not isinstance(value, dict):
         raise LivepeerHTTPError(400, f"{what} must be a JSON object")
     return value

@@ -1,8 +1,9 @@
 """`mount_livepeer(app, ...)`: everything that makes streamlens a Livepeer worker, on one app.
 
-- routes (byoc/routes.py) and a middleware that serves batch capabilities at the bare
-  `POST /{name}` path the orchestrator forwards to when the registered URL is the server root,
-  turns `LivepeerHTTPError` into JSON errors, and asks for re-registration after a 401;
+- routes (byoc/routes.py; the bare `POST /{capability}` path the orchestrator forwards to when
+  the registered URL is the server root is mounted last, by `mount_capability_fallback`) and a
+  middleware that turns `LivepeerHTTPError` into JSON errors and asks for re-registration after
+  a 401;
 - a stream start hook attaching the events/control/data channels (byoc/channels.py);
 - capability registration with the orchestrator when ORCH_URL and ORCH_SECRET are set.
 
@@ -24,11 +25,12 @@ from byoc.channels import ChannelConfig, ChannelRegistry
 from byoc.http import LivepeerHTTPError
 from byoc.metrics import CapabilityCounter, livepeer_metrics
 from byoc.registration import CapabilityRegistration, OrchestratorRegistrar, RetryPlan
-from byoc.routes import routes, run_capability
+from byoc.routes import capability_fallback, routes
 
 log = logging.getLogger(__name__)
 
-StartHandler = Callable[[Any], Awaitable[web.StreamResponse]]
+# (app, body, stream id) → the response of the server's shared `/stream/start`
+StartHandler = Callable[[web.Application, dict[str, Any], str | None], Awaitable[web.StreamResponse]]
 
 # Paths whose 401 answers make the orchestrator drop this capability (so: register again).
 LIVEPEER_PATH_PREFIXES = ("/stream/", "/live-video-to-video", "/process/")
@@ -59,10 +61,6 @@ class LivepeerService:
         self.capability_counter = CapabilityCounter()
 
     @property
-    def auth_token(self) -> str | None:
-        return _secret(getattr(self.settings, "auth_token", None))
-
-    @property
     def batch_timeout(self) -> float:
         return float(getattr(self.settings, "capability_default_timeout", 60.0))
 
@@ -73,11 +71,6 @@ class LivepeerService:
     @web.middleware
     async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
         try:
-            unmatched = request.match_info.http_exception is not None
-            if unmatched and request.method == "POST":
-                name = request.path.strip("/")
-                if name and "/" not in name and name in self.capabilities:
-                    return await run_capability(request, name)
             return await handler(request)
         except LivepeerHTTPError as exc:
             if exc.status == 401:
@@ -156,7 +149,7 @@ def mount_livepeer(app: web.Application, *, manager: Any, settings: Any, start_h
     app["capabilities"] = service.capabilities  # features add their batch capabilities here
     app["stream_start_hooks"].append(channels.on_stream_built)
     app.middlewares.append(service.middleware)
-    app.add_routes(routes)
+    routes.mount(app)
     metrics = app.get("metrics")
     if metrics is not None and hasattr(metrics, "add_source"):
         metrics.add_source(lambda: livepeer_metrics(service))
@@ -173,3 +166,8 @@ def mount_livepeer(app: web.Application, *, manager: Any, settings: Any, start_h
         # unregister first on shutdown, so the orchestrator stops routing work here at once
         app.on_shutdown.insert(0, stop_registration)
     return service
+
+
+def mount_capability_fallback(app: web.Application) -> None:
+    """`POST /{capability}`: after every other route, so it never shadows a named one."""
+    capability_fallback.mount(app)

@@ -3,7 +3,12 @@ shared handler), the ai-runner alias `POST /live-video-to-video`, BYOC batch cap
 (`/process/request/{name}` and the bare `/{name}` the orchestrator forwards to), `/hardware/*`.
 
 Handlers reach their collaborators through `request.app["livepeer"]` (a `LivepeerService`, see
-byoc/mount.py). Every route but `/hardware/*` needs the bearer token when `AUTH_TOKEN` is set.
+byoc/mount.py). Every route is declared with its role (`livepeer`; the stream routes also `api`);
+the server's access policy checks the token.
+
+Content types: `/stream/stop` takes any body (the orchestrator sends a client's JSON, a gateway
+error string or nothing) and batch capabilities take the caller's own Content-Type (the
+orchestrator forwards the raw body); every other route takes `application/json` only.
 """
 
 from __future__ import annotations
@@ -15,23 +20,24 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from byoc.capabilities import CapabilityContext, CapabilityError
 from byoc.hardware import hardware_info, hardware_stats
-from byoc.http import LivepeerHTTPError, parse_json_object, read_body, require_bearer
+from byoc.http import LivepeerHTTPError, parse_json_object, read_body
 from byoc.livepeer_header import HEADER_NAME, LivepeerHeaderError, parse_livepeer_header
 from byoc.params import normalize_params_body
 from byoc.status import StreamStatusTracker, idle_status
 from media.http_json import validation_message
+from media.http_routes import Role, RouteTable, registry_of
 
 if TYPE_CHECKING:
     from byoc.mount import LivepeerService
 
 log = logging.getLogger(__name__)
 
-routes = web.RouteTableDef()
+routes = RouteTable()
+STREAM_ROLES = (Role.LIVEPEER, Role.API)
 
 STREAM_ID_HEADER = "X-Stream-Id"
 # ai-runner waits this long for the previous streamer before answering 400
@@ -76,12 +82,11 @@ def locate_stream(request: web.Request, body: dict[str, Any] | None, action: str
 
 
 # -- BYOC streaming -------------------------------------------------------------------------------
-@routes.post("/stream/params")
+@routes.post("/stream/params", role=STREAM_ROLES, tag="livepeer", errors=(400, 401, 404, 415),
+             summary="Update a running stream's params (merge patch); X-Stream-Id names the stream")
 async def stream_params(request: web.Request) -> web.Response:
     """BYOC update: the body is the client's JSON verbatim and is the new params (or its `params`
     object). A mid-stream width/height change is refused with 400."""
-    service = service_of(request)
-    require_bearer(request, service.auth_token)
     body = parse_json_object(await read_body(request))
     stream, stream_id = locate_stream(request, body, "update")
     if not stream.active:
@@ -110,10 +115,9 @@ def _stop_reason(raw: bytes) -> str:
     return f"stopped by /stream/stop: {str(reason)[:200]}" if reason else "stopped by /stream/stop"
 
 
-@routes.post("/stream/stop")
+@routes.post("/stream/stop", role=STREAM_ROLES, content_types=None, tag="livepeer", errors=(400, 401, 404),
+             summary="Stop a stream (any body: JSON, a gateway error string, or nothing)")
 async def stream_stop(request: web.Request) -> web.Response:
-    service = service_of(request)
-    require_bearer(request, service.auth_token)
     raw = await read_body(request)
     try:  # any body is accepted: JSON, a plain error string, or nothing
         body = parse_json_object(raw, allow_empty=True)
@@ -131,11 +135,11 @@ async def stream_stop(request: web.Request) -> web.Response:
     })
 
 
-@routes.get("/stream/status")
+@routes.get("/stream/status", role=STREAM_ROLES, tag="livepeer", errors=(400, 401, 404),
+            summary="ai-runner status of the addressed (or only) stream")
 async def stream_status(request: web.Request) -> web.Response:
     """pytrickle's status route: ai-runner's status for the addressed (or only) stream."""
     service = service_of(request)
-    require_bearer(request, service.auth_token)
     pipeline = service.settings.pipeline_name
     if requested_stream_id(request, None) is None and not service.manager.active():
         return web.json_response({**idle_status(pipeline), "client_active": False, "manifest_id": None})
@@ -180,40 +184,8 @@ class LiveVideoToVideoRequest(BaseModel):
         return value
 
 
-class ForwardedStartRequest:
-    """What the shared start handler reads from a request (`app`, `method`, `path`, `headers`,
-    `read()`), with a rewritten body and headers: an aiohttp request cannot be cloned once read."""
-
-    def __init__(self, request: web.Request, body: dict[str, Any], extra_headers: dict[str, str]) -> None:
-        self.app = request.app
-        self.method = request.method
-        self.path = request.path
-        self.rel_url = request.rel_url
-        self.query = request.query
-        self.match_info = request.match_info
-        self.remote = request.remote
-        headers = CIMultiDict(request.headers)
-        for name, value in extra_headers.items():
-            headers[name] = value
-        headers["Content-Type"] = "application/json"
-        self.headers = CIMultiDictProxy(headers)
-        self._body = json.dumps(body).encode()
-
-    async def read(self) -> bytes:
-        return self._body
-
-    async def text(self) -> str:
-        return self._body.decode()
-
-    async def json(self) -> Any:
-        return json.loads(self._body)
-
-
-@routes.post("/live-video-to-video")
-@routes.post("/live-video-to-video/")
 async def live_video_to_video(request: web.Request) -> web.StreamResponse:
     service = service_of(request)
-    require_bearer(request, service.auth_token)
     body = parse_json_object(await read_body(request))
     try:
         req = LiveVideoToVideoRequest.model_validate(body)
@@ -243,7 +215,7 @@ async def live_video_to_video(request: web.Request) -> web.StreamResponse:
         }.items() if value
     }
     forwarded["params"] = req.params
-    response = await service.start_handler(ForwardedStartRequest(request, forwarded, {STREAM_ID_HEADER: stream_id}))
+    response = await service.start_handler(request.app, forwarded, stream_id)
     if response.status != 200 or not isinstance(response, web.Response) or response.body is None:
         return response
     try:
@@ -252,6 +224,12 @@ async def live_video_to_video(request: web.Request) -> web.StreamResponse:
         return response
     # ai-runner answers {"publish_url": "", "subscribe_url": "", "control_url": ""} (unused)
     return web.json_response({"publish_url": "", "subscribe_url": "", "control_url": "", **started})
+
+
+for _path in ("/live-video-to-video", "/live-video-to-video/"):
+    routes.add("POST", _path, live_video_to_video, role=Role.LIVEPEER, body=LiveVideoToVideoRequest, tag="livepeer",
+               errors=(400, 401, 415, 503), hidden=_path.endswith("/"),
+               summary="ai-runner live-video-to-video: start a stream from trickle URLs")
 
 
 # -- BYOC batch capabilities ----------------------------------------------------------------------
@@ -269,7 +247,6 @@ async def run_capability(request: web.Request, name: str) -> web.StreamResponse:
 
 
 async def _run_capability(service: LivepeerService, request: web.Request, name: str) -> web.StreamResponse:
-    require_bearer(request, service.auth_token)
     capability = service.capabilities.get(name)
     if capability is None:
         known = ", ".join(service.capabilities.names()) or "none"
@@ -304,15 +281,35 @@ async def _run_capability(service: LivepeerService, request: web.Request, name: 
     return web.json_response(result, dumps=lambda value: json.dumps(value, default=str))
 
 
-@routes.post("/process/request/{capability}")
+CAPABILITY = dict(role=Role.LIVEPEER, content_types=None, tag="livepeer", errors=(400, 401, 404, 413, 504))
+
+
+@routes.post("/process/request/{capability}", summary="Run a BYOC batch capability (raw body of the caller's type)",
+             **CAPABILITY)
 async def process_request(request: web.Request) -> web.StreamResponse:
     return await run_capability(request, request.match_info["capability"])
 
 
-@routes.get("/process/capabilities")
+async def bare_capability(request: web.Request) -> web.StreamResponse:
+    """The orchestrator forwards `/process/request/<name>` to `{registered url}/<name>`."""
+    name = request.match_info["capability"]
+    if name not in service_of(request).capabilities:  # answer as if this route did not exist
+        methods = {spec.method for spec in registry_of(request.app).for_path(request.path)} - {"OPTIONS"}
+        if methods:
+            raise web.HTTPMethodNotAllowed(request.method, methods)
+        raise web.HTTPNotFound(reason=f"no route {request.path}")
+    return await run_capability(request, name)
+
+
+# mounted last of all routes (byoc.mount.mount_capability_fallback), so every named route wins
+capability_fallback = RouteTable()
+capability_fallback.add("POST", "/{capability}", bare_capability, summary="A batch capability at the bare path "
+                        "the orchestrator forwards to when the registered URL is the server root", **CAPABILITY)
+
+
+@routes.get("/process/capabilities", role=Role.LIVEPEER, tag="livepeer", summary="Batch capabilities served here")
 async def list_capabilities(request: web.Request) -> web.Response:
     service = service_of(request)
-    require_bearer(request, service.auth_token)
     return web.json_response({
         "capability_name": service.settings.capability_name,
         "capabilities": service.capabilities.describe(),
@@ -320,17 +317,21 @@ async def list_capabilities(request: web.Request) -> web.Response:
 
 
 # -- hardware (ai-runner shape) -------------------------------------------------------------------
-@routes.get("/hardware/info")
-@routes.get("/hardware/info/")
 async def get_hardware_info(request: web.Request) -> web.Response:
     settings = service_of(request).settings
     body = await asyncio.to_thread(hardware_info, settings.pipeline_name, settings.model_id)
     return web.json_response(body)
 
 
-@routes.get("/hardware/stats")
-@routes.get("/hardware/stats/")
 async def get_hardware_stats(request: web.Request) -> web.Response:
     settings = service_of(request).settings
     body = await asyncio.to_thread(hardware_stats, settings.pipeline_name, settings.model_id)
     return web.json_response(body)
+
+
+for _path, _handler, _summary in (("/hardware/info", get_hardware_info, "GPUs and pipeline (ai-runner shape)"),
+                                  ("/hardware/stats", get_hardware_stats, "GPU utilisation (ai-runner shape)")):
+    for _alias in (_path, _path + "/"):
+        # public, as in ai-runner: go-livepeer reads them when it adopts a runner, without a token
+        routes.add("GET", _alias, _handler, role=Role.PUBLIC, tag="livepeer", summary=_summary,
+                   hidden=_alias.endswith("/"))

@@ -7,7 +7,7 @@ Livepeer components read the `detail` shape.
 
 from __future__ import annotations
 
-import hmac
+import json
 from typing import Any
 
 from aiohttp import web
@@ -52,9 +52,35 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def bearer_ok(request: web.Request, token: str | None) -> bool:
-    """True when no token is configured, or the request carries `Authorization: Bearer <token>`."""
-    if not token:
-        return True
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+DEFAULT_MAX_JSON_DEPTH = 32
+
+
+class JSONBodyError(ValueError):
+    """A body that is not acceptable JSON (invalid, or nested too deeply) → 400."""
+
+
+def json_depth_ok(value: Any, limit: int) -> bool:
+    """Iterative, so a hostile body cannot exhaust the stack here either."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def loads_limited(raw: bytes | str, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Any:
+    """`raw` as JSON; `JSONBodyError` naming what is wrong (invalid, too deeply nested)."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise JSONBodyError(f"JSON nested too deeply (at most {max_depth} levels)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise JSONBodyError(f"invalid JSON: {exc}") from None
+    if not json_depth_ok(value, max_depth):
+        raise JSONBodyError(f"JSON nested too deeply (at most {max_depth} levels)")
+    return value

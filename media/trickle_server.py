@@ -33,6 +33,8 @@ from typing import Any
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from media.http_routes import Role, RouteTable
+
 log = logging.getLogger(__name__)
 
 HEADER_SEQ = "Lp-Trickle-Seq"
@@ -303,13 +305,18 @@ class TrickleServer:
     # -- lifecycle ------------------------------------------------------------------------------
     def add_routes(self, app: web.Application, prefix: str = "/ai/trickle/") -> None:
         base = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
-        # `/next` must be registered before `/{seq}` so it wins.
-        app.router.add_get(base + "{channel}/next", self._handle_next)
-        app.router.add_get(base + "{channel}/{seq}", self._handle_get)
-        app.router.add_post(base + "{channel}/{seq}", self._handle_post)
-        app.router.add_delete(base + "{channel}/{seq}", self._handle_delete_segment)
-        app.router.add_post(base + "{channel}", self._handle_create)
-        app.router.add_delete(base + "{channel}", self._handle_delete_channel)
+        table = RouteTable()
+        opts = dict(role=Role.TRICKLE, content_types=None, stream_body=True, tag="trickle", response_type="",
+                    errors=(400, 404, 413, 470, 503))
+        table.add("GET", base + "{channel}/next", self._handle_next, summary="Index of the next segment", **opts)
+        table.add("GET", base + "{channel}/{seq}", self._handle_get, **{**opts, "response_type": "*/*"},
+                  summary="Read a segment as it is written (-1 next, -2 current)")
+        table.add("POST", base + "{channel}/{seq}", self._handle_post,
+                  summary="Publish a segment (chunked body, streamed to readers)", **opts)
+        table.add("DELETE", base + "{channel}/{seq}", self._handle_delete_segment, summary="Close a segment", **opts)
+        table.add("POST", base + "{channel}", self._handle_create, summary="Create a channel", **opts)
+        table.add("DELETE", base + "{channel}", self._handle_delete_channel, summary="Close a channel", **opts)
+        table.mount(app)
         app.on_startup.append(self._on_startup)
         # Closing channels at shutdown wakes blocked GETs/POSTs before aiohttp waits for handlers.
         app.on_shutdown.append(self._on_shutdown)

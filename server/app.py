@@ -6,12 +6,14 @@ import logging
 
 from aiohttp import web
 
-from byoc.mount import mount_livepeer
+from byoc.mount import mount_capability_fallback, mount_livepeer
 from media.manager import StreamManager
 from media.trickle_server import TrickleServer
 from server import routes_events, routes_streams, routes_system
+from server.access import install_access, install_log_redaction
 from server.errors import error_middleware
 from server.features import install_features
+from server.openapi import mount_openapi
 from server.metrics import Metrics
 from server.pipeline import StreamFactory
 from server.routes_webrtc import add_webrtc_routes
@@ -47,14 +49,19 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.on_shutdown.append(_stop_streams)
     trickle.add_routes(app, prefix="/ai/trickle/")
 
-    app.add_routes(routes_streams.routes)
-    app.add_routes(routes_system.routes)
-    app.add_routes(routes_events.routes)
+    routes_streams.routes.mount(app)
+    routes_system.routes.mount(app)
+    routes_events.mount_event_routes(app)
     # Livepeer worker: BYOC/ai-runner routes, stream side channels, capability registration.
     # Before the features, so they can add batch capabilities to app["capabilities"].
-    mount_livepeer(app, manager=manager, settings=settings, start_handler=routes_streams.handle_start)
+    mount_livepeer(app, manager=manager, settings=settings, start_handler=routes_streams.start_from_body)
+    # innermost middleware: every declared route's role, content type, body limits (server/access.py)
+    install_access(app)
     install_features(app, settings)
     add_webrtc_routes(app)  # /offer, WHIP, WHEP, demo pages; its shutdown runs after _stop_streams
+    mount_openapi(app)  # /openapi.json and /docs, from every declaration above
+    mount_capability_fallback(app)  # POST /{capability}: last, so it shadows no named route
+    install_log_redaction()
     return app
 
 

@@ -63,8 +63,11 @@ def configure_logging(level: str) -> None:
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM. Streams are stopped while the server still listens, so their last
     segments and channel DELETEs reach an output on this very server; then everything closes."""
+    from server.access import startup_warnings
     from server.app import create_app  # imported late so --help stays fast
 
+    for warning in startup_warnings(settings):
+        log.warning("!!! %s", warning)
     app = create_app(settings)
     runner = web.AppRunner(app, shutdown_timeout=30)
     await runner.setup()

@@ -11,23 +11,35 @@ first gets the recent events it missed, from the stream's bounded history.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 from aiohttp import web
 
 from media.events import StreamEvent
-from server.auth import require_bearer
+from media.http_routes import Role, RouteTable, match_stream_id
+from server.access import cors_headers
 
 log = logging.getLogger(__name__)
 
-routes = web.RouteTableDef()
+routes = RouteTable()
+# Viewer routes: WHEP_TOKEN (every stream) or the stream's own viewer token; `?token=` too, since
+# EventSource and <track src> cannot send headers.
+VIEWER = dict(role=Role.VIEWER, query_token=True, stream_of=match_stream_id(), tag="viewer", errors=(401, 404))
 
 KEEPALIVE_SECONDS = 15.0
+DISCONNECT_CHECK_SECONDS = 1.0
+# open SSE connections per manifest id (SSE_MAX_PER_STREAM); entries go when they reach zero
+SSE_OPEN_KEY = web.AppKey("sse_open", dict)
+
+
+def mount_event_routes(app: web.Application) -> None:
+    app[SSE_OPEN_KEY] = {}
+    routes.mount(app)
 
 
 def _stream(request: web.Request):
-    require_bearer(request, request.app["settings"].api_token)
     manifest_id = request.match_info["manifest_id"]
     stream = request.app["streams"].get(manifest_id)
     if stream is None:
@@ -50,52 +62,74 @@ async def _serve_sse(request: web.Request, kinds: set[str] | None, name_of) -> w
     stream = _stream(request)
     last_id = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     replay = request.query.get("replay") in ("1", "true") or last_id is not None
+    open_now = request.app[SSE_OPEN_KEY]
+    limit = request.app["settings"].sse_max_per_stream
+    if open_now.get(stream.manifest_id, 0) >= limit:
+        raise web.HTTPServiceUnavailable(reason=f"stream '{stream.manifest_id}' has its maximum of {limit} "
+                                                "event connections", headers={"Retry-After": "5"})
     try:
         subscription = stream.events.subscribe(maxsize=512, kinds=kinds, replay=replay)
     except RuntimeError as exc:  # too many subscribers on this stream
         raise web.HTTPServiceUnavailable(reason=str(exc)) from None
+    open_now[stream.manifest_id] = open_now.get(stream.manifest_id, 0) + 1
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream",
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
-        "Access-Control-Allow-Origin": request.app["settings"].cors_origins,
+        **cors_headers(request),
     })
     await response.prepare(request)
     skip_until = int(last_id) if last_id and last_id.isdigit() else 0
     try:
         await response.write(b": streamlens events\nretry: 2000\n\n")
+        loop = asyncio.get_running_loop()
+        last_write = loop.time()
         while True:
-            event = await subscription.get(timeout=KEEPALIVE_SECONDS)
+            # wake every second so a client that went away frees its place promptly
+            event = await subscription.get(timeout=DISCONNECT_CHECK_SECONDS)
             if event is None:
                 if subscription.closed:
                     reason = json.dumps({"type": "stream_ended", "reason": stream.end_reason})
                     await response.write(f"event: end\ndata: {reason}\n\n".encode())
                     break
-                await response.write(b": keepalive\n\n")
+                if request.transport is None or request.transport.is_closing():
+                    break
+                if loop.time() - last_write >= KEEPALIVE_SECONDS:
+                    await response.write(b": keepalive\n\n")
+                    last_write = loop.time()
                 continue
             if event.id <= skip_until:
                 continue  # the client saw it before reconnecting
             await response.write(sse_message(event, name_of(event)))
+            last_write = loop.time()
     except (ConnectionResetError, RuntimeError):
         pass  # the client went away
     finally:
         subscription.close()
+        left = open_now.get(stream.manifest_id, 1) - 1
+        if left > 0:
+            open_now[stream.manifest_id] = left
+        else:
+            open_now.pop(stream.manifest_id, None)  # no entry for a stream nobody watches
     return response
 
 
-@routes.get("/stream/{manifest_id}/events")
+@routes.get("/stream/{manifest_id}/events", summary="Every event of a stream (SSE); ?kinds=caption,tags",
+            response_type="text/event-stream", **VIEWER)
 async def stream_events(request: web.Request) -> web.StreamResponse:
     kinds_param = request.query.get("kinds")
     kinds = {k.strip() for k in kinds_param.split(",") if k.strip()} if kinds_param else None
     return await _serve_sse(request, kinds, lambda event: event.kind)
 
 
-@routes.get("/stream/{manifest_id}/captions")
+@routes.get("/stream/{manifest_id}/captions", summary="Caption events (SSE: partial / final)",
+            response_type="text/event-stream", **VIEWER)
 async def stream_captions(request: web.Request) -> web.StreamResponse:
     return await _serve_sse(request, {"caption"}, lambda event: "final" if event.final else "partial")
 
 
-@routes.get("/stream/{manifest_id}/captions.vtt")
+@routes.get("/stream/{manifest_id}/captions.vtt", summary="Final captions as WebVTT (?lang= a translation)",
+            response_type="text/vtt", **VIEWER)
 async def stream_captions_vtt(request: web.Request) -> web.Response:
     stream = _stream(request)
     text = stream.captions.to_webvtt(request.query.get("lang"))

@@ -7,15 +7,16 @@ import logging
 from aiohttp import web
 from pydantic import ValidationError
 
+from media.http_routes import Role, RouteTable
 from media.manager import AdmissionError, DuplicateStreamError, StreamManager
-from server.auth import require_bearer
+from server.access import VIEWER_TOKENS_KEY
 from server.errors import json_error, read_json, validation_message
 from server.pipeline import StreamFactory
-from server.start_request import StreamSpec, parse_start
+from server.start_request import StartRequest, StreamSpec, parse_start
 
 log = logging.getLogger(__name__)
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 
 def manager_of(request: web.Request) -> StreamManager:
@@ -39,7 +40,12 @@ async def start_stream(app: web.Application, spec: StreamSpec, **build_kwargs):
     return stream
 
 
-def start_response(stream) -> dict:
+def viewer_token(app: web.Application, stream) -> str:
+    """The stream's own token for its WHEP, SSE and WebVTT routes (and nothing else)."""
+    return app[VIEWER_TOKENS_KEY].issue(stream)
+
+
+def start_response(app: web.Application, stream) -> dict:
     return {
         "success": True,
         "status": "success",
@@ -47,49 +53,48 @@ def start_response(stream) -> dict:
         "manifest_id": stream.manifest_id,
         "request_id": stream.manifest_id,
         "current_state": stream.state.value,
+        "viewer_token": viewer_token(app, stream),
         "stream": stream.summary(),
     }
 
 
-async def handle_start(request: web.Request) -> web.Response:
-    """Shared by the native API and the Livepeer routes (which check their own token first)."""
-    body = await read_json(request)
+async def start_from_body(app: web.Application, body: dict, stream_id_header: str | None) -> web.Response:
+    """Shared by `POST /stream/start` (both shapes) and ai-runner's `/live-video-to-video`."""
+    metrics = app["metrics"]
     try:
-        spec = parse_start(body, request.headers.get("X-Stream-Id"))
+        spec = parse_start(body, stream_id_header)
     except ValidationError as exc:
-        request.app["metrics"].streams_rejected.labels("bad_request").inc()
+        metrics.streams_rejected.labels("bad_request").inc()
         return json_error(400, validation_message(exc))
     except ValueError as exc:
-        request.app["metrics"].streams_rejected.labels("bad_request").inc()
+        metrics.streams_rejected.labels("bad_request").inc()
         return json_error(400, str(exc))
-    if spec.mode == "livepeer":
-        require_bearer(request, request.app["settings"].auth_token)
-    else:
-        require_bearer(request, request.app["settings"].api_token)
     try:
-        stream = await start_stream(request.app, spec)
+        stream = await start_stream(app, spec)
     except AdmissionError as exc:
-        request.app["metrics"].streams_rejected.labels("capacity").inc()
+        metrics.streams_rejected.labels("capacity").inc()
         return json_error(503, str(exc), code="at_capacity", headers={"Retry-After": "5"})
     except DuplicateStreamError as exc:
         return json_error(409, str(exc))
     except ValueError as exc:
-        request.app["metrics"].streams_rejected.labels("bad_request").inc()
+        metrics.streams_rejected.labels("bad_request").inc()
         return json_error(400, str(exc))
     except Exception as exc:
         log.exception("[%s] stream failed to start", spec.manifest_id)
         return json_error(500, f"stream failed to start: {exc}")
-    return web.json_response(start_response(stream))
+    return web.json_response(start_response(app, stream))
 
 
-@routes.post("/stream/start")
+@routes.post("/stream/start", role=(Role.API, Role.LIVEPEER), body=StartRequest, tag="streams",
+             summary="Start a stream: native {subscribe_url, publish_url} or the Livepeer gateway shape "
+                     "(X-Stream-Id, gateway_request_id, control/events/data URLs)",
+             errors=(400, 401, 409, 415, 503))
 async def post_stream_start(request: web.Request) -> web.Response:
-    return await handle_start(request)
+    return await start_from_body(request.app, await read_json(request), request.headers.get("X-Stream-Id"))
 
 
-@routes.get("/streams")
+@routes.get("/streams", role=Role.API, tag="streams", summary="Running streams")
 async def list_streams(request: web.Request) -> web.Response:
-    require_bearer(request, request.app["settings"].api_token)
     streams = []
     for stream in manager_of(request).active():
         item = stream.summary()
@@ -109,16 +114,15 @@ def _stream_or_404(request: web.Request, active_only: bool = False):
     return stream
 
 
-@routes.get("/stream/{manifest_id}/status")
+@routes.get("/stream/{manifest_id}/status", role=Role.API, tag="streams", errors=(401, 404),
+            summary="One stream's status (running or recently stopped)")
 async def stream_status(request: web.Request) -> web.Response:
-    require_bearer(request, request.app["settings"].api_token)
     stream = _stream_or_404(request)
     return web.json_response({"success": True, **stream.status()})
 
 
-@routes.delete("/stream/{manifest_id}")
+@routes.delete("/stream/{manifest_id}", role=Role.API, tag="streams", errors=(401, 404), summary="Stop a stream")
 async def delete_stream(request: web.Request) -> web.Response:
-    require_bearer(request, request.app["settings"].api_token)
     stream = _stream_or_404(request, active_only=True)
     await stream.stop("stopped by DELETE")
     return web.json_response({

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from media.http_routes import Role, RouteTable
 from server import __version__
 from server.metrics import CONTENT_TYPE
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 
 def health_status(app: web.Application) -> str:
@@ -23,7 +24,7 @@ def health_status(app: web.Application) -> str:
     return "IDLE" if ok else "ERROR"
 
 
-@routes.get("/health")
+@routes.get("/health", role=Role.PUBLIC, tag="system", summary="IDLE | OK | LOADING | ERROR, streams, capacity, feature details")
 async def health(request: web.Request) -> web.Response:
     app = request.app
     manager = app["streams"]
@@ -33,7 +34,7 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-@routes.get("/version")
+@routes.get("/version", role=Role.PUBLIC, tag="system", summary="Pipeline, model id and version (ai-runner shape)")
 async def version(request: web.Request) -> web.Response:
     return web.json_response({
         "pipeline": request.app["settings"].pipeline_name,
@@ -42,6 +43,6 @@ async def version(request: web.Request) -> web.Response:
     })
 
 
-@routes.get("/metrics")
+@routes.get("/metrics", role=Role.METRICS, tag="system", response_type="text/plain", summary="Prometheus metrics")
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app["metrics"].render(), headers={"Content-Type": CONTENT_TYPE})

@@ -176,6 +176,12 @@ def add_translate_routes(app: web.Application, service: TranslationService) -> N
     """Mount the translation API on `app` and keep `service` under TRANSLATION_SERVICE_KEY.
     The caller owns the service's lifetime (`await service.close()` on shutdown)."""
     app[TRANSLATION_SERVICE_KEY] = service
-    app.router.add_post("/translate", handle_translate)
-    app.router.add_post("/translate/batch", handle_translate_batch)
-    app.router.add_get("/translate/health", handle_translate_health)
+    from media.http_routes import Role, RouteTable
+
+    table = RouteTable()
+    table.add("POST", "/translate", handle_translate, role=Role.API, tag="translate", summary="Translate one text")
+    table.add("POST", "/translate/batch", handle_translate_batch, role=Role.API, tag="translate",
+              summary="Translate several texts")
+    table.add("GET", "/translate/health", handle_translate_health, role=Role.API, tag="translate",
+              summary="Translation backend health")
+    table.mount(app)

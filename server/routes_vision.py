@@ -24,7 +24,6 @@ import asyncio
 import base64
 import binascii
 import io
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -36,6 +35,8 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from inference.vision.base import BackendUnavailable, VisionRequest
+from media.http_json import JSONBodyError, json_error, loads_limited
+from media.http_routes import Role, RouteTable
 from inference.vision.stage import VisionBackends
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 VISION_BACKENDS_KEY = web.AppKey("vision_backends", VisionBackends)
-VISION_MAX_BODY_KEY = web.AppKey("vision_max_body_bytes", int)
 
 
 class DescribeError(Exception):
@@ -53,7 +53,7 @@ class DescribeError(Exception):
         self.status, self.code, self.message = status, code, message
 
     def to_response(self) -> web.Response:
-        return web.json_response({"error": {"code": self.code, "message": self.message}}, status=self.status)
+        return json_error(self.status, self.message, code=self.code)  # the one error shape
 
 
 class DescribeOptions(BaseModel):
@@ -158,9 +158,9 @@ async def describe_capability(body: bytes | str | Mapping[str, Any], backends: V
     """The `describe` operation on a JSON body (see the module docstring). Raises DescribeError."""
     if isinstance(body, (bytes, bytearray, str)):
         try:
-            body = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise DescribeError(400, "invalid_json", "body is not valid JSON") from None
+            body = loads_limited(body)
+        except JSONBodyError as exc:
+            raise DescribeError(400, "invalid_json", str(exc)) from None
     if not isinstance(body, Mapping):
         raise DescribeError(400, "invalid_request", "body must be a JSON object")
     try:
@@ -172,30 +172,19 @@ async def describe_capability(body: bytes | str | Mapping[str, Any], backends: V
     return await run_describe(image_data, options, backends)
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise DescribeError(413, "body_too_large", f"body is {request.content_length} bytes; at most {limit}")
-    data = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        data.extend(chunk)
-        if len(data) > limit:
-            raise DescribeError(413, "body_too_large", f"body exceeds {limit} bytes")
-    return bytes(data)
-
-
 async def handle_describe(request: web.Request) -> web.Response:
+    """JSON or raw image bytes; the access middleware has read the body under MAX_BODY_BYTES."""
     backends = request.app[VISION_BACKENDS_KEY]
-    limit = request.app.get(VISION_MAX_BODY_KEY, MAX_BODY_BYTES)
     try:
         content_type = request.content_type
         if content_type == "application/json":
-            answer = await describe_capability(await _read_limited(request, limit), backends)
+            answer = await describe_capability(await request.read(), backends)
         elif content_type in RAW_IMAGE_TYPES:
             try:
                 options = DescribeOptions.model_validate(dict(request.query))
             except ValidationError as exc:
                 raise DescribeError(400, "invalid_request", _validation_message(exc)) from None
-            answer = await run_describe(await _read_limited(request, limit), options, backends)
+            answer = await run_describe(await request.read(), options, backends)
         else:
             raise DescribeError(
                 415, "unsupported_media_type", f"send application/json or one of {', '.join(RAW_IMAGE_TYPES)}"
@@ -207,8 +196,13 @@ async def handle_describe(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
-def add_vision_routes(app: web.Application, backends: VisionBackends, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+routes = RouteTable()
+routes.add("POST", "/vision/describe", handle_describe, role=Role.API, content_types=("application/json", *RAW_IMAGE_TYPES),
+           max_body="max_image_bytes", tag="vision", errors=(400, 401, 413, 415, 502, 503),
+           summary="Tags or a description of one image (JSON with base64, or raw image bytes)")
+
+
+def add_vision_routes(app: web.Application, backends: VisionBackends) -> None:
     """Mount `POST /vision/describe` on `app`, serving from `backends`."""
     app[VISION_BACKENDS_KEY] = backends
-    app[VISION_MAX_BODY_KEY] = max_body_bytes
-    app.router.add_post("/vision/describe", handle_describe)
+    routes.mount(app)

@@ -12,17 +12,26 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
     # -- server ------------------------------------------------------------------------------------
-    host: str = Field("0.0.0.0", description="Address to listen on")
+    host: str = Field("127.0.0.1", description="Address to listen on (the Docker image sets 0.0.0.0)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     max_streams: int = Field(4, ge=1, description="Streams run at once; a start beyond it gets 503")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body (bytes) → 413")
-    api_token: str | None = Field(None, description="Bearer token for the public stream API (off when unset)")
-    auth_token: str | None = Field(None, description="Bearer token for Livepeer routes (off when unset)")
+    max_image_bytes: int = Field(16 << 20, ge=1024, description="Largest image body of /vision/describe (bytes) → 413")
+    # -- access (README "Security"): a role whose own token is unset falls back to API_TOKEN, then
+    # AUTH_TOKEN; non-public routes are open only when no token at all is set
+    api_token: str | None = Field(None, description="Bearer token of the api role: stream lifecycle, translation, vision, analysis")
+    auth_token: str | None = Field(None, description="Bearer token of the livepeer role: BYOC and ai-runner routes")
+    trickle_token: str | None = Field(None, description="Bearer token of the trickle role: the built-in trickle server")
+    metrics_token: str | None = Field(None, description="Bearer token of the metrics role: /metrics")
+    max_json_depth: int = Field(32, ge=2, le=256, description="Deepest nesting of a JSON body → 400")
+    max_sdp_bytes: int = Field(64 << 10, ge=1024, description="Largest SDP offer or ICE fragment (bytes) → 413")
+    body_read_timeout: float = Field(30.0, gt=0, description="Seconds a request body may take to arrive → 408")
+    sse_max_per_stream: int = Field(16, ge=1, description="Open SSE/event connections per stream; one more gets 503")
     pipeline_name: str = Field("streamlens", description="Pipeline name reported by /version")
     model_id: str = Field("streamlens", description="Model id reported by /version (ai-runner checks it on start)")
     static_dir: str = Field("", description="Folder of the demo pages (empty = the repository's static/)")
-    cors_origins: str = Field("*", description="Access-Control-Allow-Origin for browser-facing routes")
+    cors_origins: str = Field("", description="Comma-separated origins allowed to call from other sites (CORS); empty = same origin only")
 
     # -- webrtc --------------------------------------------------------------------------------------
     ice_servers: str = Field("", description='ICE servers for every WebRTC peer: JSON list of {"urls", "username", '
@@ -32,8 +41,8 @@ class Settings(BaseSettings):
     webrtc_udp_port_max: int = Field(0, ge=0, le=65535, description="Highest UDP port for ICE host candidates (0 = any)")
     webrtc_host_addresses: str = Field("", description="Comma-separated local IPs ICE gathers on (empty = every "
                                        "interface but loopback; 127.0.0.1 for loopback-only use)")
-    whip_token: str | None = Field(None, description="Bearer token for WHIP publishers (falls back to api_token)")
-    whep_token: str | None = Field(None, description="Bearer token for WHEP viewers (falls back to api_token)")
+    whip_token: str | None = Field(None, description="Bearer token of the ingest role: WHIP publishers")
+    whep_token: str | None = Field(None, description="Bearer token of the viewer role: WHEP, SSE, WebVTT of every stream")
     whep_max_viewers: int = Field(8, ge=1, description="WHEP viewers per stream; one more gets 503")
     webrtc_video_codec: str = Field("VP8", pattern="^(VP8|H264)$", description="Preferred video codec sent to "
                                     "peers (VP8: cheapest real-time encode; H264: libx264 zerolatency)")
@@ -53,6 +62,19 @@ class Settings(BaseSettings):
     trickle_idle_timeout: float = Field(300.0, gt=0, description="Seconds before an idle channel is swept")
     trickle_max_segment_bytes: int = Field(32 << 20, ge=1024, description="Largest trickle segment (bytes) → 413")
     trickle_max_channels: int = Field(256, ge=1, description="Channels the built-in server holds at once")
+    trickle_max_total_bytes: int = Field(256 << 20, ge=1 << 20, description="Segment bytes held across all channels; a publish beyond it gets 503")
+    trickle_body_timeout: float = Field(30.0, gt=0, description="A segment POST whose body stalls this long (s) is closed")
+    trickle_max_subscribers_per_channel: int = Field(16, ge=1, description="Readers waiting on one channel; one more gets 503")
+    trickle_max_subscribers: int = Field(512, ge=1, description="Readers across all channels; one more gets 503")
+
+    # -- outbound URL policy and TLS (URLs a caller gives: trickle channels, video URLs) -----------
+    outbound_deny: str = Field("169.254.0.0/16,fe80::/10,0.0.0.0/8,224.0.0.0/4,ff00::/8,fd00:ec2::254/128,"
+                               "100.100.100.200/32,metadata.google.internal",
+                               description="Comma-separated CIDRs and host names the server never contacts for a caller")
+    outbound_allow: str = Field("", description="When set, the only CIDRs and host names contacted for a caller")
+    tls_ca_file: str | None = Field(None, description="PEM file of extra CA certificates (a private CA)")
+    tls_insecure_hosts: str = Field("", description="Comma-separated hosts whose TLS certificates are NOT checked "
+                                    "(self-signed orchestrators); ORCH_SECRET goes to no other unverified host")
 
     # -- media pipeline ----------------------------------------------------------------------------
     video_queue_size: int = Field(30, ge=1, description="Decoded frames waiting for the video worker (newest kept); absorbs one 1 s burst at 30 fps")

@@ -115,6 +115,11 @@ async function start() {
     page.sessionId = answer.session_id;
     $("manifest").textContent = answer.manifest_id;
     document.body.dataset.manifestId = answer.manifest_id;
+    // the stream's own viewer token opens its WHEP, SSE and WebVTT routes and nothing else; it rides
+    // in the fragment, which browsers never send to a server (so it is in no access log)
+    const link = $("viewer-link");
+    link.href = `/view/${encodeURIComponent(answer.manifest_id)}#token=${encodeURIComponent(answer.viewer_token)}`;
+    link.hidden = false;
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     page.statsTimer = setInterval(() => showPeerStats(page.pc).catch(() => {}), 1000);
     $("stop").disabled = false;
@@ -135,6 +140,7 @@ function stop() {
   page.pc = page.channel = page.media = null;
   $("local").srcObject = null;
   $("remote").srcObject = null;
+  $("viewer-link").hidden = true;
   setConnection("idle");
   $("start").disabled = false;
   $("stop").disabled = true;

@@ -19,9 +19,11 @@ function waitForIceGathering(pc, timeoutMs = 2000) {
 }
 
 // The server's ICE servers (empty unless it configures STUN/TURN); host candidates otherwise.
-async function fetchIceServers(token) {
+// A viewer names its stream, so that stream's own viewer token opens the route.
+async function fetchIceServers(token, manifestId) {
+  const query = manifestId ? `?manifest_id=${encodeURIComponent(manifestId)}` : "";
   try {
-    const resp = await fetch("/webrtc/ice-servers", { headers: authHeaders(token) });
+    const resp = await fetch(`/webrtc/ice-servers${query}`, { headers: authHeaders(token) });
     if (resp.ok) return (await resp.json()).iceServers || [];
   } catch (_) { /* fall back to host candidates */ }
   return [];

@@ -28,7 +28,7 @@ async function play() {
   if (!manifestId) { notice("Enter the manifest id of a running stream."); return; }
   $("play").disabled = true;
   try {
-    const pc = new RTCPeerConnection({ iceServers: await fetchIceServers($("token").value) });
+    const pc = new RTCPeerConnection({ iceServers: await fetchIceServers($("token").value, manifestId) });
     viewer.pc = pc;
     const channel = pc.createDataChannel("events", { ordered: true });
     channel.onmessage = (e) => handleServerMessage(e.data, viewer.captions, $("tags"), null);
@@ -68,8 +68,14 @@ function stop() {
   $("stop").disabled = true;
 }
 
+// A shared link carries the stream's viewer token in the fragment (#token=...), never sent to a server.
+function tokenFromFragment() {
+  return new URLSearchParams(window.location.hash.replace(/^#/, "")).get("token") || "";
+}
+
 viewer.captions = new CaptionView($("remote"), $("captions"), $("partial"));
 $("manifest-id").value = manifestFromUrl();
+if (tokenFromFragment()) $("token").value = tokenFromFragment();
 $("target-lang").addEventListener("change", () => { viewer.captions.targetLang = $("target-lang").value; });
 $("play").addEventListener("click", play);
 $("stop").addEventListener("click", stop);

@@ -89,3 +89,15 @@ async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -
             return True
         await asyncio.sleep(interval)
     return False
+
+
+@pytest.fixture
+async def orch_trickle():
+    """A trickle server of its own, as the orchestrator hosts a stream's channels (no tokens)."""
+    from tests.interop.gateway import OrchestratorTrickle
+
+    host = await OrchestratorTrickle().start()
+    try:
+        yield host
+    finally:
+        await host.stop()

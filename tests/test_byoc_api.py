@@ -63,8 +63,13 @@ async def test_malformed_bodies_capacity_and_stop_lookup(make_server):
     server = await make_server(auth_token=TOKEN, max_streams=1, **FAST)
     headers = {"X-Stream-Id": "cap-1", **bearer()}
     for raw in (b"{not json", b"[1, 2]", b""):
-        resp = await server.session.post(server.url("/stream/start"), data=raw, headers=headers)
+        resp = await server.session.post(server.url("/stream/start"), data=raw,
+                                         headers={**headers, "Content-Type": "application/json"})
         await assert_json_error(resp, 400)
+    # a JSON route takes only JSON: a text/plain body (a cross-site form post) is refused
+    resp = await server.session.post(server.url("/stream/start"), data=b'{"gateway_request_id": "x"}',
+                                     headers={**headers, "Content-Type": "text/plain"})
+    await assert_json_error(resp, 415)
     resp = await server.session.post(server.url("/stream/start"), headers=headers,
                                      json={"gateway_request_id": "cap-1", "events_url": "ftp://nope"})
     await assert_json_error(resp, 400, "events_url")
@@ -83,7 +88,8 @@ async def test_malformed_bodies_capacity_and_stop_lookup(make_server):
 
     # params: bad bodies are 400, unknown ids 404; the body's `params` object is applied
     for raw in (b"", b"nope", b"[]", b'{"params": 5}'):
-        resp = await server.session.post(server.url("/stream/params"), data=raw, headers=headers)
+        resp = await server.session.post(server.url("/stream/params"), data=raw,
+                                         headers={**headers, "Content-Type": "application/json"})
         await assert_json_error(resp, 400)
     resp = await server.session.post(server.url("/stream/params"), json={"prompt": "x"},
                                      headers={"X-Stream-Id": "nobody", **bearer()})
@@ -223,10 +229,10 @@ async def test_hardware_routes_have_the_ai_runner_shape(server):
         assert info["gpu_note"]
 
 
-async def test_live_video_to_video_ai_runner_body(make_server):
+async def test_live_video_to_video_ai_runner_body(make_server, orch_trickle):
     server = await make_server(auth_token=TOKEN, **FAST)
     mid = "lv2v-1"
-    gateway = LivepeerGateway(server, mid, data=False).start_collectors()
+    gateway = LivepeerGateway(server, mid, data=False, trickle_host=orch_trickle).start_collectors()
     base = {k: v for k, v in gateway.body.items() if k != "gateway_request_id"}
     ai_runner_body = dict(base, model_id="streamlens", manifest_id=mid, stream_id="str-9",
                           gateway_request_id="gw-req-7", params={"width": 256, "height": 256})
@@ -239,13 +245,13 @@ async def test_live_video_to_video_ai_runner_body(make_server):
     await assert_json_error(resp, 400, "publish_url")
     assert not server.app["streams"].active()
 
-    out = OutputCollector(server.trickle_url(f"{mid}-out")).start()
+    out = OutputCollector(orch_trickle.trickle_url(f"{mid}-out")).start()
     resp = await server.session.post(server.url("/live-video-to-video"), json=ai_runner_body, headers=bearer())
     reply = await resp.json()
     assert resp.status == 200, reply
     assert {"publish_url", "subscribe_url", "control_url"} <= set(reply)  # ai-runner's (unused) reply keys
     assert reply["manifest_id"] == mid  # channels are named after the manifest id
-    await publish_realtime(server.trickle_url(mid), make_segments(2, 256, 256))
+    await publish_realtime(orch_trickle.trickle_url(mid), make_segments(2, 256, 256))
     stream = server.app["streams"].get(mid)
     assert await wait_until(lambda: stream.frames_out > 30, timeout=10)
     assert gateway.events.events("status")

@@ -43,17 +43,18 @@ def assert_status_shape(event: dict) -> None:
 
 
 async def stream_status(server, mid: str) -> dict:
-    resp = await server.session.get(server.url(f"/stream/{mid}/status"))
+    resp = await server.session.get(server.url(f"/stream/{mid}/status"), headers={"Authorization": f"Bearer {TOKEN}"})
     assert resp.status == 200
     return await resp.json()
 
 
-async def test_byoc_stream_gateway_flow_at_real_cadence(make_server):
-    """One test at the real 10 s status cadence; the rest use short intervals."""
+async def test_byoc_stream_gateway_flow_at_real_cadence(make_server, orch_trickle):
+    """One test at the real 10 s status cadence; the rest use short intervals. The channels live
+    on the orchestrator's trickle server, as in production."""
     server = await make_server(auth_token=TOKEN)
     mid = "byoc-e2e-1"
-    gateway = LivepeerGateway(server, mid).start_collectors()
-    out = OutputCollector(server.trickle_url(f"{mid}-out")).start()
+    gateway = LivepeerGateway(server, mid, trickle_host=orch_trickle).start_collectors()
+    out = OutputCollector(orch_trickle.trickle_url(f"{mid}-out")).start()
     start_params = {"width": 256, "height": 256, "prompt": "one"}
     body = dict(gateway.body, params=json.dumps(start_params))  # the gateway API carries params as a JSON string
     loop = asyncio.get_running_loop()
@@ -65,7 +66,7 @@ async def test_byoc_stream_gateway_flow_at_real_cadence(make_server):
     assert reply["manifest_id"] == mid and reply["request_id"] == mid and reply["status"] == "success"
 
     publishing = asyncio.create_task(
-        publish_realtime(server.trickle_url(mid), make_segments(6, 256, 256, fps=30)))
+        publish_realtime(orch_trickle.trickle_url(mid), make_segments(6, 256, 256, fps=30)))
 
     # the first status arrives at once (well within the gateway's 12 s expectation)
     assert await wait_until(lambda: gateway.events.events("status"), timeout=12)

@@ -38,3 +38,14 @@ def test_every_route_is_documented():
         if literal and not re.search(pattern, README):
             missing.append(path)
     assert not missing, f"routes missing from README: {missing}"
+
+
+def test_the_route_role_table_matches_the_declarations():
+    """README "Every route and its role" is generated from the route declarations."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    table = subprocess.run([sys.executable, str(root / "scripts" / "routes_table.py")], capture_output=True,
+                           text=True, check=True, cwd=root).stdout.strip()
+    assert table in README, "README's route table is stale: rerun scripts/routes_table.py"

@@ -16,7 +16,10 @@ from PIL import Image
 
 from inference.vision.multiplexer import VlmConfig
 from inference.vision.stage import VisionBackends, VisionSettings
+from server.access import install_access
+from server.errors import error_middleware
 from server.routes_vision import DescribeError, add_vision_routes, describe_capability
+from server.settings import Settings
 from tests.openai_stub import OpenAIStub
 
 
@@ -33,9 +36,13 @@ def astronaut_png() -> bytes:
 
 
 class Api:
-    def __init__(self, backends: VisionBackends, max_body_bytes: int = 16 * 1024 * 1024) -> None:
-        self.app = web.Application()
-        add_vision_routes(self.app, backends, max_body_bytes=max_body_bytes)
+    """The vision routes behind the server's real access layer (error shape, body limits)."""
+
+    def __init__(self, backends: VisionBackends, max_image_bytes: int = 16 * 1024 * 1024) -> None:
+        self.app = web.Application(middlewares=[error_middleware])
+        self.app["settings"] = Settings(max_image_bytes=max_image_bytes)
+        add_vision_routes(self.app, backends)
+        install_access(self.app)
         self.backends = backends
 
     async def __aenter__(self) -> Api:
@@ -93,7 +100,8 @@ async def test_raw_jpeg_body_with_query_options() -> None:
         ({"json": {"image": "this is not base64!!"}}, 400, "invalid_image"),
         ({"json": {"image": base64.b64encode(b"GIF89a but not really").decode()}}, 400, "invalid_image"),
         ({"data": b"\x00\x01garbage", "headers": {"Content-Type": "image/jpeg"}}, 400, "invalid_image"),
-        ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "invalid_json"),
+        # parsed (depth-limited) by the access layer before the handler: its generic code
+        ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "bad_request"),
         ({"json": {"mode": "tags"}}, 400, "invalid_request"),
         ({"json": {"image": "AAAA", "threshold": 3}}, 400, "invalid_request"),
         ({"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "unsupported_media_type"),
@@ -108,10 +116,10 @@ async def test_bad_requests_are_4xx_json_errors(kwargs: dict, status: int, code:
 
 
 async def test_body_limit_is_413() -> None:
-    async with Api(VisionBackends(), max_body_bytes=10_000) as api:
+    async with Api(VisionBackends(), max_image_bytes=10_000) as api:
         async with api.session.post(api.url, data=astronaut_jpeg(), headers={"Content-Type": "image/jpeg"}) as response:
             assert response.status == 413
-            assert (await response.json())["error"]["code"] == "body_too_large"
+            assert (await response.json())["error"]["code"] == "payload_too_large"
 
 
 async def test_unavailable_backends_are_503() -> None:

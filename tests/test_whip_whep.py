@@ -20,16 +20,22 @@ TOKEN = "obs-s3cret"
 REPO = Path(__file__).resolve().parent.parent
 
 
+VIEWER = "whep-viewers-token"
+API = "whip-test-api-token"
+
+
 def bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
 async def test_whip_and_whep_refuse_bad_requests(make_server):
-    server = await make_server(**loopback_settings(whip_token=TOKEN))
+    server = await make_server(**loopback_settings(whip_token=TOKEN, whep_token=VIEWER,
+                                                   cors_origins="https://studio.example"))
     s = server.session
-    resp = await s.get(server.url("/webrtc/ice-servers"))
+    resp = await s.get(server.url("/webrtc/ice-servers"), headers=bearer())  # a publisher may read them
     assert await resp.json() == {"iceServers": []}  # none configured: host candidates only
-    resp = await s.options(server.url("/whip"))
+    assert (await s.get(server.url("/webrtc/ice-servers"))).status == 401
+    resp = await s.options(server.url("/whip"), headers={"Origin": "https://studio.example"})
     assert resp.status == 204
     assert resp.headers["Accept-Post"] == "application/sdp"
     assert "POST" in resp.headers["Access-Control-Allow-Methods"]
@@ -69,6 +75,8 @@ async def test_whip_and_whep_refuse_bad_requests(make_server):
     viewer = WhepViewer()
     try:
         resp = await viewer.view(s, server.url("/whep/no-such-stream"), None)
+        assert resp.status == 401  # the viewer role has its own token
+        resp = await viewer.view(s, server.url("/whep/no-such-stream"), VIEWER)
         assert resp.status == 404
     finally:
         await viewer.close()
@@ -81,7 +89,7 @@ async def test_whip_and_whep_refuse_bad_requests(make_server):
 
 async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_server):
     server = await make_server(**loopback_settings(
-        whip_token=TOKEN, max_streams=1, whep_max_viewers=2, webrtc_video_codec="H264",
+        whip_token=TOKEN, api_token=API, max_streams=1, whep_max_viewers=2, webrtc_video_codec="H264",
         webrtc_udp_port_min=41000, webrtc_udp_port_max=41999))
     s = server.session
     publisher = WhipPublisher()
@@ -106,7 +114,7 @@ async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_s
         assert await wait_until(lambda: (st := streams.get_active("obs-stream-1")) is not None and st.frames_out > 15,
                                 timeout=30)
         stream = streams.get_active("obs-stream-1")
-        listing = await (await s.get(server.url("/streams"))).json()
+        listing = await (await s.get(server.url("/streams"), headers=bearer(API))).json()
         assert listing["streams"][0]["metadata"]["transport"] == "whip"
 
         # a second publisher is refused: capacity is one stream
@@ -118,13 +126,18 @@ async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_s
             await second.close()
 
         # two WHEP viewers watch the processed output (overlay burned in)
+        # the publisher got the stream's own viewer token: it opens this stream's WHEP, nothing else
+        stream_viewer_token = publisher.viewer_token
+        assert stream_viewer_token
+        resp = await extra.view(s, server.url("/whep/obs-stream-1"), None)
+        assert resp.status == 401
         for viewer in viewers:
-            resp = await viewer.view(s, server.url("/whep/obs-stream-1"), None)
+            resp = await viewer.view(s, server.url("/whep/obs-stream-1"), stream_viewer_token)
             assert resp.status == 201, await resp.text()
             assert resp.headers["Content-Type"] == "application/sdp"
             assert answer_direction(viewer.answer_sdp, "video") == "sendonly"
             assert negotiated_codec(viewer.answer_sdp, "video") == "H264"
-        resp = await extra.view(s, server.url("/whep/obs-stream-1"), None)
+        resp = await extra.view(s, server.url("/whep/obs-stream-1"), stream_viewer_token)
         assert resp.status == 503  # whep_max_viewers
         assert await wait_until(lambda: all(len(v.received.overlaid_frames()) >= 20 for v in viewers), timeout=30)
         for viewer in viewers:
@@ -168,7 +181,7 @@ async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_s
         assert resp.status == 415
 
         # one viewer leaves with DELETE; the stream and the other viewer go on
-        resp = await s.delete(server.url(viewers[1].location))
+        resp = await s.delete(server.url(viewers[1].location), headers=bearer(stream_viewer_token))
         assert resp.status == 200
         assert await wait_until(lambda: stream.status()["sinks"]["webrtc"]["video_encoders"]["H264"]["consumers"] == 1,
                                 timeout=10)
@@ -192,11 +205,11 @@ async def test_vanished_peers_are_reaped(make_server):
     server notices the silence (no RTCP / no media for webrtc_media_timeout) and frees both."""
     from tests.webrtc_helpers import BrowserPeer
 
-    server = await make_server(**loopback_settings(whip_token=TOKEN, webrtc_media_timeout=2.0))
+    server = await make_server(**loopback_settings(api_token=TOKEN, webrtc_media_timeout=2.0))  # every role
     watched = BrowserPeer()
     child = None
     try:
-        await watched.connect(server.session, server.base_url)
+        await watched.connect(server.session, server.base_url, headers=bearer())
         assert await wait_until(lambda: len(watched.received.video) > 5, timeout=30)
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.webrtc_helpers", server.base_url, TOKEN, watched.manifest_id, "doomed-key",

@@ -285,6 +285,7 @@ class WhipPublisher:
             self.location = resp.headers["Location"]
             self.etag = resp.headers.get("ETag")
             self.manifest_id = resp.headers.get("X-Manifest-Id")
+            self.viewer_token = resp.headers.get("X-Viewer-Token")  # opens this stream's WHEP only
             self.answer_sdp = body.decode()
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.answer_sdp, type="answer"))
         return resp

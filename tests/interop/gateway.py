@@ -1,9 +1,14 @@
 """Play the Livepeer gateway/orchestrator side of a BYOC stream in tests, with real trickle I/O.
 
 The orchestrator creates a stream's channels before it calls the worker; `LivepeerGateway` does the
-same on the server's built-in trickle server, then reads the events and data channels as the Go
-gateway does (one JSON value per events segment; JSON lines on the data channel) and writes the
-control channel.
+same on a trickle server (the worker's built-in one, or an `OrchestratorTrickle`: a trickle server
+of its own on another loopback port, as an orchestrator hosts the channels), then reads the events
+and data channels as the Go gateway does (one JSON value per events segment; JSON lines on the
+data channel) and writes the control channel.
+
+With tokens set, the worker's built-in trickle server needs TRICKLE_TOKEN (or its fallbacks), which
+the worker's own trickle clients never send to a caller-given URL: such tests use
+`OrchestratorTrickle`, as a real deployment does.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import asyncio
 import json
 from typing import Any
 
+from aiohttp import web
+
 from media.trickle_client import TricklePublisher, TrickleSubscriber
+from media.trickle_server import TrickleServer
 
 MAX_ITEMS = 2000  # collectors are bounded like everything else
 
@@ -82,32 +90,59 @@ class EventsCollector(JsonSegmentCollector):
         return [(t, v["event"]) for t, v in self.items if v.get("event", {}).get("type") == event_type]
 
 
+class OrchestratorTrickle:
+    """A trickle server on its own loopback port, as the orchestrator runs it (no tokens)."""
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.trickle = TrickleServer()
+        self.trickle.add_routes(self.app)
+        self.runner = web.AppRunner(self.app)
+        self.base_url = ""
+
+    async def start(self) -> OrchestratorTrickle:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        return self
+
+    def trickle_url(self, channel: str) -> str:
+        return f"{self.base_url}/ai/trickle/{channel}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
 class LivepeerGateway:
-    """Channels `{mid}`, `{mid}-out`, `{mid}-control`, `{mid}-events`, `{mid}-data` on the server."""
+    """Channels `{mid}`, `{mid}-out`, `{mid}-control`, `{mid}-events`, `{mid}-data` on the server
+    (or on `trickle_host`, an `OrchestratorTrickle`)."""
 
     def __init__(self, server: Any, mid: str, *, video_in: bool = True, video_out: bool = True,
-                 data: bool = True) -> None:
+                 data: bool = True, trickle_host: OrchestratorTrickle | None = None) -> None:
         self.server = server
         self.mid = mid
-        trickle = server.app["trickle"]
+        host = trickle_host or server
+        self.trickle_host = host
+        trickle = host.trickle if trickle_host is not None else server.app["trickle"]
         trickle.create_channel(f"{mid}-control", "application/json")
         trickle.create_channel(f"{mid}-events", "application/json")
         self.body: dict[str, Any] = {
             "gateway_request_id": mid,
-            "control_url": server.trickle_url(f"{mid}-control"),
-            "events_url": server.trickle_url(f"{mid}-events"),
+            "control_url": host.trickle_url(f"{mid}-control"),
+            "events_url": host.trickle_url(f"{mid}-events"),
         }
         if video_in:
             trickle.create_channel(mid, "video/MP2T")
-            self.body["subscribe_url"] = server.trickle_url(mid)
+            self.body["subscribe_url"] = host.trickle_url(mid)
         if video_out:
             trickle.create_channel(f"{mid}-out", "video/MP2T")
-            self.body["publish_url"] = server.trickle_url(f"{mid}-out")
+            self.body["publish_url"] = host.trickle_url(f"{mid}-out")
         if data:
             trickle.create_channel(f"{mid}-data", "application/jsonl")
-            self.body["data_url"] = server.trickle_url(f"{mid}-data")
-        self.events = EventsCollector(server.trickle_url(f"{mid}-events"))
-        self.data = JsonSegmentCollector(server.trickle_url(f"{mid}-data"), lines=True) if data else None
+            self.body["data_url"] = host.trickle_url(f"{mid}-data")
+        self.events = EventsCollector(host.trickle_url(f"{mid}-events"))
+        self.data = JsonSegmentCollector(host.trickle_url(f"{mid}-data"), lines=True) if data else None
         self._control: TricklePublisher | None = None
 
     def start_collectors(self) -> LivepeerGateway:
@@ -125,7 +160,7 @@ class LivepeerGateway:
 
     async def send_control(self, message: dict[str, Any]) -> None:
         if self._control is None:
-            self._control = TricklePublisher(self.server.trickle_url(f"{self.mid}-control"), mime="application/json")
+            self._control = TricklePublisher(self.trickle_host.trickle_url(f"{self.mid}-control"), mime="application/json")
         writer = await self._control.next_segment()
         data = json.dumps(message).encode()
         # split in two writes: the worker must read a control segment to its end

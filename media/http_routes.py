@@ -1,0 +1,170 @@
+"""Route declarations: every HTTP route of the server is declared once, with its access role.
+
+A `RouteTable` collects `RouteSpec`s (method, path, handler, roles, body model, accepted content
+types, summary). `server.access` enforces them (auth, content type, body limits, JSON parsing and
+validation, CORS) and `server.openapi` describes them; a handler never checks a token itself, and
+a route that is not declared here is refused by the access middleware.
+
+This module sits in `media` (beside `http_json`) because `byoc` and the trickle server declare
+their routes too, and neither imports `server`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+JSON = "application/json"
+
+
+class Role(StrEnum):
+    """Who may call a route. Each non-public role has its own token setting (README "Security")."""
+
+    PUBLIC = "public"      # /health, /version, the demo pages and their static files
+    API = "api"            # stream lifecycle, translation, vision, analysis: API_TOKEN
+    LIVEPEER = "livepeer"  # BYOC / ai-runner routes: AUTH_TOKEN
+    INGEST = "ingest"      # WHIP publish: WHIP_TOKEN
+    VIEWER = "viewer"      # WHEP, SSE, WebVTT: WHEP_TOKEN or the stream's own viewer token
+    TRICKLE = "trickle"    # the built-in trickle server: TRICKLE_TOKEN
+    METRICS = "metrics"    # /metrics: METRICS_TOKEN
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """One declared route. Everything the access policy and the OpenAPI document need."""
+
+    method: str
+    path: str
+    handler: Handler
+    roles: tuple[Role, ...]
+    summary: str = ""
+    # JSON body model: parsed (depth-limited) and validated before the handler runs; the handler
+    # reads the result with `server.errors.validated_body(request)` / `read_json(request)`.
+    body: type[BaseModel] | None = None
+    # Request Content-Types accepted when the request has a body (→ 415 otherwise). None: any
+    # (a Livepeer caller known to send other types; documented on the route).
+    content_types: tuple[str, ...] | None = (JSON,)
+    # Largest body: bytes, or the name of the setting that holds it; None = MAX_BODY_BYTES.
+    # Ignored when `stream_body`.
+    max_body: int | str | None = None
+    # The handler streams the body itself (trickle segments, uploads): no pre-read, no parse.
+    stream_body: bool = False
+    # A browser opens this route without headers (EventSource, <track src>): `?token=` accepted.
+    query_token: bool = False
+    # Viewer routes: the manifest id the request is about, so that stream's viewer token opens it.
+    stream_of: Callable[[web.Request], str | None] | None = None
+    # OpenAPI: the success response model and status, extra documented statuses, a tag.
+    response: type[BaseModel] | None = None
+    status: int = 200
+    response_type: str = JSON
+    errors: tuple[int, ...] = ()
+    tag: str = ""
+    # the route answers its own OPTIONS preflight headers (WHIP/WHEP `Accept-Post`/`Accept-Patch`)
+    preflight_headers: dict[str, str] = field(default_factory=dict)
+    # documented only (not part of OpenAPI operation ids); e.g. the trailing-slash aliases
+    hidden: bool = False
+
+    @property
+    def public(self) -> bool:
+        return Role.PUBLIC in self.roles
+
+
+@dataclass
+class RouteTable:
+    """A list of route declarations; `mount(app)` adds them to the app and its registry."""
+
+    specs: list[RouteSpec] = field(default_factory=list)
+
+    def route(self, method: str, path: str, *, role: Role | tuple[Role, ...], **options: Any):
+        roles = role if isinstance(role, tuple) else (role,)
+        if not roles:
+            raise ValueError(f"{method} {path}: a route needs a role")
+
+        def decorate(handler: Handler) -> Handler:
+            self.specs.append(RouteSpec(method=method.upper(), path=path, handler=handler, roles=roles, **options))
+            return handler
+
+        return decorate
+
+    def get(self, path: str, *, role: Role | tuple[Role, ...], **options: Any):
+        return self.route("GET", path, role=role, **options)
+
+    def post(self, path: str, *, role: Role | tuple[Role, ...], **options: Any):
+        return self.route("POST", path, role=role, **options)
+
+    def patch(self, path: str, *, role: Role | tuple[Role, ...], **options: Any):
+        return self.route("PATCH", path, role=role, **options)
+
+    def delete(self, path: str, *, role: Role | tuple[Role, ...], **options: Any):
+        return self.route("DELETE", path, role=role, **options)
+
+    def add(self, method: str, path: str, handler: Handler, *, role: Role | tuple[Role, ...], **options: Any) -> None:
+        self.route(method, path, role=role, **options)(handler)
+
+    def mount(self, app: web.Application) -> None:
+        """Add every route, and one `OPTIONS` per path (the access middleware answers the preflight
+        from the declarations of that path)."""
+        registry = registry_of(app)
+        for spec in self.specs:
+            route = app.router.add_route(spec.method, spec.path, spec.handler)
+            registry.add(route, spec)
+            if spec.path not in registry.options_paths:
+                registry.options_paths.add(spec.path)
+                options = RouteSpec(method="OPTIONS", path=spec.path, handler=_preflight, roles=(Role.PUBLIC,),
+                                    summary="CORS preflight", content_types=None, hidden=True)
+                registry.add(app.router.add_route("OPTIONS", spec.path, _preflight), options)
+
+
+async def _preflight(request: web.Request) -> web.StreamResponse:
+    # answered by the access middleware from the path's declarations; this runs only without it
+    return web.Response(status=204)
+
+
+class RouteRegistry:
+    """The app's declared routes, keyed by the aiohttp route object they were mounted as."""
+
+    def __init__(self) -> None:
+        self._by_route: dict[int, RouteSpec] = {}
+        self._routes: list[web.AbstractRoute] = []  # keeps the keys of _by_route alive
+        self.specs: list[RouteSpec] = []
+        self.options_paths: set[str] = set()
+
+    def add(self, route: web.AbstractRoute, spec: RouteSpec) -> None:
+        self._by_route[id(route)] = spec
+        self._routes.append(route)
+        self.specs.append(spec)
+
+    def spec_for(self, route: web.AbstractRoute | None) -> RouteSpec | None:
+        return None if route is None else self._by_route.get(id(route))
+
+    def for_path(self, path: str) -> list[RouteSpec]:
+        return [s for s in self.specs if s.path == path]
+
+
+REGISTRY_KEY = web.AppKey("route_registry", RouteRegistry)
+
+
+def registry_of(app: web.Application) -> RouteRegistry:
+    if REGISTRY_KEY not in app:
+        app[REGISTRY_KEY] = RouteRegistry()
+    return app[REGISTRY_KEY]
+
+
+def match_stream_id(key: str = "manifest_id") -> Callable[[web.Request], str | None]:
+    """`stream_of` for routes whose path names the stream (`/stream/{manifest_id}/events`)."""
+
+    def stream_of(request: web.Request) -> str | None:
+        return request.match_info.get(key)
+
+    return stream_of
+
+
+__all__ = ["Handler", "JSON", "Role", "RouteSpec", "RouteTable", "RouteRegistry", "registry_of",
+           "match_stream_id", "REGISTRY_KEY"]
