@@ -25,6 +25,7 @@ run: deps
 	$(VENV)/bin/streamlens serve --host $(HOST) --port $(PORT)
 
 test: deps
+	./scripts/install_triton.sh  # .venv-triton: the real tritonserver the Triton tests start
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: deps

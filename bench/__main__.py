@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark, one after the other, each in its own process.
 
-    .venv/bin/python -m bench [--quick] [--only pipeline,webrtc,captions,vision]
+    .venv/bin/python -m bench [--quick] [--only pipeline,webrtc,captions,vision,analysis,security]
 
 Every benchmark prints its own tables (with its goals beside the figures); none passes or fails.
 """
@@ -20,6 +20,9 @@ BENCHES = {
     "webrtc": (["bench/bench_webrtc.py"], ["--seconds", "8"]),
     "captions": (["bench/bench_captions.py"], []),
     "vision": (["bench/bench_vision.py"], ["--seconds", "2"]),
+    "translate": (["bench/bench_translate.py"], ["--requests", "10", "--captions", "150"]),
+    "analysis": (["bench/bench_analysis.py"], ["--minutes", "2", "--live-seconds", "4"]),
+    "security": (["bench/bench_security.py"], ["--seconds", "20"]),
 }
 
 

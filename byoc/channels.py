@@ -16,6 +16,7 @@ from byoc.events_channel import EventsReporter
 from byoc.params import ParamsApplier
 from byoc.status import StreamStatusTracker
 from media.events import StatusEvent
+from media.outbound import OutboundPolicy
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class ChannelConfig:
     # ai-runner stops a stream when its control loop ends (the orchestrator closed the channel)
     stop_on_control_end: bool = True
     close_timeout: float = 5.0
+    # which addresses the channels may contact, and TLS (None: media.outbound's built-in policy)
+    policy: OutboundPolicy | None = None
 
 
 class StreamChannels:
@@ -42,11 +45,13 @@ class StreamChannels:
         self.tracker = StreamStatusTracker(stream, config.pipeline)
         self.applier = ParamsApplier(stream.update_params, stream.report_error, self.label)
         self.events = EventsReporter(events_url, stream, self.tracker, interval=config.events_interval,
-                                     error_min_interval=config.error_min_interval) if events_url else None
+                                     error_min_interval=config.error_min_interval,
+                                     policy=config.policy) if events_url else None
         self.control = ControlReader(control_url, self.label, self.applier,
-                                     on_end=self._control_ended) if control_url else None
+                                     on_end=self._control_ended, policy=config.policy) if control_url else None
         self.data = DataPublisher(data_url, stream, flush_interval=config.data_flush_interval,
-                                  keepalive_interval=config.data_keepalive_interval) if data_url else None
+                                  keepalive_interval=config.data_keepalive_interval,
+                                  policy=config.policy) if data_url else None
         self._closed = False
 
     def attach(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from byoc.params import ParamsApplier, normalize_params_body
+from media.outbound import OutboundPolicy
 from media.trickle_client import TrickleSubscriber
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,10 @@ MAX_MESSAGE_BYTES = 4 << 20
 
 class ControlReader:
     def __init__(self, url: str, label: str, applier: ParamsApplier, *,
-                 on_end: Callable[[str], None] | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 on_end: Callable[[str], None] | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 policy: OutboundPolicy | None = None) -> None:
         self.url = url
+        self.policy = policy  # outbound URL policy + TLS (None: the built-in one)
         self.label = label
         self.applier = applier
         self.on_end = on_end
@@ -45,7 +48,7 @@ class ControlReader:
         self.end_reason: str | None = None
 
     def start(self) -> None:
-        self._subscriber = TrickleSubscriber(self.url, start_seq=-2)
+        self._subscriber = TrickleSubscriber(self.url, start_seq=-2, policy=self.policy)
         self._task = asyncio.create_task(self._run(), name=f"control-{self.label}")
 
     async def _read_message(self, segment) -> bytes | None:

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from typing import Any
 
+from media.outbound import OutboundPolicy
 from media.trickle_client import TrickleChannelClosedError, TricklePublisher
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,10 @@ def keepalive_line() -> bytes:
 
 class DataPublisher:
     def __init__(self, url: str, stream: Any, *, flush_interval: float = 0.333,
-                 keepalive_interval: float = 25.0, max_lines: int = MAX_PENDING_LINES) -> None:
+                 keepalive_interval: float = 25.0, max_lines: int = MAX_PENDING_LINES,
+                 policy: OutboundPolicy | None = None) -> None:
         self.url = url
+        self.policy = policy  # outbound URL policy + TLS (None: the built-in one)
         self.stream = stream
         self.label = stream.manifest_id
         self.flush_interval = flush_interval
@@ -75,7 +78,7 @@ class DataPublisher:
         self.channel_gone = False
 
     def start(self) -> None:
-        self._publisher = TricklePublisher(self.url, mime=MIME_JSONL)
+        self._publisher = TricklePublisher(self.url, mime=MIME_JSONL, policy=self.policy)
         self._subscription = self.stream.events.subscribe(maxsize=256)
         self._collector = asyncio.create_task(self._collect(), name=f"data-collect-{self.label}")
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"data-flush-{self.label}")

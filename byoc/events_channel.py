@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from byoc.status import StreamStatusTracker, timestamp_ms
+from media.outbound import OutboundPolicy
 from media.trickle_client import TrickleChannelClosedError, TricklePublisher
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,10 @@ SEGMENT_TIMEOUT_S = 10.0
 
 class EventsReporter:
     def __init__(self, url: str, stream: Any, tracker: StreamStatusTracker, *, interval: float = 10.0,
-                 error_min_interval: float = 1.0, queue_size: int = EVENT_QUEUE_SIZE) -> None:
+                 error_min_interval: float = 1.0, queue_size: int = EVENT_QUEUE_SIZE,
+                 policy: OutboundPolicy | None = None) -> None:
         self.url = url
+        self.policy = policy  # outbound URL policy + TLS (None: the built-in one)
         self.stream = stream
         self.tracker = tracker
         self.interval = interval
@@ -61,7 +64,7 @@ class EventsReporter:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        self._publisher = TricklePublisher(self.url, mime="application/json")
+        self._publisher = TricklePublisher(self.url, mime="application/json", policy=self.policy)
         self._errors = self.stream.events.subscribe(maxsize=16, kinds={"error"})
         self._sender = asyncio.create_task(self._send_loop(), name=f"events-send-{self.label}")
         self._status_loop = asyncio.create_task(self._report_loop(), name=f"events-status-{self.label}")

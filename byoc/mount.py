@@ -26,6 +26,7 @@ from byoc.http import LivepeerHTTPError
 from byoc.metrics import CapabilityCounter, livepeer_metrics
 from byoc.registration import CapabilityRegistration, OrchestratorRegistrar, RetryPlan
 from byoc.routes import capability_fallback, routes
+from media.outbound import OutboundPolicy, TlsPolicy, outbound_policy
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ class LivepeerService:
                 "channels": len(self.channels)}
 
 
-def channel_config(settings: Any) -> ChannelConfig:
+def channel_config(settings: Any, policy: OutboundPolicy | None = None) -> ChannelConfig:
     return ChannelConfig(
+        policy=policy,
         pipeline=settings.pipeline_name,
         events_interval=float(getattr(settings, "events_interval", 10.0)),
         error_min_interval=float(getattr(settings, "events_error_min_interval", 1.0)),
@@ -96,7 +98,7 @@ def channel_config(settings: Any) -> ChannelConfig:
     )
 
 
-def build_registrar(settings: Any) -> OrchestratorRegistrar | None:
+def build_registrar(settings: Any, tls: TlsPolicy | None = None) -> OrchestratorRegistrar | None:
     """A registrar when both ORCH_URL and ORCH_SECRET are set, else None."""
     orch_url = getattr(settings, "orch_url", None)
     secret = _secret(getattr(settings, "orch_secret", None))
@@ -135,13 +137,15 @@ def build_registrar(settings: Any) -> OrchestratorRegistrar | None:
     )
     return OrchestratorRegistrar(orch_url, secret, registration, retry=retry,
                                  request_timeout=float(getattr(settings, "register_timeout", 10.0)),
-                                 refresh_interval=float(getattr(settings, "register_refresh_interval", 0.0)))
+                                 refresh_interval=float(getattr(settings, "register_refresh_interval", 0.0)),
+                                 tls=tls or TlsPolicy.from_settings(settings))
 
 
 def mount_livepeer(app: web.Application, *, manager: Any, settings: Any, start_handler: StartHandler,
                    capabilities: CapabilityRegistry | None = None) -> LivepeerService:
-    channels = ChannelRegistry(channel_config(settings))
-    registrar = build_registrar(settings)
+    policy = outbound_policy(app)  # caller-given channel URLs, and TLS for the orchestrator
+    channels = ChannelRegistry(channel_config(settings, policy))
+    registrar = build_registrar(settings, policy.tls)
     service = LivepeerService(manager=manager, settings=settings, start_handler=start_handler,
                               capabilities=capabilities or default_registry(), channels=channels,
                               registrar=registrar)

@@ -1,8 +1,10 @@
-"""Params updates from Livepeer: body normalisation and newest-wins application.
+"""Params updates from Livepeer: body normalisation and coalesced application.
 
-ai-runner applies only the newest params (PR #666): when several updates arrive while one is being
-applied, the ones in between are skipped. `ParamsApplier` holds a single pending slot, so memory
-never grows however fast the control channel speaks.
+Each update is a JSON merge patch (RFC 7396) of the stream's params (`Stream.update_params`).
+ai-runner applies only the newest params (PR #666) so a burst never queues up work; here updates
+that arrive while one is being applied are composed into the single pending patch
+(`media.params.compose_patches`), so none of their keys is lost and memory never grows however
+fast the control channel speaks.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
+
+from media.params import compose_patches
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,8 @@ def normalize_params_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 class ParamsApplier:
-    """Applies submitted params in a task; a newer submission replaces a pending older one."""
+    """Applies submitted merge patches in a task; a submission while one is pending is composed
+    into it (one pending slot)."""
 
     def __init__(self, apply: Callable[[dict[str, Any]], Any], on_error: Callable[[str], None],
                  label: str = "") -> None:
@@ -56,7 +61,7 @@ class ParamsApplier:
 
     @property
     def superseded(self) -> int:
-        """Updates skipped because a newer one arrived before they were applied."""
+        """Updates composed into a later one before they were applied."""
         pending = 1 if self._pending is not None else 0
         return self.received - self.applied - self.failed - pending
 
@@ -64,8 +69,9 @@ class ParamsApplier:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"params-{self._label}")
 
-    def submit(self, params: dict[str, Any]) -> None:
-        self._pending = params  # replaces an older pending update: only the newest is applied
+    def submit(self, patch: dict[str, Any]) -> None:
+        pending = self._pending
+        self._pending = patch if pending is None else compose_patches(pending, patch)
         self.received += 1
         self._wake.set()
 

@@ -10,7 +10,10 @@ same header and the raw capability name as body removes it.
 - The orchestrator forgets capabilities when it restarts and deregisters one whose worker answers
   401; `request_reregister()` (called after this worker sent a 401) and the optional
   `refresh_interval` register again. Re-registering a name replaces the entry.
-- TLS verification is off: orchestrators use self-signed certificates (as every Livepeer client).
+- TLS is verified (media/outbound.py `TlsPolicy`: system CAs plus TLS_CA_FILE); an orchestrator
+  with a self-signed certificate must be listed in TLS_INSECURE_HOSTS. The secret goes only to a
+  verified HTTPS host, a listed host, or plain http on loopback; any other URL is refused before
+  a connection is opened (state `refused`, logged without the secret).
 - The secret is never logged: only the orchestrator URL, the capability name and status codes are.
 """
 
@@ -23,6 +26,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp
+
+from media.outbound import TlsPolicy
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +76,19 @@ def normalize_orch_url(url: str) -> str:
 class OrchestratorRegistrar:
     def __init__(self, orch_url: str, secret: str, registration: CapabilityRegistration, *,
                  retry: RetryPlan | None = None, request_timeout: float = 10.0,
-                 refresh_interval: float = 0.0) -> None:
+                 refresh_interval: float = 0.0, tls: TlsPolicy | None = None) -> None:
         if not secret:
             raise ValueError("the orchestrator secret is empty")
         self.orch_url = normalize_orch_url(orch_url)
+        self.tls = tls or TlsPolicy()
+        # why the secret must not go to this URL (None: it may); checked before every request
+        self.refusal = self.tls.secret_refusal(self.orch_url)
         self._secret = secret
         self.registration = registration
         self.retry = retry or RetryPlan()
         self.request_timeout = request_timeout
         self.refresh_interval = refresh_interval
-        self.state = "idle"  # idle | registering | registered | retrying | stopped
+        self.state = "idle"  # idle | registering | registered | retrying | refused | stopped
         self.attempts = 0
         self.registrations = 0
         self.last_error: str | None = None
@@ -100,7 +108,7 @@ class OrchestratorRegistrar:
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=False),
+                connector=aiohttp.TCPConnector(ssl=self.tls.ssl_for(self.orch_url)),
                 timeout=aiohttp.ClientTimeout(total=self.request_timeout),
             )
         return self._session
@@ -108,6 +116,8 @@ class OrchestratorRegistrar:
     # -- one request ----------------------------------------------------------------------------
     async def register_once(self) -> bool:
         self.attempts += 1
+        if self._refused():
+            return False
         url = self.orch_url + REGISTER_PATH
         try:
             async with self._get_session().post(url, json=self.registration.body(),
@@ -121,13 +131,25 @@ class OrchestratorRegistrar:
                              self.registration.name, self.registration.url, self.registration.capacity, self.orch_url)
                     return True
                 self.last_error = f"status {response.status}: {text}"
+        except aiohttp.ClientConnectorCertificateError as exc:
+            self.last_error = (f"certificate of {self.orch_url} not verified ({exc.certificate_error}); set "
+                               "TLS_CA_FILE to its CA, or list the host in TLS_INSECURE_HOSTS")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
         log.warning("registering capability %r with orchestrator %s failed (attempt %d): %s",
                     self.registration.name, self.orch_url, self.attempts, self.last_error)
         return False
 
+    def _refused(self) -> bool:
+        if self.refusal is None:
+            return False
+        self.state = "refused"
+        self.last_error = f"ORCH_SECRET not sent: {self.refusal}"
+        return True
+
     async def unregister(self) -> bool:
+        if self._refused():
+            return False
         url = self.orch_url + UNREGISTER_PATH
         try:
             async with self._get_session().post(url, data=self.registration.name.encode(),
@@ -169,6 +191,10 @@ class OrchestratorRegistrar:
             self._again.clear()
 
     def start(self) -> None:
+        if self._refused():
+            log.error("not registering capability %r with orchestrator %s: %s", self.registration.name,
+                      self.orch_url, self.last_error)
+            return
         if self._task is None:
             log.info("registering capability %r at orchestrator %s in the background",
                      self.registration.name, self.orch_url)

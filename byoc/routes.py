@@ -85,8 +85,9 @@ def locate_stream(request: web.Request, body: dict[str, Any] | None, action: str
 @routes.post("/stream/params", role=STREAM_ROLES, tag="livepeer", errors=(400, 401, 404, 415),
              summary="Update a running stream's params (merge patch); X-Stream-Id names the stream")
 async def stream_params(request: web.Request) -> web.Response:
-    """BYOC update: the body is the client's JSON verbatim and is the new params (or its `params`
-    object). A mid-stream width/height change is refused with 400."""
+    """BYOC update: the body is the client's JSON verbatim, a JSON merge patch (RFC 7396) of the
+    params (or its `params` object is): absent keys keep their value, null removes. A mid-stream
+    width/height change is refused with 400."""
     body = parse_json_object(await read_body(request))
     stream, stream_id = locate_stream(request, body, "update")
     if not stream.active:

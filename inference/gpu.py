@@ -1,4 +1,4 @@
-"""GPU memory manager: admission, pressure relief and batch-size advice from free device memory.
+"""GPU memory manager: stream admission and pressure relief from free device memory.
 
 Reading free memory: NVML (``pynvml``, from the ``nvidia-ml-py`` package) when importable — cheap
 and it also gives the device name and utilisation; otherwise ``torch.cuda.mem_get_info``. Both
@@ -6,13 +6,18 @@ imports are guarded: on a machine without either, or without a CUDA device, the 
 *unavailable*, does nothing, admits every stream (there is no GPU memory to protect) and reports
 ``{"available": False, "reason": "no CUDA device"}`` (or the precise reason) in ``snapshot()``.
 
-Thresholds (``GpuSettings``):
+Thresholds (``GpuSettings``, environment ``GPU_*``):
 
 - ``min_free_mb``: ``can_accept_stream()`` refuses a new stream when less than this is free.
 - ``pressure_free_mb``: below this the manager is *under pressure*: the watcher loop asks every
-  registered model whose ``is_idle()`` says so to unload (idle first, at most once per model per
-  ``unload_cooldown`` seconds), and ``recommended_batch_size(n)`` shrinks batches: half of ``n``
-  under pressure, 1 when less than half of ``pressure_free_mb`` is free.
+  tracked model that is really loaded, can be unloaded and is idle to unload (at most once per
+  model per ``unload_cooldown`` seconds), until enough memory is back.
+
+What it tracks is what the server really loads (wired in ``server.features.install_gpu``): the
+TensorRT vision engine (unloadable: it is rebuilt on its next use) and the speech model pool
+(tracked and reported, never unloaded: every live caption stream shares it). Every decision —
+an unload, a model kept because it is busy or pinned, a refused stream — is logged and kept in a
+short history that ``snapshot()`` (``/health`` → ``details.gpu``) shows.
 """
 
 from __future__ import annotations
@@ -25,24 +30,32 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 MAX_REGISTERED_MODELS = 64
+MAX_DECISIONS = 32  # recent decisions kept for /health
 
 
-class GpuSettings(BaseModel):
-    device_index: int = Field(0, ge=0)
-    min_free_mb: int = Field(2048, ge=0)  # needed to admit a new stream
-    pressure_free_mb: int = Field(1024, ge=0)  # below: unload idle models, shrink batches
-    interval: float = Field(2.0, gt=0)  # watcher loop period, seconds
-    unload_cooldown: float = Field(30.0, ge=0)  # don't ask the same model to unload more often
+class GpuSettings(BaseSettings):
+    """GPU memory management; environment variables GPU_DEVICE_INDEX, GPU_MIN_FREE_MB,
+    GPU_PRESSURE_FREE_MB, GPU_WATCH_INTERVAL, GPU_UNLOAD_COOLDOWN."""
+
+    model_config = SettingsConfigDict(env_prefix="GPU_", extra="ignore")
+
+    device_index: int = Field(0, ge=0, description="CUDA device the manager watches")
+    min_free_mb: int = Field(2048, ge=0, description="free MiB needed to admit a new stream")
+    pressure_free_mb: int = Field(1024, ge=0, description="below this many free MiB, idle models are unloaded")
+    watch_interval: float = Field(2.0, gt=0, description="seconds between memory readings of the watcher")
+    unload_cooldown: float = Field(30.0, ge=0, description="seconds before the same model is asked to unload again")
 
     @model_validator(mode="after")
     def _pressure_below_admission(self) -> GpuSettings:
@@ -159,16 +172,30 @@ def detect_probe(device_index: int = 0) -> tuple[MemoryProbe | None, str]:
     return None, "no usable GPU memory probe: " + "; ".join(reasons)
 
 
-UnloadCallback = Callable[[], Any]  # sync or async; returns freed MiB (or None)
+UnloadCallback = Callable[[], Any]  # sync or async
 
 
 @dataclass
 class _ManagedModel:
     name: str
-    unload: UnloadCallback
+    loaded: Callable[[], bool]
+    unload: UnloadCallback | None  # None: pinned (reported, never unloaded)
     is_idle: Callable[[], bool]
+    pinned_reason: str = ""
     last_unload: float = float("-inf")
+    last_kept: float = float("-inf")  # "kept" decisions are recorded once per cooldown, not per tick
     unloads: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        try:
+            loaded = bool(self.loaded())
+        except Exception:
+            loaded = False
+        entry: dict[str, Any] = {"name": self.name, "loaded": loaded, "unloadable": self.unload is not None,
+                                 "unloads": self.unloads}
+        if self.unload is None:
+            entry["pinned"] = self.pinned_reason
+        return entry
 
 
 class GpuMemoryManager:
@@ -199,6 +226,7 @@ class GpuMemoryManager:
         self.pressure_events = 0
         self.unloads = 0
         self.refusals = 0
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=MAX_DECISIONS)
         if self._probe is None:
             log.info("GPU memory manager inactive: %s", self.reason)
 
@@ -244,65 +272,72 @@ class GpuMemoryManager:
             return True, "GPU memory unreadable; admitting"
         if reading.free_mb < self.settings.min_free_mb:
             self.refusals += 1
-            return False, (
-                f"GPU {self.settings.device_index} has {reading.free_mb:.0f} MiB free, "
-                f"below min_free_mb={self.settings.min_free_mb}"
-            )
+            reason = (f"GPU {self.settings.device_index} has {reading.free_mb:.0f} MiB free, "
+                      f"below min_free_mb={self.settings.min_free_mb}")
+            self._decide("refuse_stream", "", reading.free_mb, reason)
+            return False, reason
         return True, f"{reading.free_mb:.0f} MiB free"
-
-    def recommended_batch_size(self, requested: int) -> int:
-        """`requested`, or a smaller batch while memory is short (never below 1)."""
-        requested = max(1, int(requested))
-        reading = self._current()
-        if reading is None or reading.free_mb >= self.settings.pressure_free_mb:
-            return requested
-        if reading.free_mb < self.settings.pressure_free_mb / 2:
-            return 1
-        return max(1, requested // 2)
 
     # -- model registry and pressure relief --------------------------------------------------------
 
-    def register_model(self, name: str, unload: UnloadCallback, is_idle: Callable[[], bool] = lambda: True) -> None:
-        """A model that can give its device memory back. `unload` may be sync (run in a thread) or
-        async; `is_idle` says whether unloading now would not interrupt work."""
+    def track_model(self, name: str, loaded: Callable[[], bool], unload: UnloadCallback | None = None,
+                    is_idle: Callable[[], bool] = lambda: True, pinned_reason: str = "") -> None:
+        """Track a model the server loads on this device. `loaded` says whether it holds device
+        memory now; `unload` (sync, run in a thread, or async) gives it back — None pins the model
+        (it is reported with `pinned_reason`, never unloaded); `is_idle` says whether unloading now
+        would not interrupt work."""
         with self._lock:
             if name not in self._models and len(self._models) >= MAX_REGISTERED_MODELS:
-                raise RuntimeError(f"too many GPU models registered (max {MAX_REGISTERED_MODELS})")
-            self._models[name] = _ManagedModel(name, unload, is_idle)
+                raise RuntimeError(f"too many GPU models tracked (max {MAX_REGISTERED_MODELS})")
+            self._models[name] = _ManagedModel(name, loaded, unload, is_idle, pinned_reason)
 
-    def unregister_model(self, name: str) -> None:
+    def untrack_model(self, name: str) -> None:
         with self._lock:
             self._models.pop(name, None)
 
+    def _decide(self, action: str, model: str, free_mb: float, detail: str) -> None:
+        entry = {"time": round(time.time(), 3), "action": action, "model": model,
+                 "free_mb": round(free_mb, 1), "detail": detail}
+        self.decisions.append(entry)
+        log.warning("GPU memory decision: %s %s (%.0f MiB free): %s", action, model or "-", free_mb, detail)
+
     async def relieve_pressure(self) -> list[str]:
-        """When under pressure, ask idle registered models to unload. Returns the names unloaded."""
+        """When under pressure, unload idle loaded models that can be unloaded. Returns their names."""
         reading = self.refresh()
         if reading is None or reading.free_mb >= self.settings.pressure_free_mb:
             return []
         self.pressure_events += 1
-        log.warning(
-            "GPU memory pressure: %.0f MiB free < %d MiB; unloading idle models",
-            reading.free_mb, self.settings.pressure_free_mb,
-        )
+        log.warning("GPU memory pressure: %.0f MiB free < %d MiB", reading.free_mb, self.settings.pressure_free_mb)
         now = self._clock()
         with self._lock:
-            candidates = [m for m in self._models.values() if now - m.last_unload >= self.settings.unload_cooldown]
+            models = list(self._models.values())
         unloaded: list[str] = []
-        for model in candidates:
+        for model in models:
             try:
-                if not model.is_idle():
+                if not model.loaded():
+                    continue
+                if model.unload is None or not model.is_idle():
+                    if now - model.last_kept >= self.settings.unload_cooldown:
+                        model.last_kept = now
+                        why = f"pinned: {model.pinned_reason}" if model.unload is None else "busy"
+                        self._decide("keep", model.name, reading.free_mb, why)
+                    continue
+                if now - model.last_unload < self.settings.unload_cooldown:
                     continue
                 model.last_unload = now
-                result = model.unload()
+                result = model.unload() if inspect.iscoroutinefunction(model.unload) else await asyncio.to_thread(model.unload)
                 if inspect.isawaitable(result):
                     await result
                 model.unloads += 1
                 self.unloads += 1
                 unloaded.append(model.name)
+                after = self.refresh()
+                freed = "" if after is None else f"; {after.free_mb:.0f} MiB free after"
+                self._decide("unload", model.name, reading.free_mb, f"idle under pressure{freed}")
+                reading = after or reading
             except Exception:
                 log.exception("unloading GPU model %s failed", model.name)
-            reading = self.refresh()
-            if reading is not None and reading.free_mb >= self.settings.pressure_free_mb:
+            if reading.free_mb >= self.settings.pressure_free_mb:
                 break  # enough memory back; keep the rest loaded
         return unloaded
 
@@ -311,7 +346,7 @@ class GpuMemoryManager:
         when unavailable; cancel the task to stop it."""
         if self._probe is None:
             return
-        period = interval or self.settings.interval
+        period = interval or self.settings.watch_interval
         while True:
             try:
                 await self.relieve_pressure()
@@ -337,7 +372,8 @@ class GpuMemoryManager:
             "pressure_events": self.pressure_events,
             "unloads": self.unloads,
             "refusals": self.refusals,
-            "models": sorted(self._models),
+            "models": [m.describe() for m in list(self._models.values())],
+            "decisions": list(self.decisions),
         }
         if reading is None:
             out["reason"] = "memory reading failed"

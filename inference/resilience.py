@@ -130,7 +130,12 @@ class CircuitBreaker:
             self._opened_at = self._clock()
             self._half_open_in_flight = 0
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(
+        self, fn: Callable[[], Awaitable[T]], is_failure: Callable[[Exception], bool] | None = None
+    ) -> T:
+        """Run `fn` if the breaker allows. An exception counts as a failure unless `is_failure`
+        says otherwise (e.g. a "bad request" answer proves the backend is up): then it is
+        recorded as a success and still raised."""
         if not self.allow():
             raise CircuitOpenError(f"circuit '{self.name}' is open; backend calls are paused")
         try:
@@ -139,8 +144,11 @@ class CircuitBreaker:
             if self._state == self.HALF_OPEN:
                 self._half_open_in_flight = max(0, self._half_open_in_flight - 1)
             raise
-        except Exception:
-            self.record_failure()
+        except Exception as exc:
+            if is_failure is None or is_failure(exc):
+                self.record_failure()
+            else:
+                self.record_success()
             raise
         self.record_success()
         return result

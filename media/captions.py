@@ -21,8 +21,11 @@ def vtt_escape(text: str) -> str:
 
 
 class CaptionLog:
-    """The newest final captions of a stream (bounded). A final re-published with the same id
-    (e.g. once its translations arrive) replaces the earlier copy."""
+    """The newest final captions of a stream (bounded), one cue per caption id. An update of a
+    final (a later `revision`, e.g. its translations) replaces that caption's cue; an older
+    revision arriving late never replaces a newer one."""
+
+    SEARCH_BACK = 32  # updates concern recent finals (translations take seconds, not minutes)
 
     def __init__(self, maxlen: int = 2000) -> None:
         self._finals: deque[CaptionEvent] = deque(maxlen=maxlen)
@@ -30,12 +33,10 @@ class CaptionLog:
     def on_event(self, event: StreamEvent) -> None:
         if not isinstance(event, CaptionEvent) or not event.final or not event.text.strip():
             return
-        if self._finals and self._finals[-1].id == event.id:
-            self._finals[-1] = event
-            return
-        for i in range(len(self._finals) - 1, max(-1, len(self._finals) - 8), -1):
-            if self._finals[i].id == event.id:  # a late update of a recent final
-                self._finals[i] = event
+        for i in range(len(self._finals) - 1, max(-1, len(self._finals) - 1 - self.SEARCH_BACK), -1):
+            if self._finals[i].id == event.id:
+                if event.revision >= self._finals[i].revision:
+                    self._finals[i] = event
                 return
         self._finals.append(event)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,47 +25,67 @@ class BytePipe:
     """A bounded chunk queue between an async producer and a blocking reader (PyAV's IO thread).
 
     The producer waits while the pipe is full, which pushes back on the trickle subscriber: when it
-    falls behind, the trickle server's window (and 470 + Latest) is what drops data, not memory."""
+    falls behind, the trickle server's window (and 470 + Latest) is what drops data, not memory.
+    Waiting is event driven on both sides: the reader sleeps on a condition until a chunk or the
+    end arrives, and a full pipe parks the writer on an asyncio event that the reader sets (from its
+    thread, through the writer's loop) when it takes a chunk — no polling."""
 
     def __init__(self, max_chunks: int = 64) -> None:
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=max_chunks)
+        self.max_chunks = max_chunks
+        self._chunks: deque[bytes] = deque()  # bounded by max_chunks (write waits for room)
+        self._cond = threading.Condition()
         self._leftover = b""
-        self._eof = False
+        self._eof = False  # the reader has returned end-of-file
         self._eof_requested = False
-        self._closed = threading.Event()
+        self._closed = False
+        self._room: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None  # a parked writer
         self.bytes_in = 0
+        self.writer_waits = 0  # times the writer found the pipe full
+        self.writer_wakeups = 0  # times a parked writer was resumed (one per wait, never a poll)
 
     async def write(self, data: bytes) -> bool:
         """Queue `data`; False if the reader side has closed."""
         if not data:
             return True  # an empty read means end-of-file to the demuxer: never queue one
-        while not self._closed.is_set():
-            try:
-                self._chunks.put_nowait(data)
-                self.bytes_in += len(data)
-                return True
-            except queue.Full:
-                await asyncio.sleep(0.005)
-        return False
+        while True:
+            with self._cond:
+                if self._closed:
+                    return False
+                if len(self._chunks) < self.max_chunks:
+                    self._chunks.append(data)
+                    self.bytes_in += len(data)
+                    self._cond.notify()
+                    return True
+                room = asyncio.Event()
+                self._room = (asyncio.get_running_loop(), room)
+                self.writer_waits += 1
+            await room.wait()
+            self.writer_wakeups += 1
+
+    def _wake_writer(self) -> None:
+        """Called with the condition held, after room appeared or the pipe closed."""
+        if self._room is None:
+            return
+        (loop, room), self._room = self._room, None
+        try:
+            loop.call_soon_threadsafe(room.set)
+        except RuntimeError:  # the writer's loop is gone (shutdown)
+            pass
 
     def write_eof(self) -> None:
         """Signal the end of the stream after the data already queued; never blocks."""
-        self._eof_requested = True
-        try:
-            self._chunks.put_nowait(None)  # wakes a waiting reader at once
-        except queue.Full:
-            pass  # the reader sees the flag once it has drained the queue
+        with self._cond:
+            self._eof_requested = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Reader gone or stream stopping: wake and refuse writers, drop what is queued."""
-        self._closed.set()
-        self._eof_requested = True
-        while True:
-            try:
-                self._chunks.get_nowait()
-            except queue.Empty:
-                break
-        self.write_eof()
+        with self._cond:
+            self._closed = True
+            self._eof_requested = True
+            self._chunks.clear()
+            self._cond.notify_all()
+            self._wake_writer()
 
     # -- reader side (file-like for PyAV) -------------------------------------------------------
     def readable(self) -> bool:
@@ -77,18 +97,14 @@ class BytePipe:
         else:
             if self._eof:
                 return b""
-            while True:
-                try:
-                    chunk = self._chunks.get(timeout=0.05)
-                    break
-                except queue.Empty:
-                    if self._eof_requested:
-                        chunk = None
-                        break
-            if chunk is None:
-                self._eof = True
-                return b""
-            data = chunk
+            with self._cond:
+                while not self._chunks and not self._eof_requested:
+                    self._cond.wait()
+                if not self._chunks:
+                    self._eof = True
+                    return b""
+                data = self._chunks.popleft()
+                self._wake_writer()
         if 0 < n < len(data):
             data, self._leftover = data[:n], data[n:]
         return data

@@ -4,7 +4,8 @@ The encoders live for the whole stream (rate control and Opus state carry over),
 gets a fresh MPEG-TS container so every segment is standalone and starts on an IDR frame with its
 own PAT/PMT, as trickle consumers expect. Bytes leave through a `SegmentSink` as the muxer writes
 them (one write per muxed frame), not when the GOP closes, so latency is not bound by segment
-length. All methods run on one thread at a time (the caller holds `lock`).
+length. All methods run on one thread at a time (the trickle sink's encoding thread; other callers
+hold `lock`). Any input size works: an odd width/height is cropped by one pixel (4:2:0 needs even).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Protocol
 
 import av
 from av.video.frame import PictureType
+
+from media.frames import crop_to_even, even_size
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,7 @@ class TsSegmentEncoder:
 
     def __init__(self, sink: SegmentSink, width: int, height: int, with_audio: bool, settings: EncoderSettings) -> None:
         self.sink = sink
-        self.width = width - width % 2
-        self.height = height - height % 2
+        self.width, self.height = even_size(width, height)
         self.with_audio = with_audio
         self.settings = settings
         self.lock = threading.Lock()
@@ -171,6 +173,9 @@ class TsSegmentEncoder:
         if self._last_video_pts is not None and pts <= self._last_video_pts:
             self.frames_skipped += 1
             return False
+        if (frame.width, frame.height) != (self.width, self.height) and \
+                even_size(frame.width, frame.height) == (self.width, self.height):
+            frame = crop_to_even(frame)  # an odd input size loses its last column/row, no rescale
         if frame.width != self.width or frame.height != self.height or frame.format.name != "yuv420p":
             frame = frame.reformat(width=self.width, height=self.height, format="yuv420p")
         out = frame  # sinks stamp their own timestamps on the shared processed frame

@@ -50,6 +50,8 @@ class SinkHost(Protocol):
 
     def on_output_segment(self, seq: int) -> None: ...
 
+    def on_output_lagging(self, sink_name: str, reason: str) -> None: ...
+
 
 class MediaSink:
     name = "sink"

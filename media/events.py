@@ -40,7 +40,14 @@ class StreamEvent:
 @dataclass
 class CaptionEvent(StreamEvent):
     """One caption segment. Partials (final=False) may be replaced by a later event with the
-    same id; a final never changes. `start`/`end` are seconds on the stream's media timeline."""
+    same id; a final's text never changes. `start`/`end` are seconds on the stream's media
+    timeline.
+
+    A final is published once (`revision` 0). Its translations arrive later as an *update* of
+    the same caption: the same id, text and times with `revision` ≥ 1 and `translations` filled;
+    consumers replace the caption they have (never add a second one). `lag` is how much of the
+    stream's audio (seconds) was not decoded yet when the event was made; `burned_in` says the
+    caption is also drawn into the video, so players should not draw it a second time."""
 
     kind: str = "caption"
     text: str = ""
@@ -50,6 +57,24 @@ class CaptionEvent(StreamEvent):
     lang: str = "en"
     translations: dict[str, str] = field(default_factory=dict)
     untranslated: list[str] = field(default_factory=list)
+    revision: int = 0
+    lag: float = 0.0
+    burned_in: bool = False
+    # per target language, from the translator: 0..1, and what it noticed ("untranslated_words", ...)
+    translation_confidence: dict[str, float] = field(default_factory=dict)
+    translation_flags: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def is_update(self) -> bool:
+        """A later revision of a final (e.g. its translations): replaces, never adds a caption."""
+        return self.final and self.revision > 0
+
+    @property
+    def sse_event(self) -> str:
+        """The SSE event name: "partial", "final" (once per caption) or "update"."""
+        if not self.final:
+            return "partial"
+        return "update" if self.revision > 0 else "final"
 
 
 @dataclass

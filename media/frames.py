@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import av
+import numpy as np
 
 T = TypeVar("T")
 
@@ -123,3 +124,43 @@ class LatestSlot(Generic[T]):
     def get(self) -> tuple[T | None, int]:
         with self._lock:
             return self._value, self.version
+
+
+# -- frame geometry: any size from 16x16 up, odd or even ------------------------------------------
+
+def plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
+    """A writable (rows, width) uint8 view of one plane of a planar 8-bit frame, skipping the
+    line padding. Works for odd sizes, where PyAV's `to_ndarray` refuses yuv420p."""
+    rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
+    return rows[: plane.height, : plane.width]
+
+
+def copy_i420(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> av.VideoFrame:
+    """A private yuv420p copy of `frame`, optionally cropped to its top-left `width` x `height`
+    (nothing is scaled). `frame` is converted to yuv420p first if it is in another format."""
+    if frame.format.name != "yuv420p":
+        frame = frame.reformat(format="yuv420p")
+    width = frame.width if width is None else min(width, frame.width)
+    height = frame.height if height is None else min(height, frame.height)
+    out = av.VideoFrame(width, height, "yuv420p")
+    for source, target in zip(frame.planes, out.planes):
+        dst = plane_array(target)
+        dst[:] = plane_array(source)[: dst.shape[0], : dst.shape[1]]
+    out.pts = frame.pts
+    if frame.time_base is not None:
+        out.time_base = frame.time_base
+    return out
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The largest even size within `width` x `height` (H.264 and VP8 encode 4:2:0 in 2x2 blocks)."""
+    return width - width % 2, height - height % 2
+
+
+def crop_to_even(frame: av.VideoFrame) -> av.VideoFrame:
+    """`frame` itself when its size is even (and yuv420p), else a copy without the odd last
+    column/row: an encoder crops one pixel rather than rescaling the whole picture."""
+    width, height = even_size(frame.width, frame.height)
+    if (width, height) == (frame.width, frame.height) and frame.format.name == "yuv420p":
+        return frame
+    return copy_i420(frame, width, height)

@@ -6,6 +6,10 @@
   loopback tests) can name the host addresses to use (`use_host_addresses`) and a UDP port range
   (`use_udp_port_range`); both replace an aioice module attribute once, process-wide, and give the
   original back when released.
+- FFmpeg's WHIP muxer (8.0) sends STUN binding requests without the PRIORITY attribute, which
+  aioice needs to learn the peer-reflexive candidate such a client (no candidates in its offer)
+  connects from: `PriorityTolerantConnection` supplies the prflx priority RFC 8445 §5.1.2 would
+  give it, as Pion and libwebrtc do. It is installed process-wide when this module is imported.
 """
 
 from __future__ import annotations
@@ -105,6 +109,37 @@ class IceSettings:
         return links
 
 
+# -- STUN binding requests without PRIORITY ---------------------------------------------------------
+
+class PriorityTolerantConnection(aioice.Connection):
+    """An aioice `Connection` that accepts an authenticated binding request without PRIORITY.
+
+    RFC 8445 §7.1.1 requires PRIORITY, and aioice reads it unconditionally when the request comes
+    from an address it does not know yet (it learns a peer-reflexive candidate, §7.3.1.3) — a
+    `KeyError` that drops the request, so ICE never completes. FFmpeg 8's WHIP muxer is ICE-lite-like:
+    its offer has no candidates and its checks carry USERNAME, USE-CANDIDATE, ICE-CONTROLLING and
+    MESSAGE-INTEGRITY only. Other WHIP servers (Pion, libwebrtc) then compute the priority locally
+    from the candidate type; this does the same before aioice's own handling. The request's
+    integrity was already checked on the raw bytes, so adding the attribute changes nothing else."""
+
+    missing_priority_requests = 0  # process-wide count, for logs and tests
+
+    def check_incoming(self, message, addr, protocol) -> None:
+        if "PRIORITY" not in message.attributes:
+            component = protocol.local_candidate.component
+            message.attributes["PRIORITY"] = candidate_priority(component, "prflx")
+            if PriorityTolerantConnection.missing_priority_requests == 0:
+                log.info("ICE: binding request from %s:%s without PRIORITY (FFmpeg WHIP?); using the "
+                         "peer-reflexive priority", addr[0], addr[1])
+            PriorityTolerantConnection.missing_priority_requests += 1
+        super().check_incoming(message, addr, protocol)
+
+
+# aiortc builds every ICE connection from this module attribute; the port-range class below derives
+# from the tolerant one, so the tolerance holds whichever is installed.
+aiortc.rtcicetransport.Connection = PriorityTolerantConnection
+
+
 # -- process-wide aioice settings -----------------------------------------------------------------
 
 class _Override:
@@ -186,13 +221,13 @@ def apply_ice_settings(settings: IceSettings) -> Callable[[], None]:
     return release_all
 
 
-def port_range_connection(port_min: int, port_max: int) -> type[aioice.Connection]:
+def port_range_connection(port_min: int, port_max: int) -> type[PriorityTolerantConnection]:
     """An aioice `Connection` whose host candidates bind inside a UDP port range.
 
     aioice binds `(address, 0)`; this class binds the host sockets itself, then lets aioice do
     the rest (TURN) and asks the STUN server for server-reflexive candidates as aioice would."""
 
-    class PortRangeConnection(aioice.Connection):
+    class PortRangeConnection(PriorityTolerantConnection):
         port_range = (port_min, port_max)
 
         async def get_component_candidates(self, component: int, addresses: list[str],

@@ -6,8 +6,11 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
-from media.stream import Stream
+from media.captions import CaptionLog
+from media.events import EventBus
+from media.stream import Stream, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +23,47 @@ class DuplicateStreamError(Exception):
     """A stream with this manifest id is already running (→ 409)."""
 
 
+class StoppedStream:
+    """What is kept of a stream after it stopped: its final status and summary, its (bounded,
+    text-only) caption log and closed event history for late readers (WebVTT, SSE replay).
+    The stream itself — stages with their ASR buffers, sinks, queued and last decoded frames —
+    is released."""
+
+    active = False
+
+    def __init__(self, stream: Stream) -> None:
+        self.manifest_id = stream.manifest_id
+        self.state: StreamState = stream.state
+        self.end_reason = stream.end_reason
+        self.params = stream.params
+        self.metadata = stream.metadata
+        self._status = stream.status()
+        self._summary = stream.summary()
+        self.captions: CaptionLog = stream.captions
+        self.events: EventBus = stream.events
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._status)
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self._summary)
+
+    async def stop(self, reason: str = "", error: bool = False) -> None:
+        """Already stopped: nothing to do."""
+
+
 class StreamManager:
     def __init__(self, capacity: int, history: int = 64) -> None:
         self.capacity = capacity
         self._active: dict[str, Stream] = {}
         self._reserved: set[str] = set()
-        self._recent: OrderedDict[str, Stream] = OrderedDict()  # bounded by `history`
+        # summaries of recently stopped streams, bounded by `history`
+        self._recent: OrderedDict[str, StoppedStream] = OrderedDict()
         self._history = history
         # extra admission rules, e.g. GPU memory: each returns (ok, reason)
         self.admission_checks: list[Callable[[], tuple[bool, str]]] = []
+        # told (stream, its summary) when a stream stops, e.g. to move what is keyed by the stream
+        self.summary_hooks: list[Callable[[Stream, StoppedStream], None]] = []
         self.started_total = 0
 
     # -- admission ------------------------------------------------------------------------------
@@ -73,13 +108,20 @@ class StreamManager:
     def _forget(self, stream: Stream) -> None:
         if self._active.get(stream.manifest_id) is stream:
             del self._active[stream.manifest_id]
-        self._recent[stream.manifest_id] = stream
+        summary = StoppedStream(stream)
+        for hook in self.summary_hooks:
+            try:
+                hook(stream, summary)
+            except Exception:
+                log.exception("stream summary hook failed")
+        self._recent[stream.manifest_id] = summary
         self._recent.move_to_end(stream.manifest_id)
         while len(self._recent) > self._history:
             self._recent.popitem(last=False)
 
     # -- lookup ---------------------------------------------------------------------------------
-    def get(self, manifest_id: str) -> Stream | None:
+    def get(self, manifest_id: str) -> Stream | StoppedStream | None:
+        """A running stream, or the summary of a recently stopped one."""
         return self._active.get(manifest_id) or self._recent.get(manifest_id)
 
     def get_active(self, manifest_id: str) -> Stream | None:

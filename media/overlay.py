@@ -22,6 +22,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from media.events import CaptionEvent, StreamEvent, VisionEvent
+from media.frames import copy_i420, plane_array
+from media.params import (
+    CAPTIONS_BURN_IN_DEFAULT,
+    OVERLAY_CLOCK_DEFAULT,
+    OVERLAY_ENABLED_DEFAULT,
+    VISION_BURN_IN_DEFAULT,
+    option,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +54,18 @@ def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 @dataclass
 class OverlayOptions:
-    enabled: bool = True
-    clock: bool = True
-    captions: bool = True  # burn captions in (params.captions.burn_in)
-    tags: bool = True  # draw vision tags/boxes (params.vision.burn_in, default on)
+    enabled: bool = OVERLAY_ENABLED_DEFAULT  # params.overlay.enabled
+    clock: bool = OVERLAY_CLOCK_DEFAULT  # params.overlay.clock
+    captions: bool = CAPTIONS_BURN_IN_DEFAULT  # burn captions in (params.captions.burn_in)
+    tags: bool = VISION_BURN_IN_DEFAULT  # draw vision tags/boxes (params.vision.burn_in)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> OverlayOptions:
-        overlay = params.get("overlay") or {}
-        captions = params.get("captions") or {}
-        vision = params.get("vision") or {}
         return cls(
-            enabled=bool(overlay.get("enabled", True)),
-            clock=bool(overlay.get("clock", True)),
-            captions=bool(captions.get("burn_in", True)),
-            tags=bool(vision.get("burn_in", True)),
+            enabled=bool(option(params, "overlay", "enabled", OVERLAY_ENABLED_DEFAULT)),
+            clock=bool(option(params, "overlay", "clock", OVERLAY_CLOCK_DEFAULT)),
+            captions=bool(option(params, "captions", "burn_in", CAPTIONS_BURN_IN_DEFAULT)),
+            tags=bool(option(params, "vision", "burn_in", VISION_BURN_IN_DEFAULT)),
         )
 
 
@@ -165,13 +170,13 @@ class Overlay:
         self._band = CaptionBand()
 
     def draw(self, frame: av.VideoFrame, media_time: float) -> av.VideoFrame:
+        """A drawn copy of `frame` (decoder-owned reference frames stay untouched); any size,
+        odd or even: only the Y plane is drawn on, through a view that skips line padding."""
         if not self.options.enabled:
             return frame
-        if frame.format.name != "yuv420p":
-            frame = frame.reformat(format="yuv420p")
-        width, height = frame.width, frame.height
-        planes = frame.to_ndarray()  # I420 copy: decoder-owned reference frames stay untouched
-        luma = planes[:height]
+        out = copy_i420(frame)
+        width, height = out.width, out.height
+        luma = plane_array(out.planes[0])
         if self.options.clock:
             self._draw_header(luma, media_time)
         if self.options.tags:
@@ -183,10 +188,6 @@ class Overlay:
             mask = self._band.mask_for(version, lines, width, height)
             if mask is not None:
                 self._blend_band(luma, mask)
-        out = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-        out.pts = frame.pts
-        if frame.time_base is not None:
-            out.time_base = frame.time_base
         return out
 
     def _draw_header(self, luma: np.ndarray, media_time: float) -> None:
@@ -224,7 +225,8 @@ class Overlay:
             (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
             y = 40 + i * (th + 8)
             x = max(0, width - tw - 8)
-            np.right_shift(luma[y - th - 4 : y + 4, x - 4 : width], 2, out=luma[y - th - 4 : y + 4, x - 4 : width])
+            box = luma[max(0, y - th - 4) : y + 4, max(0, x - 4) : width]  # clipped on tiny frames
+            np.right_shift(box, 2, out=box)
             cv2.putText(luma, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT_LUMA, 1, cv2.LINE_AA)
 
     @staticmethod

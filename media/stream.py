@@ -24,10 +24,15 @@ from media.endpoints import MediaSink, MediaSource
 from media.events import ErrorEvent, EventBus
 from media.frames import AudioItem, DropOldestQueue, VideoItem
 from media.overlay import Overlay, OverlayOptions, OverlayState
+from media.params import merge_patch
 from media.stage import Stage, StageContext
 from media.stats import LatencyWindow, RateMeter
 
 log = logging.getLogger(__name__)
+
+
+# decode errors are reported (log line + error event) at most once per this many seconds
+DECODE_ERROR_REPORT_INTERVAL = 5.0
 
 
 class StreamState(str, enum.Enum):
@@ -139,6 +144,9 @@ class Stream:
         self.frames_out = 0
         self.audio_frames_in = 0
         self.decode_errors = 0
+        self._decode_error_lock = threading.Lock()
+        self._decode_error_reported_at = -DECODE_ERROR_REPORT_INTERVAL
+        self._decode_errors_unreported = 0
         self.last_error: str | None = None
         self.last_error_time: float | None = None
         self.end_reason: str | None = None
@@ -146,6 +154,8 @@ class Stream:
         self.restart_count = 0
         self.first_input_segment_at: float | None = None
         self.first_output_segment_at: float | None = None
+        self.output_lagging_at: float | None = None  # last time a sink dropped for a slow output
+        self.output_lagging_reason: str | None = None
         self._seq = 0
         self._tracks_known = threading.Event()
         self._worker: threading.Thread | None = None
@@ -248,12 +258,23 @@ class Stream:
         return not self._stop_started
 
     # -- params ---------------------------------------------------------------------------------
-    def update_params(self, params: dict[str, Any]) -> None:
-        """Apply new params (they replace the old ones). A resolution change mid-stream is refused."""
+    def update_params(self, patch: dict[str, Any]) -> None:
+        """Apply a params update as a JSON merge patch (RFC 7396, `media.params.merge_patch`): keys
+        it does not mention keep their value, `null` removes one. The one place a running stream's
+        params change; a mid-stream resolution change is refused (ValueError)."""
+        if not isinstance(patch, dict):
+            raise ValueError("a params update must be a JSON object")
+        self._apply_params(merge_patch(self.params, patch))
+
+    def replace_params(self, params: dict[str, Any]) -> None:
+        """Replace the params as a whole (the data channel's explicit `"replace": true`)."""
+        self._apply_params(dict(params))
+
+    def _apply_params(self, params: dict[str, Any]) -> None:
         for key in ("width", "height"):
-            if key in params and key in self.params and params[key] != self.params[key]:
+            if params.get(key) != self.params.get(key) and key in self.params:
                 raise ValueError(f"changing '{key}' mid-stream is not supported")
-        self.params = dict(params)
+        self.params = params
         self.params_updated_at = time.time()
         self.overlay.options = OverlayOptions.from_params(self.params)
         for stage in self.stages:
@@ -289,7 +310,19 @@ class Stream:
             sink.send_audio(item)
 
     def on_decode_error(self, message: str) -> None:
+        """Every error is counted; a burst (garbage bytes can cause hundreds a second) logs one
+        WARNING and publishes one error event per `DECODE_ERROR_REPORT_INTERVAL`, saying how many
+        were folded into it."""
         self.decode_errors += 1
+        now = time.monotonic()
+        with self._decode_error_lock:
+            if now - self._decode_error_reported_at < DECODE_ERROR_REPORT_INTERVAL:
+                self._decode_errors_unreported += 1
+                return
+            folded, self._decode_errors_unreported = self._decode_errors_unreported, 0
+            self._decode_error_reported_at = now
+        if folded:
+            message = f"{message} (and {folded} more decode errors in the last {DECODE_ERROR_REPORT_INTERVAL:.0f} s)"
         self._record_error(message)
 
     def on_input_segment(self, seq: int) -> None:
@@ -303,6 +336,12 @@ class Stream:
     # -- SinkHost (any thread) ------------------------------------------------------------------
     def on_output_failed(self, reason: str) -> None:
         self.request_stop(reason, error=True)
+
+    def on_output_lagging(self, sink_name: str, reason: str) -> None:
+        """A sink drops frames because its output is slower than the stream (any thread). The
+        stream reports DEGRADED_INFERENCE (the output, not the input, is the cause) for a while."""
+        self.output_lagging_at = time.time()
+        self.output_lagging_reason = reason
 
     def on_output_segment(self, seq: int) -> None:
         if self.first_output_segment_at is None:
@@ -378,11 +417,31 @@ class Stream:
             return StreamState.ERROR
         if self.last_error_time is not None and time.time() - self.last_error_time < th.error_grace:
             return StreamState.DEGRADED_INFERENCE
+        if self._output_lagging(th):
+            return StreamState.DEGRADED_INFERENCE
         if in_idle is None or in_idle > th.idle or in_fps < th.min_input_fps:
             return StreamState.DEGRADED_INPUT
         if out_idle is None or out_idle > th.idle or out_fps < min(th.min_output_fps, 0.8 * in_fps):
             return StreamState.DEGRADED_INFERENCE
         return StreamState.ONLINE
+
+    def _output_lagging(self, th: StreamThresholds) -> bool:
+        return self.output_lagging_at is not None and time.time() - self.output_lagging_at < th.output_stall
+
+    def degraded_reason(self) -> str | None:
+        """Why the state is what it is, in words (None while ONLINE)."""
+        th = self.config.thresholds
+        if self.state == StreamState.DEGRADED_INFERENCE:
+            if self.last_error_time is not None and time.time() - self.last_error_time < th.error_grace:
+                return self.last_error
+            if self._output_lagging(th):
+                return self.output_lagging_reason
+            return "output below the input frame rate"
+        if self.state == StreamState.DEGRADED_INPUT:
+            return "input below the minimum frame rate or idle"
+        if self.state == StreamState.ERROR:
+            return self.end_reason or self.last_error
+        return None
 
     async def _monitor_loop(self) -> None:
         th = self.config.thresholds
@@ -416,6 +475,7 @@ class Stream:
             "output_fps": round(self.out_meter.rate(now), 2),
             "latency_ms": latency,
             "decode_errors": self.decode_errors,
+            "degraded_reason": self.degraded_reason(),
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,
             "end_reason": self.end_reason,

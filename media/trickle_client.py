@@ -3,10 +3,14 @@
 Behaviour follows the Python clients in ai-runner and pytrickle, which go-livepeer orchestrators
 expect (shared/reference/livepeer.md §2.4):
 
-- Every request sends `Connection: close`; TLS verification is off (orchestrators use self-signed certs).
+- Every request sends `Connection: close` and goes through the outbound policy's connector
+  (media/outbound.py): denied addresses are refused at connect time, redirects are not followed,
+  TLS is verified unless the host is listed in TLS_INSECURE_HOSTS (ai-runner turns verification
+  off for every host; here a self-signed orchestrator must be listed).
 - Subscriber: starts at `-2` (current segment, replayed from byte 0), keeps one GET preconnected for
   the next seq, jumps to `Lp-Trickle-Latest` on 470, ends on 404 or any `Lp-Trickle-Closed`, and
-  retries other failures `max_retries` times `retry_delay` apart.
+  retries other failures `max_retries` times `retry_delay` apart. A segment body that sends
+  nothing for `read_timeout` seconds is ended (counted in `stalls`) and the next segment is read.
 - Publisher: one chunked POST per segment whose body is an async generator fed from a bounded queue,
   one POST preconnected ahead, 404 (or `Lp-Trickle-Closed`) marks the publisher closed (no retry),
   and `close()` DELETEs the channel.
@@ -20,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import AsyncIterablePayload
+
+from media.outbound import OutboundPolicy, default_policy
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +60,9 @@ def _int_header(response: aiohttp.ClientResponse, name: str) -> int | None:
         return None
 
 
-def _make_session(connect_timeout: float) -> aiohttp.ClientSession:
+def _make_session(connect_timeout: float, policy: OutboundPolicy) -> aiohttp.ClientSession:
     # force_close: one connection per request, as `Connection: close` asks; no idle sockets left.
-    connector = aiohttp.TCPConnector(ssl=False, force_close=True)
+    connector = policy.connector(force_close=True)
     return aiohttp.ClientSession(connector=connector, timeout=_timeout(connect_timeout))
 
 
@@ -91,8 +97,11 @@ def _cancelled_from_outside() -> bool:
 class TrickleSegment:
     """One segment being received; `read()` returns bytes as the server trickles them."""
 
-    def __init__(self, response: aiohttp.ClientResponse, seq: int) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, seq: int, read_timeout: float | None = None,
+                 on_stall: Callable[[], None] | None = None) -> None:
         self.seq = seq
+        self.read_timeout = read_timeout
+        self._on_stall = on_stall
         self.latest = _int_header(response, HEADER_LATEST)
         self.content_type = response.headers.get("Content-Type", "")
         self.bytes_read = 0
@@ -109,8 +118,16 @@ class TrickleSegment:
         if response is None:
             return b""
         try:
-            chunk = await response.content.read(n)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            async with asyncio.timeout(self.read_timeout):
+                chunk = await response.content.read(n)
+        except TimeoutError:
+            # A publisher that stopped mid-segment: end this segment, the preconnected next one follows.
+            self.error = f"no data for {self.read_timeout:g}s"
+            log.warning("trickle segment seq=%d stalled after %d bytes: %s", self.seq, self.bytes_read, self.error)
+            if self._on_stall is not None:
+                self._on_stall()
+            chunk = b""
+        except (aiohttp.ClientError, OSError) as exc:
             self.error = repr(exc)
             log.warning("trickle segment seq=%d broke after %d bytes: %r", self.seq, self.bytes_read, exc)
             chunk = b""
@@ -135,7 +152,9 @@ class TrickleSubscriber:
 
     `seq` is the index the next request will ask for (`-2`/`-1` until the first segment arrives).
     `ended`/`end_reason` ("not_found", "closed", "retries_exhausted", "client_closed") say why
-    `next_segment()` now returns None; `errors` counts failed requests.
+    `next_segment()` now returns None; `errors` counts failed requests, `stalls` segments whose
+    body stopped for `read_timeout` seconds. `policy` decides which addresses may be contacted
+    (default: the built-in deny list, verified TLS).
     """
 
     def __init__(
@@ -147,12 +166,17 @@ class TrickleSubscriber:
         max_retries: int = 5,
         retry_delay: float = 0.5,
         connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+        policy: OutboundPolicy | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.seq = start_seq
         self.ended = False
         self.end_reason: str | None = None
         self.errors = 0
+        self.stalls = 0
+        self.read_timeout = read_timeout
+        self.policy = policy or default_policy()
         self.max_retries = max(1, max_retries)
         self.retry_delay = retry_delay
         self.connect_timeout = connect_timeout
@@ -172,8 +196,11 @@ class TrickleSubscriber:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = _make_session(self.connect_timeout)
+            self._session = _make_session(self.connect_timeout, self.policy)
         return self._session
+
+    def _count_stall(self) -> None:
+        self.stalls += 1
 
     def _end(self, reason: str) -> None:
         if not self.ended:
@@ -212,7 +239,7 @@ class TrickleSubscriber:
                 seq = -1
             if seq >= 0:
                 self.seq = seq + 1
-            segment = TrickleSegment(response, seq)
+            segment = TrickleSegment(response, seq, self.read_timeout, self._count_stall)
             self._track(segment)
             if not self.ended:
                 self._pending = self._start_preconnect(self.seq)
@@ -236,7 +263,8 @@ class TrickleSubscriber:
                 return None
             try:
                 response = await session.get(
-                    url, headers={"Connection": "close"}, ssl=False, timeout=_timeout(self.connect_timeout)
+                    url, headers={"Connection": "close"}, ssl=self.policy.ssl_for(url), allow_redirects=False,
+                    timeout=_timeout(self.connect_timeout),
                 )
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 self.errors += 1
@@ -339,7 +367,8 @@ class SegmentWriter:
                 url,
                 data=HeadersFirstBody(self._body(), content_type=publisher.mime),
                 headers=headers,
-                ssl=False,
+                ssl=publisher.policy.ssl_for(url),
+                allow_redirects=False,
                 timeout=_timeout(publisher.connect_timeout),
             )
             try:
@@ -450,8 +479,10 @@ class TricklePublisher:
         connect_timeout: float = 10.0,
         response_timeout: float = 30.0,
         reset_first_segment: bool = False,
+        policy: OutboundPolicy | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.policy = policy or default_policy()
         self.mime = mime
         self.seq = start_seq
         self.closed = False
@@ -477,7 +508,7 @@ class TricklePublisher:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = _make_session(self.connect_timeout)
+            self._session = _make_session(self.connect_timeout, self.policy)
         return self._session
 
     def _mark_closed(self, reason: str) -> None:
@@ -549,7 +580,8 @@ class TricklePublisher:
             async with self._get_session().delete(
                 self.url,
                 headers={"Connection": "close"},
-                ssl=False,
+                ssl=self.policy.ssl_for(self.url),
+                allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.connect_timeout),
             ) as response:
                 if response.status >= 400:

@@ -12,12 +12,23 @@ Where this server deliberately differs from go-livepeer (all for bounded memory 
 - A segment body is capped at `max_segment_bytes` (413); a segment evicted from the ring frees its
   bytes at once, so a reader still on it sees the segment end early. Memory per channel is therefore
   at most `window * max_segment_bytes`.
+- All channels together hold at most `max_total_bytes` of segment bytes (counted from the first
+  byte until the segment is evicted, including ended segments a reader still reads after their
+  channel closed). When a write would pass it, the channel holding the most bytes (at least as
+  much as the writer's) gives up its oldest segment, ended ones first; when nothing can give way
+  the write is refused with 503 (`rejected_budget`). Small live streams keep flowing while a few
+  large publishers are cut back.
+- A POST body that sends nothing for `body_timeout` seconds after its first byte is closed with
+  408 (`post_body_timeouts`); a preconnected POST waiting for its first byte is bounded by the
+  channel's idle sweep instead.
+- Readers are capped per channel and in total (`max_subscribers_per_channel`, `max_subscribers`):
+  one more GET gets 503.
 - A POST whose body fails mid-upload closes its segment (Go leaves it open), so readers are not stuck.
 - A POST to a segment that already ended starts that segment afresh instead of appending to it.
 - The number of channels is capped (`max_channels`); autocreate beyond it answers 503.
 - Error bodies are JSON `{"error": {"code", "message"}}`; clients only read the status and headers.
-- No `100 Continue` keepalive while a preconnected POST waits for its first byte: aiohttp applies no
-  body read timeout, so the connection simply stays open.
+- No `100 Continue` keepalive while a preconnected POST waits for its first byte: the connection
+  simply stays open until data, a close, or the idle sweep.
 
 Everything runs on the event loop; no locks are needed because no handler awaits mid-update.
 """
@@ -25,6 +36,7 @@ Everything runs on the event loop; no locks are needed because no handler awaits
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import re
 import time
@@ -50,6 +62,8 @@ SEQ_CURRENT = -2
 DISCONNECT_POLL_S = 1.0
 # Largest piece handed to one response write; readers copy at most this much at a time.
 READ_CHUNK_BYTES = 64 * 1024
+# Smallest piece a segment keeps its bytes in (small writes are gathered up to this).
+PIECE_BYTES = 64 * 1024
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 # What reading a request body raises when the client goes away or sends a broken body.
@@ -71,18 +85,48 @@ def _parse_idx(text: str) -> int | None:
     return int(text)
 
 
+class _Budget:
+    """Segment bytes held across every channel, against `max_total_bytes`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        # ended segments that left their ring while a reader was still on them (bounded by the
+        # subscriber caps); evicted when their last reader leaves, or first under pressure
+        self.orphans: set[_Segment] = set()
+
+    def retire(self, segment: _Segment) -> None:
+        """`segment` leaves its ring: its readers finish it, then its bytes are freed."""
+        segment.close()
+        if segment.readers:
+            self.orphans.add(segment)
+        else:
+            segment.evict()
+
+
 class _Segment:
-    """One segment's bytes plus the wake-ups its readers wait on."""
+    """One segment's bytes plus the wake-ups its readers wait on.
 
-    __slots__ = ("idx", "data", "closed", "evicted", "closed_event", "_wake")
+    The bytes are kept as a list of immutable pieces of at least `PIECE_BYTES` (small writes
+    gather in a short tail first) rather than one growing buffer: a growing multi-MiB buffer is
+    copied on every resize and leaves the allocator fragmented, so the process would hold far
+    more than the budget counts. Readers get zero-copy views of the pieces."""
 
-    def __init__(self, idx: int) -> None:
+    __slots__ = ("idx", "pieces", "ends", "tail", "size", "closed", "evicted", "closed_event", "readers",
+                 "_wake", "_budget")
+
+    def __init__(self, idx: int, budget: _Budget) -> None:
         self.idx = idx
-        self.data = bytearray()
+        self.pieces: list[bytes] = []
+        self.ends: list[int] = []  # end offset of each piece, for bisecting a reader's position
+        self.tail = bytearray()  # bytes not yet gathered into a piece
+        self.size = 0
         self.closed = False
         self.evicted = False
+        self.readers = 0
         self.closed_event = asyncio.Event()
         self._wake = asyncio.Event()
+        self._budget = budget
 
     def _notify(self) -> None:
         # Wake every current waiter; later waiters get a fresh event.
@@ -90,9 +134,19 @@ class _Segment:
         self._wake = asyncio.Event()
 
     def append(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or not data:
             return
-        self.data += data
+        if not self.tail and len(data) >= PIECE_BYTES:
+            self.pieces.append(bytes(data))
+        else:
+            self.tail += data
+            if len(self.tail) >= PIECE_BYTES:
+                self.pieces.append(bytes(self.tail))
+                self.tail = bytearray()
+        self.size += len(data)
+        if self.pieces and (not self.ends or self.ends[-1] != self.size - len(self.tail)):
+            self.ends.append(self.size - len(self.tail))
+        self._budget.held += len(data)
         self._notify()
 
     def close(self) -> None:
@@ -106,20 +160,28 @@ class _Segment:
         self.close()
         if not self.evicted:
             self.evicted = True
-            self.data = bytearray()
+            self._budget.held -= self.size
+            self._budget.orphans.discard(self)
+            self.pieces, self.ends, self.tail, self.size = [], [], bytearray(), 0
             self._notify()
 
-    def read_at(self, pos: int) -> tuple[bytes | None, bool]:
+    def read_at(self, pos: int) -> tuple[bytes | memoryview | None, bool]:
         """(chunk, eof) from byte `pos`; chunk None means "nothing yet, wait"."""
         if self.evicted:
             return b"", True
-        size = len(self.data)
-        if pos < size:
-            chunk = bytes(self.data[pos : pos + READ_CHUNK_BYTES])
-            return chunk, self.closed and pos + len(chunk) == size
-        if self.closed:
+        gathered = self.ends[-1] if self.ends else 0
+        if pos < gathered:
+            index = bisect.bisect_right(self.ends, pos)
+            offset = pos - (self.ends[index] - len(self.pieces[index]))
+            chunk: bytes | memoryview = memoryview(self.pieces[index])[offset : offset + READ_CHUNK_BYTES]
+        elif pos < self.size:
+            offset = pos - gathered
+            chunk = bytes(self.tail[offset : offset + READ_CHUNK_BYTES])
+        elif self.closed:
             return b"", True
-        return None, False
+        else:
+            return None, False
+        return chunk, self.closed and pos + len(chunk) == self.size
 
     def wake_event(self) -> asyncio.Event:
         return self._wake
@@ -128,8 +190,9 @@ class _Segment:
 class TrickleChannel:
     """A named sequence of segments; the last `window` are kept in a ring (slot = idx % window)."""
 
-    def __init__(self, name: str, mime: str, window: int) -> None:
+    def __init__(self, name: str, mime: str, window: int, budget: _Budget | None = None) -> None:
         self.name = name
+        self.budget = budget or _Budget(1 << 62)
         self.mime = mime
         self.window = window
         self.next_write = 0
@@ -137,6 +200,7 @@ class TrickleChannel:
         self.closed = False
         self.segments_published = 0
         self.bytes_published = 0
+        self.subscribers = 0  # GETs being served on this channel
         self._ring: list[_Segment | None] = [None] * window
 
     # -- ring -----------------------------------------------------------------------------------
@@ -149,10 +213,12 @@ class TrickleChannel:
             if current.idx == idx and not current.closed:
                 return current
             # An older segment gives way (its bytes are freed); an ended one being re-posted
-            # is started afresh (its readers already saw it end).
+            # is started afresh (its readers finish the old bytes).
             if current.idx != idx:
                 current.evict()
-        segment = _Segment(idx)
+            else:
+                self.budget.retire(current)
+        segment = _Segment(idx, self.budget)
         self._ring[slot] = segment
         return segment
 
@@ -169,7 +235,7 @@ class TrickleChannel:
         if not exists and just_ahead and not self.closed:
             if segment is not None:
                 segment.evict()
-            segment = _Segment(idx)
+            segment = _Segment(idx, self.budget)
             self._ring[slot] = segment
             exists = True
             log.debug("trickle channel=%s precreated seq=%d next=%d", self.name, idx, self.next_write)
@@ -192,13 +258,21 @@ class TrickleChannel:
         self.closed = True
         for segment in self._ring:
             if segment is not None:
-                segment.close()
-        # Readers mid-segment keep their reference and finish; the ring lets go.
+                # Readers mid-segment finish it (its bytes stay counted until then); the ring lets go.
+                self.budget.retire(segment)
         self._ring = [None] * self.window
+
+    def oldest_evictable(self, keep: _Segment | None) -> _Segment | None:
+        """The segment to give up under memory pressure: the oldest ended one holding bytes, else
+        the oldest still being written; never `keep` (the segment its own writer is filling)."""
+        held = [s for s in self._ring if s is not None and s is not keep and s.size]
+        if not held:
+            return None
+        return min(held, key=lambda s: (not s.closed, s.idx))
 
     # -- figures --------------------------------------------------------------------------------
     def bytes_held(self) -> int:
-        return sum(len(s.data) for s in self._ring if s is not None)
+        return sum(s.size for s in self._ring if s is not None)
 
     def segments_held(self) -> int:
         return sum(1 for s in self._ring if s is not None)
@@ -232,15 +306,25 @@ class TrickleServer:
         max_segment_bytes: int = 32 * 1024 * 1024,
         max_channels: int = 256,
         window: int = 5,
+        max_total_bytes: int = 256 * 1024 * 1024,
+        body_timeout: float = 30.0,
+        max_subscribers_per_channel: int = 16,
+        max_subscribers: int = 512,
     ) -> None:
-        if window < 1 or max_channels < 1 or max_segment_bytes < 1:
-            raise ValueError("window, max_channels and max_segment_bytes must be positive")
+        if min(window, max_channels, max_segment_bytes, max_total_bytes, max_subscribers_per_channel,
+               max_subscribers) < 1 or body_timeout <= 0:
+            raise ValueError("window, max_channels, byte limits, subscriber caps and body_timeout must be positive")
         self.autocreate = autocreate
         self.idle_timeout = idle_timeout
         self.sweep_interval = sweep_interval
         self.max_segment_bytes = max_segment_bytes
         self.max_channels = max_channels
         self.window = window
+        self.body_timeout = body_timeout
+        self.max_subscribers_per_channel = max_subscribers_per_channel
+        self.max_subscribers = max_subscribers
+        self._budget = _Budget(max_total_bytes)
+        self._subscribers = 0  # GETs being served, all channels
         self._channels: dict[str, TrickleChannel] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._counters = {
@@ -251,6 +335,11 @@ class TrickleServer:
             "bytes_published": 0,
             "rejected_oversize": 0,
             "rejected_channel_limit": 0,
+            "rejected_budget": 0,  # writes refused: memory budget full (503)
+            "segments_evicted_budget": 0,  # segments given up early to stay under the budget
+            "post_body_timeouts": 0,  # POST bodies that stalled for body_timeout (408)
+            "rejected_subscribers_channel": 0,  # GETs refused: channel's reader cap (503)
+            "rejected_subscribers_total": 0,  # GETs refused: server's reader cap (503)
             "post_errors": 0,
         }
 
@@ -267,7 +356,7 @@ class TrickleServer:
         if len(self._channels) >= self.max_channels:
             self._counters["rejected_channel_limit"] += 1
             raise TrickleChannelLimitError(f"trickle channel limit reached ({self.max_channels})")
-        channel = TrickleChannel(name, mime, self.window)
+        channel = TrickleChannel(name, mime, self.window, self._budget)
         self._channels[name] = channel
         self._counters["channels_created"] += 1
         log.info("trickle channel=%s created mime=%s", name, mime or "-")
@@ -297,7 +386,11 @@ class TrickleServer:
             "window": self.window,
             "max_segment_bytes": self.max_segment_bytes,
             "segments_held": sum(c["segments_held"] for c in channels.values()),
-            "bytes_held": sum(c["bytes_held"] for c in channels.values()),
+            "bytes_held": self._budget.held,  # includes ended segments still being read after a close
+            "max_total_bytes": self._budget.limit,
+            "subscribers": self._subscribers,
+            "max_subscribers": self.max_subscribers,
+            "max_subscribers_per_channel": self.max_subscribers_per_channel,
             **self._counters,
             "per_channel": channels,
         }
@@ -305,9 +398,12 @@ class TrickleServer:
     # -- lifecycle ------------------------------------------------------------------------------
     def add_routes(self, app: web.Application, prefix: str = "/ai/trickle/") -> None:
         base = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+        # `/next` must be registered before `/{seq}` so it wins. Every route is role `trickle`;
+        # segment bodies are streamed by the handlers (no pre-read, any Content-Type).
         table = RouteTable()
+        # response bodies: the channel's own MIME type (GET), nothing (the rest)
         opts = dict(role=Role.TRICKLE, content_types=None, stream_body=True, tag="trickle", response_type="",
-                    errors=(400, 404, 413, 470, 503))
+                    errors=(400, 404, 408, 413, 470, 503))
         table.add("GET", base + "{channel}/next", self._handle_next, summary="Index of the next segment", **opts)
         table.add("GET", base + "{channel}/{seq}", self._handle_get, **{**opts, "response_type": "*/*"},
                   summary="Read a segment as it is written (-1 next, -2 current)")
@@ -461,11 +557,18 @@ class TrickleServer:
         try:
             while chunk:
                 if total + len(chunk) > self.max_segment_bytes:
-                    segment.append(chunk[: self.max_segment_bytes - total])  # readers get exactly the cap
+                    chunk = chunk[: self.max_segment_bytes - total]  # readers get exactly the cap
+                    if self._make_room(channel, segment, len(chunk)):
+                        segment.append(chunk)
                     return self._post_oversize(channel, segment, self.max_segment_bytes)
+                if not segment.closed and not self._make_room(channel, segment, len(chunk)):
+                    return self._post_over_budget(channel, segment, total)
                 segment.append(chunk)  # no-op once the segment was deleted/evicted/closed
                 total += len(chunk)
-                chunk = await request.content.readany()
+                async with asyncio.timeout(self.body_timeout):
+                    chunk = await request.content.readany()
+        except TimeoutError:
+            return self._post_stalled(channel, segment, total)
         except _BODY_ERRORS as exc:
             return self._post_failed(channel, segment, total, exc)
         segment.close()
@@ -495,6 +598,57 @@ class TrickleServer:
         if read.done() and not read.cancelled():
             return read.result()  # re-raises a body read error
         return b""
+
+    # -- memory budget ---------------------------------------------------------------------------
+    def _make_room(self, channel: TrickleChannel, writing: _Segment, need: int) -> bool:
+        """Evict until `need` more bytes fit in the budget; False when nothing may give way."""
+        budget = self._budget
+        while budget.held + need > budget.limit:
+            victim = self._eviction_victim(channel, writing)
+            if victim is None:
+                return False
+            victim.evict()
+            self._counters["segments_evicted_budget"] += 1
+        return True
+
+    def _eviction_victim(self, channel: TrickleChannel, writing: _Segment) -> _Segment | None:
+        if self._budget.orphans:
+            return next(iter(self._budget.orphans))  # their channel is gone already
+        # Only a channel holding at least as much as the writer's gives way, largest first: a
+        # big publisher cannot push out a small live stream.
+        own = channel.bytes_held()
+        for candidate in sorted(self._channels.values(), key=lambda ch: ch.bytes_held(), reverse=True):
+            if candidate.bytes_held() < own:
+                break
+            victim = candidate.oldest_evictable(keep=writing)
+            if victim is not None:
+                return victim
+        return None
+
+    def _post_over_budget(self, channel: TrickleChannel, segment: _Segment, total: int) -> web.Response:
+        segment.close()
+        self._counters["rejected_budget"] += 1
+        log.warning(
+            "trickle channel=%s POST seq=%d refused after %d bytes: memory budget of %d bytes is full",
+            channel.name, segment.idx, total, self._budget.limit,
+        )
+        response = _error(
+            503, "trickle_budget_full",
+            f"trickle server memory budget full ({self._budget.held} of {self._budget.limit} bytes held); "
+            "retry later", headers={HEADER_SEQ: str(segment.idx), "Retry-After": "1"},
+        )
+        response.force_close()  # the rest of the body is not read
+        return response
+
+    def _post_stalled(self, channel: TrickleChannel, segment: _Segment, total: int) -> web.Response:
+        segment.close()  # readers see the segment end rather than wait on a stalled publisher
+        self._counters["post_body_timeouts"] += 1
+        log.info("trickle channel=%s POST seq=%d body stalled for %.1fs after %d bytes, segment closed",
+                 channel.name, segment.idx, self.body_timeout, total)
+        response = _error(408, "body_timeout", f"no segment data for {self.body_timeout:g} s",
+                          headers={HEADER_SEQ: str(segment.idx)})
+        response.force_close()
+        return response
 
     def _post_oversize(self, channel: TrickleChannel, segment: _Segment, total: int) -> web.Response:
         segment.close()
@@ -528,6 +682,33 @@ class TrickleServer:
         idx = _parse_idx(request.match_info["seq"])
         if idx is None or idx < SEQ_CURRENT:
             return _error(400, "invalid_idx", "Invalid idx")
+        refused = self._subscriber_refusal(channel)
+        if refused is not None:
+            return refused
+        channel.subscribers += 1
+        self._subscribers += 1
+        try:
+            return await self._serve_get(request, channel, idx)
+        finally:
+            channel.subscribers -= 1
+            self._subscribers -= 1
+
+    def _subscriber_refusal(self, channel: TrickleChannel) -> web.Response | None:
+        if self._subscribers >= self.max_subscribers:
+            self._counters["rejected_subscribers_total"] += 1
+            log.info("trickle channel=%s GET refused: %d readers on the server", channel.name, self._subscribers)
+            return _error(503, "too_many_subscribers",
+                          f"trickle server reader limit reached ({self.max_subscribers})", headers={"Retry-After": "1"})
+        if channel.subscribers >= self.max_subscribers_per_channel:
+            self._counters["rejected_subscribers_channel"] += 1
+            log.info("trickle channel=%s GET refused: %d readers on the channel", channel.name, channel.subscribers)
+            return _error(503, "too_many_subscribers",
+                          f"trickle channel reader limit reached ({self.max_subscribers_per_channel})",
+                          headers={"Retry-After": "1"})
+        return None
+
+    async def _serve_get(self, request: web.Request, channel: TrickleChannel, idx: int) -> web.StreamResponse:
+        name = channel.name
         idx, segment, latest, closed = channel.segment_for_read(idx)
         if segment is None:
             headers = {HEADER_LATEST: str(latest), HEADER_SEQ: str(idx)}
@@ -538,6 +719,7 @@ class TrickleServer:
 
         response: web.StreamResponse | None = None
         pos = 0
+        segment.readers += 1
         try:
             while True:
                 wake = segment.wake_event()
@@ -564,6 +746,10 @@ class TrickleServer:
         except (ConnectionError, OSError) as exc:
             log.debug("trickle channel=%s GET seq=%d client write failed after %d bytes: %r", name, segment.idx, pos, exc)
             return response or web.Response(status=499)
+        finally:
+            segment.readers -= 1
+            if segment.readers == 0 and segment in self._budget.orphans:
+                segment.evict()  # the last reader of a segment whose channel is gone
 
         if response is None:
             # The segment ended with no bytes (dropped, deleted, or the channel closed).

@@ -2,8 +2,9 @@
 
 Out (JSON text, each < 64 KiB): every event on the stream's bus as `event.to_dict()` plus
 `"type": event.kind` (captions, tags, errors, ...), and a `status` message about once a second
-(state, fps in/out, frames in/out/dropped, latency p50/p95). In: `{"type": "params", ...}` merges
-the given keys into the stream's params (`"replace": true` replaces them all); `{"type": "ping"}`.
+(state, fps in/out, frames in/out/dropped, latency p50/p95). In: `{"type": "params", ...}` is a
+JSON merge patch of the stream's params (RFC 7396: absent keys keep their value, null removes one;
+`"replace": true` replaces them all); `{"type": "ping"}`.
 Errors are answered on the channel as `{"type": "error", "code", "message"}`.
 """
 
@@ -151,9 +152,11 @@ class EventChannel:
                 return
         else:
             given = {k: v for k, v in message.items() if k not in ("type", "replace", "id")}
-        params = dict(given) if message.get("replace") else {**self.stream.params, **given}
         try:
-            self.stream.update_params(params)
+            if message.get("replace"):
+                self.stream.replace_params(given)
+            else:
+                self.stream.update_params(given)
         except ValueError as exc:
             self._error("bad_params", str(exc), message.get("id"))
             return

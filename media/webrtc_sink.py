@@ -37,7 +37,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.video.frame import PictureType
 
 from media.endpoints import MediaSink, SinkHost
-from media.frames import AudioItem, DropOldestQueue, VideoItem
+from media.frames import AudioItem, DropOldestQueue, VideoItem, copy_i420, even_size
 from media.stats import LatencyWindow
 
 log = logging.getLogger(__name__)
@@ -321,19 +321,13 @@ class SharedVideoEncoder(_SharedEncoder):
 
     def _encode(self, item: VideoItem) -> list[av.Packet]:
         source = item.frame
-        if source.format.name != "yuv420p":
-            source = source.reformat(format="yuv420p")
-        width, height = source.width - source.width % 2, source.height - source.height % 2
+        width, height = even_size(source.width, source.height)  # odd sizes lose one column/row
         ctx = self._context
         if ctx is None or (ctx.width, ctx.height) != (width, height):
             ctx = self._context = self._open(width, height)
             self._keyframe_wanted = True
-        # a private copy: the processed frame is shared with other sinks on another thread
-        planes = source.to_ndarray()
-        if (width, height) != (source.width, source.height):
-            source = source.reformat(width=width, height=height)
-            planes = source.to_ndarray()
-        frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        # a private (cropped) copy: the processed frame is shared with other sinks on another thread
+        frame = copy_i420(source, width, height)
         pts = round(item.media_time * 90000)
         if pts <= self._last_pts:
             pts = self._last_pts + 1  # monotonic even when media time stalls

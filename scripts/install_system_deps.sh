@@ -3,7 +3,8 @@
 # speech), Apertium with the English↔Spanish pair (offline translation), Chromium (browser tests),
 # DejaVu fonts (Unicode captions). Runs `apt-get update` once, and only when something is missing.
 set -euo pipefail
-PACKAGES=(ffmpeg espeak-ng sox apertium apertium-eng-spa chromium fonts-dejavu-core python3-venv)
+# build-essential: scripts/install_triton.sh compiles numpy<2 for Python 3.13 (no wheel exists).
+PACKAGES=(ffmpeg espeak-ng sox apertium apertium-eng-spa chromium fonts-dejavu-core python3-venv build-essential)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -104,6 +104,12 @@ class ViewerTokens:
     def of(self, stream: Any) -> str | None:
         return None if stream is None else self._tokens.get(stream)
 
+    def transfer(self, stream: Any, summary: Any) -> None:
+        """A stopped stream is kept as a small summary (captions stay readable): its token follows."""
+        token = self._tokens.pop(stream, None)
+        if token is not None:
+            self._tokens[summary] = token
+
 
 VIEWER_TOKENS_KEY = web.AppKey("viewer_tokens", ViewerTokens)
 
@@ -113,6 +119,8 @@ def install_access(app: web.Application) -> None:
     of the router must have a declaration, or the server refuses to start."""
     app[POLICY_KEY] = AccessPolicy(app["settings"])
     app[VIEWER_TOKENS_KEY] = ViewerTokens()
+    if "streams" in app:  # an app serving streams (test apps may mount only some routes)
+        app["streams"].summary_hooks.append(app[VIEWER_TOKENS_KEY].transfer)
     app.middlewares.append(access_middleware)
     app.on_startup.append(_check_every_route_declared)
 
@@ -144,7 +152,8 @@ def _viewer_token_for(request: web.Request, spec: RouteSpec) -> str | None:
     manifest_id = spec.stream_of(request)
     if not manifest_id:
         return None
-    return request.app[VIEWER_TOKENS_KEY].of(request.app["streams"].get(manifest_id))
+    streams = request.app.get("streams")
+    return None if streams is None else request.app[VIEWER_TOKENS_KEY].of(streams.get(manifest_id))
 
 
 def _cors_headers(request: web.Request) -> dict[str, str]:

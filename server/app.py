@@ -8,6 +8,7 @@ from aiohttp import web
 
 from byoc.mount import mount_capability_fallback, mount_livepeer
 from media.manager import StreamManager
+from media.outbound import OUTBOUND_POLICY_KEY, OutboundPolicy
 from media.trickle_server import TrickleServer
 from server import routes_events, routes_streams, routes_system
 from server.access import install_access, install_log_redaction
@@ -18,6 +19,7 @@ from server.metrics import Metrics
 from server.pipeline import StreamFactory
 from server.routes_webrtc import add_webrtc_routes
 from server.settings import Settings
+from server.trickle_metrics import trickle_metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app["streams"] = manager
     metrics = Metrics(manager)
     app["metrics"] = metrics
-    app["stream_factory"] = StreamFactory(settings, on_frame_latency=metrics.frame_latency.observe)
+    outbound = OutboundPolicy.from_settings(settings)  # every URL a caller gives (README "Security")
+    app[OUTBOUND_POLICY_KEY] = outbound
+    app["stream_factory"] = StreamFactory(settings, on_frame_latency=metrics.frame_latency.observe, outbound=outbound)
     # extension points filled by features: called with (stream, spec) before a stream starts
     app["stream_start_hooks"] = []
     # each returns "OK" | "LOADING" | "ERROR" for /health
@@ -43,8 +47,13 @@ def create_app(settings: Settings | None = None) -> web.Application:
         idle_timeout=settings.trickle_idle_timeout,
         max_segment_bytes=settings.trickle_max_segment_bytes,
         max_channels=settings.trickle_max_channels,
+        max_total_bytes=settings.trickle_max_total_bytes,
+        body_timeout=settings.trickle_body_timeout,
+        max_subscribers_per_channel=settings.trickle_max_subscribers_per_channel,
+        max_subscribers=settings.trickle_max_subscribers,
     )
     app["trickle"] = trickle
+    metrics.add_source(lambda: trickle_metrics(trickle))
     # streams stop before the trickle server closes its channels
     app.on_shutdown.append(_stop_streams)
     trickle.add_routes(app, prefix="/ai/trickle/")

@@ -10,6 +10,7 @@ import sys
 
 from aiohttp import web
 
+from analysis.cli import add_analyze_parser, run_analyze
 from server import __version__
 from server.settings import Settings
 
@@ -23,10 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="TCP port (PORT)")
     serve.add_argument("--max-streams", type=int, help="streams run at once (MAX_STREAMS)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (LOG_LEVEL)")
-    serve.add_argument("--api-token", help="bearer token for the public API (API_TOKEN)")
-    serve.add_argument("--auth-token", help="bearer token for Livepeer routes (AUTH_TOKEN)")
+    serve.add_argument("--api-token", help="bearer token of the api role (API_TOKEN); prefer the variable: "
+                       "command lines are visible to every user of the machine")
+    serve.add_argument("--auth-token", help="bearer token of the livepeer role (AUTH_TOKEN); as above")
     serve.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="any other setting, e.g. --set encoder_preset=veryfast (repeatable)")
+    add_analyze_parser(sub)  # `streamlens analyze FILE_OR_URL ...` (analysis/cli.py)
     return parser
 
 
@@ -87,6 +90,9 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "analyze":
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        raise SystemExit(run_analyze(args))
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
     asyncio.run(serve(settings))

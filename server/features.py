@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
-from collections.abc import Mapping
-from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel
 from prometheus_client.core import GaugeMetricFamily
 
+from inference.asr.metrics import asr_metrics
 from inference.asr.model import AsrModelPool, AsrSettings, shared_pool
 from inference.asr.stage import CaptionStage
 from inference.gpu import GpuMemoryManager, GpuSettings
@@ -24,6 +20,8 @@ from inference.translate.service import TranslateSettings, TranslationService
 from inference.vision.stage import VisionBackends, VisionParams, VisionSettings, VisionStage
 from byoc.capabilities import CapabilityError
 from inference.translate.base import TranslationError
+from media.outbound import OUTBOUND_POLICY_KEY
+from server.routes_analysis import install_analysis
 from server.routes_translate import add_translate_routes, translate_capability
 from server.routes_vision import DescribeError, add_vision_routes, describe_capability
 from server.settings import Settings
@@ -31,38 +29,14 @@ from server.start_request import StreamSpec
 
 log = logging.getLogger(__name__)
 
-_ENV_NAME = re.compile(r"^([A-Z][A-Z0-9_]+)\b")
-
 TRANSLATION_KEY = web.AppKey("translation", TranslationService)
 VISION_KEY = web.AppKey("vision_backends", VisionBackends)
 GPU_KEY = web.AppKey("gpu_memory", GpuMemoryManager)
 ASR_KEY = web.AppKey("asr_pool", AsrModelPool)
 
 
-def model_from_env(model: type[BaseModel], environ: Mapping[str, str] | None = None) -> Any:
-    """Build a settings model whose field descriptions start with their env var name
-    ("TRANSLATE_CACHE_SIZE: ..."); unset variables keep the defaults."""
-    env = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        match = _ENV_NAME.match(field.description or "")
-        if match and env.get(match.group(1)) not in (None, ""):
-            data[name] = env[match.group(1)]
-    return model.model_validate(data)
-
-
-def gpu_settings_from_env(environ: Mapping[str, str] | None = None) -> GpuSettings:
-    env = os.environ if environ is None else environ
-    data = {}
-    for key, name in (("GPU_DEVICE_INDEX", "device_index"), ("GPU_MIN_FREE_MB", "min_free_mb"),
-                      ("GPU_PRESSURE_FREE_MB", "pressure_free_mb"), ("GPU_WATCH_INTERVAL", "interval")):
-        if env.get(key):
-            data[name] = env[key]
-    return GpuSettings.model_validate(data)
-
-
 def install_translation(app: web.Application) -> TranslationService:
-    service = TranslationService(model_from_env(TranslateSettings))
+    service = TranslationService(TranslateSettings(), ssl_for=app[OUTBOUND_POLICY_KEY].tls.ssl_for)  # a BaseSettings: reads TRANSLATE_* and the VLLM_*/APERTIUM_* names
     app[TRANSLATION_KEY] = service
     add_translate_routes(app, service)
     app["health_details"]["translation"] = lambda: {"backend": service.backend, "model": service.model_info}
@@ -84,7 +58,7 @@ def install_translation(app: web.Application) -> TranslationService:
 
 def install_vision(app: web.Application, settings: Settings) -> VisionBackends:
     vision_settings = VisionSettings.from_env()
-    backends = VisionBackends(vision_settings)
+    backends = VisionBackends(vision_settings, ssl_for=app[OUTBOUND_POLICY_KEY].tls.ssl_for)
     app[VISION_KEY] = backends
     add_vision_routes(app, backends)
 
@@ -112,7 +86,7 @@ def install_vision(app: web.Application, settings: Settings) -> VisionBackends:
 
 
 def install_gpu(app: web.Application) -> GpuMemoryManager:
-    gpu = GpuMemoryManager(gpu_settings_from_env())
+    gpu = GpuMemoryManager(GpuSettings())  # GPU_* environment variables
     app[GPU_KEY] = gpu
     app["streams"].admission_checks.append(gpu.can_accept_stream)
     app["health_details"]["gpu"] = gpu.snapshot
@@ -133,8 +107,9 @@ def install_gpu(app: web.Application) -> GpuMemoryManager:
     watcher: dict[str, asyncio.Task] = {}
 
     async def start(_app: web.Application) -> None:
+        track_gpu_models(app, gpu)
         if gpu.available:
-            watcher["task"] = asyncio.create_task(gpu.run(gpu.settings.interval), name="gpu-memory-watch")
+            watcher["task"] = asyncio.create_task(gpu.run(gpu.settings.watch_interval), name="gpu-memory-watch")
 
     async def stop(_app: web.Application) -> None:
         task = watcher.pop("task", None)
@@ -148,12 +123,32 @@ def install_gpu(app: web.Application) -> GpuMemoryManager:
     return gpu
 
 
+def track_gpu_models(app: web.Application, gpu: GpuMemoryManager) -> None:
+    """Tell the memory manager about the models this server really loads on the GPU (at startup,
+    once the features are installed): the TensorRT vision engine, unloaded when idle under
+    pressure and rebuilt on its next use; the speech model pool, reported but pinned (every live
+    caption stream shares it, and it offers no unload)."""
+    backends = app.get(VISION_KEY)
+    if backends is not None:
+        def tensorrt_idle() -> bool:
+            engine = backends.loaded("tensorrt")
+            return engine is None or getattr(engine, "idle", True)
+
+        gpu.track_model("vision:tensorrt", loaded=lambda: backends.loaded("tensorrt") is not None,
+                        unload=lambda: backends.unload("tensorrt"), is_idle=tensorrt_idle)
+    pool = app.get(ASR_KEY)
+    if pool is not None:
+        gpu.track_model("asr", loaded=lambda: pool.loaded and pool.device == "cuda",
+                        pinned_reason="shared by every live caption stream")
+
+
 def install_asr(app: web.Application, settings: Settings, translation: TranslationService) -> AsrModelPool:
     """One shared speech model for every stream; each stream gets a CaptionStage that stays idle
     until its params carry a "captions" object."""
-    asr_settings = model_from_env(AsrSettings)
+    asr_settings = AsrSettings()  # ASR_* environment variables
     pool = shared_pool(asr_settings)
     app[ASR_KEY] = pool
+    app["metrics"].add_source(lambda: asr_metrics(pool))
 
     def provider(spec: StreamSpec) -> CaptionStage:
         return CaptionStage(pool, asr_settings, translate=translation.translate_for_captions)
@@ -182,3 +177,4 @@ def install_features(app: web.Application, settings: Settings) -> None:
     translation = install_translation(app)
     install_asr(app, settings, translation)
     install_vision(app, settings)
+    install_analysis(app, settings)  # recorded video: jobs, tags, transcripts (server/routes_analysis.py)

@@ -12,6 +12,7 @@ from media.encode import EncoderSettings
 from media.endpoints import MediaSink, MediaSource
 from media.stage import Stage
 from media.stream import Stream, StreamConfig, StreamThresholds
+from media.outbound import OutboundPolicy
 from media.trickle_io import TrickleSink, TrickleSource
 from server.settings import Settings
 from server.start_request import StreamSpec
@@ -21,9 +22,12 @@ StageProvider = Callable[[StreamSpec], Stage | None]
 
 
 class StreamFactory:
-    def __init__(self, settings: Settings, on_frame_latency: Callable[[float], None] | None = None) -> None:
+    def __init__(self, settings: Settings, on_frame_latency: Callable[[float], None] | None = None,
+                 outbound: OutboundPolicy | None = None) -> None:
         self.settings = settings
         self.on_frame_latency = on_frame_latency
+        # caller-given trickle URLs connect only through the outbound policy (checked at connect time)
+        self.outbound = outbound or OutboundPolicy.from_settings(settings)
         self.stage_providers: list[StageProvider] = []
 
     def encoder_settings(self) -> EncoderSettings:
@@ -60,11 +64,12 @@ class StreamFactory:
         never wait behind stale ones)."""
         label = spec.manifest_id
         if source is None and spec.subscribe_url:
-            source = TrickleSource(spec.subscribe_url, label)
+            source = TrickleSource(spec.subscribe_url, label, policy=self.outbound)
         if sinks is None:
             sinks = []
             if spec.publish_url:
-                sinks.append(TrickleSink(spec.publish_url, label, self.encoder_settings(), size=self.output_size(spec)))
+                sinks.append(TrickleSink(spec.publish_url, label, self.encoder_settings(), size=self.output_size(spec),
+                                         policy=self.outbound))
         return Stream(
             spec.manifest_id,
             source=source,

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from media.http_routes import Role, RouteTable
 from media.manager import AdmissionError, DuplicateStreamError, StreamManager
+from media.outbound import OutboundDenied, check_spec_urls, outbound_policy
 from server.access import VIEWER_TOKENS_KEY
 from server.errors import json_error, read_json, validation_message
 from server.pipeline import StreamFactory
@@ -27,6 +28,7 @@ async def start_stream(app: web.Application, spec: StreamSpec, **build_kwargs):
     """Admit, build and start a stream; raises AdmissionError / DuplicateStreamError."""
     manager: StreamManager = app["streams"]
     factory: StreamFactory = app["stream_factory"]
+    await check_spec_urls(outbound_policy(app), spec)  # OutboundDenied (a ValueError) before anything is held
     manager.reserve(spec.manifest_id)
     try:
         stream = factory.build(spec, **build_kwargs)  # ValueError: params a stage cannot accept
@@ -69,6 +71,13 @@ async def start_from_body(app: web.Application, body: dict, stream_id_header: st
     except ValueError as exc:
         metrics.streams_rejected.labels("bad_request").inc()
         return json_error(400, str(exc))
+    running = app["streams"].get_active(spec.manifest_id)
+    if running is not None and running.metadata.get("publish_url") == spec.publish_url:
+        try:  # the gateway re-sends /stream/start for a running stream: its params are a merge patch
+            running.update_params(spec.params)
+        except ValueError as exc:
+            return json_error(400, str(exc))
+        return web.json_response(start_response(app, running))
     try:
         stream = await start_stream(app, spec)
     except AdmissionError as exc:
@@ -76,6 +85,10 @@ async def start_from_body(app: web.Application, body: dict, stream_id_header: st
         return json_error(503, str(exc), code="at_capacity", headers={"Retry-After": "5"})
     except DuplicateStreamError as exc:
         return json_error(409, str(exc))
+    except OutboundDenied as exc:
+        metrics.streams_rejected.labels("outbound_denied").inc()
+        log.warning("[%s] stream start refused: %s", spec.manifest_id, exc)
+        return json_error(400, str(exc))
     except ValueError as exc:
         metrics.streams_rejected.labels("bad_request").inc()
         return json_error(400, str(exc))

@@ -48,8 +48,8 @@ class StartRequest(BaseModel):
     stream_id: str | None = None
     model_id: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    width: int | None = Field(None, ge=64, le=4096)
-    height: int | None = Field(None, ge=64, le=4096)
+    width: int | None = Field(None, ge=16, le=4096)
+    height: int | None = Field(None, ge=16, le=4096)
     prompts: Any = None
 
     @field_validator("params", mode="before")
@@ -128,8 +128,8 @@ def parse_start(body: dict[str, Any], stream_id_header: str | None = None) -> St
     for key in ("width", "height"):
         if key in params:
             value = params[key]
-            if not isinstance(value, int) or isinstance(value, bool) or not 64 <= value <= 4096:
-                raise ValueError(f"params.{key} must be an integer between 64 and 4096")
+            if not isinstance(value, int) or isinstance(value, bool) or not 16 <= value <= 4096:
+                raise ValueError(f"params.{key} must be an integer between 16 and 4096")
     if ("width" in params) != ("height" in params):
         raise ValueError("width and height must be given together")
     publish_url = req.publish_url or req.stream_url

@@ -42,6 +42,8 @@ function currentParams() {
 
 function sendParams() {
   page.captions.targetLang = $("target-lang").value;
+  page.captions.burnedIn = $("captions-burn-in").checked;  // one rendition: the server's or ours
+  page.captions.refresh();
   if (page.channel && page.channel.readyState === "open") {
     page.channel.send(JSON.stringify({ type: "params", ...currentParams() }));
   }

@@ -41,70 +41,113 @@ async function errorText(resp) {
   return `${resp.status} ${resp.statusText}`;
 }
 
-// Captions: a scrolling panel, the current partial line, and native text-track cues on the video.
+// Captions: a list of finals (one entry per caption id), the current partial line, and ONE
+// native text-track cue over the video, of at most two short lines, replaced by the next caption.
+// When the server burns captions into the picture (event.burned_in) the page draws no cue, so a
+// caption is never shown twice. A translation arrives as an update of its caption (same id): the
+// entry is updated in place. Translations the translator was unsure of (confidence < 0.5) are
+// greyed out.
+const CUE_LINE_CHARS = 36;
+const LOW_TRANSLATION_CONFIDENCE = 0.5;
+
+// The last `count` lines of `text` wrapped at `width` characters (words kept whole).
+function lastLines(text, count, width = CUE_LINE_CHARS) {
+  const lines = [];
+  let line = "";
+  for (const word of String(text || "").split(/\s+/).filter(Boolean)) {
+    const piece = word.length > width ? word.slice(0, width - 1) + "…" : word;
+    if (line && line.length + 1 + piece.length > width) { lines.push(line); line = piece; }
+    else line = line ? `${line} ${piece}` : piece;
+  }
+  if (line) lines.push(line);
+  return lines.slice(-count);
+}
+
 class CaptionView {
   constructor(video, list, partialEl) {
     this.video = video;
     this.list = list;
     this.partialEl = partialEl;
     this.targetLang = "";
+    this.burnedIn = false;  // what the newest caption said; the page also sets it on a params change
     this.track = video.addTextTrack("captions", "AI captions", "en");
     this.track.mode = "showing";
-    this.partialCue = null;
+    this.cue = null;
+    this.items = new Map();  // caption id → its list entry (bounded with the list)
     this.count = 0;
   }
 
-  textOf(event) {
-    const translated = this.targetLang && event.translations ? event.translations[this.targetLang] : "";
-    return { text: event.text || "", translated: translated || "" };
+  translationOf(event) {
+    if (!this.targetLang || !event.translations) return { translated: "", unsure: false };
+    const translated = event.translations[this.targetLang] || "";
+    const confidence = (event.translation_confidence || {})[this.targetLang];
+    return { translated, unsure: typeof confidence === "number" && confidence < LOW_TRANSLATION_CONFIDENCE };
   }
 
   show(event) {
-    const { text, translated } = this.textOf(event);
-    const cueText = translated ? `${text}\n${translated}` : text;
-    const now = this.video.currentTime || 0;
+    if (typeof event.burned_in === "boolean") this.burnedIn = event.burned_in;
+    const text = event.text || "";
+    const { translated, unsure } = this.translationOf(event);
     if (!event.final) {
       this.partialEl.textContent = text;
-      if (this.partialCue && this.partialCue.endTime > now) {
-        this.partialCue.text = cueText;  // one cue rewritten, so partials do not stack
-        this.partialCue.endTime = now + 3;
-      } else {
-        this.partialCue = this.addCue(now, now + 3, cueText);
-      }
+      this.showCue(lastLines(text, 2), 3);
       return;
     }
     this.partialEl.textContent = "";
-    if (this.partialCue) { this.partialCue.endTime = Math.min(this.partialCue.endTime, now); this.partialCue = null; }
-    this.addCue(now, now + 4, cueText);
-    const item = document.createElement("li");
+    if (!text) { this.showCue([], 0); return; }  // an empty final withdraws its partial
+    const lines = translated ? [...lastLines(text, 1), ...lastLines(translated, 1)] : lastLines(text, 2);
+    this.showCue(lines, 5);
+    this.upsertItem(event.id, text, translated, unsure);
+  }
+
+  // one cue at a time: the next caption replaces it (never stacked), none when burned in
+  showCue(lines, seconds) {
+    if (this.cue) { this.track.removeCue(this.cue); this.cue = null; }
+    if (this.burnedIn || !lines.length || typeof VTTCue === "undefined") return;
+    const now = this.video.currentTime || 0;
+    this.cue = new VTTCue(now, now + seconds, lines.join("\n"));
+    this.cue.line = -2;
+    this.track.addCue(this.cue);
+  }
+
+  refresh() {
+    if (this.burnedIn && this.cue) { this.track.removeCue(this.cue); this.cue = null; }
+  }
+
+  upsertItem(id, text, translated, unsure) {
+    let item = this.items.get(id);
+    if (!item) {
+      item = document.createElement("li");
+      item.dataset.captionId = String(id);
+      this.items.set(id, item);
+      this.list.prepend(item);
+      this.count += 1;
+      while (this.list.children.length > MAX_CAPTION_LINES) {
+        const old = this.list.lastChild;
+        this.items.delete(Number(old.dataset.captionId));
+        old.remove();
+      }
+    }
     item.textContent = text;
     if (translated) {
       const span = document.createElement("span");
-      span.className = "translation";
+      span.className = unsure ? "translation unsure" : "translation";
       span.textContent = translated;
+      if (unsure) {
+        span.style.opacity = "0.55";
+        span.style.filter = "grayscale(1)";
+        span.title = "the translator was unsure of this translation";
+      }
       item.appendChild(span);
     }
-    this.list.prepend(item);
-    while (this.list.children.length > MAX_CAPTION_LINES) this.list.lastChild.remove();
-    this.count += 1;
-  }
-
-  addCue(start, end, text) {
-    if (typeof VTTCue === "undefined") return null;
-    const cue = new VTTCue(start, end, text);
-    cue.line = -3;
-    this.track.addCue(cue);
-    // keep the cue list short: drop cues that ended long ago
-    const cues = Array.from(this.track.cues || []);
-    for (const old of cues.slice(0, Math.max(0, cues.length - 20))) this.track.removeCue(old);
-    return cue;
   }
 
   clear() {
     this.list.textContent = "";
     this.partialEl.textContent = "";
     for (const cue of Array.from(this.track.cues || [])) this.track.removeCue(cue);
-    this.partialCue = null;
+    this.cue = null;
+    this.items.clear();
   }
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ import pytest
 from aiohttp import web
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch model weights in tests
+# analysis jobs (SQLite) of test servers go to a scratch folder, never ./data in the checkout
+os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="streamlens-test-data-"))
 
 from server.app import create_app  # noqa: E402
 from server.routes_system import health_status  # noqa: E402

@@ -18,6 +18,10 @@ connection without an answer).
 `messages[*].content` may be a string or a list of content parts
 (`{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": {"url": ...}}`), as in the
 OpenAI vision API; `user_text()` / `image_urls()` pull those out of a recorded request.
+
+Log-probabilities: when a request asks for `"logprobs": true` and `stub.token_logprob` is set,
+each whitespace token of the reply comes back in `choices[0].logprobs.content` with that
+log-probability (as vLLM answers); otherwise `logprobs` is null.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ class OpenAIStub:
         self.mode = "ok"  # applies to every chat request unless a scripted failure is queued
         self.delay_s = delay_s  # used by mode "delay" (and added before any answer when > 0)
         self.health_status = 200
+        self.token_logprob: float | None = None  # answered per token when a request asks for logprobs
         self.requests: deque[RecordedRequest] = deque(maxlen=max_recorded)
         self.chat_count = 0
         self.in_flight = 0  # chat requests being answered now
@@ -234,7 +239,13 @@ class OpenAIStub:
         message: dict[str, Any] = {"role": "assistant", "content": reply, "tool_calls": []}
         if reply is None:
             del message["content"]
-        choices = [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}]
+        logprobs = None
+        if body.get("logprobs") and self.token_logprob is not None and reply:
+            logprobs = {"content": [
+                {"token": token, "logprob": self.token_logprob, "bytes": list(token.encode()), "top_logprobs": []}
+                for token in reply.split()
+            ]}
+        choices = [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": "stop"}]
         return {
             "id": f"chatcmpl-stub{next(self._ids)}",
             "object": "chat.completion",

@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
-from inference.asr.model import AsrSettings
-from inference.translate.service import TranslateSettings
 from server.app import create_app
 from server.settings import Settings
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-ENV = re.compile(r"^([A-Z][A-Z0-9_]+)\b")
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _settings_table_module():
+    spec = importlib.util.spec_from_file_location("settings_table", ROOT / "scripts" / "settings_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_every_setting_is_documented():
-    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in README]
-    for model in (TranslateSettings, AsrSettings):
-        for field in model.model_fields.values():
-            match = ENV.match(field.description or "")
-            if match and f"`{match.group(1)}`" not in README:
-                missing.append(match.group(1))
-    for name in ("VISION_BACKEND", "VISION_VLM_ENDPOINTS", "VISION_TENSORRT_ENGINE", "GPU_MIN_FREE_MB"):
-        if f"`{name}`" not in README:
-            missing.append(name)
+    """Every variable of every feature's settings model, with the generated tables up to date."""
+    table = _settings_table_module()
+    models = table.load_models()
+    assert len(models) >= 5
+    missing = [name for _title, model in models for name in table.env_names(model) if f"`{name}`" not in README]
     assert not missing, f"settings missing from README: {missing}"
+    assert table.tables() in README, "README's settings tables are stale: rerun scripts/settings_table.py"
 
 
 def test_every_route_is_documented():

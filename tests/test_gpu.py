@@ -44,7 +44,6 @@ def test_memory_manager_reports_unavailability_plainly() -> None:
     assert manager.snapshot() == {"available": False, "reason": "no CUDA device"}
     accept, reason = manager.can_accept_stream()
     assert accept is True and "no CUDA device" in reason  # nothing to protect: never refuses
-    assert manager.recommended_batch_size(16) == 16
     asyncio.run(asyncio.wait_for(manager.run(0.01), 1.0))  # returns at once, does nothing
 
 
@@ -136,60 +135,75 @@ class Clock:
         return self.now
 
 
-async def test_memory_manager_admission_pressure_and_batches() -> None:
+async def test_memory_manager_admission_and_pressure_decisions() -> None:
     probe, clock = FixedProbe(free_mb=8000), Clock()
     manager = GpuMemoryManager(GpuSettings(min_free_mb=2000, pressure_free_mb=1000, unload_cooldown=30), probe=probe, clock=clock)
     unloaded: list[str] = []
+    loaded = {"translator": True, "engine-a": True, "engine-b": True, "asr": True, "gone": False}
 
-    def unload_asr() -> None:
-        unloaded.append("asr")
-        probe.free_mb += 600
+    def unloader(name: str, gives_back: float):
+        def unload() -> None:
+            unloaded.append(name)
+            loaded[name] = False
+            probe.free_mb += gives_back
+        return unload
 
-    async def unload_vlm() -> None:
-        unloaded.append("vlm")
+    async def unload_b() -> None:
+        unloaded.append("engine-b")
+        loaded["engine-b"] = False
         probe.free_mb += 600
 
     busy = {"translator": True}
-    manager.register_model("translator", lambda: unloaded.append("translator"), is_idle=lambda: not busy["translator"])
-    manager.register_model("asr", unload_asr)
-    manager.register_model("vlm", unload_vlm)
+    manager.track_model("translator", lambda: loaded["translator"], unloader("translator", 100),
+                        is_idle=lambda: not busy["translator"])
+    manager.track_model("asr", lambda: loaded["asr"], pinned_reason="shared by every live caption stream")
+    manager.track_model("engine-a", lambda: loaded["engine-a"], unloader("engine-a", 600))
+    manager.track_model("engine-b", lambda: loaded["engine-b"], unload_b)
+    manager.track_model("gone", lambda: loaded["gone"], unloader("gone", 10_000))  # not loaded: never asked
 
     assert manager.can_accept_stream()[0] is True
-    assert manager.recommended_batch_size(8) == 8
     assert await manager.relieve_pressure() == []  # no pressure: nothing unloaded
+    assert manager.snapshot()["decisions"] == []
 
     probe.free_mb = 1500
     clock.now += 1
     accept, reason = manager.can_accept_stream()
     assert accept is False and "min_free_mb=2000" in reason
-    assert manager.recommended_batch_size(8) == 8  # short for new streams, not yet under pressure
+    assert manager.snapshot()["decisions"][-1]["action"] == "refuse_stream"
 
-    probe.free_mb = 700
-    clock.now += 1
-    assert manager.recommended_batch_size(8) == 4
     probe.free_mb = 300
     clock.now += 1
-    assert manager.recommended_batch_size(8) == 1
-    # busy translator is left alone; asr unloads (+600 = 900, still short), then vlm (+600 = 1500): stop
-    assert await manager.relieve_pressure() == ["asr", "vlm"]
-    assert unloaded == ["asr", "vlm"]
+    # busy translator and pinned asr are kept; engine-a unloads (+600 = 900, still short), then
+    # engine-b (+600 = 1500): enough, stop
+    assert await manager.relieve_pressure() == ["engine-a", "engine-b"]
+    assert unloaded == ["engine-a", "engine-b"]
     snapshot = manager.snapshot()
     assert snapshot["available"] is True and snapshot["device_name"] == "test-gpu"
     assert snapshot["free_mb"] == 1500 and snapshot["under_pressure"] is False and snapshot["unloads"] == 2
+    decisions = [(d["action"], d["model"], d["detail"].split(":")[0]) for d in snapshot["decisions"]]
+    assert decisions[1:] == [("keep", "translator", "busy"), ("keep", "asr", "pinned"),
+                             ("unload", "engine-a", "idle under pressure; 900 MiB free after"),
+                             ("unload", "engine-b", "idle under pressure; 1500 MiB free after")]
+    models = {m["name"]: m for m in snapshot["models"]}
+    assert models["asr"] == {"name": "asr", "loaded": True, "unloadable": False, "unloads": 0,
+                             "pinned": "shared by every live caption stream"}
+    assert models["engine-a"]["loaded"] is False and models["engine-a"]["unloads"] == 1
 
-    probe.free_mb = 100  # pressure again, but within the cooldown: nobody is asked twice
+    probe.free_mb = 100  # pressure again: the unloaded engines are not loaded, so not asked again
     clock.now += 1
     busy["translator"] = False
     assert await manager.relieve_pressure() == ["translator"]
+    assert len(manager.snapshot()["decisions"]) == 6  # "kept asr" is recorded once per cooldown
+    loaded["engine-a"] = True  # rebuilt on its next use
     clock.now += 31
-    assert await manager.relieve_pressure() == ["translator", "asr", "vlm"]
+    assert await manager.relieve_pressure() == ["engine-a"]
 
 
 async def test_memory_manager_watcher_runs_until_cancelled() -> None:
     probe = FixedProbe(free_mb=500)
     manager = GpuMemoryManager(GpuSettings(min_free_mb=2000, pressure_free_mb=1000, unload_cooldown=0), probe=probe)
     calls: list[int] = []
-    manager.register_model("m", lambda: calls.append(1))
+    manager.track_model("m", lambda: True, lambda: calls.append(1))
     task = asyncio.create_task(manager.run(0.01))
     for _ in range(200):
         if len(calls) >= 3:
@@ -199,6 +213,39 @@ async def test_memory_manager_watcher_runs_until_cancelled() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(calls) >= 3 and manager.pressure_events >= 3
+
+
+async def test_server_tracks_the_models_it_really_loads() -> None:
+    """The wiring of server.features: the vision engine slot is unloadable (and really unloads
+    the backend, which is rebuilt on its next use); the speech pool is pinned."""
+    from aiohttp import web
+
+    from inference.asr.model import AsrModelPool, AsrSettings
+    from inference.vision.embedded import EmbeddedTagger
+    from inference.vision.stage import VisionBackends, VisionSettings
+    from server.features import ASR_KEY, VISION_KEY, track_gpu_models
+
+    app = web.Application()
+    engine = EmbeddedTagger()  # a real backend standing in the "tensorrt" slot (no GPU here)
+    app[VISION_KEY] = VisionBackends(VisionSettings(), backends={"tensorrt": engine})
+    app[ASR_KEY] = AsrModelPool(AsrSettings(device="cpu"))
+    probe = FixedProbe(free_mb=100)
+    manager = GpuMemoryManager(GpuSettings(min_free_mb=2000, pressure_free_mb=1000), probe=probe)
+    track_gpu_models(app, manager)
+    models = {m["name"]: m for m in manager.snapshot()["models"]}
+    assert models["vision:tensorrt"]["loaded"] is True and models["vision:tensorrt"]["unloadable"] is True
+    assert models["asr"]["unloadable"] is False and models["asr"]["loaded"] is False  # CPU pool: no GPU memory
+    assert await manager.relieve_pressure() == ["vision:tensorrt"]
+    assert app[VISION_KEY].loaded("tensorrt") is None
+    assert manager.snapshot()["decisions"][-1]["action"] == "unload"
+
+
+def test_settings_come_from_gpu_environment_variables(monkeypatch) -> None:
+    monkeypatch.setenv("GPU_MIN_FREE_MB", "4096")
+    monkeypatch.setenv("GPU_WATCH_INTERVAL", "0.5")
+    monkeypatch.setenv("GPU_UNLOAD_COOLDOWN", "5")
+    settings = GpuSettings()
+    assert (settings.min_free_mb, settings.watch_interval, settings.unload_cooldown) == (4096, 0.5, 5.0)
 
 
 def test_settings_reject_inverted_thresholds() -> None:
@@ -296,3 +343,70 @@ async def test_tensorrt_engine_classifies_on_gpu(tmp_path: Path) -> None:
         assert (await backend.analyze(gpu_input, VisionRequest())).tags[0].name == "blue"
     finally:
         await backend.close()
+
+
+@needs_cuda
+async def test_tensorrt_vision_stage_takes_frames_through_the_gpu_queue() -> None:
+    """With CUDA, a stream whose vision backend is TensorRT uploads its frames (decode thread →
+    uploader → GpuFrameQueue) and the backend gets GpuFrames, not host arrays."""
+    import torch
+
+    from inference.vision.base import VisionBackend, VisionResult
+    from inference.vision.stage import VisionBackends, VisionSettings, VisionStage
+    from media.events import EventBus
+    from media.frames import VideoItem
+    from media.stage import StageContext
+
+    class RecordingEngine(VisionBackend):
+        name = "tensorrt"
+        model = "recording"
+        accepts_gpu_frames = True
+
+        def __init__(self) -> None:
+            self.images: list = []
+
+        async def analyze(self, image, request):
+            self.images.append(image)
+            tensor = image.wait()
+            torch.cuda.synchronize()
+            assert tensor.is_cuda and tuple(tensor.shape) == (240, 320, 3)
+            return VisionResult(tags=[])
+
+    engine = RecordingEngine()
+    backends = VisionBackends(VisionSettings(), backends={"tensorrt": engine})
+    stage = VisionStage(backends)
+    loop = asyncio.get_running_loop()
+    bus = EventBus(loop)
+    await stage.start(StageContext("gpu-path", loop, bus, {"vision": {"backend": "tensorrt", "interval": 0.1}}))
+    frame = av.VideoFrame.from_ndarray(skimage.data.astronaut()[:240, :320].copy(), format="rgb24").reformat(format="yuv420p")
+    try:
+        for seq in range(30):
+            stage.on_video(VideoItem(frame, seq / 30, seq=seq))
+            await asyncio.sleep(1 / 30)
+        assert engine.images and all(isinstance(image, GpuFrame) for image in engine.images)
+        stats = stage.stats()
+        assert stats["gpu_samples"] == stats["samples"] > 0 and stats["gpu_upload"]["uploaded"] > 0
+        # moving to a CPU backend stops the uploader
+        stage.update_params({"vision": {"backend": "embedded"}})
+        assert stage.stats()["gpu_upload"] is None
+    finally:
+        await stage.stop()
+        bus.close()
+
+
+@cpu_only
+async def test_vision_stage_without_cuda_keeps_the_cpu_path() -> None:
+    """No CUDA: a TensorRT stage starts no uploader; frames stay on the CPU path."""
+    from inference.vision.stage import VisionBackends, VisionSettings, VisionStage
+    from media.events import EventBus
+    from media.stage import StageContext
+
+    loop = asyncio.get_running_loop()
+    bus = EventBus(loop)
+    stage = VisionStage(VisionBackends(VisionSettings()))
+    await stage.start(StageContext("cpu-path", loop, bus, {"vision": {"backend": "tensorrt"}}))
+    try:
+        assert stage.params.backend == "tensorrt" and stage.stats()["gpu_upload"] is None
+    finally:
+        await stage.stop()
+        bus.close()

@@ -11,8 +11,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -63,7 +63,7 @@ def _free_port() -> int:
 def live_server():
     port = _free_port()
     env = dict(os.environ, API_TOKEN=TOKEN, ASR_PRELOAD="false", MAX_STREAMS="2", OUTBOUND_ALLOW="127.0.0.1/32",
-               INPUT_TIMEOUT="3", WEBRTC_CONNECT_TIMEOUT="2", LOG_LEVEL="WARNING", DATA_DIR=str(Path.cwd() / ".pytest-data"))
+               INPUT_TIMEOUT="3", WEBRTC_CONNECT_TIMEOUT="2", LOG_LEVEL="WARNING", DATA_DIR=tempfile.mkdtemp(prefix="streamlens-fuzz-"))
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from byoc.registration import CapabilityRegistration, OrchestratorRegistrar, RetryPlan
+from media.outbound import TlsPolicy
 from server.settings import Settings
 from tests.conftest import start_server, stop_server, wait_until
 
@@ -184,15 +185,17 @@ def test_registration_is_off_without_url_and_secret():
     assert registrar.registration.url.endswith(":9000") and registrar.registration.capacity == Settings().max_streams
 
 
-async def test_self_signed_orchestrator_certificate_is_accepted(tmp_path):
-    """Orchestrators serve HTTPS with self-signed certificates; registration must still work."""
+async def test_self_signed_orchestrator_certificate_is_accepted_when_listed(tmp_path):
+    """Orchestrators serve HTTPS with self-signed certificates; listed in TLS_INSECURE_HOSTS,
+    registration works (unlisted, it is refused: tests/security/test_tls.py)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=orch",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     stand_in = await StandInOrchestrator().start(ssl_context=context)
-    registrar = OrchestratorRegistrar(stand_in.url, SECRET, CapabilityRegistration(name="tls", url="http://w:1"))
+    registrar = OrchestratorRegistrar(stand_in.url, SECRET, CapabilityRegistration(name="tls", url="http://w:1"),
+                                      tls=TlsPolicy(insecure_hosts=["127.0.0.1"]))
     try:
         assert stand_in.url.startswith("https://")
         assert await registrar.register_once() is True, registrar.last_error

@@ -167,6 +167,29 @@ async def test_service_with_apertium_caches_and_never_raises() -> None:
         assert text is None and error is not None and error.startswith("unsupported_language_pair")
         assert service.stats()["errors_by_code"] == {"unsupported_language_pair": 1}
         health = await service.health()
-        assert health["status"] == "healthy" and health["backend"] == "apertium" and health["breaker"] is None
+        assert health["status"] == "healthy" and health["backend"] == "apertium"
+        assert health["breaker"]["state"] == "closed"  # the unsupported pair did not count against it
     finally:
         await service.close()
+
+
+async def test_unknown_words_lower_the_confidence() -> None:
+    service = TranslationService(TranslateSettings(backend="apertium"))
+    try:
+        known = await service.translate("The cat is black.", "en", "es")
+        unknown = await service.translate("The zorbleflax is black.", "en", "es")
+        caption = await service.translate_for_captions("The zorbleflax is black.", "en", "es")
+    finally:
+        await service.close()
+    assert known.backend == "apertium" and known.quality_flags == () and known.confidence == 1.0
+    # Apertium marked one of four words unknown (`*zorbleflax`); the mark is gone from the text
+    assert "*" not in unknown.text and "zorbleflax" in unknown.text
+    assert "unknown_words" in unknown.quality_flags
+    assert unknown.confidence == 0.75
+    assert caption.confidence == 0.75 and "unknown_words" in caption.quality_flags
+
+
+async def test_language_support_lists_installed_pairs(apertium: ApertiumTranslator) -> None:
+    support = await apertium.language_support()
+    assert ("en", "es") in support.pairs and ("es", "en") in support.pairs and ("es", "en-US") in support.pairs
+    assert support.any_pair is False

@@ -1,36 +1,25 @@
-"""The translation HTTP API over a real aiohttp server on an ephemeral loopback port, with the
-real Apertium backend and with the OpenAI-compatible backend (pointed at tests/openai_stub.py,
-a local server that follows the OpenAI chat-completions API — no engine with weights runs here).
+"""The translation HTTP API over a real aiohttp server on an ephemeral loopback port, behind the
+server's own middleware (roles, tokens, error shape), with the real Apertium backend and with the
+OpenAI-compatible backend pointed at tests/openai_stub.py (a local server that follows the
+OpenAI chat-completions API — no engine with weights runs here).
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from inference.translate import TranslateSettings, TranslationError, TranslationService
-from server.routes_translate import add_translate_routes, translate_capability
+from server.routes_translate import translate_capability
 from tests.openai_stub import OpenAIStub, user_text
-
-needs_apertium = pytest.mark.skipif(shutil.which("apertium") is None, reason="apertium is not installed")
-
-
-async def serve(service: TranslationService) -> TestClient:
-    app = web.Application(client_max_size=1024 * 1024)
-    add_translate_routes(app, service)
-    client = TestClient(TestServer(app, host="127.0.0.1", port=0))
-    await client.start_server()
-    return client
+from tests.translate_helpers import expect_error, serve
 
 
 @pytest.fixture
 async def apertium_api() -> AsyncIterator[TestClient]:
-    service = TranslationService(TranslateSettings(backend="apertium", max_batch_texts=4, max_text_chars=200))
+    service = TranslationService(TranslateSettings(backends="apertium", max_batch_texts=4, max_text_chars=200))
     client = await serve(service)
     yield client
     await client.close()
@@ -43,107 +32,112 @@ async def stub() -> AsyncIterator[OpenAIStub]:
         yield server
 
 
-@pytest.fixture
-async def openai_service(stub: OpenAIStub) -> AsyncIterator[TranslationService]:
-    service = TranslationService(
-        TranslateSettings(
-            vllm_endpoint=f"{stub.base_url}/v1",
-            vllm_model="stub-translator",
-            vllm_api_key="k",
-            vllm_max_retries=0,
-            vllm_breaker_threshold=2,
-            vllm_timeout_s=0.5,
-        )
+def llm_settings(stub: OpenAIStub, backends: str = "openai", **overrides) -> TranslateSettings:
+    values = dict(
+        backends=backends, vllm_endpoint=f"{stub.base_url}/v1", vllm_model="stub-translator", vllm_api_key="k",
+        vllm_max_retries=0, breaker_threshold=2, vllm_timeout_s=0.5,
     )
-    yield service
-    await service.close()
+    values.update(overrides)
+    return TranslateSettings(**values)
 
 
 @pytest.fixture
-async def openai_api(openai_service: TranslationService) -> AsyncIterator[TestClient]:
-    client = await serve(openai_service)
+async def openai_api(stub: OpenAIStub) -> AsyncIterator[TestClient]:
+    service = TranslationService(llm_settings(stub))
+    client = await serve(service)
     yield client
     await client.close()
-
-
-async def expect_error(resp: Any, status: int, code: str) -> str:
-    assert resp.status == status, await resp.text()
-    body = await resp.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code
-    return body["error"]["message"]
+    await service.close()
 
 
 # --- Apertium backend ------------------------------------------------------------------------
 
 
-@needs_apertium
 async def test_translate_with_apertium(apertium_api: TestClient) -> None:
     resp = await apertium_api.post("/translate", json={"text": "The cat is black", "source_lang": "en", "target_lang": "es"})
     assert resp.status == 200
     body = await resp.json()
-    assert "gato" in body["translated_text"] and "negro" in body["translated_text"]
+    assert "gato" in body["translated_text"] and body["backend"] == "apertium"
     assert body["source_language"] == "en" and body["target_language"] == "es"
-    assert body["model_info"] == "apertium:eng-spa"
-    assert body["usage"] is None
+    assert body["model_info"] == "apertium:eng-spa" and body["cached"] is False
+    assert body["untranslated"] is False and 0.0 <= body["confidence"] <= 1.0
+    assert isinstance(body["quality_flags"], list)
 
 
-@needs_apertium
 async def test_batch_with_apertium(apertium_api: TestClient) -> None:
     resp = await apertium_api.post(
-        "/translate/batch", json={"texts": ["Hello world", "The cat is black"], "source_lang": "en", "target_lang": "es"}
+        "/translate/batch", json={"texts": ["The cat is black", "Good morning"], "source_lang": "en", "target_lang": "es"}
     )
     assert resp.status == 200
     body = await resp.json()
     texts = [t["translated_text"] for t in body["translations"]]
-    assert "Hola" in texts[0] and "gato" in texts[1]
-    assert body["model_info"] == "apertium:eng-spa"
+    assert "gato" in texts[0] and "días" in texts[1]
+    assert all(t["backend"] == "apertium" for t in body["translations"])
 
 
-@needs_apertium
-async def test_health_with_apertium(apertium_api: TestClient) -> None:
+async def test_health_and_languages_with_apertium(apertium_api: TestClient) -> None:
     resp = await apertium_api.get("/translate/health")
     assert resp.status == 200
     body = await resp.json()
     assert body["status"] == "healthy" and body["backend"] == "apertium"
-    assert "eng-spa" in body["details"]["pairs"] and body["breaker"] is None
+    assert "eng-spa" in body["details"]["pairs"] and body["breaker"]["state"] == "closed"
+    assert body["stream"]["open"] == 0
+
+    resp = await apertium_api.get("/translate/languages")
+    assert resp.status == 200
+    languages = await resp.json()
+    (apertium,) = languages["backends"]
+    assert apertium["backend"] == "apertium" and apertium["any_pair"] is False
+    assert {"source": "en", "target": "es"} in apertium["pairs"]
+    assert languages["auto_detect"] is True
 
 
-@needs_apertium
+async def test_unknown_pair_is_a_400_naming_the_available_pairs(apertium_api: TestClient) -> None:
+    resp = await apertium_api.post("/translate", json={"text": "Bonjour", "source_lang": "fr", "target_lang": "de"})
+    message = await expect_error(resp, 400, "unsupported_language_pair")
+    assert "fr->de" in message and "en->es" in message and "es->en" in message
+
+
 async def test_request_errors(apertium_api: TestClient) -> None:
     resp = await apertium_api.post("/translate", data=b"{not json", headers={"Content-Type": "application/json"})
-    await expect_error(resp, 400, "invalid_request")
-
+    await expect_error(resp, 400, "bad_request")
     resp = await apertium_api.post("/translate", json={"text": "Hello", "source_lang": "en"})
-    assert "target_lang" in await expect_error(resp, 400, "invalid_request")
-
+    assert "target_lang" in await expect_error(resp, 400, "bad_request")
     resp = await apertium_api.post("/translate", json={"text": 5, "source_lang": "en", "target_lang": "es"})
-    assert "'text'" in await expect_error(resp, 400, "invalid_request")
-
+    assert "text" in await expect_error(resp, 400, "bad_request")
     resp = await apertium_api.post("/translate", json=["Hello"])
-    await expect_error(resp, 400, "invalid_request")
-
+    await expect_error(resp, 400, "bad_request")
     resp = await apertium_api.post("/translate", json={"text": "Hi", "source_lang": "en; rm", "target_lang": "es"})
-    assert "source_lang" in await expect_error(resp, 400, "invalid_request")
+    assert "source_lang" in await expect_error(resp, 400, "bad_request")
+    resp = await apertium_api.post("/translate", json={"text": "Hi", "source_lang": "en", "target_lang": "es",
+                                                       "session_id": "bad id with spaces"})
+    assert "session_id" in await expect_error(resp, 400, "bad_request")
+    resp = await apertium_api.post("/translate", data=b"text=hi", headers={"Content-Type": "text/plain"})
+    await expect_error(resp, 415, "unsupported_media_type")
 
-    resp = await apertium_api.post("/translate", json={"text": "Bonjour", "source_lang": "fr", "target_lang": "de"})
-    assert "eng-spa" in await expect_error(resp, 400, "unsupported_language_pair")
 
-
-@needs_apertium
 async def test_size_limits(apertium_api: TestClient) -> None:
     resp = await apertium_api.post("/translate", json={"text": "a" * 201, "source_lang": "en", "target_lang": "es"})
     assert "200" in await expect_error(resp, 413, "text_too_long")
-    resp = await apertium_api.post(
-        "/translate/batch", json={"texts": ["a"] * 5, "source_lang": "en", "target_lang": "es"}
-    )
+    resp = await apertium_api.post("/translate/batch", json={"texts": ["a"] * 5, "source_lang": "en", "target_lang": "es"})
     await expect_error(resp, 413, "too_many_texts")
     resp = await apertium_api.post("/translate/batch", json={"texts": [], "source_lang": "en", "target_lang": "es"})
-    assert "texts" in await expect_error(resp, 400, "invalid_request")
+    assert "texts" in await expect_error(resp, 400, "bad_request")
 
 
-@needs_apertium
+async def test_auto_detects_the_source_language(apertium_api: TestClient) -> None:
+    resp = await apertium_api.post("/translate", json={"text": "El gato es negro y la casa es grande.",
+                                                       "source_lang": "auto", "target_lang": "en"})
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["detected_language"] == "es" and body["source_language"] == "es"
+    assert "cat" in body["translated_text"].lower()
+    resp = await apertium_api.post("/translate", json={"text": "12345 !!!", "source_lang": "auto", "target_lang": "en"})
+    await expect_error(resp, 400, "language_not_detected")
+
+
 async def test_capability_accepts_text_and_texts() -> None:
-    service = TranslationService(TranslateSettings(backend="apertium"))
+    service = TranslationService(TranslateSettings(backends="apertium"))
     try:
         single = await translate_capability({"text": "Hello world", "source_lang": "en", "target_lang": "es"}, service)
         batch = await translate_capability(
@@ -153,19 +147,19 @@ async def test_capability_accepts_text_and_texts() -> None:
             await translate_capability({"text": "Hello"}, service)
     finally:
         await service.close()
-    assert "Hola" in single["translated_text"]
+    assert "Hola" in single["translated_text"] and single["backend"] == "apertium"
     assert [("gato" in t["translated_text"]) for t in batch["translations"]] == [False, True]
     assert bad.value.http_status == 400 and "source_lang" in str(bad.value)
 
 
-# --- OpenAI-compatible backend ---------------------------------------------------------------
+# --- OpenAI-compatible backend, fallback ------------------------------------------------------
 
 
 async def test_translate_with_openai_backend(openai_api: TestClient, stub: OpenAIStub) -> None:
     resp = await openai_api.post("/translate", json={"text": "Hello world", "source_lang": "en", "target_lang": "es"})
     assert resp.status == 200
     body = await resp.json()
-    assert body["translated_text"] == "ES:Hello world"
+    assert body["translated_text"] == "ES:Hello world" and body["backend"] == "openai"
     assert body["model_info"] == "stub-translator"
     assert body["usage"]["completion_tokens"] == 2 and body["usage"]["total_tokens"] > 2
     assert stub.chat_requests[0].headers["Authorization"] == "Bearer k"
@@ -182,39 +176,42 @@ async def test_batch_with_openai_backend_sums_usage(openai_api: TestClient, stub
     assert stub.chat_count == 3
 
 
-async def test_backend_failures_map_to_503_then_circuit_open(openai_api: TestClient, stub: OpenAIStub) -> None:
+async def test_failing_backend_answers_the_source_marked_untranslated(openai_api: TestClient, stub: OpenAIStub) -> None:
     stub.mode = "http_500"
-    payload = {"text": "Hello", "source_lang": "en", "target_lang": "es"}
-    for _ in range(2):
-        await expect_error(await openai_api.post("/translate", json=payload), 503, "backend_error")
-    message = await expect_error(await openai_api.post("/translate", json=payload), 503, "circuit_open")
-    assert "circuit open" in message
-    assert stub.chat_count == 2
+    payload = {"text": "Hello there", "source_lang": "en", "target_lang": "es"}
+    for _ in range(3):
+        resp = await openai_api.post("/translate", json=payload)
+        assert resp.status == 200
+        body = await resp.json()
+        assert body["untranslated"] is True and body["translated_text"] == "Hello there"
+        assert body["backend"] == "none" and body["confidence"] == 0.0 and "untranslated" in body["quality_flags"]
+    assert stub.chat_count == 2  # the third call found the breaker open
 
     resp = await openai_api.get("/translate/health")
     assert resp.status == 503
     health = await resp.json()
-    assert health["status"] == "unhealthy" and health["backend"] == "openai"
-    assert health["model"] == "stub-translator" and health["breaker"]["state"] == "open"
+    assert health["status"] == "unhealthy" and health["breaker"]["state"] == "open"
 
 
-async def test_backend_timeout_maps_to_504(openai_api: TestClient, stub: OpenAIStub) -> None:
-    stub.fail_next("delay")
-    stub.delay_s = 2.0
-    resp = await openai_api.post("/translate", json={"text": "Hello", "source_lang": "en", "target_lang": "es"})
-    await expect_error(resp, 504, "backend_timeout")
+async def test_dead_llm_falls_back_to_apertium_and_names_it(stub: OpenAIStub) -> None:
+    stub.mode = "delay"
+    stub.delay_s = 3.0  # slow: past the per-backend limit
+    service = TranslationService(llm_settings(stub, backends="vllm,apertium", backend_timeout_s=0.3))
+    client = await serve(service)
+    try:
+        resp = await client.post("/translate", json={"text": "The cat is black", "source_lang": "en", "target_lang": "es"})
+        body = await resp.json()
+        assert resp.status == 200 and body["backend"] == "apertium" and "gato" in body["translated_text"]
+        snapshot = {b["name"]: b for b in service.stats()["backends"]}
+        assert snapshot["vllm"]["failed"] == 1 and "backend_timeout" in snapshot["vllm"]["last_error"]
+        assert snapshot["apertium"]["answered"] == 1
+    finally:
+        await client.close()
+        await service.close()
 
 
-async def test_openai_health_when_up(openai_api: TestClient) -> None:
-    resp = await openai_api.get("/translate/health")
-    assert resp.status == 200
-    body = await resp.json()
-    assert body["status"] == "healthy" and body["breaker"]["state"] == "closed"
-    assert body["details"]["checked"] == "/health"
-
-
-async def test_disabled_backend_answers_503() -> None:
-    service = TranslationService(TranslateSettings(backend="none"))
+async def test_disabled_translation_answers_503() -> None:
+    service = TranslationService(TranslateSettings(backends="none"))
     client = await serve(service)
     try:
         resp = await client.post("/translate", json={"text": "Hello", "source_lang": "en", "target_lang": "es"})
@@ -222,3 +219,44 @@ async def test_disabled_backend_answers_503() -> None:
         assert (await client.get("/translate/health")).status == 503
     finally:
         await client.close()
+
+
+# --- sessions and auth -----------------------------------------------------------------------
+
+
+async def test_sessions_show_history_and_end(openai_api: TestClient, stub: OpenAIStub) -> None:
+    for text in ("Maria bought a car.", "She drives it every day."):
+        resp = await openai_api.post("/translate", json={"text": text, "source_lang": "en", "target_lang": "es",
+                                                         "session_id": "talk-1"})
+        assert resp.status == 200 and (await resp.json())["session_id"] == "talk-1"
+    resp = await openai_api.post("/translate/batch", json={"texts": ["Third one."], "source_lang": "en",
+                                                           "target_lang": "es", "session_id": "talk-1"})
+    assert resp.status == 200
+
+    resp = await openai_api.get("/translate/sessions/talk-1")
+    assert resp.status == 200
+    session = await resp.json()
+    assert [h["source"] for h in session["history"]] == ["Maria bought a car.", "She drives it every day.", "Third one."]
+    assert session["history"][0]["translation"] == "ES:Maria bought a car." and session["translations"] == 3
+    # the second and third prompts carried the earlier sentences as prior turns
+    assert "Maria bought a car." in [m["content"] for m in stub.chat_requests[1].json["messages"]]
+    assert len(stub.chat_requests[2].json["messages"]) == 1 + 2 * 2 + 1
+
+    assert (await openai_api.delete("/translate/sessions/talk-1")).status == 200
+    await expect_error(await openai_api.get("/translate/sessions/talk-1"), 404, "not_found")
+    await expect_error(await openai_api.delete("/translate/sessions/talk-1"), 404, "not_found")
+
+
+async def test_translation_routes_need_the_api_token() -> None:
+    service = TranslationService(TranslateSettings(backends="apertium"))
+    client = await serve(service, api_token="s3cret")
+    payload = {"text": "Hello", "source_lang": "en", "target_lang": "es"}
+    try:
+        await expect_error(await client.post("/translate", json=payload), 401, "unauthorized")
+        await expect_error(await client.get("/translate/languages"), 401, "unauthorized")
+        await expect_error(await client.get("/translate/stream"), 401, "unauthorized")
+        resp = await client.post("/translate", json=payload, headers={"Authorization": "Bearer s3cret"})
+        assert resp.status == 200
+    finally:
+        await client.close()
+        await service.close()

@@ -53,8 +53,6 @@ def make_client(stub: OpenAIStub, **overrides: Any) -> OpenAICompatTranslator:
         "max_retries": 0,
         "retry_base_delay": 0.01,
         "retry_max_delay": 0.05,
-        "breaker_threshold": 3,
-        "breaker_reset_s": 30.0,
     }
     options.update(overrides)
     return OpenAICompatTranslator(stub.base_url, "stub-translator", **options)
@@ -82,6 +80,7 @@ async def test_request_follows_the_chat_completions_shape(stub: OpenAIStub) -> N
     assert body["model"] == "stub-translator"
     assert body["temperature"] == 0
     assert body["stream"] is False
+    assert body["logprobs"] is True  # the confidence evidence
     assert isinstance(body["max_tokens"], int) and 16 <= body["max_tokens"] <= 1024
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
     assert body["messages"][1]["content"] == "Hello world"
@@ -189,8 +188,6 @@ async def test_server_errors_are_retried_until_success(stub: OpenAIStub) -> None
         await client.close()
     assert result.text == "Hola mundo"
     assert stub.chat_count == 3 and client.retries == 2
-    assert client.breaker.state == "closed"
-    assert client.breaker_snapshot()["consecutive_failures"] == 0
 
 
 async def test_429_and_dropped_connections_are_retried(stub: OpenAIStub) -> None:
@@ -207,7 +204,7 @@ async def test_429_and_dropped_connections_are_retried(stub: OpenAIStub) -> None
 
 async def test_retries_give_up_with_the_last_error(stub: OpenAIStub) -> None:
     stub.mode = "http_429"
-    client = make_client(stub, max_retries=2, breaker_threshold=10)
+    client = make_client(stub, max_retries=2)
     try:
         with pytest.raises(TranslationError) as caught:
             await client.translate("Hello world", "en", "es")
@@ -218,9 +215,9 @@ async def test_retries_give_up_with_the_last_error(stub: OpenAIStub) -> None:
     assert stub.chat_count == 3
 
 
-async def test_client_errors_are_not_retried_and_do_not_trip_the_breaker(stub: OpenAIStub) -> None:
+async def test_client_errors_are_not_retried(stub: OpenAIStub) -> None:
     stub.mode = "http_400"
-    client = make_client(stub, max_retries=3, breaker_threshold=1)
+    client = make_client(stub, max_retries=3)
     try:
         for _ in range(2):
             with pytest.raises(TranslationError) as caught:
@@ -229,7 +226,6 @@ async def test_client_errors_are_not_retried_and_do_not_trip_the_breaker(stub: O
     finally:
         await client.close()
     assert stub.chat_count == 2  # one attempt each
-    assert client.breaker.state == "closed"
 
 
 async def test_unknown_model_is_reported(stub: OpenAIStub) -> None:
@@ -253,8 +249,7 @@ async def test_malformed_answers_count_as_failures(stub: OpenAIStub, mode: str) 
     finally:
         await client.close()
     assert caught.value.code == "bad_backend_response" and caught.value.http_status == 502
-    assert stub.chat_count == 1  # a malformed answer is not retried...
-    assert client.breaker_snapshot()["consecutive_failures"] == 1  # ...but the breaker counts it
+    assert stub.chat_count == 1  # a malformed answer is not retried (the service moves to the next backend)
 
 
 async def test_unreachable_backend_is_unavailable() -> None:
@@ -273,58 +268,67 @@ async def test_unreachable_backend_is_unavailable() -> None:
     assert health["status"] == "unhealthy" and "error" in health
 
 
-# --- circuit breaker ---------------------------------------------------------------------------
+# --- circuit breaker (the service's, one per backend) ------------------------------------------
 
 
 async def test_breaker_opens_fails_fast_then_half_opens_and_closes(stub: OpenAIStub) -> None:
     clock = FakeClock()
     stub.mode = "http_500"
-    client = make_client(stub, breaker_threshold=3, breaker_reset_s=10.0, clock=clock)
+    service = TranslationService(openai_settings(stub, breaker_threshold=3, breaker_reset_s=10.0), clock=clock)
+    breaker = service.chain.slots[0].breaker
     try:
         for _ in range(3):
-            with pytest.raises(TranslationError) as caught:
-                await client.translate("Hello world", "en", "es")
-            assert caught.value.code == "backend_error"
-        assert client.breaker.state == "open"
+            result = await service.translate("Hello world", "en", "es")
+            assert result.untranslated and result.text == "Hello world" and result.backend == "none"
+        assert breaker.state == "open"
         for _ in range(5):
-            with pytest.raises(TranslationError) as caught:
-                await client.translate("Hello world", "en", "es")
-            assert caught.value.code == "circuit_open" and caught.value.http_status == 503
+            result = await service.translate("Hello world", "en", "es")
+            assert result.untranslated
         assert stub.chat_count == 3  # open: nothing reached the backend
-        assert client.breaker_snapshot()["rejected_count"] == 5
+        assert breaker.snapshot()["rejected_count"] == 5
+        assert service.stats()["backends"][0]["skipped_open"] == 5
 
         clock.now += 10.0
-        assert client.breaker.state == "half_open"
+        assert breaker.state == "half_open"
         stub.mode = "ok"
-        result = await client.translate("Hello world", "en", "es")  # the probe
-        assert result.text == "Hola mundo"
-        assert client.breaker.state == "closed" and stub.chat_count == 4
-        assert (await client.translate("Good morning", "en", "es")).text == "Buenos días"
+        result = await service.translate("Hello world", "en", "es")  # the probe
+        assert result.text == "Hola mundo" and result.backend == "openai" and not result.untranslated
+        assert breaker.state == "closed" and stub.chat_count == 4
+        assert (await service.translate("Good morning", "en", "es")).text == "Buenos días"
     finally:
-        await client.close()
+        await service.close()
 
 
 async def test_failed_probe_reopens_the_breaker(stub: OpenAIStub) -> None:
     clock = FakeClock()
     stub.mode = "garbage"
-    client = make_client(stub, breaker_threshold=2, breaker_reset_s=5.0, clock=clock)
+    service = TranslationService(openai_settings(stub, breaker_threshold=2, breaker_reset_s=5.0), clock=clock)
+    breaker = service.chain.slots[0].breaker
     try:
-        for _ in range(2):
-            with pytest.raises(TranslationError):
-                await client.translate("x", "en", "es")
-        assert client.breaker.state == "open"
+        for i in range(2):
+            assert (await service.translate(f"x{i}", "en", "es")).untranslated
+        assert breaker.state == "open"
         clock.now += 5.0
-        with pytest.raises(TranslationError) as probe:
-            await client.translate("x", "en", "es")
-        assert probe.value.code == "bad_backend_response"
+        assert (await service.translate("x2", "en", "es")).untranslated  # the probe, answered garbage
         assert stub.chat_count == 3
-        with pytest.raises(TranslationError) as fast:
-            await client.translate("x", "en", "es")
-        assert fast.value.code == "circuit_open" and stub.chat_count == 3
-        health = await client.health()
-        assert health["status"] == "unhealthy" and "circuit" in health["error"]
+        assert (await service.translate("x3", "en", "es")).untranslated
+        assert stub.chat_count == 3 and breaker.state == "open"
+        health = await service.health()
+        assert health["status"] == "unhealthy" and "circuit" in health["details"]["error"]
     finally:
-        await client.close()
+        await service.close()
+
+
+async def test_client_errors_do_not_trip_the_breaker(stub: OpenAIStub) -> None:
+    stub.mode = "http_400"
+    service = TranslationService(openai_settings(stub, breaker_threshold=1))
+    try:
+        for i in range(3):
+            assert (await service.translate(f"Hello {i}", "en", "es")).untranslated
+    finally:
+        await service.close()
+    assert stub.chat_count == 3  # each request reached the backend: a 4xx proves it is up
+    assert service.chain.slots[0].breaker.state == "closed"
 
 
 async def test_health_uses_vllm_health_route(stub: OpenAIStub) -> None:
@@ -371,8 +375,9 @@ def openai_settings(stub: OpenAIStub, **overrides: Any) -> TranslateSettings:
         "vllm_endpoint": stub.base_url,
         "vllm_model": "stub-translator",
         "vllm_max_retries": 0,
-        "vllm_breaker_threshold": 2,
+        "breaker_threshold": 2,
         "vllm_timeout_s": 5.0,
+        "backends": "openai",
     }
     values.update(overrides)
     return TranslateSettings(**values)
@@ -383,6 +388,10 @@ def test_backend_is_chosen_from_settings() -> None:
     assert TranslateSettings(vllm_endpoint="http://vllm:8000").effective_backend == "openai"
     assert TranslateSettings(backend="apertium", vllm_endpoint="http://vllm:8000").effective_backend == "apertium"
     assert TranslateSettings(backend="none").effective_backend == "none"
+    assert TranslateSettings(vllm_endpoint="http://vllm:8000").backend_list == ["openai", "apertium"]
+    assert TranslateSettings(backends="vllm,triton,apertium").backend_list == ["vllm", "triton", "apertium"]
+    with pytest.raises(ValueError):
+        TranslateSettings(backends="vllm,nonsense")
     with pytest.raises(ValueError):
         TranslateSettings(vllm_endpoint="not a url")
 
@@ -413,13 +422,12 @@ async def test_service_returns_error_values_when_the_backend_fails(stub: OpenAIS
         health = await service.health()
     finally:
         await service.close()
-    assert all(text is None for text, _ in outcomes)
-    errors = [error for _, error in outcomes]
-    assert errors[0].startswith("backend_error") and errors[1].startswith("backend_error")
-    assert errors[2].startswith("circuit_open") and errors[3].startswith("circuit_open")
-    assert stub.chat_count == 2
+    assert all(text is None for text, _ in outcomes)  # the caption stage marks them untranslated
+    assert all(error.startswith("untranslated") for _, error in outcomes)
+    assert all(o.confidence == 0.0 and "untranslated" in o.quality_flags for o in outcomes)
+    assert stub.chat_count == 2  # then the breaker is open and the backend is skipped
     stats = service.stats()
-    assert stats["failures"] == 4 and stats["errors_by_code"] == {"backend_error": 2, "circuit_open": 2}
+    assert stats["untranslated"] == 4 and stats["backends"][0]["skipped_open"] == 2
     assert health["status"] == "unhealthy" and health["breaker"]["state"] == "open"
 
 

@@ -290,9 +290,17 @@ async def test_gpu_frame_queue_feeds_backends_that_accept_gpu_frames() -> None:
     assert all(any(t.name == "face" for t in e.tags) for e in events)
 
 
-def test_an_update_without_vision_keeps_vision_as_it_was():
-    stage = VisionStage(VisionBackends(), {"vision": {"interval": 0.5}})
-    stage.update_params({"captions": {"enabled": True}})  # about something else
+def test_an_update_about_something_else_keeps_vision_as_it_was():
+    """Updates are merge patches: the stream merges them and hands the stage the whole params."""
+    from media.params import merge_patch
+
+    params = {"vision": {"interval": 0.5}}
+    stage = VisionStage(VisionBackends(), params)
+    params = merge_patch(params, {"captions": {"enabled": True}})  # about something else
+    stage.update_params(params)
     assert stage.params.enabled and stage.params.interval == 0.5
-    stage.update_params({"vision": {"enabled": False}})
+    params = merge_patch(params, {"vision": {"enabled": False}})
+    stage.update_params(params)
+    assert not stage.params.enabled
+    stage.update_params(merge_patch(params, {"vision": None}))  # null removes: back to the default (off)
     assert not stage.params.enabled

@@ -1,11 +1,12 @@
 """Settings, model resolution and the one shared faster-whisper model behind a bounded pool.
 
-One `AsrModelPool` (one loaded `WhisperModel`) serves every stream. Calls run in a
-`ThreadPoolExecutor` of `workers` threads (CTranslate2 runs `num_workers=workers` decodes in
-parallel); the lazy segment generator that `transcribe()` returns is consumed inside the worker
-thread, because that is where the decoding actually happens. At most `max_pending` calls may be
-queued or running: a stream whose call would exceed that skips its tick (`transcribe` returns
-None) instead of growing a queue, so overload costs freshness, never memory or unbounded lag.
+One `AsrModelPool` (one loaded `WhisperModel`) serves every stream. Live captions hand it whole
+utterances (`decode`); `workers` threads decode the waiting utterances of all streams together,
+in one CTranslate2 call per batch, with the encoder window sized to the longest utterance of the
+batch instead of Whisper's 30 s (`inference/asr/decode.py`). Finals are served before partials,
+oldest first, so under overload every stream's latency grows evenly and partials are what is
+skipped. Whole-file calls (`transcribe`, for recorded files) come last and are bounded by
+`max_pending`.
 
 Model names (`AsrSettings.model`):
 * `embedded:tiny.en` (default) - the CTranslate2 tiny.en model shipped in the PyPI package
@@ -23,24 +24,34 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inference.asr.decode import Decoded, DecodedSegment, ShortWindowDecoder, compression_ratio
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 EMBEDDED_PREFIX = "embedded:"
 DEFAULT_MODEL = "embedded:tiny.en"
+# Whisper's own checks for a failed decode (faster-whisper's defaults)
+MAX_COMPRESSION_RATIO = 2.4
+LOG_PROB_THRESHOLD = -1.0
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6)
 
 
-class AsrSettings(BaseModel):
-    """Speech recognition settings. Each description starts with the env var name the server
-    is expected to map it to (`ASR_` + the field name in capitals)."""
+class AsrSettings(BaseSettings):
+    """Speech recognition settings, read from `ASR_*` environment variables (each description
+    starts with its variable's name)."""
+
+    model_config = SettingsConfigDict(env_prefix="ASR_", case_sensitive=False, extra="ignore")
 
     model: str = Field(
         DEFAULT_MODEL,
@@ -53,51 +64,52 @@ class AsrSettings(BaseModel):
     )
     language: str = Field("en", description="ASR_LANGUAGE: spoken language code, or auto to detect per call")
     beam_size: int = Field(
-        1, ge=1, le=10, description="ASR_BEAM_SIZE: 1 on CPU (beam 2 measured no better on tiny.en, ~30 % slower)"
+        1, ge=1, le=10, description="ASR_BEAM_SIZE: beam of partial decodes (and of ASR jobs' calls)"
     )
     final_beam_size: int = Field(
-        0, ge=0, le=10, description="ASR_FINAL_BEAM_SIZE: beam of the call that closes an utterance; 0 = beam size"
+        3, ge=0, le=10,
+        description="ASR_FINAL_BEAM_SIZE: beam of the one decode that makes an utterance final; 0 = beam size",
     )
-    workers: int = Field(1, ge=1, le=16, description="ASR_WORKERS: parallel model calls on the one shared model")
+    workers: int = Field(1, ge=1, le=16, description="ASR_WORKERS: model calls run at once on the one shared model")
     max_pending: int = Field(
-        0, ge=0, description="ASR_MAX_PENDING: calls queued or running before streams skip ticks; 0 = 2 x workers"
+        0, ge=0, description="ASR_MAX_PENDING: whole-file calls (jobs) queued or running; 0 = 2 x workers",
     )
     cpu_threads: int = Field(
-        0, ge=0, description="ASR_CPU_THREADS: CTranslate2 threads per worker; 0 = cores / workers"
+        0, ge=0, description="ASR_CPU_THREADS: CTranslate2 threads per worker; 0 = cores / (2 x workers)"
+    )
+    batch_max: int = Field(
+        8, ge=1, le=32, description="ASR_BATCH_MAX: utterances of different streams decoded in one model call"
+    )
+    encoder_pad_seconds: float = Field(
+        1.0, ge=0.2, le=5.0,
+        description="ASR_ENCODER_PAD_SECONDS: silence after an utterance in its encoder window (not 30 s of it)",
     )
     min_chunk_seconds: float = Field(
-        1.0, gt=0.05, le=10.0, description="ASR_MIN_CHUNK_SECONDS: new speech between two model calls"
+        1.0, gt=0.05, le=10.0,
+        description="ASR_MIN_CHUNK_SECONDS: new speech between two partial decodes when the model is idle",
+    )
+    max_partial_interval_seconds: float = Field(
+        4.0, ge=0.5, le=30.0,
+        description="ASR_MAX_PARTIAL_INTERVAL_SECONDS: longest gap between partials under load (finals go first)",
     )
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="ASR_VAD_THRESHOLD: Silero speech probability")
     vad_min_silence_ms: int = Field(
         500, ge=100, le=5000, description="ASR_VAD_MIN_SILENCE_MS: pause that makes a caption final"
     )
     vad_speech_pad_ms: int = Field(
-        200, ge=0, le=1000, description="ASR_VAD_SPEECH_PAD_MS: audio kept before a speech start and after its end"
+        300, ge=0, le=1000, description="ASR_VAD_SPEECH_PAD_MS: audio kept before a speech start and after its end"
     )
-    buffer_trim_seconds: float = Field(
-        15.0, gt=1.0, description="ASR_BUFFER_TRIM_SECONDS: past this, cut the buffer at a committed sentence end"
+    max_utterance_seconds: float = Field(
+        12.0, ge=3.0, le=28.0,
+        description="ASR_MAX_UTTERANCE_SECONDS: speech without a pause is cut (at its quietest point) after this",
     )
-    max_buffer_seconds: float = Field(
-        30.0, gt=2.0, le=30.0, description="ASR_MAX_BUFFER_SECONDS: hard cap of the audio buffer (Whisper window)"
-    )
-    commit_right_context: float = Field(
-        1.0, ge=0.0, le=5.0,
-        description="ASR_COMMIT_RIGHT_CONTEXT: seconds of audio a word needs after it before it is committed",
-    )
-    context_seconds: float = Field(
-        5.0, ge=0.0, le=10.0,
-        description="ASR_CONTEXT_SECONDS: previous speech decoded again as left context of the closing call",
-    )
-    context_final_only: bool = Field(
-        True, description="ASR_CONTEXT_FINAL_ONLY: left context only for the call that closes an utterance"
+    prompt_tokens: int = Field(
+        24, ge=0, le=100,
+        description="ASR_PROMPT_TOKENS: tokens of the stream's previous captions given to each decode as context (0: off)",
     )
     no_speech_threshold: float = Field(
-        0.6, ge=0.0, le=1.0, description="ASR_NO_SPEECH_THRESHOLD: drop segments whose no_speech_prob is above"
-    )
-    prompt_chars: int = Field(
-        0, ge=0, le=1000,
-        description="ASR_PROMPT_CHARS: final text given to Whisper as prompt (0: off; measured +60 % per call)",
+        0.6, ge=0.0, le=1.0,
+        description="ASR_NO_SPEECH_THRESHOLD: drop a decode whose no_speech_prob is above (and log-prob low)",
     )
     local_files_only: bool = Field(False, description="ASR_LOCAL_FILES_ONLY: never download, even a named hub model")
     download_root: str | None = Field(None, description="ASR_DOWNLOAD_ROOT: where a named hub model is cached")
@@ -105,10 +117,16 @@ class AsrSettings(BaseModel):
     def resolved_max_pending(self) -> int:
         return self.max_pending or 2 * self.workers
 
+    def resolved_final_beam(self) -> int:
+        return self.final_beam_size or self.beam_size
+
     def resolved_cpu_threads(self) -> int:
         if self.cpu_threads:
             return self.cpu_threads
-        return max(1, min(8, (os.cpu_count() or 1) // self.workers))
+        # half the cores: the stream's decode/encode/VAD threads share them, and CTranslate2's
+        # OpenMP threads spin at barriers, so on an oversubscribed CPU more threads get slower
+        # (2 cores: 2 threads gave 9 s per batch under load where 1 thread gave 0.5 s)
+        return max(1, min(8, (os.cpu_count() or 1) // (2 * self.workers)))
 
 
 def embedded_model_dir(name: str = "tiny.en") -> Path:
@@ -192,32 +210,90 @@ class AsrResult:
 
 
 @dataclass
+class UtteranceResult:
+    """One utterance's decode from the shared pool (`AsrModelPool.decode`)."""
+
+    text: str
+    segments: list[DecodedSegment]
+    language: str
+    audio_seconds: float
+    elapsed: float  # wall seconds of the batch that held it
+    queued: float  # seconds waited before its batch started
+    batch_size: int
+    no_speech_prob: float = 0.0
+    avg_logprob: float = 0.0
+    fallback: bool = False  # decoded again the classic way (30 s window, temperature fallback)
+    dropped_segments: int = 0
+
+
+@dataclass
+class _Request:
+    kind: str  # "final" | "partial" | "call"
+    stream: str
+    submitted: float
+    future: Future
+    audio: np.ndarray | None = None
+    language: str | None = None
+    context: str = ""  # what the stream said before (decoding context)
+    options: dict[str, Any] | None = None
+    started: bool = False
+
+
+@dataclass
 class _PoolCounters:
-    calls: int = 0
-    skipped_busy: int = 0
+    calls: int = 0  # whole-file transcribe calls
+    batches: int = 0
+    finals: int = 0
+    partials: int = 0
+    partials_skipped: int = 0  # refused, replaced by a newer one, or stale when the model got to it
+    finals_refused: int = 0
+    fallbacks: int = 0
+    skipped_busy: int = 0  # transcribe() calls refused at max_pending
     errors: int = 0
     busy_seconds: float = 0.0
     audio_seconds: float = 0.0
+    batched_items: int = 0
+    max_batch: int = 0
     last_error: str | None = None
     last_call_at: float = field(default=0.0)
 
 
 class AsrModelPool:
-    """One faster-whisper model shared by all streams, loaded once, lazily, in a thread.
+    """One faster-whisper model shared by all streams, loaded once, lazily, in a worker thread.
 
-    Loop-agnostic: it holds no asyncio objects, so one pool serves any number of event loops
-    (and tests with per-test loops)."""
+    Live captions ask for utterance decodes (`decode`); `workers` threads take them in batches:
+    every waiting final first (oldest first, so each stream's latency grows by the same amount
+    under overload), then partials, then whole-file calls (`transcribe`, e.g. jobs). A stream has
+    at most one partial waiting: a newer one replaces it, and a partial that waited longer than
+    `partial_max_age` is dropped, so overload costs partials first, never finals, and never memory.
+
+    A request holds its slot until a worker is done with it, even when the caller stops waiting:
+    cancelling the await removes a request that has not started, and one that is running keeps
+    counting until the model call really ends (issue 13).
+
+    Loop-agnostic: it holds no asyncio objects, so one pool serves any number of event loops."""
+
+    MAX_WAITING_FINALS = 64  # one per stream at a time; this bounds the streams, not a backlog
+    MAX_WAITING_PARTIALS = 64
+    PARTIAL_MAX_AGE = 1.0  # seconds a partial may wait before it is stale
+    BUSY_WINDOW = 5.0  # seconds over which `load` is measured
 
     def __init__(self, settings: AsrSettings | None = None) -> None:
         self.settings = settings or AsrSettings()
         self.device = resolve_device(self.settings.device)
         self.compute_type = resolve_compute_type(self.settings.compute_type, self.device)
         self.max_pending = self.settings.resolved_max_pending()
-        self._executor = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="asr-model")
+        self.partial_max_age = self.PARTIAL_MAX_AGE
         self._load_lock = threading.Lock()
-        self._pending_lock = threading.Lock()
-        self._pending = 0
+        self._cond = threading.Condition()
+        self._finals: deque[_Request] = deque()
+        self._partials: dict[str, _Request] = {}
+        self._calls: deque[_Request] = deque()
+        self._running = 0  # requests inside a model call right now
+        self._threads: list[threading.Thread] = []
+        self._busy_log: deque[tuple[float, float]] = deque(maxlen=256)  # (end time, busy seconds)
         self._model: Any = None
+        self._decoder: ShortWindowDecoder | None = None
         self.loading = False
         self.load_error: str | None = None
         self.load_seconds: float | None = None
@@ -225,6 +301,8 @@ class AsrModelPool:
         self.is_multilingual: bool | None = None
         self.counters = _PoolCounters()
         self._closed = False
+        # per-stream figures for /metrics (bounded by the streams that run)
+        self.streams: dict[str, Any] = {}
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -267,16 +345,12 @@ class AsrModelPool:
                     local_files_only=local or self.settings.local_files_only,
                 )
                 self.is_multilingual = bool(model.model.is_multilingual)
+                decoder = ShortWindowDecoder(model, self.settings.encoder_pad_seconds)
                 # one throw-away call: the first real call would otherwise pay CTranslate2's
                 # one-time setup (measured ~+1 s on 2 CPU cores) and delay the first caption
-                segments, _ = model.transcribe(
-                    np.zeros(SAMPLE_RATE, dtype=np.float32),
-                    language=None if self.settings.language in ("", "auto") else self.settings.language,
-                    beam_size=1,
-                    word_timestamps=True,
-                )
-                list(segments)
+                decoder.decode([np.zeros(SAMPLE_RATE, dtype=np.float32)], self._language(None), 1)
                 self.load_seconds = time.perf_counter() - began
+                self._decoder = decoder
                 self._model = model
                 log.info("ASR model loaded in %.2fs", self.load_seconds)
                 return model
@@ -288,15 +362,15 @@ class AsrModelPool:
                 self.loading = False
 
     async def ensure_loaded(self) -> None:
-        """Load in a worker thread without blocking the loop."""
+        """Load in a thread without blocking the loop."""
         if self._model is None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.load)
+            await asyncio.get_running_loop().run_in_executor(None, self.load)
 
     def start_loading(self) -> None:
         """Kick off loading in the background (e.g. at server start, so /health can say LOADING)."""
         if self._model is None and not self.loading and self.load_error is None:
-            self.loading = True  # visible at once, before the worker picks the job up
-            self._executor.submit(self._load_quietly)
+            self.loading = True  # visible at once, before the thread picks the job up
+            threading.Thread(target=self._load_quietly, name="asr-load", daemon=True).start()
 
     def _load_quietly(self) -> None:
         try:
@@ -304,42 +378,271 @@ class AsrModelPool:
         except Exception:
             pass  # recorded in load_error
 
-    # -- inference ----------------------------------------------------------------------------
+    def _language(self, language: str | None) -> str | None:
+        language = self.settings.language if language is None else language
+        return None if language in (None, "", "auto") else language
+
+    # -- requests -----------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
-        return self._pending
+        """Requests waiting or inside a model call."""
+        with self._cond:
+            return self._waiting_locked() + self._running
 
-    def try_reserve(self) -> bool:
-        with self._pending_lock:
-            if self._pending >= self.max_pending:
-                self.counters.skipped_busy += 1
-                return False
-            self._pending += 1
-            return True
+    def _waiting_locked(self) -> int:
+        return len(self._finals) + len(self._partials) + len(self._calls)
 
-    def _release(self) -> None:
-        with self._pending_lock:
-            self._pending -= 1
+    def busy_fraction(self, now: float | None = None) -> float:
+        """Share of the last few seconds the workers spent in model calls (0..1 per worker)."""
+        now = time.perf_counter() if now is None else now
+        with self._cond:
+            busy = sum(b for end, b in self._busy_log if end >= now - self.BUSY_WINDOW)
+        return min(1.0, busy / (self.BUSY_WINDOW * self.settings.workers))
 
-    async def transcribe(self, audio: np.ndarray, **options: Any) -> AsrResult | None:
-        """Transcribe 16 kHz mono float32 `audio` in a worker thread.
+    @property
+    def finals_waiting(self) -> int:
+        with self._cond:
+            return len(self._finals)
 
-        Returns None (and counts it) when `max_pending` calls are already queued or running.
-        `options` go to `WhisperModel.transcribe`; language and beam size default to settings."""
+    def _submit(self, request: _Request) -> bool:
+        """Queue a request (False: refused, and its future already holds None)."""
+        self._ensure_workers()
+        with self._cond:
+            if request.kind == "final":
+                if len(self._finals) >= self.MAX_WAITING_FINALS:
+                    self.counters.finals_refused += 1
+                    request.future.set_result(None)
+                    return False
+                self._finals.append(request)
+            elif request.kind == "partial":
+                older = self._partials.pop(request.stream, None)
+                if older is not None:
+                    self.counters.partials_skipped += 1
+                    older.future.set_result(None)
+                if len(self._partials) >= self.MAX_WAITING_PARTIALS:
+                    self.counters.partials_skipped += 1
+                    request.future.set_result(None)
+                    return False
+                self._partials[request.stream] = request
+            else:
+                if self._waiting_locked() + self._running >= self.max_pending:
+                    self.counters.skipped_busy += 1
+                    request.future.set_result(None)
+                    return False
+                self._calls.append(request)
+            self._cond.notify()
+        return True
+
+    def _withdraw(self, request: _Request) -> None:
+        """The caller stopped waiting: drop the request unless a worker already runs it."""
+        with self._cond:
+            if request.started:
+                return  # its slot is freed when the model call ends
+            if request.kind == "final" and request in self._finals:
+                self._finals.remove(request)
+            elif request.kind == "partial" and self._partials.get(request.stream) is request:
+                del self._partials[request.stream]
+                self.counters.partials_skipped += 1
+            elif request.kind == "call" and request in self._calls:
+                self._calls.remove(request)
+
+    async def _await(self, request: _Request) -> Any:
         if self._closed:
             raise RuntimeError("ASR model pool is closed")
-        if not self.try_reserve():
-            return None
-        submitted = time.perf_counter()
+        self._submit(request)
         try:
-            future = self._executor.submit(self._transcribe_blocking, audio, submitted, options)
-            return await asyncio.wrap_future(future)
-        finally:
-            self._release()
+            return await asyncio.wrap_future(request.future)
+        except asyncio.CancelledError:
+            self._withdraw(request)
+            raise
 
-    def _transcribe_blocking(self, audio: np.ndarray, submitted: float, options: dict[str, Any]) -> AsrResult:
-        began = time.perf_counter()
+    async def decode(self, audio: np.ndarray, *, final: bool, stream: str = "",
+                     language: str | None = None, context: str = "") -> UtteranceResult | None:
+        """Decode one utterance (16 kHz mono float32, ≤ 28 s) in the next batch; `context` is
+        the text of the stream's previous captions (its last `prompt_tokens` tokens are used).
+
+        `final`: the utterance is over, decode it once with the final beam; it is never dropped.
+        Otherwise a partial: None when it was replaced by a newer partial of the same stream,
+        went stale under load, or was refused."""
+        request = _Request("final" if final else "partial", stream, time.perf_counter(), Future(),
+                           audio=np.asarray(audio, dtype=np.float32), language=language, context=context)
+        return await self._await(request)
+
+    async def transcribe(self, audio: np.ndarray, **options: Any) -> AsrResult | None:
+        """Whole-audio faster-whisper `transcribe` (recorded files), after the live decodes.
+
+        Returns None (and counts it) when `max_pending` requests are already waiting or running.
+        `options` go to `WhisperModel.transcribe`; language and beam size default to settings."""
+        request = _Request("call", "", time.perf_counter(), Future(), audio=audio, options=dict(options))
+        return await self._await(request)
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _ensure_workers(self) -> None:
+        if self._threads:
+            return
+        with self._cond:
+            if self._threads:
+                return
+            for i in range(self.settings.workers):
+                thread = threading.Thread(target=self._work, name=f"asr-model-{i}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    def _next_batch(self) -> list[_Request]:
+        """Under the lock: finals first, then fresh partials, then one whole-file call."""
+        limit = self.settings.batch_max
+        if self._finals:
+            batch = []
+            while self._finals and len(batch) < limit:
+                batch.append(self._finals.popleft())
+            return batch
+        if self._partials:
+            now = time.perf_counter()
+            fresh = []
+            for key, request in list(self._partials.items()):
+                del self._partials[key]
+                if now - request.submitted > self.partial_max_age:
+                    self.counters.partials_skipped += 1
+                    request.future.set_result(None)
+                else:
+                    fresh.append(request)
+            fresh.sort(key=lambda r: r.submitted)
+            for request in fresh[limit:]:  # back in line for the next batch
+                self._partials[request.stream] = request
+            if fresh[:limit]:
+                return fresh[:limit]
+        if self._calls:
+            return [self._calls.popleft()]
+        return []
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._waiting_locked():
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch = self._next_batch()
+                for request in batch:
+                    request.started = True
+                self._running += len(batch)
+            if not batch:
+                continue
+            began = time.perf_counter()
+            outcomes: list[tuple[Future, Any, BaseException | None]] = []
+            try:
+                if batch[0].kind == "call":
+                    outcomes = self._run_call(batch[0], began)
+                else:
+                    outcomes = self._run_batch(batch, began)
+            except BaseException as exc:  # pragma: no cover - the runners catch model errors
+                outcomes = [(r.future, None, exc) for r in batch]
+            finally:
+                elapsed = time.perf_counter() - began
+                with self._cond:
+                    self._running -= len(batch)  # the slots are free before anyone hears back
+                    self._busy_log.append((time.perf_counter(), elapsed))
+                    self.counters.busy_seconds += elapsed
+            for future, value, error in outcomes:
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
+
+    def _run_batch(self, batch: list[_Request], began: float) -> list[tuple[Future, Any, BaseException | None]]:
+        final = batch[0].kind == "final"
+        s = self.settings
+        beam = s.resolved_final_beam() if final else s.beam_size
+        try:
+            self.load()
+            assert self._decoder is not None
+            # one language and one context length per model call: nearly always one group
+            # (every stream past its first captions has a full context)
+            groups: dict[tuple[str | None, int], list[tuple[_Request, list[int]]]] = {}
+            for request in batch:
+                language = self._language(request.language)
+                context = self._decoder.prompt_tokens(request.context, language, s.prompt_tokens)
+                groups.setdefault((language, len(context)), []).append((request, context))
+            decoded: dict[int, Decoded] = {}
+            for (language, _), items in groups.items():
+                results = self._decoder.decode(
+                    [r.audio for r, _ in items], language, beam, [c for _, c in items])
+                for (request, _), result in zip(items, results):
+                    decoded[id(request)] = result
+        except Exception as exc:
+            self._count_error(exc)
+            return [(request.future, None, exc) for request in batch]
+        elapsed = time.perf_counter() - began
+        outcomes: list[tuple[Future, Any, BaseException | None]] = []
+        c = self.counters
+        c.batches += 1
+        c.batched_items += len(batch)
+        c.max_batch = max(c.max_batch, len(batch))
+        for request in batch:
+            result = decoded[id(request)]
+            fallback = False
+            if final and self._needs_fallback(result):
+                result, fallback = self._fallback(request, result), True
+            audio_seconds = len(request.audio) / SAMPLE_RATE
+            c.audio_seconds += audio_seconds
+            if final:
+                c.finals += 1
+            else:
+                c.partials += 1
+            outcome = UtteranceResult(
+                text=result.text, segments=result.segments, language=result.language or (request.language or ""),
+                audio_seconds=audio_seconds, elapsed=elapsed, queued=began - request.submitted,
+                batch_size=len(batch), no_speech_prob=result.no_speech_prob, avg_logprob=result.avg_logprob,
+                fallback=fallback, dropped_segments=result.dropped_segments,
+            )
+            outcomes.append((request.future, outcome, None))
+        c.last_call_at = time.time()
+        return outcomes
+
+    def _needs_fallback(self, result: Decoded) -> bool:
+        """Whisper's own failure checks (a loop, or a low log-prob that is not silence)."""
+        if result.compression_ratio > MAX_COMPRESSION_RATIO:
+            return True
+        return result.avg_logprob < LOG_PROB_THRESHOLD and result.no_speech_prob <= self.settings.no_speech_threshold
+
+    def _fallback(self, request: _Request, short: Decoded) -> Decoded:
+        """The rare final whose short-window decode failed: decode it as faster-whisper would
+        offline (30 s window, temperature fallback); keep it only when it passes the checks."""
+        self.counters.fallbacks += 1
+        try:
+            segments_iter, info = self.model.transcribe(
+                request.audio, language=self._language(request.language), beam_size=self.settings.resolved_final_beam(),
+                condition_on_previous_text=False, temperature=FALLBACK_TEMPERATURES, vad_filter=False,
+                initial_prompt=request.context or None,
+            )
+            segments = [s for s in segments_iter]
+        except Exception as exc:
+            self._count_error(exc)
+            return short
+        kept = [s for s in segments if not (s.no_speech_prob > self.settings.no_speech_threshold
+                                            and s.avg_logprob < LOG_PROB_THRESHOLD)]
+        text = " ".join(s.text.strip() for s in kept).strip()
+        if not text:
+            return short
+        return Decoded(
+            text, [DecodedSegment(s.start, s.end, s.text.strip()) for s in kept],
+            min((s.no_speech_prob for s in segments), default=0.0),
+            max((s.avg_logprob for s in segments), default=0.0), compression_ratio(text), info.language,
+        )
+
+    def _run_call(self, request: _Request, began: float) -> list[tuple[Future, Any, BaseException | None]]:
+        try:
+            result = self._transcribe_blocking(request.audio, request.submitted, began, request.options or {})
+        except Exception as exc:
+            return [(request.future, None, exc)]
+        return [(request.future, result, None)]
+
+    def _transcribe_blocking(self, audio: np.ndarray, submitted: float, began: float,
+                             options: dict[str, Any]) -> AsrResult:
         try:
             model = self.load()
             language = options.pop("language", self.settings.language)
@@ -349,21 +652,28 @@ class AsrModelPool:
             )
             segments = [_to_segment(s) for s in segments_iter]  # decoding happens here, in this thread
         except Exception as exc:
-            self.counters.errors += 1
-            self.counters.last_error = f"{type(exc).__name__}: {exc}"
+            self._count_error(exc)
             raise
         elapsed = time.perf_counter() - began
         audio_seconds = len(audio) / SAMPLE_RATE
-        with self._pending_lock:
-            c = self.counters
-            c.calls += 1
-            c.busy_seconds += elapsed
-            c.audio_seconds += audio_seconds
-            c.last_call_at = time.time()
+        c = self.counters
+        c.calls += 1
+        c.audio_seconds += audio_seconds
+        c.last_call_at = time.time()
         return AsrResult(segments, info.language, audio_seconds, elapsed, began - submitted)
+
+    def _count_error(self, exc: BaseException) -> None:
+        self.counters.errors += 1
+        self.counters.last_error = f"{type(exc).__name__}: {exc}"
+        log.warning("ASR model call failed: %s", self.counters.last_error)
+
+    # -- status -------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         c = self.counters
+        with self._cond:
+            waiting = {"finals": len(self._finals), "partials": len(self._partials), "calls": len(self._calls)}
+            running = self._running
         return {
             "model": self.settings.model,
             "model_path": self.model_path,
@@ -374,18 +684,38 @@ class AsrModelPool:
             "loading": self.loading,
             "load_error": self.load_error,
             "load_seconds": self.load_seconds,
-            "pending": self._pending,
+            "pending": sum(waiting.values()) + running,
+            "waiting": waiting,
+            "running": running,
             "max_pending": self.max_pending,
+            "busy_fraction": round(self.busy_fraction(), 3),
+            "batches": c.batches,
+            "mean_batch": round(c.batched_items / c.batches, 2) if c.batches else 0.0,
+            "max_batch": c.max_batch,
+            "finals": c.finals,
+            "partials": c.partials,
+            "partials_skipped": c.partials_skipped,
+            "finals_refused": c.finals_refused,
+            "fallbacks": c.fallbacks,
             "calls": c.calls,
             "skipped_busy": c.skipped_busy,
             "errors": c.errors,
             "busy_seconds": round(c.busy_seconds, 3),
+            "audio_seconds": round(c.audio_seconds, 3),
             "last_error": c.last_error,
         }
 
     def close(self) -> None:
-        self._closed = True
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._cond:
+            self._closed = True
+            waiting = list(self._finals) + list(self._partials.values()) + list(self._calls)
+            self._finals.clear()
+            self._partials.clear()
+            self._calls.clear()
+            self._cond.notify_all()
+        for request in waiting:
+            if not request.future.done():
+                request.future.set_result(None)
 
 
 def _to_segment(segment: Any) -> AsrSegment:
@@ -410,7 +740,9 @@ _MAX_SHARED_POOLS = 4
 def shared_pool(settings: AsrSettings | None = None) -> AsrModelPool:
     """The process-wide pool for these model settings (created on first use, not loaded)."""
     settings = settings or AsrSettings()
-    key = (settings.model, settings.device, settings.compute_type, settings.workers, settings.cpu_threads)
+    key = (settings.model, settings.device, settings.compute_type, settings.workers, settings.cpu_threads,
+           settings.batch_max, settings.encoder_pad_seconds, settings.beam_size, settings.final_beam_size,
+           settings.prompt_tokens)
     with _shared_lock:
         pool = _shared_pools.get(key)
         if pool is None:

@@ -5,18 +5,24 @@ the stage's `StreamingTranscriber` turns it into `CaptionEvent`s on the stream's
 
 Params (the stream's params object, changeable mid-stream through `update_params`):
 
-    {"captions": {"enabled": true, "language": "en", "translate_to": ["es"], "burn_in": false}}
+    {"captions": {"enabled": true, "language": "en", "translate_to": ["es"], "burn_in": true}}
 
-Translation: finals only. Each final is published at once, untranslated; when the translations
-are in, the same final (same id, same text and times) is published again with `translations`
-filled and failed targets listed in `untranslated`. Captions therefore never wait for
-translation, and a consumer that sees a final id twice should keep the later event (it only adds
-translations). Partials are never translated.
+Translation: finals only. Each final is published at once, untranslated (`revision` 0); when
+its translations are in, the same caption is published as an *update*: same id, text and times,
+`revision` 1, `translations` filled (with the translator's `translation_confidence` and
+`translation_flags` per target), failed targets listed in `untranslated`. Sinks replace the
+caption they hold, so a final is shown and kept once. Captions never wait for translation, and
+partials are never translated.
+
+`burned_in` on every event says whether the overlay also draws the caption into the video (the
+stream's `captions.burn_in`, default on, as the overlay reads it), so a player shows one
+rendition only: its own text track when false, nothing on top of the video when true.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,19 +35,24 @@ from inference.asr.model import AsrModelPool, AsrSettings
 from inference.asr.streaming import StreamingTranscriber
 from media.events import CaptionEvent
 from media.frames import AudioItem
+from media.params import CAPTIONS_BURN_IN_DEFAULT, OVERLAY_ENABLED_DEFAULT
 from media.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
 
-# (text, source_lang, target_lang) -> (translated text or None, error or None)
-TranslateFn = Callable[[str, str, str], Awaitable[tuple[str | None, str | None]]]
+# (text, source_lang, target_lang[, session=manifest id]) -> (translated text or None, error or
+# None); the result may also carry `.confidence` (0..1) and `.quality_flags` (the translation
+# service's CaptionTranslation does)
+TranslateFn = Callable[..., Awaitable[tuple[str | None, str | None]]]
+# below this translator confidence a player greys the translation out
+LOW_CONFIDENCE = 0.5
 
 
 class CaptionParams(BaseModel):
     enabled: bool = True
     language: str | None = None  # None: the ASR settings' language
     translate_to: list[str] = Field(default_factory=list, max_length=8)
-    burn_in: bool = False
+    burn_in: bool = CAPTIONS_BURN_IN_DEFAULT  # as the overlay reads it
 
 
 class CaptionStage(Stage):
@@ -59,6 +70,8 @@ class CaptionStage(Stage):
         self.pool = pool
         self.settings = settings or pool.settings
         self.translate = translate
+        self._translate_takes_session = _accepts_keyword(translate, "session")
+        self._overlay_enabled = True
         # off until the stream's params carry a "captions" object (then enabled defaults to true)
         self.params = CaptionParams(enabled=False)
         self.transcriber: StreamingTranscriber | None = None
@@ -69,6 +82,7 @@ class CaptionStage(Stage):
         self.translations_done = 0
         self.translation_errors = 0
         self.translations_skipped = 0
+        self.translations_low_confidence = 0
         self.last_translation_error: str | None = None
         self._stopped = False
 
@@ -114,6 +128,7 @@ class CaptionStage(Stage):
             self.transcriber.feed(item)
 
     def update_params(self, params: dict[str, Any]) -> None:
+        self._overlay_enabled = bool(((params or {}).get("overlay") or {}).get("enabled", OVERLAY_ENABLED_DEFAULT))
         if "captions" not in (params or {}):
             return
         try:
@@ -150,16 +165,25 @@ class CaptionStage(Stage):
     # -- output -------------------------------------------------------------------------------
 
     def _on_caption(self, event: CaptionEvent) -> None:
+        event.burned_in = self._burned_in()
         self.ctx.events.publish(event)
         targets = [t for t in self.params.translate_to if t]
         if event.final and event.text and targets and self.translate is not None and not self._stopped:
             self._start_translation(event, targets)
 
+    def _burned_in(self) -> bool:
+        return bool(self.params.burn_in and self._overlay_enabled)
+
+    def _update(self, event: CaptionEvent, **changes: Any) -> CaptionEvent:
+        """The next revision of a published final (same id, text and times)."""
+        return replace(event, revision=event.revision + 1, emitted_at=time.time(), burned_in=self._burned_in(),
+                       **changes)
+
     def _start_translation(self, event: CaptionEvent, targets: list[str]) -> None:
         if len(self._translation_tasks) >= self.max_translations_in_flight:
             # overload: say so on the caption rather than queue without bound
             self.translations_skipped += 1
-            self.ctx.events.publish(replace(event, untranslated=list(targets), emitted_at=time.time()))
+            self.ctx.events.publish(self._update(event, untranslated=list(targets)))
             return
         task = self.ctx.loop.create_task(self._translate_final(event, targets))
         self._translation_tasks.add(task)
@@ -168,26 +192,42 @@ class CaptionStage(Stage):
     async def _translate_final(self, event: CaptionEvent, targets: list[str]) -> None:
         results = await asyncio.gather(*(self._translate_one(event.text, event.lang, t) for t in targets))
         translations: dict[str, str] = {}
+        confidence: dict[str, float] = {}
+        flags: dict[str, list[str]] = {}
         untranslated: list[str] = []
-        for target, (text, error) in zip(targets, results):
+        for target, result in zip(targets, results):
+            text, error = result[0], result[1]
+            score = getattr(result, "confidence", None)
+            if score is not None:
+                confidence[target] = round(float(score), 4)
+            noticed = list(getattr(result, "quality_flags", None) or ())
+            if noticed:
+                flags[target] = noticed
             if text:
                 translations[target] = text
                 self.translations_done += 1
+                if score is not None and score < LOW_CONFIDENCE:
+                    self.translations_low_confidence += 1
             else:
                 untranslated.append(target)
                 self.translation_errors += 1
                 self.last_translation_error = error or "empty translation"
         if not self._stopped:
-            self.ctx.events.publish(
-                replace(event, translations=translations, untranslated=untranslated, emitted_at=time.time())
-            )
+            self.ctx.events.publish(self._update(
+                event, translations=translations, untranslated=untranslated,
+                translation_confidence=confidence, translation_flags=flags,
+            ))
 
     async def _translate_one(self, text: str, source: str, target: str) -> tuple[str | None, str | None]:
         if target == source:
             return text, None
         assert self.translate is not None
         try:
-            return await asyncio.wait_for(self.translate(text, source, target), self.translate_timeout)
+            if self._translate_takes_session:
+                call = self.translate(text, source, target, session=self.ctx.manifest_id)
+            else:
+                call = self.translate(text, source, target)
+            return await asyncio.wait_for(call, self.translate_timeout)
         except asyncio.TimeoutError:
             return None, f"translation to {target} timed out after {self.translate_timeout:.0f}s"
         except Exception as exc:  # the translator is someone else's code: never let it stop captions
@@ -213,6 +253,7 @@ class CaptionStage(Stage):
             translations=self.translations_done,
             translation_errors=self.translation_errors,
             translations_skipped=self.translations_skipped,
+            translations_low_confidence=self.translations_low_confidence,
             translations_in_flight=len(self._translation_tasks),
             last_translation_error=self.last_translation_error,
             model_loaded=self.pool.loaded,
@@ -224,3 +265,13 @@ class CaptionStage(Stage):
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+def _accepts_keyword(fn: Any, name: str) -> bool:
+    if fn is None:
+        return False
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

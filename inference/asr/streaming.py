@@ -1,38 +1,34 @@
-"""Per-stream streaming transcription: ring + VAD + LocalAgreement-2 + the shared model.
+"""Per-stream streaming transcription: ring + VAD + utterance decodes on the shared model.
 
 Data flow of one stream:
 
     decode thread: feed(AudioItem) → Resampler16k → AudioRing (bounded)       [cheap, never blocks]
-    stream task:   step() → StreamingVad over the new audio (VAD pool thread)
-                   speech: every `min_chunk_seconds` of new audio → pool.transcribe(buffer)
-                           → LocalAgreement commit → CaptionAssembler → partial events (and a
-                           final at each committed sentence end during long speech)
-                   pause ≥ vad_min_silence_ms → the utterance becomes final, decided by one
-                           call over all of it (with the previous utterance as left context);
-                           the buffer restarts after the pause
-                   silence: no model call; the ring keeps only a short pre-roll + context
+    stream task:   step() → StreamingVad over the new audio (VAD pool thread), 1 s at a time
+                   speech start → an utterance opens (a little before it: `vad_speech_pad_ms`)
+                   while it is spoken → partial decodes of the utterance so far, in the background,
+                           at a cadence that stretches with the model's load (skipped first)
+                   pause ≥ vad_min_silence_ms → the utterance is decoded once, whole: its final
+                   speech longer than max_utterance_seconds → cut at its quietest point; the part
+                           before becomes final, the rest opens the next utterance
 
-Latency: that closing call starts as soon as the VAD has heard 200 ms of silence ("speculative"),
-so its result is usually ready when the 500 ms pause is confirmed; if speech resumes instead, it
-served as an ordinary partial hypothesis.
-
-Cost stays flat: the buffer handed to Whisper starts at the oldest uncommitted audio; past
-`buffer_trim_seconds` it is cut at a committed sentence/segment end and it never reaches
-`max_buffer_seconds` (the tail is forced final first).
+Utterances tile the timeline: the next starts where the previous ended at the earliest, so every
+word of the audio is in exactly one final, and a final is the model's reading of exactly its
+audio (as offline, with the encoder window sized to the utterance). Nothing is committed word by
+word, so no join, trim or VAD boundary can drop a clause.
 
 Times: the transcriber's own timeline is the absolute 16 kHz sample index of the ring; events
 carry media time (seconds on the stream's timeline, from `AudioItem.media_time`) via the ring's
-anchors, so captions line up with the video.
+anchors, so captions line up with the video. Each event also says the stream's `lag`: seconds of
+audio that arrived but is not decoded yet.
 
-`step()` can also be driven by hand (tests, offline tools): feed audio, then `await step()`.
-Driving it every `min_chunk_seconds` of fed audio is the stream as it would run in real time on
-an infinitely fast machine; `start()` runs the live loop (computation-aware: when a call takes
-long, the next step simply sees more audio).
+`step()` can also be driven by hand (tests, offline tools): feed audio, `await step()`, and
+`await settle()` to let a partial in flight finish. `start()` runs the live loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -42,36 +38,29 @@ from typing import Any
 import numpy as np
 
 from inference.asr.audio import SAMPLE_RATE, AudioRing, Resampler16k
-from inference.asr.model import AsrModelPool, AsrSettings
-from inference.asr.policy import (
-    CaptionAssembler,
-    CaptionUpdate,
-    LocalAgreement,
-    Word,
-    choose_trim_time,
-    cut_repetition,
-    is_hallucination_phrase,
-    join_words,
-)
+from inference.asr.model import LOG_PROB_THRESHOLD, AsrModelPool, AsrSettings, UtteranceResult
+from inference.asr.policy import clean_hypothesis, quietest_cut
 from inference.asr.vad import StreamingVad, VadEvent, vad_executor
 from media.events import CaptionEvent, next_event_id
 from media.frames import AudioItem
 
 log = logging.getLogger(__name__)
 
-# Whisper's gzip compression ratio above which a segment is a decoding loop (its own default)
-MAX_COMPRESSION_RATIO = 2.4
-# a VAD "utterance" shorter than this with nothing transcribed yet is a click, not speech
-MIN_UTTERANCE_SECONDS = 0.25
+# a VAD "utterance" shorter than this with nothing shown yet is a click, not speech
+MIN_UTTERANCE_SECONDS = 0.2
 # wake the stream task after this much new audio (VAD granularity of the live loop)
 WAKE_SECONDS = 0.1
-RING_HEADROOM_SECONDS = 5.0
-# the closing call may retry hotter when greedy decoding fails Whisper's own checks (as offline)
-FINAL_TEMPERATURES = (0.0, 0.2, 0.4, 0.6)
-# a silence this long inside speech starts the closing model call before the pause is confirmed
-SPECULATE_AFTER_SECONDS = 0.2
-# left context is only used when the previous utterance ended at most this long before
-MAX_CONTEXT_GAP_SECONDS = 2.0
+# the VAD runs over at most this much audio at a time, so cuts and ends are found in order
+VAD_PIECE_SECONDS = 1.0
+# audio the ring holds beyond the longest utterance: what a stream may lag before audio drops
+RING_HEADROOM_SECONDS = 30.0
+# no partials while this much audio waits for the VAD: the final is what the viewer needs
+PARTIAL_MAX_LAG_SECONDS = 1.5
+# previous captions are decoding context only while they are this recent (seconds of audio)
+CONTEXT_MAX_AGE_SECONDS = 30.0
+# the model's busy share above which partials are spaced out, and above which none is started
+LOAD_KNEE = 0.5
+PARTIALS_OFF_LOAD = 0.85
 
 
 class StreamingTranscriber:
@@ -93,27 +82,31 @@ class StreamingTranscriber:
         self.language = language or s.language
         self.on_event = on_event
         self.on_error = on_error
-        self.name = name
-        # headroom past Whisper's buffer for audio that arrives while a call runs
-        self.ring = AudioRing(s.max_buffer_seconds + s.context_seconds + RING_HEADROOM_SECONDS)
+        self.name = name or f"asr-{id(self):x}"
+        self._new_id = id_factory
+        self.ring = AudioRing(s.max_utterance_seconds + RING_HEADROOM_SECONDS)
         self._resampler = Resampler16k()
         self._vad: StreamingVad | None = None  # built in the VAD thread (loads the ONNX session)
-        self.agreement = LocalAgreement(right_context=s.commit_right_context)
-        self.captions = CaptionAssembler(id_factory)
-        self._min_chunk = int(s.min_chunk_seconds * SAMPLE_RATE)
         self._pad = int(s.vad_speech_pad_ms * SAMPLE_RATE / 1000)
+        self._min_chunk = int(s.min_chunk_seconds * SAMPLE_RATE)
+        self._max_utterance = int(s.max_utterance_seconds * SAMPLE_RATE)
         self._wake_samples = int(WAKE_SECONDS * SAMPLE_RATE)
         # positions are absolute sample indices in the ring
         self._vad_pos = 0  # audio before this went through the VAD
-        self._buf_start = 0  # Whisper's buffer starts here
-        self._last_call_end = 0  # end of the audio the last model call saw
-        self._speech_start = 0
-        self._utterances: deque[tuple[int, int]] = deque(maxlen=8)  # recent (start, end) indices
-        # (buffer start, audio end, result) of a closing call made while the pause was unconfirmed
-        self._speculation: tuple[int, int, tuple[list[Word], list[float], float]] | None = None
-        self._speculate_after = max(int(SPECULATE_AFTER_SECONDS * SAMPLE_RATE), self._pad)
+        self._last_end = 0  # end of the last closed utterance: the next one starts here at the earliest
+        self._utt_start: int | None = None  # audio of the open utterance starts here (None: none open)
+        self._speech_start = 0  # where the VAD heard its speech begin (the caption's start time)
+        self._utt_id: int | None = None  # caption id, given at its first partial or its final
+        self._utt_serial = 0  # which utterance a partial in flight belongs to
+        self._partial_text = ""
+        self._partial_end = 0  # end of the audio the newest shown partial decoded
+        self._next_partial_at = 0
+        self._partial_backoff = 1.0
+        self._partial_task: asyncio.Task | None = None
         self.in_speech = False
-        self._prompt_suspended = False
+        # the newest finals' text (and where they ended): what the model hears as context
+        self._history: deque[str] = deque(maxlen=2)
+        self._history_end = 0
         self._detected_language: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -124,16 +117,17 @@ class StreamingTranscriber:
         # stats
         self.chunks_processed = 0
         self.model_calls = 0
-        self.skipped_ticks = 0
-        self.model_seconds = 0.0
+        self.model_seconds = 0.0  # this stream's share of the batches it was in
         self.vad_seconds = 0.0
-        self.lag_seconds = 0.0
         self.max_lag_seconds = 0.0
-        self.segments_dropped = 0
-        self.repetitions_cut = 0
+        self.finals = 0
+        self.partials = 0
+        self.partials_skipped = 0
+        self.retracted_chars = 0  # flicker: characters removed between partials of one caption
         self.forced_cuts = 0
-        self.speculative_hits = 0
-        self.speculative_misses = 0
+        self.repetitions_cut = 0
+        self.utterances_ignored = 0
+        self.final_fallbacks = 0
         self.bad_frames = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -173,6 +167,8 @@ class StreamingTranscriber:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        if len(self.pool.streams) < 1024:  # bounded: the streams that run
+            self.pool.streams[self.name] = self
         self._task = self._loop.create_task(self._run(), name=f"asr-{self.name}")
         return self._task
 
@@ -197,20 +193,22 @@ class StreamingTranscriber:
         self.closed = True
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
             self._task = None
+        if self.pool.streams.get(self.name) is self:
+            del self.pool.streams[self.name]
         if finalize:
             await self.finish()
+        else:
+            await self._cancel_partial()
 
     # -- processing ---------------------------------------------------------------------------
 
     async def step(self, until: int | None = None) -> list[CaptionEvent]:
         """Process the audio that arrived since the last step (up to absolute sample `until`).
 
-        Returns the caption events it produced (also passed to `on_event`)."""
+        Returns the finals it produced (every event, partials included, goes to `on_event`)."""
         async with self._guard():
             return await self._step(until)
 
@@ -225,41 +223,34 @@ class StreamingTranscriber:
         end = ring_end if until is None else min(until, ring_end)
         if self._vad_pos < ring_start:
             # the ring overflowed before the VAD saw this audio (counted in dropped_samples)
-            self._vad_pos = ring_start
+            log.warning("%s: %.1f s of audio dropped before it was decoded", self.name,
+                        (ring_start - self._vad_pos) / SAMPLE_RATE)
+            self._vad_pos = self._last_end = ring_start
             if self._vad is not None:
                 self._vad.reset(ring_start)
-            self.in_speech = False
-        self._buf_start = max(self._buf_start, ring_start)
-        if end <= self._vad_pos:
-            return events
-        chunk = self.ring.read(self._vad_pos, end)
-        self._vad_pos = end
-        began = time.perf_counter()
-        vad_events = await asyncio.get_running_loop().run_in_executor(vad_executor(), self._run_vad, chunk)
-        self.vad_seconds += time.perf_counter() - began
-        self.chunks_processed += 1
-
-        for event in vad_events:
-            if event.kind == "start":
-                self._on_speech_start(event)
-            else:
-                events += await self._on_speech_end(event)
-        if self.in_speech:
-            silence = self._vad.silence_since if self._vad is not None else None
-            speculation_end = None if silence is None else silence + self._pad
-            if (
-                silence is not None
-                and end - silence >= self._speculate_after
-                and silence - self._speech_start >= MIN_UTTERANCE_SECONDS * SAMPLE_RATE
-                and (self._speculation is None or self._speculation[1] != speculation_end)
-            ):
-                events += await self._speculate_final(speculation_end)
-            elif end - self._last_call_end >= self._min_chunk:
-                events += await self._transcribe_partial(end)
-        elif self.captions.current_id is None:
+            if self._utt_start is not None:
+                self._utt_start = max(self._utt_start, ring_start)
+        piece = int(VAD_PIECE_SECONDS * SAMPLE_RATE)
+        while self._vad_pos < end:
+            stop = min(end, self._vad_pos + piece)
+            chunk = self.ring.read(self._vad_pos, stop)
+            self._vad_pos = stop
+            began = time.perf_counter()
+            vad_events = await asyncio.get_running_loop().run_in_executor(vad_executor(), self._run_vad, chunk)
+            self.vad_seconds += time.perf_counter() - began
+            self.chunks_processed += 1
+            for event in vad_events:
+                if event.kind == "start":
+                    self._open(event.index)
+                else:
+                    events += await self._close(min(event.index + self._pad, event.detected_at), event.index)
+            if self.in_speech and self._utt_start is not None and self._vad_pos - self._utt_start >= self._max_utterance:
+                events += await self._cut_long_speech()
+        if self.in_speech and self._utt_start is not None:
+            self._maybe_partial(end)
+        elif self._utt_start is None:
             # silence and nothing open: keep only a pre-roll for the next speech start
-            self._cut_buffer_at(max(self._buf_start, end - self._pad))
-        self.lag_seconds = max(0.0, (self.ring.end_index - end) / SAMPLE_RATE)
+            self.ring.trim(max(self._last_end, end - self._pad))
         self.max_lag_seconds = max(self.max_lag_seconds, self.lag_seconds)
         return events
 
@@ -269,185 +260,174 @@ class StreamingTranscriber:
             self._vad = StreamingVad(s.vad_threshold, s.vad_min_silence_ms, start_index=self._vad_pos - len(chunk))
         return self._vad.process(chunk)
 
-    def _on_speech_start(self, event: VadEvent) -> None:
+    def _open(self, speech_index: int, audio_start: int | None = None) -> None:
         self.in_speech = True
-        self._speculation = None
-        self._speech_start = event.index
-        self._cut_buffer_at(max(self._buf_start, event.index - self._pad))
-        self._last_call_end = event.index  # first call once min_chunk of speech is in
+        if audio_start is None:
+            audio_start = max(self._last_end, speech_index - self._pad, self.ring.start_index)
+        self._utt_start = audio_start
+        self._speech_start = speech_index
+        self._utt_id = None
+        self._utt_serial += 1
+        self._partial_text = ""
+        self._partial_end = audio_start
+        self._next_partial_at = speech_index + self._min_chunk
 
-    async def _on_speech_end(self, event: VadEvent) -> list[CaptionEvent]:
-        self.in_speech = False
-        end = min(event.index + self._pad, event.detected_at)
-        spoke = (event.index - self._speech_start) / SAMPLE_RATE
-        recognised = None
-        speculation, self._speculation = self._speculation, None
-        if speculation is not None and speculation[:2] == (self._buf_start, end):
-            recognised = speculation[2]  # decoded while the pause was being confirmed
-            self.speculative_hits += 1
-        elif spoke >= MIN_UTTERANCE_SECONDS or self.captions.current_id is not None:
-            if speculation is not None:
-                self.speculative_misses += 1
-            recognised = await self._recognise(self._buf_start, end, final=True)
-        if recognised is not None and recognised[0]:
-            # the pass over the whole utterance is the best hypothesis: it decides the final
-            updates = self.captions.close_with(recognised[0], audio_start=recognised[2])
-        else:  # model busy/failed or nothing heard: close with what was committed + the tail
-            updates = self.captions.close(self.agreement.commit_all())
-        self.agreement.clear_buffer()
-        self.agreement.last_committed_time = max(self.agreement.last_committed_time, self.captions.final_time)
-        if spoke >= MIN_UTTERANCE_SECONDS:
-            self._utterances.append((self._speech_start, event.index))
-        self._cut_buffer_at(end)
-        return self._emit(updates)
+    async def _cut_long_speech(self) -> list[CaptionEvent]:
+        """Speech without a pause reached max_utterance_seconds: cut it at its quietest point."""
+        assert self._utt_start is not None
+        recent = list(self._vad.recent) if self._vad is not None else []
+        cut = quietest_cut(recent, self._utt_start, self._vad_pos - self._pad)
+        self.forced_cuts += 1
+        events = await self._close(cut, cut, keep_speaking=True)
+        self._open(cut, audio_start=cut)
+        return events
 
-    async def _speculate_final(self, stop: int) -> list[CaptionEvent]:
-        """Speech paused: decode the utterance up to the pause now, as the closing call would,
-        so the final is ready when the pause is confirmed `vad_min_silence_ms` later. If speech
-        goes on instead, the result still served as an ordinary partial hypothesis."""
-        self._last_call_end = stop
-        recognised = await self._recognise(self._buf_start, stop, final=True)
-        if recognised is None:
-            self._speculation = None
+    async def _close(self, audio_end: int, speech_end: int, keep_speaking: bool = False) -> list[CaptionEvent]:
+        """The open utterance ends at `audio_end`: decode it whole, once, and publish its final."""
+        self.in_speech = keep_speaking
+        if self._utt_start is None:
             return []
-        self._speculation = (self._buf_start, stop, recognised)
-        self.agreement.insert(recognised[0], audio_end=stop / SAMPLE_RATE)
-        committed = self.agreement.flush()
-        return self._emit(self.captions.update(committed, self.agreement.tail()))
-
-    async def _transcribe_partial(self, end: int) -> list[CaptionEvent]:
-        self._last_call_end = end
-        recognised = await self._recognise(self._buf_start, end)
-        if recognised is None:
+        await self._cancel_partial()
+        start, caption_id, shown = self._utt_start, self._utt_id, self._partial_text
+        speech_start = self._speech_start
+        self._utt_start = None
+        self._last_end = max(self._last_end, audio_end)
+        spoke = (speech_end - speech_start) / SAMPLE_RATE
+        if spoke < MIN_UTTERANCE_SECONDS and caption_id is None:
+            self.utterances_ignored += 1
             return []
-        words, segment_ends, _ = recognised
-        self.agreement.insert(words, audio_end=end / SAMPLE_RATE)
-        committed = self.agreement.flush()
-        if committed:
-            self._prompt_suspended = False
-        updates = self.captions.update(committed, self.agreement.tail())
-        s = self.settings
-        trim_at = choose_trim_time(
-            self._buf_start / SAMPLE_RATE,
-            end / SAMPLE_RATE,
-            segment_ends,
-            self.agreement.last_committed_time,
-            s.buffer_trim_seconds,
-            self.captions.final_time,
-        )
-        if trim_at is not None:
-            self._cut_buffer_at(int(round(trim_at * SAMPLE_RATE)))
-        # hard cap: Whisper sees at most one 30 s window, and the ring must not overflow. Force
-        # the tail final before the next call could reach the cap.
-        if (end - self._buf_start) / SAMPLE_RATE > s.max_buffer_seconds - 2 * s.min_chunk_seconds:
-            forced = self.agreement.commit_all()
-            updates += self.captions.close(forced)
-            cut = int(round(forced[-1].end * SAMPLE_RATE)) if forced else end - self._pad
-            self._cut_buffer_at(max(cut, end - int(s.buffer_trim_seconds * SAMPLE_RATE)))
-            self.agreement.clear_buffer()
-            self.forced_cuts += 1
-        return self._emit(updates)
+        text = shown  # what the viewer saw, should the model fail now
+        looped_before = self.repetitions_cut
+        result = await self._decode(start, audio_end, final=True)
+        if result is not None:
+            text = self._caption_text(result)
+            if result.fallback:
+                self.final_fallbacks += 1
+        if self.repetitions_cut > looped_before or result is None:
+            self._history.clear()  # a loop feeds on its context: start the next one afresh
+        elif text:
+            self._history.append(text)
+            self._history_end = audio_end
+        if not text and caption_id is None:
+            return []
+        if caption_id is None:
+            caption_id = self._new_id()
+        event = self._event(caption_id, text, True, speech_start, max(speech_end, speech_start))
+        return [event] if event is not None else []
 
-    async def _recognise(
-        self, start: int, end: int, final: bool = False
-    ) -> tuple[list[Word], list[float], float] | None:
-        """One model call on ring[start:end] (plus left context); returns the filtered words and
-        segment ends inside [start, end] and `start` (seconds on the ring timeline), or None when
-        the pool was busy or the call failed."""
+    def _maybe_partial(self, end: int) -> None:
+        """Start a partial decode of the utterance so far when one is due and the model has room:
+        none while finals wait or this stream lags, and further apart the busier the model is."""
+        if self._partial_task is not None or end < self._next_partial_at or self._utt_start is None:
+            return
+        behind = (self.ring.end_index - self._vad_pos) / SAMPLE_RATE  # this stream's own backlog
+        if self.pool.finals_waiting or behind > PARTIAL_MAX_LAG_SECONDS:
+            self._next_partial_at = end + self._min_chunk // 4  # look again soon
+            self.partials_skipped += 1
+            return
         s = self.settings
-        requested = start / SAMPLE_RATE
-        if end - start < SAMPLE_RATE // 10:
-            return [], [], requested
-        start = self._context_start(start, end, final)
-        audio = self.ring.read(start, end)
-        prompt = self._prompt(start / SAMPLE_RATE)
+        # load matters when streams share the model: one stream's partials cannot delay another's
+        # final (and a lone stream has one partial in flight at most anyway)
+        busy = self.pool.busy_fraction() if len(self.pool.streams) > 1 else 0.0
+        if busy >= PARTIALS_OFF_LOAD:  # the model is saturated: finals only, until it has room
+            self._next_partial_at = end + self._min_chunk // 2
+            self.partials_skipped += 1
+            return
+        knee = (busy - LOAD_KNEE) / (PARTIALS_OFF_LOAD - LOAD_KNEE)
+        stretch = 1.0 + max(0.0, knee) * (s.max_partial_interval_seconds / s.min_chunk_seconds - 1)
+        interval = min(s.max_partial_interval_seconds, s.min_chunk_seconds * stretch * self._partial_backoff)
+        self._next_partial_at = end + int(interval * SAMPLE_RATE)
+        start = self._utt_start
+        if end - start > self._max_utterance:
+            return
+        self._partial_task = asyncio.get_running_loop().create_task(
+            self._partial(self._utt_serial, start, end), name=f"asr-partial-{self.name}")
+
+    async def _partial(self, serial: int, start: int, end: int) -> None:
         try:
-            result = await self.pool.transcribe(
-                audio,
-                language=self.language,
-                beam_size=(s.final_beam_size or s.beam_size) if final else s.beam_size,
-                word_timestamps=True,
-                condition_on_previous_text=False,
-                temperature=FINAL_TEMPERATURES if final else 0.0,
-                no_speech_threshold=s.no_speech_threshold,
-                initial_prompt=prompt or None,
-                vad_filter=False,
-            )
+            result = await self._decode(start, end, final=False)
+            if result is None:
+                self.partials_skipped += 1
+                self._partial_backoff = min(4.0, self._partial_backoff * 2)
+                return
+            self._partial_backoff = max(1.0, self._partial_backoff / 2)
+            if serial != self._utt_serial or self._utt_start is None:
+                self.partials_skipped += 1
+                return  # the utterance closed meanwhile: its final decides
+            text = self._caption_text(result)
+            if not text or text == self._partial_text:
+                return
+            if self._utt_id is None:
+                self._utt_id = self._new_id()
+            common = len(_common_prefix(self._partial_text, text))
+            self.retracted_chars += len(self._partial_text) - common
+            self._partial_text, self._partial_end = text, end
+            self._event(self._utt_id, text, False, self._speech_start, end - self._pad)
+        finally:
+            if asyncio.current_task() is self._partial_task:
+                self._partial_task = None
+
+    async def _cancel_partial(self) -> None:
+        """The utterance closes: a partial still in flight gives way to its final."""
+        task, self._partial_task = self._partial_task, None
+        if task is not None and not task.done():
+            self.partials_skipped += 1
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def settle(self) -> None:
+        """Wait for the partial decode in flight, if any (hand-driven tests and tools)."""
+        task = self._partial_task
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _decode(self, start: int, end: int, final: bool) -> UtteranceResult | None:
+        audio = self.ring.read(start, end)
+        if len(audio) < SAMPLE_RATE // 10:
+            return None
+        try:
+            result = await self.pool.decode(audio, final=final, stream=self.name, language=self.language,
+                                            context=self._context(start))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._record_error(exc)
             return None
         if result is None:
-            self.skipped_ticks += 1
             return None
         self._record_ok()
         self.model_calls += 1
-        self.model_seconds += result.elapsed
-        self._detected_language = result.language
-        offset = start / SAMPLE_RATE
-        words: list[Word] = []
-        segment_ends: list[float] = []
-        for seg in result.segments:
-            doubtful = seg.no_speech_prob > 0.3 or seg.avg_logprob < -1.0
-            if (
-                seg.no_speech_prob > s.no_speech_threshold
-                or seg.compression_ratio > MAX_COMPRESSION_RATIO
-                or is_hallucination_phrase(seg.text, doubtful=doubtful)
-            ):
-                self.segments_dropped += 1
-                log.debug("%s: dropped segment %r (no_speech=%.2f)", self.name, seg.text, seg.no_speech_prob)
-                continue
-            words += [Word(offset + w.start, offset + w.end, w.text) for w in seg.words if w.text]
-            segment_ends.append(offset + seg.end)
-        if offset < requested:
-            # the context was only there to be heard: its words are final already, and anything
-            # else in it (e.g. a word made up in the pause) must not become a caption now
-            words = [w for w in words if (w.start + w.end) / 2 >= requested]
-            segment_ends = [e for e in segment_ends if e > requested]
-        words, looped = cut_repetition(words)
-        if looped:
-            # a loop often feeds on the prompt: decode without it until the next commit
-            self.repetitions_cut += 1
-            self._prompt_suspended = True
-        return words, segment_ends, requested
+        self.model_seconds += result.elapsed / max(1, result.batch_size)
+        if result.language:
+            self._detected_language = result.language
+        return result
 
-    def _prompt(self, before: float) -> str:
-        limit = self.settings.prompt_chars
-        if limit <= 0 or self._prompt_suspended:
+    def _context(self, start: int) -> str:
+        """The stream's previous captions, when they were said shortly before `start`."""
+        if not self._history or start - self._history_end > CONTEXT_MAX_AGE_SECONDS * SAMPLE_RATE:
             return ""
-        text = join_words(self.captions.words_before(before + 0.01))
-        if len(text) > limit:
-            text = text[-limit:]
-            text = text[text.find(" ") + 1 :] if " " in text else text
+        return " ".join(self._history)
+
+    def _caption_text(self, result: UtteranceResult) -> str:
+        s = self.settings
+        if result.no_speech_prob > s.no_speech_threshold and result.avg_logprob < LOG_PROB_THRESHOLD:
+            return ""  # Whisper's own silence rule
+        doubtful = result.no_speech_prob > 0.3 or result.avg_logprob < LOG_PROB_THRESHOLD
+        text, looped = clean_hypothesis(result.text, doubtful=doubtful)
+        if looped:
+            self.repetitions_cut += 1
         return text
 
-    def _context_start(self, start: int, end: int, final: bool) -> int:
-        """Left audio context for a call: the recent utterances just before this one, from an
-        utterance start, at most `context_seconds` back and never across a long silence.
-        Whisper decodes an utterance better when it hears what came before (as it does offline);
-        words from that context are already final and are filtered out by time."""
-        s = self.settings
-        if s.context_seconds <= 0 or (s.context_final_only and not final):
-            return start
-        earliest = max(self.ring.start_index, start - int(s.context_seconds * SAMPLE_RATE))
-        earliest = max(earliest, end - int((s.max_buffer_seconds - 1.0) * SAMPLE_RATE))  # one window
-        max_gap = int(MAX_CONTEXT_GAP_SECONDS * SAMPLE_RATE)
-        context = start
-        for utt_start, utt_end in reversed(self._utterances):
-            if context - utt_end > max_gap or utt_start < earliest:
-                break  # a long silence in front would only invite hallucinations
-            context = min(context, utt_start)
-        return max(0, context - self._pad) if context < start else start
-
-    def _cut_buffer_at(self, index: int) -> None:
-        index = min(index, self.ring.end_index)
-        if index > self._buf_start:
-            self._buf_start = index
-            self.agreement.trim(index / SAMPLE_RATE)
-        self.ring.trim(self._buf_start - int(self.settings.context_seconds * SAMPLE_RATE))
-
     # -- output -------------------------------------------------------------------------------
+
+    @property
+    def lag_seconds(self) -> float:
+        """Audio that arrived but is not decoded yet: not through the VAD, or in the open
+        utterance past what its newest partial covered."""
+        decided = self._vad_pos if self._utt_start is None else max(self._utt_start, self._partial_end)
+        return max(0.0, (self.ring.end_index - decided) / SAMPLE_RATE)
 
     @property
     def caption_language(self) -> str:
@@ -457,51 +437,64 @@ class StreamingTranscriber:
             return self._detected_language
         return "und" if self.language in (None, "", "auto") else self.language
 
-    def _emit(self, updates: list[CaptionUpdate]) -> list[CaptionEvent]:
-        events = []
-        for u in updates:
-            if u.final:
-                if u.id in self._final_ids:  # the assembler guarantees this; never let it slip out
-                    log.error("%s: caption %d was already final; update dropped", self.name, u.id)
-                    continue
-                self._final_ids.append(u.id)
-            start = self.ring.media_time(int(round(u.start * SAMPLE_RATE)))
-            end = self.ring.media_time(int(round(u.end * SAMPLE_RATE)))
-            event = CaptionEvent(
-                id=u.id, text=u.text, final=u.final, start=start, end=end, lang=self.caption_language, pts=start
-            )
-            events.append(event)
-            if self.on_event is not None:
-                try:
-                    self.on_event(event)
-                except Exception:
-                    log.exception("%s: caption consumer failed", self.name)
-        return events
+    def _event(self, caption_id: int, text: str, final: bool, start: int, end: int) -> CaptionEvent | None:
+        if final:
+            if caption_id in self._final_ids:  # never let a second final of one id slip out
+                log.error("%s: caption %d was already final; update dropped", self.name, caption_id)
+                return None
+            self._final_ids.append(caption_id)
+            self.finals += 1
+        else:
+            self.partials += 1
+        media_start = self.ring.media_time(start)
+        media_end = self.ring.media_time(max(start, end))
+        lag = self.lag_seconds
+        self.max_lag_seconds = max(self.max_lag_seconds, lag)
+        event = CaptionEvent(
+            id=caption_id, text=text, final=final, start=media_start, end=media_end,
+            lang=self.caption_language, pts=media_start, lag=round(lag, 3),
+        )
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("%s: caption consumer failed", self.name)
+        return event
 
     async def finish(self) -> list[CaptionEvent]:
         """`finish_now` once no step is running."""
         async with self._guard():
+            await self._cancel_partial()
             return self.finish_now()
 
     def finish_now(self) -> list[CaptionEvent]:
-        """Close the open caption with the text it has (no model call): disable/stop paths.
-        Call it from the loop when no step is running (or use `finish`)."""
-        updates = self.captions.close(self.agreement.commit_all())
-        self.agreement.clear_buffer()
-        return self._emit(updates)
+        """Close the open caption with the text it shows (no model call): disable/stop paths."""
+        if self._utt_start is None:
+            return []
+        caption_id, text = self._utt_id, self._partial_text
+        speech_start, end = self._speech_start, max(self._partial_end, self._speech_start)
+        self._last_end = max(self._last_end, self._vad_pos)
+        self._utt_start = None
+        self._utt_serial += 1
+        self.in_speech = False
+        if caption_id is None:
+            return []
+        event = self._event(caption_id, text, True, speech_start, end)
+        return [event] if event is not None else []
 
     async def flush(self) -> list[CaptionEvent]:
         """End of input: process what is left and finalise the open utterance with a model call."""
         events = await self.step()
         async with self._guard():
-            if self.in_speech or self.captions.current_id is not None:
+            if self._utt_start is not None:
                 end = self.ring.end_index
-                events += await self._on_speech_end(VadEvent("end", end, end))
+                events += await self._close(end, end)
         return events
 
     async def areset(self) -> list[CaptionEvent]:
         """`reset` once no step is running; returns the final it closed, if any."""
         async with self._guard():
+            await self._cancel_partial()
             return self.reset()
 
     def reset(self) -> list[CaptionEvent]:
@@ -509,10 +502,11 @@ class StreamingTranscriber:
         events = self.finish_now()
         end = self.ring.end_index
         self.ring.trim(end)
-        self._vad_pos = self._buf_start = self._last_call_end = end
+        self._vad_pos = self._last_end = end
         if self._vad is not None:
             self._vad.reset(end)
         self.in_speech = False
+        self._history.clear()
         return events
 
     def set_language(self, language: str) -> None:
@@ -542,28 +536,37 @@ class StreamingTranscriber:
     def stats(self) -> dict[str, Any]:
         audio_seconds = self.ring.appended_samples / SAMPLE_RATE
         busy = self.model_seconds + self.vad_seconds
+        open_seconds = 0.0 if self._utt_start is None else (self.ring.end_index - self._utt_start) / SAMPLE_RATE
         return {
             "audio_seconds": round(audio_seconds, 3),
             "chunks_processed": self.chunks_processed,
             "model_calls": self.model_calls,
-            "skipped_ticks": self.skipped_ticks,
             "model_seconds": round(self.model_seconds, 3),
             "vad_seconds": round(self.vad_seconds, 3),
             "rtf": round(busy / audio_seconds, 4) if audio_seconds else 0.0,
             "lag_seconds": round(self.lag_seconds, 3),
             "max_lag_seconds": round(self.max_lag_seconds, 3),
-            "buffer_seconds": round((self.ring.end_index - self._buf_start) / SAMPLE_RATE, 3),
+            "buffer_seconds": round(open_seconds, 3),
             "dropped_audio_seconds": round(self.ring.dropped_samples / SAMPLE_RATE, 3),
             "in_speech": self.in_speech,
-            "partials": self.captions.partials,
-            "finals": self.captions.finals,
-            "retracted_chars": self.captions.retracted_chars,
-            "segments_dropped": self.segments_dropped,
-            "repetitions_cut": self.repetitions_cut,
+            "partials": self.partials,
+            "partials_skipped": self.partials_skipped,
+            "finals": self.finals,
+            "retracted_chars": self.retracted_chars,
             "forced_cuts": self.forced_cuts,
-            "speculative_hits": self.speculative_hits,
-            "speculative_misses": self.speculative_misses,
+            "repetitions_cut": self.repetitions_cut,
+            "utterances_ignored": self.utterances_ignored,
+            "final_fallbacks": self.final_fallbacks,
             "bad_frames": self.bad_frames,
             "errors": self.errors,
             "last_error": self.last_error,
         }
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return a[:n]

@@ -14,6 +14,7 @@ stream, and one stream's `process` calls must not overlap (the transcriber runs 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 WINDOW = 512  # samples per Silero window at 16 kHz
 CONTEXT = 64  # samples of the previous window the model sees in front of each window
+RECENT_WINDOWS = 1000
 
 # VAD is cheap (~0.1 ms per window) but still model work: keep it off the event loop, in a small
 # shared pool. Each stream has at most one call in flight, so the pool's queue is bounded by the
@@ -77,6 +79,8 @@ class StreamingVad:
         self._temp_end = 0
         self.windows = 0
         self.last_probability = 0.0
+        # (window start index, probability) of the last ~32 s: where long speech may be cut
+        self.recent: deque[tuple[int, float]] = deque(maxlen=RECENT_WINDOWS)
 
     @property
     def silence_since(self) -> int | None:
@@ -117,6 +121,7 @@ class StreamingVad:
         for i, p in enumerate(probs):
             index = first_window_index + i * WINDOW
             self.last_probability = float(p)
+            self.recent.append((index, self.last_probability))
             if p >= self.threshold:
                 self._temp_end = 0
                 if not self.triggered:

@@ -1,6 +1,9 @@
 """Apertium: rule-based machine translation that runs offline on a CPU (the embedded default).
 
-Each call runs `apertium -u <mode>` as an asyncio subprocess, so the event loop only moves bytes.
+Each call runs `apertium <mode>` as an asyncio subprocess, so the event loop only moves bytes.
+Apertium marks the words it could not translate (`*unknown`, `@untranslatable`, `#ungenerated`);
+those marks are counted (the translation's confidence evidence, flag `unknown_words`) and then
+removed from the text.
 The `apertium` command pipes a chain of small tools; starting it costs ~0.2 s, which is why a
 batch is sent as one call: texts are joined as paragraphs (blank-line separated), which Apertium
 keeps apart, and the output is split back. If the split ever disagrees with the input count,
@@ -20,14 +23,18 @@ from typing import Any
 
 from .base import (
     BoundedConcurrency,
+    ContextTurn,
+    LanguageSupport,
     TranslationError,
     TranslationResult,
     Translator,
     UnsupportedLanguagePairError,
     gather_all_or_cancel,
     split_language_code,
+    to_iso639_1,
     to_iso639_3,
 )
+from .quality import known_word_score
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,25 @@ def strip_unknown_marks(translated: str, source: str) -> str:
 def _clean_output(translated: str, source: str) -> str:
     # Apertium adds spaces around sentence ends and at paragraph starts; captions want one line.
     return " ".join(strip_unknown_marks(translated, source).split())
+
+
+def count_unknown_marks(translated: str, source: str) -> int:
+    """Words Apertium marked as unknown/untranslatable, not counting marks the source had."""
+    return sum(1 for m in _MARKED_WORD_RE.finditer(translated) if m.group(0) not in source)
+
+
+def _result(raw: str, line: str, source_lang: str, target_lang: str, mode: str) -> TranslationResult:
+    unknown = count_unknown_marks(raw, line)
+    words = max(1, len(raw.split()))
+    return TranslationResult(
+        text=_clean_output(raw, line),
+        source_language=source_lang,
+        target_language=target_lang,
+        model_info=f"apertium:{mode}",
+        backend="apertium",
+        backend_score=known_word_score(words, unknown),
+        quality_flags=("unknown_words",) if unknown else (),
+    )
 
 
 def _one_line(text: str) -> str:
@@ -131,17 +157,22 @@ class ApertiumTranslator(Translator):
 
     # --- translation ---------------------------------------------------------------------
 
-    async def translate(self, text: str, source_lang: str, target_lang: str) -> TranslationResult:
+    async def language_support(self) -> LanguageSupport:
+        pairs = []
+        for mode in await self.available_pairs():
+            source, _, target = mode.partition("-")
+            pairs.append((to_iso639_1(source), to_iso639_1(target)))
+        return LanguageSupport(pairs=tuple(pairs))
+
+    async def translate(
+        self, text: str, source_lang: str, target_lang: str, context: Sequence[ContextTurn] = ()
+    ) -> TranslationResult:
+        # Rule-based: every sentence is translated alone, so `context` is not used.
         self._require_binary()
         mode = await self.resolve_mode(source_lang, target_lang)
         line = _one_line(text)
         translated = await self._translate_raw(mode, line) if line else ""
-        return TranslationResult(
-            text=_clean_output(translated, line),
-            source_language=source_lang,
-            target_language=target_lang,
-            model_info=f"apertium:{mode}",
-        )
+        return _result(translated, line, source_lang, target_lang, mode)
 
     async def translate_batch(
         self, texts: Sequence[str], source_lang: str, target_lang: str
@@ -167,16 +198,7 @@ class ApertiumTranslator(Translator):
                 parts = await gather_all_or_cancel([self._translate_raw(mode, lines[i]) for i in todo])
             for i, part in zip(todo, parts):
                 outputs[i] = part
-        model = f"apertium:{mode}"
-        return [
-            TranslationResult(
-                text=_clean_output(out, line),
-                source_language=source_lang,
-                target_language=target_lang,
-                model_info=model,
-            )
-            for out, line in zip(outputs, lines)
-        ]
+        return [_result(out, line, source_lang, target_lang, mode) for out, line in zip(outputs, lines)]
 
     def _require_binary(self) -> None:
         if self._resolved_binary() is None:
@@ -188,7 +210,7 @@ class ApertiumTranslator(Translator):
     async def _translate_raw(self, mode: str, text: str) -> str:
         self._require_binary()
         out = await self._limiter.run(
-            lambda: self._run([*self._base_args(), "-u", mode], text.encode("utf-8"))
+            lambda: self._run([*self._base_args(), mode], text.encode("utf-8"))
         )
         return out.decode("utf-8", "replace")
 

@@ -29,6 +29,37 @@ class TranslationResult:
     model_info: str
     usage: Usage | None = None  # {prompt_tokens, completion_tokens, total_tokens} when the backend counts
     cached: bool = False
+    # Which backend answered ("none" for a source text passed through untranslated).
+    backend: str = ""
+    # The backend's own evidence, 0..1 (token probabilities, share of known words), None if it has none.
+    backend_score: float | None = None
+    # Final score 0..1 after the quality checks (see quality.py); None until assessed.
+    confidence: float | None = None
+    quality_flags: tuple[str, ...] = ()
+    untranslated: bool = False
+
+
+@dataclass(frozen=True)
+class ContextTurn:
+    """One earlier sentence of the same session and its translation (prompt context)."""
+
+    source: str
+    translation: str
+
+
+@dataclass(frozen=True)
+class LanguageSupport:
+    """What one backend can translate: explicit `pairs` ((source, target) codes as callers
+    write them), or any pair among `languages` when `any_pair` (LLM backends)."""
+
+    pairs: tuple[tuple[str, str], ...] = ()
+    languages: tuple[str, ...] = ()
+    any_pair: bool = False
+
+    def describe(self) -> list[str]:
+        if self.any_pair:
+            return [f"any pair of {', '.join(self.languages)}"] if self.languages else []
+        return [f"{s}->{t}" for s, t in self.pairs]
 
 
 class TranslationError(Exception):
@@ -140,9 +171,14 @@ class Translator(ABC):
     def model_info(self) -> str:
         return self.name
 
+    # True for backends that read `context` (LLMs); the service skips building it otherwise.
+    uses_context: bool = False
+
     @abstractmethod
-    async def translate(self, text: str, source_lang: str, target_lang: str) -> TranslationResult:
-        """Translate one text; raises TranslationError."""
+    async def translate(
+        self, text: str, source_lang: str, target_lang: str, context: Sequence[ContextTurn] = ()
+    ) -> TranslationResult:
+        """Translate one text, seeing earlier sentences of its session; raises TranslationError."""
 
     async def translate_batch(
         self, texts: Sequence[str], source_lang: str, target_lang: str
@@ -150,6 +186,10 @@ class Translator(ABC):
         """Translate several texts, results in input order; raises the first TranslationError.
         Backends bound their own concurrency, so starting them together is safe."""
         return await gather_all_or_cancel([self.translate(t, source_lang, target_lang) for t in texts])
+
+    @abstractmethod
+    async def language_support(self) -> LanguageSupport:
+        """The pairs this backend can do (for GET /translate/languages and 400 messages)."""
 
     @abstractmethod
     async def health(self) -> dict[str, Any]:
@@ -221,6 +261,24 @@ def language_name(code: str) -> str:
         return code
     name = _LANGUAGES[base][1] if base in _LANGUAGES else _NAMES_BY_ISO3.get(base, code)
     return f"{name} ({region})" if region else name
+
+
+KNOWN_LANGUAGES: tuple[str, ...] = tuple(sorted(code for code in _LANGUAGES if len(code) == 2))
+
+
+def to_iso639_1(code: str) -> str:
+    """'spa' → 'es', 'eng_US' → 'en-US' (Apertium mode parts to the codes callers send)."""
+    base, _, region = code.partition("_")
+    short = next((two for two, (three, _name) in _LANGUAGES.items() if three == base and len(two) == 2), base)
+    return f"{short}-{region}" if region else short
+
+
+def is_known_language(code: str) -> bool:
+    try:
+        base, _ = split_language_code(code)
+    except TranslationError:
+        return False
+    return base in _LANGUAGES or base in _NAMES_BY_ISO3
 
 
 def same_language(source: str, target: str) -> bool:

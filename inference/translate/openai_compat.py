@@ -1,11 +1,14 @@
-"""A translator that asks an OpenAI-compatible chat-completions server (a vLLM sidecar, or any
-server speaking the same API) to translate.
+"""A translator that asks an OpenAI-compatible chat-completions server (a vLLM sidecar, Ollama's
+/v1 API, or any server speaking the same API) to translate.
+
+Context: earlier sentences of the same session go into the prompt as prior user/assistant turns,
+so names, pronouns and terms stay consistent. Confidence: the request asks for `logprobs`; when
+the server returns token log-probabilities their geometric-mean probability is the backend score.
 
 Resilience, in order: a bounded number of concurrent requests (callers past `max_pending` are
-refused), retries with exponential backoff and jitter on transient failures (timeouts, connection
-errors, 5xx, 429 — never on other 4xx), and a circuit breaker around every HTTP attempt so a dead
-backend is not hammered: after N consecutive failures calls fail fast until a half-open probe
-succeeds.
+refused) and retries with exponential backoff and jitter on transient failures (timeouts,
+connection errors, 5xx, 429 — never on other 4xx). The circuit breaker is the service's, one per
+backend (see backends.py), so a dead server is skipped for the next backend in the list.
 """
 
 from __future__ import annotations
@@ -15,22 +18,29 @@ import json
 import logging
 import random
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
+from ssl import SSLContext
 from typing import Any
 
 import aiohttp
 
-from inference.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy
+from inference.resilience import RetryPolicy
 
 from .base import (
+    KNOWN_LANGUAGES,
     BoundedConcurrency,
+    ContextTurn,
+    LanguageSupport,
     TranslationError,
     TranslationResult,
     Translator,
+    UnsupportedLanguagePairError,
     Usage,
+    is_known_language,
     language_name,
+    to_iso639_1,
 )
+from .quality import LOW_TOKEN_PROBABILITY, logprob_score
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +118,20 @@ def _parse_retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
+def _token_logprobs(data: Mapping[str, Any]) -> list[float]:
+    """choices[0].logprobs.content[*].logprob (the OpenAI/vLLM/Ollama shape); [] when absent."""
+    try:
+        content = data["choices"][0]["logprobs"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return []
+    if not isinstance(content, list):
+        return []
+    return [t["logprob"] for t in content if isinstance(t, Mapping) and isinstance(t.get("logprob"), (int, float))]
+
+
 class OpenAICompatTranslator(Translator):
     name = "openai"
+    uses_context = True
 
     def __init__(
         self,
@@ -121,17 +143,21 @@ class OpenAICompatTranslator(Translator):
         max_retries: int = 2,
         retry_base_delay: float = 0.25,
         retry_max_delay: float = 4.0,
-        breaker_threshold: int = 5,
-        breaker_reset_s: float = 30.0,
         max_concurrency: int = 8,
         max_pending: int = 64,
         max_output_tokens: int = 1024,
         temperature: float = 0.0,
         system_prompt: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        request_logprobs: bool = True,
+        languages: Sequence[str] = (),
+        name: str | None = None,
         rng: random.Random | None = None,
+        ssl: SSLContext | bool = True,
     ) -> None:
+        if name:
+            self.name = name
+        self._ssl = ssl  # True: verified against the system CAs; the server passes its TlsPolicy's choice
         self.base_url = normalize_base_url(endpoint)
         self.chat_url = f"{self.base_url}/v1/chat/completions"
         self.model = model or None  # None: ask /v1/models on first use
@@ -142,15 +168,12 @@ class OpenAICompatTranslator(Translator):
         self.system_prompt = system_prompt or DEFAULT_SYSTEM_PROMPT
         self.system_prompt.format(source="x", target="y")  # fail at start-up on a bad template
         self.extra_body = dict(extra_body or {})
+        self.request_logprobs = request_logprobs
+        # Languages the model is trusted with; empty: every language streamlens can name.
+        self.languages = tuple(languages) or KNOWN_LANGUAGES
         self.max_concurrency = max(1, max_concurrency)
         self.retry_policy = RetryPolicy(
             attempts=max(1, max_retries + 1), base_delay=retry_base_delay, max_delay=retry_max_delay, jitter=0.5
-        )
-        self.breaker = CircuitBreaker(
-            f"translate:{self.base_url}",
-            failure_threshold=max(1, breaker_threshold),
-            reset_timeout=breaker_reset_s,
-            clock=clock,
         )
         self._limiter = BoundedConcurrency(self.max_concurrency, max_pending, "translation backend")
         self._rng = rng or random.Random()
@@ -175,7 +198,7 @@ class OpenAICompatTranslator(Translator):
         # One session for the translator's life: pooled keep-alive connections, at most
         # `max_concurrency` (+1 for health probes) open at once.
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.max_concurrency + 1, keepalive_timeout=30)
+            connector = aiohttp.TCPConnector(limit=self.max_concurrency + 1, keepalive_timeout=30, ssl=self._ssl)
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers())
         return self._session
 
@@ -186,32 +209,65 @@ class OpenAICompatTranslator(Translator):
 
     # --- translation ---------------------------------------------------------------------
 
-    def build_messages(self, text: str, source_lang: str, target_lang: str) -> list[dict[str, str]]:
+    def build_messages(
+        self, text: str, source_lang: str, target_lang: str, context: Sequence[ContextTurn] = ()
+    ) -> list[dict[str, str]]:
+        """System prompt, then each context sentence as a user turn answered by its translation,
+        then the sentence to translate."""
         system = self.system_prompt.format(source=language_name(source_lang), target=language_name(target_lang))
-        return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+        messages = [{"role": "system", "content": system}]
+        for turn in context:
+            messages.append({"role": "user", "content": turn.source})
+            messages.append({"role": "assistant", "content": turn.translation})
+        messages.append({"role": "user", "content": text})
+        return messages
+
+    async def language_support(self) -> LanguageSupport:
+        return LanguageSupport(languages=self.languages, any_pair=True)
+
+    def _check_pair(self, source_lang: str, target_lang: str) -> None:
+        allowed = set(self.languages)
+        for code in (source_lang, target_lang):
+            base = to_iso639_1(code.split("-")[0].split("_")[0].lower())
+            if not is_known_language(code) or (base not in allowed and code not in allowed):
+                raise UnsupportedLanguagePairError(source_lang, target_lang, [f"any pair of {', '.join(self.languages)}"])
 
     def max_tokens_for(self, text: str) -> int:
         # Room for expansion (CJK → Latin can double) but capped so a run-on answer stops early.
         return max(16, min(self.max_output_tokens, 32 + 2 * len(text)))
 
-    async def translate(self, text: str, source_lang: str, target_lang: str) -> TranslationResult:
+    async def translate(
+        self, text: str, source_lang: str, target_lang: str, context: Sequence[ContextTurn] = ()
+    ) -> TranslationResult:
+        self._check_pair(source_lang, target_lang)
         if not text.strip():
-            return TranslationResult("", source_lang, target_lang, self.model_info)
-        data = await self._limiter.run(lambda: self._complete_with_retries(text, source_lang, target_lang))
+            return TranslationResult("", source_lang, target_lang, self.model_info, backend=self.name)
+        messages = self.build_messages(text, source_lang, target_lang, context)
+        data = await self._limiter.run(lambda: self._complete_with_retries(messages, text))
         content = data["choices"][0]["message"]["content"]
+        translated = clean_model_output(content, text, target_lang)
+        if not translated:
+            raise TranslationError(
+                "translation backend answered an empty translation", code="bad_backend_response", http_status=502
+            )
+        score = logprob_score(_token_logprobs(data))
+        flags = ("low_token_probability",) if score is not None and score < LOW_TOKEN_PROBABILITY else ()
         return TranslationResult(
-            text=clean_model_output(content, text, target_lang),
+            text=translated,
             source_language=source_lang,
             target_language=target_lang,
             model_info=str(data.get("model") or self.model_info),
             usage=_parse_usage(data.get("usage")),
+            backend=self.name,
+            backend_score=score,
+            quality_flags=flags,
         )
 
-    async def _complete_with_retries(self, text: str, source_lang: str, target_lang: str) -> dict[str, Any]:
+    async def _complete_with_retries(self, messages: list[dict[str, str]], text: str) -> dict[str, Any]:
         attempts = self.retry_policy.attempts
         for attempt in range(attempts):
             try:
-                return await self._attempt(text, source_lang, target_lang)
+                return await self._attempt(messages, text)
             except _TransientError as exc:
                 if attempt + 1 >= attempts:
                     self.failures += 1
@@ -228,35 +284,27 @@ class OpenAICompatTranslator(Translator):
                 raise
         raise AssertionError("unreachable")
 
-    async def _attempt(self, text: str, source_lang: str, target_lang: str) -> dict[str, Any]:
-        try:
-            outcome = await self.breaker.call(lambda: self._post_once(text, source_lang, target_lang))
-        except CircuitOpenError as exc:
-            raise TranslationError(
-                f"translation backend {self.base_url} is failing; calls are paused for up to "
-                f"{self.breaker.reset_timeout:.0f} s (circuit open)",
-                code="circuit_open",
-                http_status=503,
-            ) from exc
+    async def _attempt(self, messages: list[dict[str, str]], text: str) -> dict[str, Any]:
+        outcome = await self._post_once(messages, text)
         if isinstance(outcome, TranslationError):
-            raise outcome  # a 4xx answer: the server is up (breaker saw success) but said no
+            raise outcome  # a 4xx answer: the server is up but said no (not retried)
         return outcome
 
-    async def _post_once(
-        self, text: str, source_lang: str, target_lang: str
-    ) -> dict[str, Any] | TranslationError:
-        """One HTTP attempt. Raises for what should count against the breaker; returns a
-        non-retryable TranslationError for a 4xx answer (the backend itself is healthy)."""
+    async def _post_once(self, messages: list[dict[str, str]], text: str) -> dict[str, Any] | TranslationError:
+        """One HTTP attempt. Raises for transient failures (retried); returns a non-retryable
+        TranslationError for a 4xx answer (the backend itself is healthy)."""
         session = self._get_session()
         model = self.model or await self._discover_model(session)
         payload: dict[str, Any] = {
             **self.extra_body,
             "model": model,
-            "messages": self.build_messages(text, source_lang, target_lang),
+            "messages": messages,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens_for(text),
             "stream": False,
         }
+        if self.request_logprobs:
+            payload["logprobs"] = True
         self.requests += 1
         try:
             async with session.post(
@@ -318,7 +366,7 @@ class OpenAICompatTranslator(Translator):
     # --- status --------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        """GET /health (vLLM), else /v1/models. Reports unhealthy while the breaker is open."""
+        """GET /health (vLLM), else /v1/models (Ollama, other OpenAI-compatible servers)."""
         report: dict[str, Any] = {"endpoint": self.base_url, "model": self.model}
         session = self._get_session()
         probe_timeout = aiohttp.ClientTimeout(total=min(self.timeout, 5.0))
@@ -342,15 +390,8 @@ class OpenAICompatTranslator(Translator):
                 except (ValueError, KeyError, TypeError):
                     pass
             break
-        breaker_state = self.breaker.state
-        if breaker_state == CircuitBreaker.OPEN:
-            report.update(status="unhealthy", error="circuit open after repeated translation failures")
-        else:
-            report["status"] = "healthy"
+        report["status"] = "healthy"
         return report
-
-    def breaker_snapshot(self) -> dict[str, object]:
-        return self.breaker.snapshot()
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -35,6 +35,13 @@ Tags it can give (``EMBEDDED_TAGS``):
     (16x8x8 bins, frame shrunk to 160x90) of this frame and the previous sample of the same source;
     the distance is the confidence.
 
+``text``
+    On-screen text read with RapidOCR (the ``rapidocr`` package: its PP-OCR detection and
+    recognition ONNX models ship inside the wheel and run on onnxruntime). One tag per text line,
+    with its box, the recogniser's score as confidence, and the words read (``TextTag.words``).
+    Only when a request names ``text`` in its tag list: OCR costs about as much again as the face
+    pass (measured 60-300 ms per 720p frame on one loaded core), so it is not a default.
+
 Motion and scene change need a previous frame, so they appear only when the request names a
 ``source`` (a stream passes its manifest id) and from the second sample on. Per-source state is an
 LRU bounded by ``max_sources``. Work runs on a small dedicated thread pool; at most
@@ -72,7 +79,9 @@ from media.stats import LatencyWindow
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_NAME = "opencv-haar-face+frame-stats"
-EMBEDDED_TAGS: tuple[str, ...] = ("face", "motion", "scene_change")
+DEFAULT_TAGS: tuple[str, ...] = ("face", "motion", "scene_change")  # an empty tag list means these
+EMBEDDED_TAGS: tuple[str, ...] = (*DEFAULT_TAGS, "text")
+OCR_MAX_SIDE = 640  # the text detector looks at the frame scaled to this longer side
 FACE_CASCADE_FILE = "haarcascade_frontalface_default.xml"
 _THUMB_SIZE = (128, 72)  # (w, h) for motion; fixed so any input resolution compares
 _HIST_SIZE = (160, 90)  # (w, h) for the colour histogram
@@ -95,6 +104,61 @@ def face_confidence(neighbours: int, max_level_weight: float) -> float:
     neighbour_score = 1.0 - math.exp(-max(0, neighbours) / 12.0)
     weight_score = 1.0 / (1.0 + math.exp(-(max_level_weight - 2.0) / 1.5))
     return round(neighbour_score * weight_score, 4)
+
+
+@dataclass
+class TextTag(Tag):
+    """A `text` tag: one line of on-screen text and the words read in it."""
+
+    words: str = ""
+
+
+class TextReader:
+    """RapidOCR's PP-OCR detector + recogniser (ONNX models shipped in the `rapidocr` wheel), loaded
+    on first use, one per tagger (onnxruntime sessions are thread-safe). Single-threaded ONNX so
+    the work stays on the caller's (lowered) thread."""
+
+    def __init__(self, max_side: int = OCR_MAX_SIDE, min_score: float = 0.5) -> None:
+        self.max_side = max_side
+        self.min_score = min_score
+        self._engine: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._engine is None:
+                try:
+                    from rapidocr import RapidOCR
+                except ImportError:
+                    raise BackendUnavailable("on-screen text needs the 'rapidocr' package (see the README)") from None
+                self._engine = RapidOCR(params={
+                    "Global.log_level": "error",  # it warns on every frame without text otherwise
+                    "Global.use_cls": False,  # on-screen text is upright
+                    "Global.text_score": self.min_score,
+                    "Det.limit_side_len": self.max_side,
+                    "Det.limit_type": "max",  # shrink big frames; never enlarge small ones
+                    "EngineConfig.onnxruntime.intra_op_num_threads": 1,
+                    "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+                })
+            return self._engine
+
+    def read(self, rgb: np.ndarray) -> list[TextTag]:
+        engine = self._engine or self._load()
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        with self._lock:  # RapidOCR's pipeline object keeps per-call state: one frame at a time
+            output = engine(bgr)
+        if output.boxes is None or output.txts is None:
+            return []
+        tags: list[TextTag] = []
+        for quad, words, score in zip(output.boxes, output.txts, output.scores):
+            points = np.asarray(quad, dtype=float)
+            x, y = points.min(axis=0)
+            x2, y2 = points.max(axis=0)
+            box = (int(x), int(y), int(round(x2 - x)), int(round(y2 - y)))
+            if str(words).strip() and float(score) >= self.min_score:
+                tags.append(TextTag("text", round(float(score), 4), box, words=str(words).strip()))
+        tags.sort(key=lambda t: (t.box[1], t.box[0]) if t.box else (0, 0))  # reading order
+        return tags
 
 
 def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
@@ -163,6 +227,7 @@ class EmbeddedTagger(VisionBackend):
         self.calls = 0
         self.busy_rejections = 0
         self.faces_found = 0
+        self.text_reader = TextReader()
 
     # -- VisionBackend -------------------------------------------------------------------------
 
@@ -184,7 +249,7 @@ class EmbeddedTagger(VisionBackend):
         """The whole analysis, synchronously (runs on the worker pool; usable from any thread)."""
         started = time.perf_counter()
         image = check_image(image)
-        wanted = {t.lower() for t in request.tag_list} or set(EMBEDDED_TAGS)
+        wanted = {t.lower() for t in request.tag_list} or set(DEFAULT_TAGS)
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         tags: list[Tag] = []
         measures: dict[str, float] = {}
@@ -192,6 +257,10 @@ class EmbeddedTagger(VisionBackend):
             faces = self._detect_faces(grey)
             tags.extend(faces)
             measures["faces"] = float(len(faces))
+        if "text" in wanted:
+            lines = self.text_reader.read(image)
+            tags.extend(lines)
+            measures["text_lines"] = float(len(lines))
         if request.source is not None and wanted & {"motion", "scene_change"}:
             motion, scene = self._frame_change(request.source, image, grey)
             if motion is not None and scene is not None:
@@ -291,4 +360,7 @@ class EmbeddedTagger(VisionBackend):
         if "mean_abs_diff" in measures:
             parts.append(f"motion {measures['mean_abs_diff']:.1f} grey levels")
             parts.append(f"histogram distance {measures['hist_distance']:.2f}")
+        words = " ".join(t.words for t in tags if isinstance(t, TextTag))
+        if words:
+            parts.append(f"text read: {words}")
         return f"{EMBEDDED_MODEL_NAME}: " + "; ".join(parts)

@@ -132,11 +132,13 @@ class VlmMultiplexer(VisionBackend):
         rng: random.Random | None = None,
         clock: Any = time.monotonic,
         client: OpenAIVlmClient | None = None,
+        ssl_for: Any = None,
     ) -> None:
         self.config = config
         self.model = config.model_id
         self._rng = rng or random.Random()
-        self.client = client or OpenAIVlmClient(retry=config.retry_policy())
+        # ssl_for(url): the server's TLS choice per endpoint (TLS_CA_FILE, TLS_INSECURE_HOSTS)
+        self.client = client or OpenAIVlmClient(retry=config.retry_policy(), ssl_for=ssl_for)
         self.endpoints = [
             VlmEndpoint(
                 ep,

@@ -31,8 +31,9 @@ import json
 import logging
 import math
 import re
+import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -422,8 +423,12 @@ def completion_text(body: Any) -> str:
 class OpenAIVlmClient:
     """Sends chat completions to endpoints over one shared aiohttp session (connection reuse)."""
 
-    def __init__(self, retry: RetryPolicy | None = None, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, retry: RetryPolicy | None = None, session: aiohttp.ClientSession | None = None,
+                 ssl_for: Callable[[str], ssl.SSLContext | bool] | None = None) -> None:
         self.retry = retry or RetryPolicy(attempts=2, base_delay=0.2, max_delay=2.0, jitter=0.5)
+        # operator-configured endpoints: TLS always verified (system CAs, or media.outbound's
+        # TlsPolicy.ssl_for: + TLS_CA_FILE, False only for hosts in TLS_INSECURE_HOSTS)
+        self._ssl_for = ssl_for
         self._session = session
         self._owns_session = session is None
         self._session_lock = asyncio.Lock()
@@ -469,6 +474,7 @@ class OpenAIVlmClient:
         try:
             async with session.post(
                 endpoint.url,
+                ssl=self._ssl_for(endpoint.url) if self._ssl_for is not None else True,
                 json=payload,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=endpoint.config.timeout),

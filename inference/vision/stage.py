@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.vision.base import BackendBusy, BackendUnavailable, VisionBackend, VisionRequest
 from inference.vision.embedded import EmbeddedTagger
@@ -33,6 +33,7 @@ from inference.vision.multiplexer import VlmConfig, VlmMultiplexer
 from inference.vision.tensorrt_backend import TensorRtConfig
 from media.events import VisionEvent
 from media.frames import LatestSlot, VideoItem
+from media import gpu_frames as gpu_upload
 from media.gpu_frames import GpuFrame, GpuFrameQueue
 from media.stage import Stage, StageContext
 from media.stats import LatencyWindow
@@ -43,59 +44,66 @@ BACKEND_NAMES: tuple[str, ...] = ("embedded", "vlm", "tensorrt")
 _UNAVAILABLE_RETRY_SECONDS = 30.0
 
 
-class VisionSettings(BaseModel):
-    """Server-wide vision settings (defaults for stream params plus backend configuration)."""
+class VisionSettings(BaseSettings):
+    """Server-wide vision settings (defaults for stream params plus backend configuration), read
+    from the environment: VISION_BACKEND, VISION_INTERVAL, VISION_THRESHOLD,
+    VISION_EMBEDDED_WORKERS, VISION_EMBEDDED_MAX_PENDING; VISION_VLM_ENDPOINT (api_base_url),
+    VISION_VLM_MODEL, VISION_VLM_API_KEY, VISION_VLM_TAGS (comma-separated), VISION_VLM_ENDPOINTS
+    (JSON list of {base_url, api_key, name, weight, is_fallback, max_concurrent, timeout}),
+    VISION_VLM_TIMEOUT, VISION_VLM_MAX_PIXELS; VISION_TENSORRT_ENGINE, VISION_TENSORRT_LABELS.
+    `vlm` / `tensorrt` may also be given whole (code and tests); the flat VISION_VLM_* and
+    VISION_TENSORRT_* values build them when they are not."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="VISION_", extra="forbid", populate_by_name=True)
 
-    default_backend: str = "embedded"
-    interval: float = Field(1.0, ge=0.05, le=3600)
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
-    embedded_workers: int = Field(1, ge=1, le=16)
-    embedded_max_pending: int = Field(8, ge=1)
+    default_backend: str = Field("embedded", validation_alias=AliasChoices("VISION_BACKEND", "default_backend"),
+                                 description="backend of streams whose params name none")
+    interval: float = Field(1.0, ge=0.05, le=3600, description="seconds between sampled frames")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="minimum tag confidence")
+    embedded_workers: int = Field(1, ge=1, le=16, description="threads of the embedded CPU tagger")
+    embedded_max_pending: int = Field(8, ge=1, description="frames waiting for the embedded tagger")
+    vlm_endpoint: str | None = Field(None, description="OpenAI-compatible VLM base URL")
+    vlm_model: str | None = Field(None, description="VLM model id")
+    vlm_api_key: str | None = Field(None, description="VLM API key")
+    vlm_tags: str | None = Field(None, description="comma-separated default tag list")
+    vlm_endpoints: str | None = Field(None, description="JSON list of VLM endpoints for the multiplexer")
+    vlm_timeout: float | None = Field(None, gt=0, description="seconds per VLM call")
+    vlm_max_pixels: int | None = Field(None, ge=64 * 64, description="pixel budget per frame sent to the VLM")
+    tensorrt_engine: str | None = Field(None, description="serialized TensorRT engine file")
+    tensorrt_labels: str | None = Field(None, description="labels file, one class per line")
     vlm: VlmConfig | None = None
     tensorrt: TensorRtConfig | None = None
 
+    @model_validator(mode="after")
+    def _backend_configs(self) -> VisionSettings:
+        if self.vlm is None and (self.vlm_endpoint or self.vlm_endpoints):
+            vlm: dict[str, Any] = {"api_base_url": self.vlm_endpoint}
+            for field_name, value in (("model_id", self.vlm_model), ("api_key", self.vlm_api_key),
+                                      ("timeout", self.vlm_timeout), ("max_pixels", self.vlm_max_pixels)):
+                if value is not None:
+                    vlm[field_name] = value
+            if self.vlm_tags:
+                vlm["tag_list"] = [t.strip() for t in self.vlm_tags.split(",") if t.strip()]
+            if self.vlm_endpoints:
+                vlm["multiplexer_endpoints"] = json.loads(self.vlm_endpoints)
+            self.vlm = VlmConfig.model_validate(vlm)
+        if self.tensorrt is None and self.tensorrt_engine:
+            trt: dict[str, Any] = {"engine_path": self.tensorrt_engine}
+            if self.tensorrt_labels:
+                trt["labels_path"] = self.tensorrt_labels
+            self.tensorrt = TensorRtConfig.model_validate(trt)
+        return self
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> VisionSettings:
-        """Read the documented environment variables (unset ones keep their defaults):
-
-        VISION_BACKEND, VISION_INTERVAL, VISION_THRESHOLD, VISION_EMBEDDED_WORKERS;
-        VISION_VLM_ENDPOINT (api_base_url), VISION_VLM_MODEL, VISION_VLM_API_KEY,
-        VISION_VLM_TAGS (comma-separated), VISION_VLM_ENDPOINTS (JSON list of
-        {base_url, api_key, name, weight, is_fallback, max_concurrent, timeout}),
-        VISION_VLM_TIMEOUT, VISION_VLM_MAX_PIXELS; VISION_TENSORRT_ENGINE, VISION_TENSORRT_LABELS."""
-        env = os.environ if environ is None else environ
-        data: dict[str, Any] = {}
-        for key, field_name in (
-            ("VISION_BACKEND", "default_backend"),
-            ("VISION_INTERVAL", "interval"),
-            ("VISION_THRESHOLD", "threshold"),
-            ("VISION_EMBEDDED_WORKERS", "embedded_workers"),
-        ):
-            if env.get(key):
-                data[field_name] = env[key]
-        vlm: dict[str, Any] = {}
-        for key, field_name in (
-            ("VISION_VLM_ENDPOINT", "api_base_url"),
-            ("VISION_VLM_MODEL", "model_id"),
-            ("VISION_VLM_API_KEY", "api_key"),
-            ("VISION_VLM_TIMEOUT", "timeout"),
-            ("VISION_VLM_MAX_PIXELS", "max_pixels"),
-        ):
-            if env.get(key):
-                vlm[field_name] = env[key]
-        if env.get("VISION_VLM_TAGS"):
-            vlm["tag_list"] = [t.strip() for t in env["VISION_VLM_TAGS"].split(",") if t.strip()]
-        if env.get("VISION_VLM_ENDPOINTS"):
-            vlm["multiplexer_endpoints"] = json.loads(env["VISION_VLM_ENDPOINTS"])
-        if vlm.get("api_base_url") or vlm.get("multiplexer_endpoints"):
-            data["vlm"] = vlm
-        if env.get("VISION_TENSORRT_ENGINE"):
-            data["tensorrt"] = {"engine_path": env["VISION_TENSORRT_ENGINE"]}
-            if env.get("VISION_TENSORRT_LABELS"):
-                data["tensorrt"]["labels_path"] = env["VISION_TENSORRT_LABELS"]
-        return cls.model_validate(data)
+        """The settings from the process environment; values in `environ` win over it (tests)."""
+        if environ is None:
+            return cls()
+        values = {key[len("VISION_"):].lower(): value for key, value in environ.items()
+                  if key.startswith("VISION_") and value}
+        if "backend" in values:
+            values["default_backend"] = values.pop("backend")
+        return cls.model_validate(values)
 
 
 class VisionBackends:
@@ -104,8 +112,10 @@ class VisionBackends:
     custom backend, or a test's). A backend that cannot be built raises `BackendUnavailable`;
     the reason is remembered for 30 s so a missing GPU is not probed on every frame."""
 
-    def __init__(self, settings: VisionSettings | None = None, backends: Mapping[str, VisionBackend] | None = None) -> None:
+    def __init__(self, settings: VisionSettings | None = None, backends: Mapping[str, VisionBackend] | None = None,
+                 ssl_for: Any = None) -> None:
         self.settings = settings or VisionSettings()
+        self.ssl_for = ssl_for  # the server's TlsPolicy.ssl_for, for the VLM endpoints
         self._backends: dict[str, VisionBackend] = dict(backends or {})
         self._failures: dict[str, tuple[str, float]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -151,7 +161,7 @@ class VisionBackends:
         if name == "vlm":
             if self.settings.vlm is None:
                 raise BackendUnavailable("no VLM endpoint configured (set VISION_VLM_ENDPOINT or vision.vlm settings)")
-            return VlmMultiplexer(self.settings.vlm)
+            return VlmMultiplexer(self.settings.vlm, ssl_for=self.ssl_for)
         if self.settings.tensorrt is None:
             raise BackendUnavailable("no TensorRT engine configured (set VISION_TENSORRT_ENGINE)")
         from inference.vision.tensorrt_backend import TensorRtBackend
@@ -177,6 +187,16 @@ class VisionBackends:
 
     def stats(self) -> dict[str, Any]:
         return {name: backend.stats() for name, backend in self._backends.items()}
+
+    async def unload(self, name: str) -> bool:
+        """Close one loaded backend and forget it (it is rebuilt on its next use); for the GPU
+        memory manager. False when it was not loaded."""
+        backend = self._backends.pop(name, None)
+        if backend is None:
+            return False
+        await backend.close()
+        log.info("vision backend %s unloaded", name)
+        return True
 
     async def close(self) -> None:
         for backend in list(self._backends.values()):
@@ -235,9 +255,12 @@ class VisionStage(Stage):
     `params` is the stream's whole params object (only ``params["vision"]`` is read); when None,
     ``ctx.params`` is used at `start`. Raises ValueError on invalid vision params.
 
-    `gpu_frames`: the stream's `media.gpu_frames.GpuFrameQueue`, when frames are uploaded to the
-    GPU. A backend with ``accepts_gpu_frames = True`` (TensorRT) then gets the newest `GpuFrame`
-    directly — no host-side RGB conversion; other backends keep the CPU path."""
+    GPU frame path: while the stream's backend takes GPU frames (``accepts_gpu_frames = True``,
+    TensorRT) and CUDA is present, the stage runs a `media.gpu_frames.GpuFrameUploader`: the decode
+    thread offers each frame (a reference swap into a two-slot inbox), the uploader's thread copies
+    it to the device and converts it to RGB there, and the sampler hands the newest `GpuFrame` from
+    the stage's `GpuFrameQueue` to the backend — no host-side RGB conversion. Other backends, and
+    machines without CUDA, keep the CPU path. `gpu_frames` injects a queue someone else fills."""
 
     name = "vision"
 
@@ -250,6 +273,7 @@ class VisionStage(Stage):
     ) -> None:
         self._backends = backends
         self._gpu_frames = gpu_frames
+        self._uploader: Any = None  # media.gpu_frames.GpuFrameUploader while the GPU path is on
         self._explicit_params = params is not None
         self.params = VisionParams.from_stream_params(params, backends.settings)
         self._slot: LatestSlot[VideoItem] = LatestSlot()
@@ -279,16 +303,49 @@ class VisionStage(Stage):
             self.params = VisionParams.from_stream_params(ctx.params, self._backends.settings)
         self._wake = asyncio.Event()
         self._task = ctx.loop.create_task(self._run(), name=f"vision-{ctx.manifest_id}")
+        self._update_gpu_path()
 
     def on_video(self, item: VideoItem) -> None:
-        # decode thread: a reference swap, nothing else
+        # decode thread: a reference swap, nothing else (the uploader's offer is one too)
         self.frames_seen += 1
         if self.params.enabled:
             self._slot.set(item)
+            uploader = self._uploader
+            if uploader is not None:
+                uploader.offer(item)
+
+    def _wants_gpu_frames(self) -> bool:
+        if not self.params.enabled or self.params.backend != "tensorrt":
+            return False
+        return gpu_upload.available()
+
+    def _update_gpu_path(self) -> None:
+        """Start the frame uploader when the TensorRT path is on and CUDA is present; stop it when
+        the params move away from it."""
+        wanted = self._wants_gpu_frames()
+        if wanted and self._uploader is None:
+            queue = self._gpu_frames if self._gpu_frames is not None else gpu_upload.GpuFrameQueue(maxsize=2)
+            device = self._backends.settings.tensorrt.device_index if self._backends.settings.tensorrt else 0
+            try:
+                uploader = gpu_upload.GpuFrameUploader(queue, device_index=device)
+            except Exception as exc:  # CUDA present but unusable: the CPU path still works
+                self._log().warning("GPU frame upload unavailable, vision uses CPU frames: %s", exc)
+                return
+            self._gpu_frames = queue
+            uploader.start()
+            self._uploader = uploader
+            self._log().info("vision takes frames through the GPU frame queue (%s)", uploader.device)
+        elif not wanted and self._uploader is not None:
+            self._stop_uploader()
+
+    def _stop_uploader(self) -> None:
+        uploader, self._uploader = self._uploader, None
+        if uploader is not None:
+            uploader.stop()
 
     def update_params(self, params: dict[str, Any]) -> None:
-        if "vision" not in (params or {}):
-            return  # an update about something else leaves vision as it is (as captions do)
+        # the stream hands every stage its whole merged params: no "vision" key means the client
+        # removed it (null in a merge patch), and vision goes back to its default (off)
         try:
             new = VisionParams.from_stream_params(params, self._backends.settings)
         except ValueError as exc:
@@ -297,6 +354,8 @@ class VisionStage(Stage):
             return
         self.params = new
         ctx = getattr(self, "ctx", None)
+        if ctx is not None:
+            self._update_gpu_path()
         if ctx is not None and self._wake is not None:
             try:
                 ctx.loop.call_soon_threadsafe(self._wake.set)  # re-time the next tick now
@@ -312,6 +371,7 @@ class VisionStage(Stage):
             "frames_seen": self.frames_seen,
             "samples": self.samples,
             "gpu_samples": self.gpu_samples,
+            "gpu_upload": self._uploader.stats() if self._uploader is not None else None,
             "published": self.published,
             "skipped_ticks": self.skipped_ticks,
             "idle_ticks": self.idle_ticks,
@@ -330,6 +390,8 @@ class VisionStage(Stage):
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._task = self._inflight = None
+        if self._uploader is not None:
+            await asyncio.to_thread(self._stop_uploader)
         if getattr(self, "ctx", None) is None:
             return  # never started
         for name in self._sources_used:

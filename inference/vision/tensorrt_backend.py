@@ -277,9 +277,18 @@ class TensorRtBackend(VisionBackend):
         return f"class_{index}"
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Give the device memory back: the engine, its context and the bound I/O tensors (the GPU
+        memory manager unloads an idle engine this way; the backend is rebuilt on its next use)."""
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
         self._context = None
         self._engine = None
+        self._input = None
+        self._outputs = {}
+        self._torch.cuda.empty_cache()  # the caching allocator would keep the freed blocks
+
+    @property
+    def idle(self) -> bool:
+        return self._pending == 0
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -57,6 +57,13 @@ async def test_a_viewer_token_opens_its_own_stream_only(make_server, orch_trickl
     status = await (await server.session.get(server.url("/stream/view-1/status"),
                                              headers={"Authorization": f"Bearer {API}"})).text()
     assert token not in listing and token not in status
+    # once stopped, the stream is kept as a small summary: its captions stay readable with its token
+    resp = await server.session.delete(server.url("/stream/view-1"), headers={"Authorization": f"Bearer {API}"})
+    assert resp.status == 200
+    resp = await server.session.get(server.url("/stream/view-1/captions.vtt"), params={"token": token})
+    assert resp.status == 200 and (await resp.text()).startswith("WEBVTT")
+    resp = await server.session.get(server.url("/stream/view-2/captions.vtt"), params={"token": token})
+    assert resp.status == 401
 
 
 async def test_sse_connections_per_stream_are_capped(make_server, orch_trickle):

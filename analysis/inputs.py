@@ -1,0 +1,171 @@
+"""Getting a job's video onto disk: a caller's `video_url`, or a multipart upload.
+
+Both stream to a file in chunks with a byte cap (`ANALYSIS_MAX_BYTES`), so an input is never whole
+in memory. A URL is fetched through the outbound URL policy (checked before connecting, and again
+by the policy's connector on the resolved address at connect time) with redirects refused, under a
+time cap (`ANALYSIS_FETCH_TIMEOUT`). A partial file is removed on every failure path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+MAX_FIELD_BYTES = 64 * 1024
+MAX_FIELDS = 32
+
+
+class InputError(Exception):
+    """The input could not be obtained; `status` is the HTTP status a synchronous caller gets."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def remove_quietly(path: str | os.PathLike | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s: %s", path, exc)
+
+
+def _write_error(exc: OSError) -> InputError:
+    if exc.errno == errno.ENOSPC:
+        return InputError("the server's disk is full; the video could not be stored", 507)
+    return InputError(f"the video could not be stored: {exc.strerror or exc}", 500)
+
+
+def _too_large(max_bytes: int) -> InputError:
+    return InputError(f"the video is larger than the server's limit of {max_bytes} bytes "
+                      "(ANALYSIS_MAX_BYTES, within what ANALYSIS_DISK_BUDGET has left)", 413)
+
+
+def _connector(policy: Any) -> tuple[aiohttp.BaseConnector | None, bool]:
+    """(connector, owned): the outbound policy's connector, which refuses denied addresses at
+    connect time; a plain one when there is no policy (the CLI's own local use)."""
+    make = getattr(policy, "connector", None) if policy is not None else None
+    if make is None:
+        return None, True
+    if isinstance(make, aiohttp.BaseConnector):
+        return make, False
+    return make(), True
+
+
+async def fetch_url(url: str, dest: Path, *, max_bytes: int, timeout: float, policy: Any = None) -> int:
+    """Download `url` to `dest`; returns the byte count. Raises InputError (the file is removed)."""
+    if policy is not None:
+        try:
+            await policy.check_url(url, what="video_url")
+        except Exception as exc:
+            if type(exc).__name__ == "OutboundDenied":
+                raise InputError(f"video_url refused by the outbound policy: {exc}", 403) from None
+            raise
+    connector, owner = _connector(policy)
+    written = 0
+    try:
+        async with aiohttp.ClientSession(connector=connector, connector_owner=owner,
+                                         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 15))) as session:
+            extra = {"ssl": policy.ssl_for(url)} if hasattr(policy, "ssl_for") else {}
+            async with session.get(url, allow_redirects=False, **extra) as response:
+                if 300 <= response.status < 400:
+                    location = response.headers.get("Location", "")
+                    raise InputError(f"video_url answered HTTP {response.status} (redirect to {location[:200]!r}); "
+                                     "redirects are not followed: give the final URL", 400)
+                if response.status >= 400:
+                    raise InputError(f"video_url answered HTTP {response.status} {response.reason or ''}".strip(), 400)
+                if response.content_length is not None and response.content_length > max_bytes:
+                    raise _too_large(max_bytes)
+                try:
+                    with open(dest, "wb") as out:
+                        async for chunk in response.content.iter_chunked(CHUNK):
+                            written += len(chunk)
+                            if written > max_bytes:
+                                raise _too_large(max_bytes)
+                            await asyncio.to_thread(out.write, chunk)
+                except OSError as exc:
+                    raise _write_error(exc) from None
+    except InputError:
+        remove_quietly(dest)
+        raise
+    except TimeoutError:
+        remove_quietly(dest)
+        raise InputError(f"downloading video_url took longer than {timeout:g} s (ANALYSIS_FETCH_TIMEOUT)", 504) from None
+    except aiohttp.ClientError as exc:
+        remove_quietly(dest)
+        if "outbound policy" in str(exc):  # the policy connector refused the resolved address
+            raise InputError(f"video_url refused by the outbound policy: {exc}", 403) from None
+        raise InputError(f"video_url could not be fetched: {exc}", 400) from None
+    except BaseException:
+        remove_quietly(dest)
+        raise
+    return written
+
+
+async def save_upload(request: web.Request, dest: Path, *, max_bytes: int,
+                      file_field: str = "video") -> tuple[str | None, dict[str, str]]:
+    """Stream a multipart body: the `file_field` part to `dest`, other parts as short text fields.
+    Returns (file name, fields). Raises InputError (413 over the cap; the file is removed)."""
+    if not request.content_type.startswith("multipart/"):
+        raise InputError("expected a multipart/form-data body", 415)
+    fields: dict[str, str] = {}
+    filename: str | None = None
+    got_file = False
+    try:
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if len(fields) >= MAX_FIELDS:
+                raise InputError(f"too many form fields (at most {MAX_FIELDS})", 400)
+            if part.name == file_field:
+                if got_file:
+                    raise InputError(f"only one '{file_field}' part is allowed", 400)
+                got_file = True
+                filename = part.filename
+                written = 0
+                try:
+                    with open(dest, "wb") as out:
+                        while chunk := await part.read_chunk(CHUNK):
+                            written += len(chunk)
+                            if written > max_bytes:
+                                raise _too_large(max_bytes)
+                            await asyncio.to_thread(out.write, chunk)
+                except OSError as exc:
+                    raise _write_error(exc) from None
+                if written == 0:
+                    raise InputError(f"the '{file_field}' part is empty", 400)
+            elif part.name:
+                value = await part.read(decode=True)
+                if len(value) > MAX_FIELD_BYTES:
+                    raise InputError(f"form field {part.name!r} is too long", 400)
+                fields[part.name] = value.decode("utf-8", errors="replace")
+    except InputError:
+        remove_quietly(dest)
+        raise
+    except (ValueError, AssertionError, LookupError, aiohttp.ClientError, HttpProcessingError) as exc:
+        remove_quietly(dest)
+        reason = getattr(exc, "message", None) or str(exc)
+        raise InputError(f"unreadable multipart body: {' '.join(str(reason).split())[:200]}", 400) from None
+    except BaseException:
+        remove_quietly(dest)
+        raise
+    if not got_file:
+        raise InputError(f"the form has no '{file_field}' file part", 400)
+    return filename, fields

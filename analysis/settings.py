@@ -1,0 +1,47 @@
+"""Settings of recorded-video analysis: env prefix ``ANALYSIS_`` (plus the shared ``DATA_DIR``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AnalysisSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ANALYSIS_", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(Path("./data"), validation_alias=AliasChoices("DATA_DIR", "data_dir"),
+                           description="DATA_DIR: where the jobs database and uploaded inputs live")
+    workers: int = Field(1, ge=1, le=16, description="ANALYSIS_WORKERS: jobs that run at once")
+    max_queued: int = Field(16, ge=0, le=10_000,
+                            description="ANALYSIS_MAX_QUEUED: jobs waiting to run; beyond it 503")
+    retention_days: float = Field(7.0, gt=0, description="ANALYSIS_RETENTION_DAYS: finished jobs are kept this long")
+    max_jobs: int = Field(10_000, ge=10, description="ANALYSIS_MAX_JOBS: rows kept; the oldest finished go first")
+    max_bytes: int = Field(2 * 1024**3, ge=1024,
+                           description="ANALYSIS_MAX_BYTES: largest input (upload or download), bytes; beyond it 413")
+    disk_budget: int = Field(16 * 1024**3, ge=1024 * 1024,
+                             description="ANALYSIS_DISK_BUDGET: bytes all inputs on disk (uploads, downloads) may take")
+    fetch_timeout: float = Field(600.0, gt=0, description="ANALYSIS_FETCH_TIMEOUT: seconds to download a video_url")
+    max_duration: float = Field(6 * 3600.0, gt=0, description="ANALYSIS_MAX_DURATION: longest video accepted, seconds")
+    max_samples: int = Field(20_000, ge=1, description="ANALYSIS_MAX_SAMPLES: most frames one tagging job samples")
+    vlm_concurrency: int = Field(4, ge=1, le=64,
+                                 description="ANALYSIS_VLM_CONCURRENCY: VLM requests in flight per tagging job")
+    tag_threads: int = Field(2, ge=1, le=16,
+                             description="ANALYSIS_TAG_THREADS: threads per job for the embedded models (low priority)")
+    niceness: int = Field(10, ge=0, le=19, description="ANALYSIS_NICENESS: nice value of analysis threads (live first)")
+    wait_timeout: float = Field(3600.0, gt=0,
+                                description="ANALYSIS_WAIT_TIMEOUT: longest a synchronous /v1/inference call waits")
+    transcript_window: float = Field(300.0, ge=5, le=3600,
+                                     description="ANALYSIS_TRANSCRIPT_WINDOW: seconds of audio per speech-model call")
+    face_max_side: int = Field(480, ge=160, le=4096,
+                               description="ANALYSIS_FACE_MAX_SIDE: longer side frames are scaled to for face detection")
+    max_subscribers: int = Field(64, ge=1, description="ANALYSIS_MAX_SUBSCRIBERS: open job event streams, in all")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "analysis.sqlite3"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "analysis-inputs"

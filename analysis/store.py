@@ -1,0 +1,159 @@
+"""The jobs table: SQLite (stdlib `sqlite3`) under DATA_DIR, used from one dedicated thread.
+
+Every call is a short statement on one connection owned by a single-thread executor, so the event
+loop never blocks on disk and no two statements race. Rows hold the request and the result as
+JSON text; a job's live progress is written at most about once a second by the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+FINISHED = ("completed", "failed", "cancelled", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    progress REAL NOT NULL DEFAULT 0,
+    frames_done INTEGER NOT NULL DEFAULT 0,
+    frames_planned INTEGER,
+    eta_seconds REAL,
+    phase TEXT,
+    request TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    input_path TEXT,
+    input_name TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+"""
+
+_JSON_COLUMNS = ("request", "result")
+_COLUMNS = ("id", "kind", "status", "created_at", "started_at", "finished_at", "progress", "frames_done",
+            "frames_planned", "eta_seconds", "phase", "request", "result", "error", "input_path", "input_name",
+            "attempts")
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analysis-db")
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> int:
+        """Create the table if needed; jobs left queued/running by a previous process become
+        `interrupted`. Returns how many were."""
+        return await self._run(self._open)
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+        cursor = conn.execute(
+            "UPDATE jobs SET status='interrupted', finished_at=?, eta_seconds=NULL,"
+            " error='the server stopped before the job finished; POST /v1/jobs/{id}/retry runs it again'"
+            " WHERE status IN ('queued', 'running')", (time.time(),))
+        return cursor.rowcount
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await self._run(close)
+        self._executor.shutdown(wait=True)
+
+    # -- rows --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, value in fields.items():
+            if key not in _COLUMNS:
+                raise KeyError(f"unknown job column {key!r}")
+            out[key] = json.dumps(value) if key in _JSON_COLUMNS and value is not None else value
+        return out
+
+    @staticmethod
+    def _decode(row: sqlite3.Row | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        job = dict(row)
+        for key in _JSON_COLUMNS:
+            if job.get(key) is not None:
+                job[key] = json.loads(job[key])
+        return job
+
+    async def insert(self, job: dict[str, Any]) -> None:
+        fields = self._encode(job)
+        names = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        await self._run(lambda: self._conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(fields.values())))
+
+    async def update(self, job_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        encoded = self._encode(fields)
+        assignments = ", ".join(f"{name}=?" for name in encoded)
+        await self._run(lambda: self._conn.execute(f"UPDATE jobs SET {assignments} WHERE id=?",
+                                                   (*encoded.values(), job_id)))
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        return await self._run(lambda: self._decode(self._conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()))
+
+    async def list(self, limit: int, offset: int, status: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Newest first, without the (possibly large) result column."""
+
+        def query():
+            where, args = ("WHERE status=?", (status,)) if status else ("", ())
+            columns = ", ".join(c for c in _COLUMNS if c != "result")
+            rows = self._conn.execute(
+                f"SELECT {columns} FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset)).fetchall()
+            total = self._conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+            return [self._decode(r) for r in rows], int(total)
+
+        return await self._run(query)
+
+    async def delete(self, job_id: str) -> bool:
+        return await self._run(lambda: self._conn.execute("DELETE FROM jobs WHERE id=?", (job_id,)).rowcount > 0)
+
+    async def expired(self, before: float) -> list[dict[str, Any]]:
+        """Finished jobs whose finish time is before `before` (for the retention sweep)."""
+        marks = ", ".join("?" for _ in FINISHED)
+        return await self._run(lambda: [
+            self._decode(r) for r in self._conn.execute(
+                f"SELECT id, input_path FROM jobs WHERE status IN ({marks}) AND finished_at < ? LIMIT 1000",
+                (*FINISHED, before)).fetchall()])
+
+    async def oldest_finished_beyond(self, keep: int) -> list[dict[str, Any]]:
+        """Finished jobs past the newest `keep` rows (the table's bound, ANALYSIS_MAX_JOBS)."""
+        marks = ", ".join("?" for _ in FINISHED)
+        return await self._run(lambda: [
+            self._decode(r) for r in self._conn.execute(
+                f"SELECT id, input_path FROM jobs WHERE status IN ({marks}) AND id NOT IN "
+                "(SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?) LIMIT 1000", (*FINISHED, keep)).fetchall()])
