@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHES = {
     "pipeline": (["-m", "bench.bench_pipeline"], ["--quick"]),
     "webrtc": (["bench/bench_webrtc.py"], ["--seconds", "8"]),
-    "captions": (["bench/bench_captions.py"], []),
+    "captions": (["bench/bench_captions.py"], ["--streams", "1,4", "--seconds", "15"]),
     "vision": (["bench/bench_vision.py"], ["--seconds", "2"]),
     "translate": (["bench/bench_translate.py"], ["--requests", "10", "--captions", "150"]),
     "analysis": (["bench/bench_analysis.py"], ["--minutes", "2", "--live-seconds", "4"]),

@@ -147,7 +147,7 @@ class CaptionBand:
         wrapped: list[str] = []
         for line in lines:
             wrapped.extend(textwrap.wrap(line, chars_per_line) or [""])
-        wrapped = wrapped[-3:]  # newest lines only; the band never covers the whole frame
+        wrapped = wrapped[-2:]  # newest lines only; the band never covers the whole frame
         line_height = int(font_size * 1.3)
         band_height = line_height * len(wrapped) + font_size // 2
         image = Image.new("L", (width, band_height), 0)

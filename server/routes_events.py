@@ -2,7 +2,8 @@
 
 - `GET /stream/{id}/events`: every event (captions, tags, descriptions, status, errors);
   `?kinds=tags,caption` narrows it.
-- `GET /stream/{id}/captions`: caption events only, `event: partial` / `event: final`.
+- `GET /stream/{id}/captions`: caption events only, `event: partial` / `event: final` / `event: update`
+  (a final's translation, same id).
 - `GET /stream/{id}/captions.vtt`: the final captions as a WebVTT document (`?lang=es` for a translation).
 
 Each SSE message carries `id: <event id>`; a client reconnecting with `Last-Event-ID` (or `?replay=1`)
@@ -122,10 +123,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     return await _serve_sse(request, kinds, lambda event: event.kind)
 
 
-@routes.get("/stream/{manifest_id}/captions", summary="Caption events (SSE: partial / final)",
+@routes.get("/stream/{manifest_id}/captions", summary="Caption events (SSE: partial / final / update)",
             response_type="text/event-stream", **VIEWER)
 async def stream_captions(request: web.Request) -> web.StreamResponse:
-    return await _serve_sse(request, {"caption"}, lambda event: "final" if event.final else "partial")
+    return await _serve_sse(request, {"caption"}, lambda event: event.sse_event)
 
 
 @routes.get("/stream/{manifest_id}/captions.vtt", summary="Final captions as WebVTT (?lang= a translation)",
