@@ -38,7 +38,7 @@ LIVEPEER_PATH_PREFIXES = ("/stream/", "/live-video-to-video", "/process/")
 KNOWN_CURRENCIES = ("wei", "eth")
 
 
-def _secret(value: Any) -> str | None:
+def secret_value(value: Any) -> str | None:
     """A setting that may be a pydantic SecretStr, a plain str, or unset."""
     if value is None:
         return None
@@ -101,7 +101,7 @@ def channel_config(settings: Any, policy: OutboundPolicy | None = None) -> Chann
 def build_registrar(settings: Any, tls: TlsPolicy | None = None) -> OrchestratorRegistrar | None:
     """A registrar when both ORCH_URL and ORCH_SECRET are set, else None."""
     orch_url = getattr(settings, "orch_url", None)
-    secret = _secret(getattr(settings, "orch_secret", None))
+    secret = secret_value(getattr(settings, "orch_secret", None))
     if not orch_url or not secret:
         if orch_url or secret:
             log.warning("capability registration needs both ORCH_URL and ORCH_SECRET; not registering")
@@ -110,8 +110,8 @@ def build_registrar(settings: Any, tls: TlsPolicy | None = None) -> Orchestrator
     if not url:
         url = f"http://{socket.gethostname()}:{settings.port}"
         log.warning("CAPABILITY_URL is not set; registering %s (set it to the address the orchestrator can reach)", url)
-    auth_token = _secret(getattr(settings, "auth_token", None))
-    token = _secret(getattr(settings, "capability_token", None)) or auth_token or ""
+    auth_token = secret_value(getattr(settings, "auth_token", None))
+    token = secret_value(getattr(settings, "capability_token", None)) or auth_token or ""
     if auth_token and token != auth_token:
         log.warning("CAPABILITY_TOKEN differs from AUTH_TOKEN: the orchestrator will send CAPABILITY_TOKEN "
                     "and this worker will answer 401 (set them equal, or leave CAPABILITY_TOKEN unset)")

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from byoc.mount import secret_value
 from media.http_json import JSONBodyError, loads_limited
 from media.http_routes import JSON, RouteSpec, Role, registry_of
 
@@ -46,19 +47,11 @@ EXPOSED_HEADERS = "Location, ETag, Link, Accept-Patch, Accept-Post, X-Manifest-I
 ALLOWED_HEADERS = "Authorization, Content-Type, If-Match, Last-Event-ID"
 
 
-def _secret(value: Any) -> str | None:
-    if value is None:
-        return None
-    getter = getattr(value, "get_secret_value", None)
-    text = getter() if getter is not None else str(value)
-    return text or None
-
-
 class AccessPolicy:
     """Tokens per role, from the settings; built once per app."""
 
     def __init__(self, settings: Any) -> None:
-        tokens = {name: _secret(getattr(settings, name, None)) for name in TOKEN_SETTINGS}
+        tokens = {name: secret_value(getattr(settings, name, None)) for name in TOKEN_SETTINGS}
         self.open = not any(tokens.values())
         fallback = tokens["api_token"] or tokens["auth_token"]
         self.role_tokens: dict[Role, str | None] = {
