@@ -8,6 +8,7 @@ data-channel driven parts of the page (captions panel, text-track cues, stats, p
 
 from __future__ import annotations
 
+import contextlib
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -55,82 +56,92 @@ async def launch(playwright, flags: list[str]):
     return await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=BASE_FLAGS + flags)
 
 
-async def test_demo_page_shows_processed_video_and_events(make_server, tmp_path):
+@contextlib.asynccontextmanager
+async def fake_camera_browser(tmp_path: Path, audio: Path | None = None):
+    """Chromium whose camera plays a grey Y4M file (and whose microphone plays `audio`, if given)."""
     from playwright.async_api import async_playwright
 
-    server = await make_server(**loopback_settings())
     y4m = write_grey_y4m(tmp_path / "grey.y4m")
+    flags = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+             f"--use-file-for-fake-video-capture={y4m}"]
+    if audio is not None:
+        flags.append(f"--use-file-for-fake-audio-capture={audio}")
     async with async_playwright() as playwright:
-        browser = await launch(playwright, ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                                            f"--use-file-for-fake-video-capture={y4m}"])
+        browser = await launch(playwright, flags)
         try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 900})
-            await page.goto(server.url("/"))
-            assert await page.title() == "streamlens — live demo"
-            await page.click("#start")
-            await page.wait_for_function("document.body.dataset.manifestId", timeout=30_000)
-            manifest_id = await page.evaluate("document.body.dataset.manifestId")
-            stream = server.app["streams"].get_active(manifest_id)
-            assert stream is not None and stream.metadata["transport"] == "webrtc"
-            # processed video plays and data-channel messages arrive
-            await page.wait_for_function(
-                "(() => { const v = document.getElementById('remote');"
-                " return v.readyState >= 2 && v.currentTime > 1 && (window.streamlensMessages || 0) >= 2; })()",
-                timeout=30_000)
-
-            # parameter controls send {"type": "params"} over the data channel
-            await page.select_option("#target-lang", "es")
-            await page.check("#vision-enabled")
-            assert await wait_until(lambda: stream.params.get("captions", {}).get("translate_to") == ["es"]
-                                    and stream.params.get("vision", {}).get("enabled") is True, timeout=10)
-
-            # captions from the stream's bus: panel + native text-track cue, translation shown
-            stream.events.publish(CaptionEvent(text="hello browser", final=True, translations={"es": "hola navegador"}))
-            await page.wait_for_function(
-                "document.querySelector('#captions li') && "
-                "document.querySelector('#captions li').textContent.includes('hello browser')", timeout=10_000)
-            assert await page.text_content("#captions li .translation") == "hola navegador"
-            cues = await page.evaluate(
-                "Array.from(document.getElementById('remote').textTracks[0].cues || []).map(c => c.text)")
-            assert any("hello browser" in cue and "hola navegador" in cue for cue in cues)
-
-            # stats: getStats (fps, round trip) and the server's status messages (state, drops)
-            await page.wait_for_function(
-                "document.getElementById('stat-rtt').textContent.endsWith('ms') && "
-                "document.getElementById('stat-fps').textContent !== '–' && "
-                "document.getElementById('stat-dropped').textContent !== '–'", timeout=15_000)
-            assert await page.text_content("#stat-state") in ("ONLINE", "DEGRADED_INPUT", "DEGRADED_INFERENCE", "LOADING")
-            assert (await page.text_content("#stat-dropped")).isdigit()
-
-            # PIXELS: the returned video carries the server's header band; the camera does not
-            await page.screenshot(path=str(tmp_path / "demo.png"))
-            await page.locator("#remote").screenshot(path=str(tmp_path / "remote.png"))
-            await page.locator("#local").screenshot(path=str(tmp_path / "local.png"))
-            local, remote = band(tmp_path / "local.png"), band(tmp_path / "remote.png")
-            assert local.mean() > 100 and local.std() < 8  # plain grey camera picture
-            assert remote.mean() < 0.7 * local.mean()  # the darkened header band
-            assert np.percentile(remote, 99.5) > 170  # with bright text in it
-
-            # the WHEP viewer page watches the same processed stream (and gets its events)
-            viewer = await browser.new_page(viewport={"width": 1280, "height": 900})
-            await viewer.goto(server.url(f"/view/{manifest_id}"))
-            await viewer.wait_for_function(
-                "(() => { const v = document.getElementById('remote');"
-                " return v.readyState >= 2 && v.currentTime > 0.5 && (window.streamlensMessages || 0) >= 1; })()",
-                timeout=30_000)
-            assert server.app["webrtc"].count("whep") == 1
-            await viewer.locator("#remote").screenshot(path=str(tmp_path / "viewer.png"))
-            watched = band(tmp_path / "viewer.png")
-            assert watched.mean() < 0.7 * local.mean() and np.percentile(watched, 99.5) > 170
-            await viewer.click("#stop")  # DELETEs its WHEP session
-            assert await wait_until(lambda: server.app["webrtc"].count("whep") == 0, timeout=10)
-
-            # Stop closes the peer connection: the stream ends and everything is freed
-            await page.click("#stop")
-            assert await wait_until(lambda: not server.app["streams"].active(), timeout=20)
-            assert await wait_until(lambda: not server.app["webrtc"].sessions, timeout=10)
+            yield browser
         finally:
             await browser.close()
+
+
+async def test_demo_page_shows_processed_video_and_events(make_server, tmp_path):
+    server = await make_server(**loopback_settings())
+    async with fake_camera_browser(tmp_path) as browser:
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await page.goto(server.url("/"))
+        assert await page.title() == "streamlens — live demo"
+        await page.click("#start")
+        await page.wait_for_function("document.body.dataset.manifestId", timeout=30_000)
+        manifest_id = await page.evaluate("document.body.dataset.manifestId")
+        stream = server.app["streams"].get_active(manifest_id)
+        assert stream is not None and stream.metadata["transport"] == "webrtc"
+        # processed video plays and data-channel messages arrive
+        await page.wait_for_function(
+            "(() => { const v = document.getElementById('remote');"
+            " return v.readyState >= 2 && v.currentTime > 1 && (window.streamlensMessages || 0) >= 2; })()",
+            timeout=30_000)
+
+        # parameter controls send {"type": "params"} over the data channel
+        await page.select_option("#target-lang", "es")
+        await page.check("#vision-enabled")
+        assert await wait_until(lambda: stream.params.get("captions", {}).get("translate_to") == ["es"]
+                                and stream.params.get("vision", {}).get("enabled") is True, timeout=10)
+
+        # captions from the stream's bus: panel + native text-track cue, translation shown
+        stream.events.publish(CaptionEvent(text="hello browser", final=True, translations={"es": "hola navegador"}))
+        await page.wait_for_function(
+            "document.querySelector('#captions li') && "
+            "document.querySelector('#captions li').textContent.includes('hello browser')", timeout=10_000)
+        assert await page.text_content("#captions li .translation") == "hola navegador"
+        cues = await page.evaluate(
+            "Array.from(document.getElementById('remote').textTracks[0].cues || []).map(c => c.text)")
+        assert any("hello browser" in cue and "hola navegador" in cue for cue in cues)
+
+        # stats: getStats (fps, round trip) and the server's status messages (state, drops)
+        await page.wait_for_function(
+            "document.getElementById('stat-rtt').textContent.endsWith('ms') && "
+            "document.getElementById('stat-fps').textContent !== '–' && "
+            "document.getElementById('stat-dropped').textContent !== '–'", timeout=15_000)
+        assert await page.text_content("#stat-state") in ("ONLINE", "DEGRADED_INPUT", "DEGRADED_INFERENCE", "LOADING")
+        assert (await page.text_content("#stat-dropped")).isdigit()
+
+        # PIXELS: the returned video carries the server's header band; the camera does not
+        await page.screenshot(path=str(tmp_path / "demo.png"))
+        await page.locator("#remote").screenshot(path=str(tmp_path / "remote.png"))
+        await page.locator("#local").screenshot(path=str(tmp_path / "local.png"))
+        local, remote = band(tmp_path / "local.png"), band(tmp_path / "remote.png")
+        assert local.mean() > 100 and local.std() < 8  # plain grey camera picture
+        assert remote.mean() < 0.7 * local.mean()  # the darkened header band
+        assert np.percentile(remote, 99.5) > 170  # with bright text in it
+
+        # the WHEP viewer page watches the same processed stream (and gets its events)
+        viewer = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await viewer.goto(server.url(f"/view/{manifest_id}"))
+        await viewer.wait_for_function(
+            "(() => { const v = document.getElementById('remote');"
+            " return v.readyState >= 2 && v.currentTime > 0.5 && (window.streamlensMessages || 0) >= 1; })()",
+            timeout=30_000)
+        assert server.app["webrtc"].count("whep") == 1
+        await viewer.locator("#remote").screenshot(path=str(tmp_path / "viewer.png"))
+        watched = band(tmp_path / "viewer.png")
+        assert watched.mean() < 0.7 * local.mean() and np.percentile(watched, 99.5) > 170
+        await viewer.click("#stop")  # DELETEs its WHEP session
+        assert await wait_until(lambda: server.app["webrtc"].count("whep") == 0, timeout=10)
+
+        # Stop closes the peer connection: the stream ends and everything is freed
+        await page.click("#stop")
+        assert await wait_until(lambda: not server.app["streams"].active(), timeout=20)
+        assert await wait_until(lambda: not server.app["webrtc"].sessions, timeout=10)
 
 
 async def test_demo_page_explains_denied_camera(make_server):

@@ -286,6 +286,8 @@ class AsrModelPool:
         self.partial_max_age = self.PARTIAL_MAX_AGE
         self._load_lock = threading.Lock()
         self._cond = threading.Condition()
+        # bounded in _submit: finals by MAX_WAITING_FINALS, partials one per stream up to
+        # MAX_WAITING_PARTIALS, other calls by max_pending (beyond, the request is refused)
         self._finals: deque[_Request] = deque()
         self._partials: dict[str, _Request] = {}
         self._calls: deque[_Request] = deque()
