@@ -22,7 +22,8 @@ from analysis.transcript import NoAudio, transcribe_windows, translate_segments
 from inference.resilience import CircuitOpenError
 from inference.vision.base import BackendBusy, BackendUnavailable, VisionRequest
 from inference.vision.embedded import EMBEDDED_TAGS, EmbeddedTagger, TextTag
-from inference.vision.openai_vlm import EndpointError, encode_frame_jpeg, jpeg_data_uri
+from inference.openai_client import OpenAIError
+from inference.vision.openai_vlm import encode_frame_jpeg, jpeg_data_uri
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +140,12 @@ async def run_inference(ctx: JobContext, services: AnalysisServices, options: In
         content.append({"type": "image_url", "image_url": {"url": uri}})
     content.append({"type": "text", "text": options.prompt})
     ctx.progress(phase="asking the VLM", fraction=0.85)
-    text, model = await _ask_vlm(mux, content, options.generation_params.max_tokens, options.generation_params.temperature)
+    text, model, usage = await _ask_vlm(mux, content, options.generation_params.max_tokens, options.generation_params.temperature)
     finished = time.perf_counter()
     return {
         "text": text,
         "model": model,
-        "usage": None,  # the shared VLM client returns the completion text only
+        "usage": usage,
         "frames": [{"t": t, "width": w, "height": h} for t, w, h, _ in frames],
         "duration": round(duration, 3),
         "timing": {"decode_seconds": round(decoded - started, 3), "vlm_seconds": round(finished - decoded, 3),
@@ -152,21 +153,23 @@ async def run_inference(ctx: JobContext, services: AnalysisServices, options: In
     }
 
 
-async def _ask_vlm(mux: Any, content: list[dict[str, Any]], max_tokens: int, temperature: float) -> tuple[str, str]:
-    """One chat request through the multiplexer's endpoints (its order, breakers, retries, client)."""
+async def _ask_vlm(mux: Any, content: list[dict[str, Any]], max_tokens: int,
+                   temperature: float) -> tuple[str, str, dict[str, int] | None]:
+    """One chat request through the multiplexer's endpoints (its order, breakers, retries, client)
+    → (text, model, token usage as the server counted it, None when it sent none)."""
     errors: list[str] = []
     for endpoint in mux.plan():
         model = endpoint.config.model_id or mux.config.model_id
         payload = {"model": model, "messages": [{"role": "user", "content": content}],
                    "max_tokens": max_tokens, "temperature": temperature}
         try:
-            text = await mux.client.complete(endpoint, payload)
-        except (EndpointError, CircuitOpenError) as exc:
+            completion = await mux.complete(endpoint, payload)
+        except (OpenAIError, CircuitOpenError) as exc:
             errors.append(f"{endpoint.name}: {exc}")
             continue
-        if not text.strip():
+        if not completion.text.strip():
             raise JobFailed(f"the VLM ({endpoint.name}) answered with no text", 502)
-        return text.strip(), model
+        return completion.text.strip(), completion.model or model, completion.usage
     if not errors:
         raise JobFailed("every VLM endpoint's circuit breaker is open; try again later", 503)
     raise JobFailed("no VLM endpoint answered: " + "; ".join(errors), 502)

@@ -44,9 +44,11 @@ async def retry_async(
     policy: RetryPolicy,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     on_retry: Callable[[int, BaseException], None] | None = None,
+    rng: random.Random | None = None,
 ) -> T:
     """Run `call` until it succeeds or the policy's attempts are spent; re-raise the last error.
-    Errors not in `retry_on` (and CircuitOpenError) are raised at once."""
+    Errors not in `retry_on` (and CircuitOpenError) are raised at once. An error's `retry_after`
+    (a server's 429 hint, seconds) lengthens the wait, within the policy's `max_delay`."""
     last: BaseException | None = None
     for attempt in range(policy.attempts):
         try:
@@ -59,7 +61,11 @@ async def retry_async(
                 break
             if on_retry is not None:
                 on_retry(attempt + 1, exc)
-            await asyncio.sleep(policy.delay(attempt))
+            delay = policy.delay(attempt, rng)
+            hint = getattr(exc, "retry_after", None)
+            if isinstance(hint, (int, float)):
+                delay = max(delay, min(float(hint), policy.max_delay))
+            await asyncio.sleep(delay)
     assert last is not None
     raise last
 

@@ -72,6 +72,9 @@ async def test_url_route_samples_by_fps_and_pixel_budgets_and_returns_the_answer
             answer = await resp.json()
         assert resp.status == 200, answer
         assert answer["text"] == "A person appears, then leaves." and answer["model"] == "qwen-stub"
+        usage = answer["usage"]  # the server's own token counts, passed through
+        assert usage["completion_tokens"] > 0 and usage["prompt_tokens"] > 0
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
         assert len(stub.chat_requests) == 1
         request = stub.chat_requests[0].json
         assert request["max_tokens"] == 77 and request["temperature"] == 0.1

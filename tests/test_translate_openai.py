@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from inference.openai_client import chat_completions_url, server_root
 from inference.translate import (
     LRUCache,
     OpenAICompatTranslator,
@@ -22,7 +23,7 @@ from inference.translate import (
     TranslationError,
     TranslationService,
 )
-from inference.translate.openai_compat import clean_model_output, normalize_base_url
+from inference.translate.openai_compat import clean_model_output
 from tests.openai_stub import OpenAIStub, image_urls, user_text
 
 SPANISH = {"Hello world": "Hola mundo", "The cat is black": "El gato es negro", "Good morning": "Buenos días"}
@@ -132,9 +133,11 @@ def test_clean_model_output_keeps_what_the_source_had() -> None:
 
 def test_endpoint_forms_are_normalised() -> None:
     for form in ("http://h:8001", "http://h:8001/", "http://h:8001/v1", "http://h:8001/v1/chat/completions"):
-        assert normalize_base_url(form) == "http://h:8001"
+        assert server_root(form) == "http://h:8001"
+        assert chat_completions_url(form) == "http://h:8001/v1/chat/completions"
+    assert server_root("https://proxy/llm/v1") == "https://proxy/llm"  # a proxy's prefix is kept
     with pytest.raises(ValueError):
-        normalize_base_url("h:8001")
+        chat_completions_url("h:8001")
 
 
 async def test_batch_runs_concurrently_but_bounded(stub: OpenAIStub) -> None:

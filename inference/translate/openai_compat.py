@@ -13,7 +13,6 @@ backend (see backends.py), so a dead server is skipped for the next backend in t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
@@ -21,10 +20,19 @@ import re
 from collections.abc import Mapping, Sequence
 from ssl import SSLContext
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
-
-from inference.resilience import RetryPolicy
+from inference.openai_client import (
+    Completion,
+    OpenAIClient,
+    OpenAIError,
+    TransientOpenAIError,
+    api_base,
+    chat_completions_url,
+    error_detail,
+    server_root,
+)
+from inference.resilience import RetryPolicy, retry_async
 
 from .base import (
     KNOWN_LANGUAGES,
@@ -35,7 +43,6 @@ from .base import (
     TranslationResult,
     Translator,
     UnsupportedLanguagePairError,
-    Usage,
     is_known_language,
     language_name,
     to_iso639_1,
@@ -52,26 +59,6 @@ DEFAULT_SYSTEM_PROMPT = (
 
 _THINK_BLOCK_RE = re.compile(r"<think>.*?</think>", re.S | re.I)
 _WRAPPING_QUOTES = {'"': '"', "'": "'", "“": "”", "„": "“", "«": "»", "‘": "’", "「": "」", "『": "』"}
-
-
-class _TransientError(TranslationError):
-    """A failure worth retrying (and counted by the breaker)."""
-
-    def __init__(self, message: str, *, code: str, http_status: int = 503, retry_after: float | None = None):
-        super().__init__(message, code=code, http_status=http_status, retryable=True)
-        self.retry_after = retry_after
-
-
-def normalize_base_url(endpoint: str) -> str:
-    """'http://h:8001', 'http://h:8001/', 'http://h:8001/v1' and '…/v1/chat/completions' all
-    give 'http://h:8001'."""
-    url = endpoint.strip().rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
-    for suffix in ("/chat/completions", "/v1"):
-        if url.endswith(suffix):
-            url = url[: -len(suffix)]
-    return url.rstrip("/")
 
 
 def clean_model_output(raw: str, source_text: str, target_lang: str) -> str:
@@ -95,38 +82,6 @@ def clean_model_output(raw: str, source_text: str, target_lang: str) -> str:
         if not source_wrapped:
             text = text[1:-1].strip()
     return text
-
-
-def _parse_usage(raw: object) -> Usage | None:
-    if not isinstance(raw, Mapping):
-        return None
-    usage: Usage = {}
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        value = raw.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            usage[key] = value
-    if not usage:
-        return None
-    usage.setdefault("total_tokens", usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
-    return usage
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
-
-
-def _token_logprobs(data: Mapping[str, Any]) -> list[float]:
-    """choices[0].logprobs.content[*].logprob (the OpenAI/vLLM/Ollama shape); [] when absent."""
-    try:
-        content = data["choices"][0]["logprobs"]["content"]
-    except (KeyError, IndexError, TypeError):
-        return []
-    if not isinstance(content, list):
-        return []
-    return [t["logprob"] for t in content if isinstance(t, Mapping) and isinstance(t.get("logprob"), (int, float))]
 
 
 class OpenAICompatTranslator(Translator):
@@ -157,9 +112,8 @@ class OpenAICompatTranslator(Translator):
     ) -> None:
         if name:
             self.name = name
-        self._ssl = ssl  # True: verified against the system CAs; the server passes its TlsPolicy's choice
-        self.base_url = normalize_base_url(endpoint)
-        self.chat_url = f"{self.base_url}/v1/chat/completions"
+        self.chat_url = chat_completions_url(endpoint)
+        self.base_url = server_root(endpoint)
         self.model = model or None  # None: ask /v1/models on first use
         self._api_key = api_key or None
         self.timeout = timeout
@@ -177,7 +131,9 @@ class OpenAICompatTranslator(Translator):
         )
         self._limiter = BoundedConcurrency(self.max_concurrency, max_pending, "translation backend")
         self._rng = rng or random.Random()
-        self._session: aiohttp.ClientSession | None = None
+        # one pooled session for the translator's life: at most `max_concurrency` (+1 for health
+        # probes) connections open at once
+        self._client = OpenAIClient(ssl_for=lambda _url: ssl, max_connections=self.max_concurrency + 1)
         self.requests = 0  # HTTP attempts sent
         self.retries = 0
         self.failures = 0
@@ -186,26 +142,8 @@ class OpenAICompatTranslator(Translator):
     def model_info(self) -> str:
         return self.model or "unknown"
 
-    # --- session -------------------------------------------------------------------------
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        return headers
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        # One session for the translator's life: pooled keep-alive connections, at most
-        # `max_concurrency` (+1 for health probes) open at once.
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.max_concurrency + 1, keepalive_timeout=30, ssl=self._ssl)
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers())
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        await self._client.close()
 
     # --- translation ---------------------------------------------------------------------
 
@@ -243,58 +181,43 @@ class OpenAICompatTranslator(Translator):
         if not text.strip():
             return TranslationResult("", source_lang, target_lang, self.model_info, backend=self.name)
         messages = self.build_messages(text, source_lang, target_lang, context)
-        data = await self._limiter.run(lambda: self._complete_with_retries(messages, text))
-        content = data["choices"][0]["message"]["content"]
-        translated = clean_model_output(content, text, target_lang)
+        completion = await self._limiter.run(lambda: self._complete_with_retries(messages, text))
+        translated = clean_model_output(completion.text, text, target_lang)
         if not translated:
             raise TranslationError(
                 "translation backend answered an empty translation", code="bad_backend_response", http_status=502
             )
-        score = logprob_score(_token_logprobs(data))
+        score = logprob_score(completion.token_logprobs)
         flags = ("low_token_probability",) if score is not None and score < LOW_TOKEN_PROBABILITY else ()
         return TranslationResult(
             text=translated,
             source_language=source_lang,
             target_language=target_lang,
-            model_info=str(data.get("model") or self.model_info),
-            usage=_parse_usage(data.get("usage")),
+            model_info=completion.model or self.model_info,
+            usage=completion.usage,
             backend=self.name,
             backend_score=score,
             quality_flags=flags,
         )
 
-    async def _complete_with_retries(self, messages: list[dict[str, str]], text: str) -> dict[str, Any]:
-        attempts = self.retry_policy.attempts
-        for attempt in range(attempts):
-            try:
-                return await self._attempt(messages, text)
-            except _TransientError as exc:
-                if attempt + 1 >= attempts:
-                    self.failures += 1
-                    raise
-                delay = self.retry_policy.delay(attempt, self._rng)
-                if exc.retry_after is not None:  # honour the server's 429 hint, within our cap
-                    delay = max(delay, min(exc.retry_after, self.retry_policy.max_delay))
-                self.retries += 1
-                log.info("translation attempt %d/%d failed (%s); retrying in %.2f s",
-                         attempt + 1, attempts, exc.code, delay)
-                await asyncio.sleep(delay)
-            except TranslationError:
-                self.failures += 1
-                raise
-        raise AssertionError("unreachable")
+    async def _complete_with_retries(self, messages: list[dict[str, str]], text: str) -> Completion:
+        """Retries (backoff, jitter, the server's Retry-After) on transient failures only; a 4xx
+        answer means the server is up but said no, and is not retried."""
 
-    async def _attempt(self, messages: list[dict[str, str]], text: str) -> dict[str, Any]:
-        outcome = await self._post_once(messages, text)
-        if isinstance(outcome, TranslationError):
-            raise outcome  # a 4xx answer: the server is up but said no (not retried)
-        return outcome
+        def count_retry(attempt: int, exc: BaseException) -> None:
+            self.retries += 1
+            log.info("translation attempt %d/%d failed (%s); retrying", attempt, self.retry_policy.attempts,
+                     getattr(exc, "code", type(exc).__name__))
 
-    async def _post_once(self, messages: list[dict[str, str]], text: str) -> dict[str, Any] | TranslationError:
-        """One HTTP attempt. Raises for transient failures (retried); returns a non-retryable
-        TranslationError for a 4xx answer (the backend itself is healthy)."""
-        session = self._get_session()
-        model = self.model or await self._discover_model(session)
+        try:
+            return await retry_async(lambda: self._post_once(messages, text), self.retry_policy,
+                                     retry_on=(TransientOpenAIError,), on_retry=count_retry, rng=self._rng)
+        except OpenAIError as exc:
+            self.failures += 1
+            raise _translation_error(exc) from exc
+
+    async def _post_once(self, messages: list[dict[str, str]], text: str) -> Completion:
+        model = self.model or await self._discover_model()
         payload: dict[str, Any] = {
             **self.extra_body,
             "model": model,
@@ -306,60 +229,18 @@ class OpenAICompatTranslator(Translator):
         if self.request_logprobs:
             payload["logprobs"] = True
         self.requests += 1
-        try:
-            async with session.post(
-                self.chat_url, json=payload, timeout=aiohttp.ClientTimeout(total=self.timeout)
-            ) as resp:
-                status = resp.status
-                retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
-                body = await resp.read()
-        except TimeoutError as exc:  # aiohttp's timeouts subclass TimeoutError
-            raise _TransientError(
-                f"translation backend did not answer within {self.timeout:.1f} s",
-                code="backend_timeout",
-                http_status=504,
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _TransientError(
-                f"cannot reach translation backend {self.base_url}: {exc.__class__.__name__}: {exc}",
-                code="backend_unavailable",
-            ) from exc
-        detail = _error_detail(body)
-        if status == 429:
-            raise _TransientError(
-                f"translation backend is overloaded (429){detail}", code="backend_overloaded", retry_after=retry_after
-            )
-        if status >= 500:
-            raise _TransientError(f"translation backend failed with HTTP {status}{detail}", code="backend_error")
-        if status >= 400:
-            return TranslationError(
-                f"translation backend rejected the request with HTTP {status}{detail}",
-                code="backend_rejected",
-                http_status=502,
-                retryable=False,
-            )
-        return _parse_completion(body)
+        return await self._client.chat(self.chat_url, payload, api_key=self._api_key, timeout=self.timeout,
+                                       label="translation backend")
 
-    async def _discover_model(self, session: aiohttp.ClientSession) -> str:
+    async def _discover_model(self) -> str:
         """Use the first model the server lists when none was configured (a vLLM sidecar serves one)."""
-        try:
-            async with session.get(
-                f"{self.base_url}/v1/models", timeout=aiohttp.ClientTimeout(total=self.timeout)
-            ) as resp:
-                status = resp.status
-                body = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _TransientError(f"cannot list models at {self.base_url}: {exc}", code="backend_unavailable") from exc
-        try:
-            models = [m["id"] for m in json.loads(body)["data"]]
-        except (ValueError, KeyError, TypeError):
-            models = []
-        if status != 200 or not models:
-            raise _TransientError(
-                f"no model configured (VLLM_MODEL) and {self.base_url}/v1/models listed none (HTTP {status})",
+        models = await self._client.list_models(self.chat_url, api_key=self._api_key, timeout=self.timeout)
+        if not models:
+            raise TransientOpenAIError(
+                f"no model configured (VLLM_MODEL) and {api_base(self.chat_url)}/models listed none",
                 code="backend_unavailable",
             )
-        self.model = str(models[0])
+        self.model = models[0]
         log.info("translation model discovered: %s", self.model)
         return self.model
 
@@ -368,23 +249,20 @@ class OpenAICompatTranslator(Translator):
     async def health(self) -> dict[str, Any]:
         """GET /health (vLLM), else /v1/models (Ollama, other OpenAI-compatible servers)."""
         report: dict[str, Any] = {"endpoint": self.base_url, "model": self.model}
-        session = self._get_session()
-        probe_timeout = aiohttp.ClientTimeout(total=min(self.timeout, 5.0))
-        for path in ("/health", "/v1/models"):
+        timeout = min(self.timeout, 5.0)
+        for url in (server_root(self.chat_url) + "/health", api_base(self.chat_url) + "/models"):
             try:
-                async with session.get(f"{self.base_url}{path}", timeout=probe_timeout) as resp:
-                    status = resp.status
-                    body = await resp.read()
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                report.update(status="unhealthy", checked=path, error=f"{exc.__class__.__name__}: {exc}")
+                status, body = await self._client.get(url, api_key=self._api_key, timeout=timeout)
+            except TransientOpenAIError as exc:
+                report.update(status="unhealthy", checked=urlsplit(url).path, error=str(exc))
                 return report
-            if status == 404 and path == "/health":
+            if status == 404 and url.endswith("/health"):
                 continue  # not vLLM: try the OpenAI listing
-            report.update(checked=path, http_status=status)
+            report.update(checked=urlsplit(url).path, http_status=status)
             if status != 200:
-                report.update(status="unhealthy", error=f"HTTP {status}{_error_detail(body)}")
+                report.update(status="unhealthy", error=f"HTTP {status}{error_detail(body)}")
                 return report
-            if path == "/v1/models":
+            if url.endswith("/models"):
                 try:
                     report["models"] = [m["id"] for m in json.loads(body)["data"]][:20]
                 except (ValueError, KeyError, TypeError):
@@ -402,36 +280,9 @@ class OpenAICompatTranslator(Translator):
         }
 
 
-def _parse_completion(body: bytes) -> dict[str, Any]:
-    """Validate a chat-completions answer; a malformed one raises (and counts as a failure)."""
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise TranslationError(
-            f"translation backend sent invalid JSON: {body[:120]!r}", code="bad_backend_response", http_status=502
-        ) from exc
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not isinstance(choices, list) or not choices:
-        raise TranslationError(
-            "translation backend answer has no choices", code="bad_backend_response", http_status=502
-        )
-    message = choices[0].get("message") if isinstance(choices[0], dict) else None
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, str):
-        raise TranslationError(
-            "translation backend answer has no message content", code="bad_backend_response", http_status=502
-        )
-    return data
-
-
-def _error_detail(body: bytes) -> str:
-    """The server's own error message (OpenAI and vLLM shapes), shortened, for our error text."""
-    if not body:
-        return ""
-    try:
-        data = json.loads(body)
-        message = data.get("error", {}).get("message") if isinstance(data.get("error"), dict) else None
-        message = message or data.get("message") or data.get("detail")
-    except (ValueError, AttributeError):
-        message = body[:200].decode("utf-8", "replace")
-    return f": {str(message)[:200]}" if message else ""
+def _translation_error(exc: OpenAIError) -> TranslationError:
+    """The shared client's failure as the translation service's error. Only a 4xx answer is final
+    (the server is up and said no); anything else, a garbled answer included, counts against the
+    backend's breaker."""
+    rejected = exc.code == "backend_rejected"
+    return TranslationError(str(exc), code=exc.code, http_status=exc.http_status, retryable=not rejected)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inference.openai_client import chat_completions_url
 from media.stats import LatencyWindow
 
 from .apertium import ApertiumTranslator
@@ -37,7 +38,7 @@ from .base import (
 from .cache import LRUCache
 from .langdetect import AUTO, detect_language
 from .ollama import DEFAULT_OLLAMA_ENDPOINT, OllamaTranslator
-from .openai_compat import OpenAICompatTranslator, normalize_base_url
+from .openai_compat import OpenAICompatTranslator
 from .quality import assess
 from .sessions import SessionStore, TranslationSession
 from .triton import TritonTranslator, parse_pairs
@@ -188,7 +189,7 @@ class TranslateSettings(BaseSettings):
     def _check_endpoint(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        normalize_base_url(value)  # raises ValueError → a clear settings error
+        chat_completions_url(value)  # raises ValueError → a clear settings error
         return value.strip()
 
     @field_validator("backends")

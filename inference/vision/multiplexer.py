@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from inference.openai_client import Completion, OpenAIClient, OpenAIError
 from inference.resilience import CircuitOpenError, RetryPolicy
 from inference.vision.base import (
     BackendBusy,
@@ -40,9 +41,7 @@ from inference.vision.base import (
     check_image,
 )
 from inference.vision.openai_vlm import (
-    EndpointError,
     MalformedOutput,
-    OpenAIVlmClient,
     VlmEndpoint,
     VlmEndpointConfig,
     build_messages,
@@ -131,14 +130,15 @@ class VlmMultiplexer(VisionBackend):
         *,
         rng: random.Random | None = None,
         clock: Any = time.monotonic,
-        client: OpenAIVlmClient | None = None,
+        client: OpenAIClient | None = None,
         ssl_for: Any = None,
     ) -> None:
         self.config = config
         self.model = config.model_id
         self._rng = rng or random.Random()
         # ssl_for(url): the server's TLS choice per endpoint (TLS_CA_FILE, TLS_INSECURE_HOSTS)
-        self.client = client or OpenAIVlmClient(retry=config.retry_policy(), ssl_for=ssl_for)
+        self.client = client or OpenAIClient(ssl_for=ssl_for)
+        self.retry = config.retry_policy()
         self.endpoints = [
             VlmEndpoint(
                 ep,
@@ -164,6 +164,10 @@ class VlmMultiplexer(VisionBackend):
         primaries = [ep for ep in self.endpoints if not ep.config.is_fallback and ep.healthy]
         fallbacks = [ep for ep in self.endpoints if ep.config.is_fallback and ep.healthy]
         return weighted_order(primaries, self._rng) + weighted_order(fallbacks, self._rng)
+
+    async def complete(self, endpoint: VlmEndpoint, payload: dict[str, Any]) -> Completion:
+        """One chat completion from `endpoint` (its slots, breaker and this backend's retries)."""
+        return await endpoint.complete(self.client, payload, self.retry)
 
     def _payload(self, endpoint: VlmEndpoint, messages: list[dict[str, Any]], mode: str) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -203,12 +207,12 @@ class VlmMultiplexer(VisionBackend):
             if endpoint.config.is_fallback:
                 self.fallback_used += 1
             try:
-                content = await self.client.complete(endpoint, self._payload(endpoint, messages, request.mode))
-            except (EndpointError, CircuitOpenError) as exc:
+                completion = await self.complete(endpoint, self._payload(endpoint, messages, request.mode))
+            except (OpenAIError, CircuitOpenError) as exc:
                 errors.append(f"{endpoint.name}: {exc}")
                 log.warning("VLM endpoint %s failed: %s", endpoint.name, exc)
                 continue
-            return self._result(endpoint, content, request, tag_list)
+            return self._result(endpoint, completion.text, request, tag_list)
         self.unavailable += 1
         raise BackendUnavailable("all VLM endpoints failed: " + "; ".join(errors))
 

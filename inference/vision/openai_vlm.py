@@ -14,7 +14,8 @@ so request size and the model's visual-token count stay bounded whatever the str
 
 Per endpoint (``VlmEndpoint``): a timeout, a concurrency limit (semaphore with a bounded number of
 waiters), retries with exponential backoff and jitter for transient errors (timeouts, connection
-errors, 429, 5xx) and a ``CircuitBreaker``. Any failure to obtain a completion counts against the
+errors, 429, 5xx) and a ``CircuitBreaker``. The HTTP itself is the shared
+``inference.openai_client.OpenAIClient`` (the one translation uses too). Any failure to obtain a completion counts against the
 breaker; a completion whose *content* is not what was asked for (malformed model output) does not —
 the endpoint worked, the model answered badly. The multiplexer counts and survives those.
 
@@ -31,18 +32,17 @@ import json
 import logging
 import math
 import re
-import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from inference.openai_client import Completion, OpenAIClient, OpenAIError, TransientOpenAIError, chat_completions_url
 from inference.resilience import CircuitBreaker, RetryPolicy, retry_async
 from inference.vision.base import VisionRequest
 from media.events import Tag
@@ -73,28 +73,7 @@ class VlmEndpointConfig(BaseModel):
         return self.name or urlsplit(self.base_url).netloc or self.base_url
 
 
-def chat_completions_url(base_url: str) -> str:
-    url = base_url.rstrip("/")
-    if url.endswith("/chat/completions"):
-        return url
-    if urlsplit(url).path in ("", "/"):
-        return url + "/v1/chat/completions"
-    return url + "/chat/completions"
-
-
-class EndpointError(RuntimeError):
-    """No usable completion from one endpoint (after its retries)."""
-
-    retryable = False
-
-
-class TransientEndpointError(EndpointError):
-    """Timeouts, connection errors, 429 and 5xx: worth a retry on the same endpoint."""
-
-    retryable = True
-
-
-class EndpointBusy(EndpointError):
+class EndpointBusy(OpenAIError):
     """The endpoint's concurrency slots and its bounded waiting line are full."""
 
 
@@ -155,6 +134,32 @@ class VlmEndpoint:
         finally:
             self.in_flight -= 1
             self._semaphore.release()
+
+    async def complete(self, client: OpenAIClient, payload: dict[str, Any], retry: RetryPolicy) -> Completion:
+        """One completion from this endpoint: its slot limit, breaker and retries around the
+        shared client. Raises OpenAIError (EndpointBusy included) or CircuitOpenError."""
+        self.selected += 1
+
+        async def one_attempt() -> Completion:
+            async with self.slot():
+                self.attempts += 1
+                return await self.breaker.call(lambda: client.chat(
+                    self.url, payload, api_key=self.config.api_key or None, timeout=self.config.timeout,
+                    label=f"VLM endpoint {self.name}"))
+
+        def count_retry(_attempt: int, exc: BaseException) -> None:
+            self.retries += 1
+            log.info("VLM endpoint %s: retrying after %s", self.name, exc)
+
+        try:
+            completion = await retry_async(one_attempt, retry, retry_on=(TransientOpenAIError,), on_retry=count_retry)
+        except Exception as exc:
+            self.failures += 1
+            self.last_error = str(exc) or type(exc).__name__
+            raise
+        self.successes += 1
+        self.latency.add(completion.latency_s)
+        return completion
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -400,103 +405,3 @@ def parse_tag_output(text: str, tag_list: list[str] | tuple[str, ...], threshold
         if confidence >= threshold and confidence > best.get(name, -1.0):
             best[name] = round(confidence, 4)
     return [Tag(name, conf) for name, conf in sorted(best.items(), key=lambda kv: kv[1], reverse=True)]
-
-
-def completion_text(body: Any) -> str:
-    """`choices[0].message.content` as text (string or a list of text parts). Raises EndpointError
-    when the body is not a chat completion at all."""
-    try:
-        message = body["choices"][0]["message"]
-    except (KeyError, IndexError, TypeError):
-        raise EndpointError("response is not a chat completion (no choices[0].message)") from None
-    content = message.get("content") if isinstance(message, dict) else None
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return str(content)
-
-
-# -- HTTP ----------------------------------------------------------------------------------------
-
-
-class OpenAIVlmClient:
-    """Sends chat completions to endpoints over one shared aiohttp session (connection reuse)."""
-
-    def __init__(self, retry: RetryPolicy | None = None, session: aiohttp.ClientSession | None = None,
-                 ssl_for: Callable[[str], ssl.SSLContext | bool] | None = None) -> None:
-        self.retry = retry or RetryPolicy(attempts=2, base_delay=0.2, max_delay=2.0, jitter=0.5)
-        # operator-configured endpoints: TLS always verified (system CAs, or media.outbound's
-        # TlsPolicy.ssl_for: + TLS_CA_FILE, False only for hosts in TLS_INSECURE_HOSTS)
-        self._ssl_for = ssl_for
-        self._session = session
-        self._owns_session = session is None
-        self._session_lock = asyncio.Lock()
-
-    async def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            async with self._session_lock:
-                if self._session is None or self._session.closed:
-                    connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
-                    self._session = aiohttp.ClientSession(connector=connector)
-                    self._owns_session = True
-        return self._session
-
-    async def complete(self, endpoint: VlmEndpoint, payload: dict[str, Any]) -> str:
-        """The completion's text from `endpoint`, with that endpoint's slot limit, breaker and
-        retries. Raises EndpointError (incl. EndpointBusy) or CircuitOpenError."""
-        endpoint.selected += 1
-
-        async def one_attempt() -> str:
-            async with endpoint.slot():
-                return await endpoint.breaker.call(lambda: self._post(endpoint, payload))
-
-        def count_retry(_attempt: int, exc: BaseException) -> None:
-            endpoint.retries += 1
-            log.info("VLM endpoint %s: retrying after %s", endpoint.name, exc)
-
-        try:
-            text = await retry_async(one_attempt, self.retry, retry_on=(TransientEndpointError,), on_retry=count_retry)
-        except Exception as exc:
-            endpoint.failures += 1
-            endpoint.last_error = str(exc) or type(exc).__name__
-            raise
-        endpoint.successes += 1
-        return text
-
-    async def _post(self, endpoint: VlmEndpoint, payload: dict[str, Any]) -> str:
-        session = await self.session()
-        headers = {"Content-Type": "application/json"}
-        if endpoint.config.api_key:
-            headers["Authorization"] = f"Bearer {endpoint.config.api_key}"
-        endpoint.attempts += 1
-        started = time.perf_counter()
-        try:
-            async with session.post(
-                endpoint.url,
-                ssl=self._ssl_for(endpoint.url) if self._ssl_for is not None else True,
-                json=payload,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=endpoint.config.timeout),
-            ) as response:
-                if response.status == 429 or response.status >= 500:
-                    detail = (await response.text())[:200]
-                    raise TransientEndpointError(f"HTTP {response.status} from {endpoint.name}: {detail}")
-                if response.status >= 300:
-                    detail = (await response.text())[:200]
-                    raise EndpointError(f"HTTP {response.status} from {endpoint.name}: {detail}")
-                try:
-                    body = await response.json(content_type=None)
-                except (ValueError, aiohttp.ContentTypeError):
-                    raise EndpointError(f"non-JSON response from {endpoint.name}") from None
-        except TimeoutError:
-            raise TransientEndpointError(f"timeout after {endpoint.config.timeout:g}s at {endpoint.name}") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise TransientEndpointError(f"connection error at {endpoint.name}: {exc}") from None
-        endpoint.latency.add(time.perf_counter() - started)
-        return completion_text(body)
-
-    async def close(self) -> None:
-        if self._session is not None and self._owns_session and not self._session.closed:
-            await self._session.close()
-        self._session = None
