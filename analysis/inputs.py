@@ -45,9 +45,14 @@ def remove_quietly(path: str | os.PathLike | None) -> None:
             log.warning("could not remove %s: %s", path, exc)
 
 
+# a full disk, a full quota, the process's file-size limit: no room, not a fault of the server's code
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 def _write_error(exc: OSError) -> InputError:
-    if exc.errno == errno.ENOSPC:
-        return InputError("the server's disk is full; the video could not be stored", 507)
+    if exc.errno in _NO_ROOM:
+        return InputError(f"the server has no room to store the video ({exc.strerror}); try again later "
+                          "or with a smaller file", 507)
     return InputError(f"the video could not be stored: {exc.strerror or exc}", 500)
 
 
