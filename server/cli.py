@@ -12,6 +12,7 @@ from aiohttp import web
 
 from analysis.cli import add_analyze_parser, run_analyze
 from server import __version__
+from server.heap import pin_mmap_threshold
 from server.settings import Settings
 
 
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(run_analyze(args))
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
+    if pin_mmap_threshold(settings.malloc_mmap_threshold):
+        log.info("heap blocks >= %d bytes are mapped on their own (MALLOC_MMAP_THRESHOLD)", settings.malloc_mmap_threshold)
     asyncio.run(serve(settings))
 
 

@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     max_streams: int = Field(4, ge=1, description="Streams run at once; a start beyond it gets 503")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body (bytes) → 413")
     max_image_bytes: int = Field(16 << 20, ge=1024, description="Largest image body of /vision/describe (bytes) → 413")
+    malloc_mmap_threshold: int = Field(
+        1 << 20, ge=0, le=32 << 20,
+        description="Heap blocks at least this big (bytes) get their own mapping, returned to the OS when freed "
+                    "(glibc mallopt); 0 keeps glibc's dynamic threshold")
     # -- access (README "Security"): a role whose own token is unset falls back to API_TOKEN, then
     # AUTH_TOKEN; non-public routes are open only when no token at all is set
     api_token: str | None = Field(None, description="Bearer token of the api role: stream lifecycle, translation, vision, analysis")
