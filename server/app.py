@@ -76,3 +76,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
 
 async def _stop_streams(app: web.Application) -> None:
     await app["streams"].stop_all("server shutting down")
+
+
+def make_runner(app: web.Application, settings: Settings, shutdown_timeout: float = 30.0) -> web.AppRunner:
+    """The app's runner. aiohttp's keep-alive timer also runs from the moment a connection opens
+    until its first request head is complete, so it bounds slow-header clients as well as idle
+    keep-alive connections: both get HEADER_READ_TIMEOUT."""
+    return web.AppRunner(app, shutdown_timeout=shutdown_timeout, keepalive_timeout=settings.header_read_timeout)

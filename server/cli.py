@@ -68,12 +68,12 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM. Streams are stopped while the server still listens, so their last
     segments and channel DELETEs reach an output on this very server; then everything closes."""
     from server.access import startup_warnings
-    from server.app import create_app  # imported late so --help stays fast
+    from server.app import create_app, make_runner  # imported late so --help stays fast
 
     for warning in startup_warnings(settings):
         log.warning("!!! %s", warning)
     app = create_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=30)
+    runner = make_runner(app, settings)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("streamlens %s listening on http://%s:%d", __version__, settings.host, settings.port)

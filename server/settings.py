@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(32, ge=2, le=256, description="Deepest nesting of a JSON body → 400")
     max_sdp_bytes: int = Field(64 << 10, ge=1024, description="Largest SDP offer or ICE fragment (bytes) → 413")
     body_read_timeout: float = Field(30.0, gt=0, description="Seconds a request body may take to arrive → 408")
+    header_read_timeout: float = Field(
+        30.0, gt=0, description="Seconds a connection may take to send a complete request head, or stay idle "
+                                "between requests, before the server closes it")
     sse_max_per_stream: int = Field(16, ge=1, description="Open SSE/event connections per stream; one more gets 503")
     pipeline_name: str = Field("streamlens", description="Pipeline name reported by /version")
     model_id: str = Field("streamlens", description="Model id reported by /version (ai-runner checks it on start)")

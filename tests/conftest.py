@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch model weights in tes
 # analysis jobs (SQLite) of test servers go to a scratch folder, never ./data in the checkout
 os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="streamlens-test-data-"))
 
-from server.app import create_app  # noqa: E402
+from server.app import create_app, make_runner  # noqa: E402
 from server.routes_system import health_status  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
@@ -36,8 +36,9 @@ class RunningServer:
 
 
 async def start_server(settings: Settings | None = None, app: web.Application | None = None) -> RunningServer:
-    app = app or create_app(settings or Settings(host="127.0.0.1", port=0))
-    runner = web.AppRunner(app, shutdown_timeout=10)
+    settings = settings or Settings(host="127.0.0.1", port=0)
+    app = app or create_app(settings)
+    runner = make_runner(app, settings, shutdown_timeout=10)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -65,3 +65,40 @@ async def test_bad_requests_leave_a_running_stream_alone(make_server):
     await feeding
     assert await wait_until(lambda: stream.status()["frames_in"] > 60, timeout=20), (stream.status()["frames_in"], stream.end_reason)
     assert stream.active
+
+
+async def test_slow_request_heads_and_idle_connections_are_closed(make_server):
+    server = await make_server(header_read_timeout=1.0)
+    host, port = server.base_url.removeprefix("http://").split(":")
+
+    async def seconds_until_closed(first: bytes, drip: bytes) -> float | None:
+        """Send `first`, then `drip` every 0.25 s; when does the server hang up (None: not in 6 s)?"""
+        reader, writer = await asyncio.open_connection(host, int(port))
+        started = asyncio.get_running_loop().time()
+        try:
+            writer.write(first)
+            for _ in range(24):
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), 0.25)
+                except TimeoutError:
+                    data = None
+                if data == b"":
+                    return asyncio.get_running_loop().time() - started
+                if drip:
+                    writer.write(drip)
+                    await writer.drain()
+            return None
+        except ConnectionError:
+            return asyncio.get_running_loop().time() - started
+        finally:
+            writer.close()
+
+    # nothing at all; a head that never ends (one header line every 0.25 s, slowloris style)
+    for first, drip in ((b"", b""), (b"GET /health HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n")):
+        closed_after = await seconds_until_closed(first, drip)
+        assert closed_after is not None and closed_after < 4.0, (first, closed_after)
+    # a complete request is answered, and the idle connection after it is closed the same way
+    closed_after = await seconds_until_closed(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", b"")
+    assert closed_after is not None and closed_after < 4.0
+    resp = await server.session.get(server.url("/health"))
+    assert resp.status == 200
