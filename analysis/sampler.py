@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from media.frames import rgb_array
+
 log = logging.getLogger(__name__)
 
 PATCH = 28  # Qwen-VL: 14-px patches, 2x2 merged
@@ -239,7 +241,7 @@ class FrameSampler:
                 if t == previous_t:
                     continue
             previous_t = t
-            image = frame.to_ndarray(format="rgb24", width=width or frame.width, height=height or frame.height)
+            image = rgb_array(frame, width or frame.width, height or frame.height)
             yield SampledFrame(t=max(0.0, t), target=target, image=image)
 
 

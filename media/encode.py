@@ -20,7 +20,7 @@ from typing import Protocol
 import av
 from av.video.frame import PictureType
 
-from media.frames import crop_to_even, even_size
+from media.frames import crop_to_even, even_size, reformat
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class TsSegmentEncoder:
                 even_size(frame.width, frame.height) == (self.width, self.height):
             frame = crop_to_even(frame)  # an odd input size loses its last column/row, no rescale
         if frame.width != self.width or frame.height != self.height or frame.format.name != "yuv420p":
-            frame = frame.reformat(width=self.width, height=self.height, format="yuv420p")
+            frame = reformat(frame, "yuv420p", self.width, self.height)
         out = frame  # sinks stamp their own timestamps on the shared processed frame
         out.pts = pts
         out.time_base = VIDEO_TIME_BASE

@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 T = TypeVar("T")
 
@@ -126,6 +127,30 @@ class LatestSlot(Generic[T]):
             return self._value, self.version
 
 
+# -- conversions ----------------------------------------------------------------------------------
+
+# PyAV's `frame.reformat()` / `frame.to_ndarray(format=...)` build a new swscale context for each
+# new frame, and swscale starts its slice threads with every context: a conversion per frame meant
+# two threads created and torn down each time (the server's thread count never settled) and about
+# 0.6 ms more per 720p frame than reusing a context (measured on this machine). One reformatter per
+# thread keeps its context, and its threads, while the geometry stays the same.
+_REFORMATTERS = threading.local()
+
+
+def reformat(frame: av.VideoFrame, format: str, width: int | None = None, height: int | None = None) -> av.VideoFrame:
+    """`frame` converted (and scaled when `width`/`height` differ) by this thread's reformatter;
+    always a new frame, never a view of an earlier result."""
+    reformatter = getattr(_REFORMATTERS, "reformatter", None)
+    if reformatter is None:
+        reformatter = _REFORMATTERS.reformatter = VideoReformatter()
+    return reformatter.reformat(frame, format=format, width=width, height=height)
+
+
+def rgb_array(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """The frame as an RGB uint8 (h, w, 3) array, scaled to `width` x `height` when given."""
+    return reformat(frame, "rgb24", width, height).to_ndarray()
+
+
 # -- frame geometry: any size from 16x16 up, odd or even ------------------------------------------
 
 def plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
@@ -139,7 +164,7 @@ def copy_i420(frame: av.VideoFrame, width: int | None = None, height: int | None
     """A private yuv420p copy of `frame`, optionally cropped to its top-left `width` x `height`
     (nothing is scaled). `frame` is converted to yuv420p first if it is in another format."""
     if frame.format.name != "yuv420p":
-        frame = frame.reformat(format="yuv420p")
+        frame = reformat(frame, "yuv420p")
     width = frame.width if width is None else min(width, frame.width)
     height = frame.height if height is None else min(height, frame.height)
     out = av.VideoFrame(width, height, "yuv420p")

@@ -33,7 +33,7 @@ from typing import Any
 import av
 import numpy as np
 
-from media.frames import DropOldestQueue, VideoItem
+from media.frames import DropOldestQueue, VideoItem, rgb_array
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class GpuFrameUploader:
             width, height = frame.width, frame.height
             host_array = frame.to_ndarray().reshape(-1)  # Y, U, V planes back to back
         else:
-            host_array = frame.to_ndarray(format="rgb24") if isinstance(frame, av.VideoFrame) else frame
+            host_array = rgb_array(frame) if isinstance(frame, av.VideoFrame) else frame
             if host_array.ndim != 3 or host_array.shape[2] != 3 or host_array.dtype != np.uint8:
                 raise ValueError(f"expected RGB uint8 (h, w, 3), got {host_array.dtype} {host_array.shape}")
             height, width = host_array.shape[:2]

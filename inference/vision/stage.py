@@ -32,7 +32,7 @@ from inference.vision.embedded import EmbeddedTagger
 from inference.vision.multiplexer import VlmConfig, VlmMultiplexer
 from inference.vision.tensorrt_backend import TensorRtConfig
 from media.events import VisionEvent
-from media.frames import LatestSlot, VideoItem
+from media.frames import LatestSlot, VideoItem, rgb_array
 from media import gpu_frames as gpu_upload
 from media.gpu_frames import GpuFrame, GpuFrameQueue
 from media.stage import Stage, StageContext
@@ -448,7 +448,7 @@ class VisionStage(Stage):
                 image: Any = gpu_frame
                 pts, frame_size = gpu_frame.media_time, (gpu_frame.width, gpu_frame.height)
             else:
-                image = await asyncio.to_thread(item.frame.to_ndarray, format="rgb24")
+                image = await asyncio.to_thread(rgb_array, item.frame)
                 pts, frame_size = item.media_time, (int(image.shape[1]), int(image.shape[0]))
             self.samples += 1
             result = await backend.analyze(image, params.request(manifest_id))
