@@ -12,7 +12,7 @@ sentence's end on the stream's timeline is known, so:
 
   final latency   SSE receive time of a final - wall time at which its last word was spoken
   WER             the stream's finals vs the reference text, and the same model offline
-                  (faster-whisper `transcribe` of the whole track, default beam) on the same
+                  (faster-whisper `transcribe` of the whole track, the finals' beam) on the same
                   audio: the stream's audio track as the server decodes it (lossy codec)
   lag max         the largest `lag` a caption event of the stream carried (audio not decoded)
   CPU / stream-s  process CPU seconds (all threads: trickle, decode, encode, VAD, model) over
@@ -215,7 +215,7 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
             latencies.append(received - (t0 + gold_end))
         streamed = " ".join(d["text"] for _, d in sorted(run.finals, key=lambda f: f[1]["start"]))
         segments, _ = offline_model.transcribe(received_audio(run.segments), language="en",
-                                               beam_size=pool_settings.beam_size)
+                                               beam_size=pool_settings.resolved_final_beam())
         offline = " ".join(s.text.strip() for s in segments)
         rows.append({
             "stream": i, "finals": len(run.finals), "sentences": len(run.track.phrases),

@@ -20,10 +20,10 @@ from PIL import Image
 from inference.resilience import CircuitBreaker
 from inference.vision.base import BackendUnavailable, VisionRequest
 from inference.vision.multiplexer import VlmConfig, VlmMultiplexer
+from inference.openai_client import chat_completions_url
 from inference.vision.openai_vlm import (
     MalformedOutput,
     VlmEndpointConfig,
-    chat_completions_url,
     fit_pixel_budget,
     parse_tag_output,
 )

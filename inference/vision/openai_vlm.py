@@ -14,9 +14,9 @@ so request size and the model's visual-token count stay bounded whatever the str
 
 Per endpoint (``VlmEndpoint``): a timeout, a concurrency limit (semaphore with a bounded number of
 waiters), retries with exponential backoff and jitter for transient errors (timeouts, connection
-errors, 429, 5xx) and a ``CircuitBreaker``. The HTTP itself is the shared
-``inference.openai_client.OpenAIClient`` (the one translation uses too). Any failure to obtain a completion counts against the
-breaker; a completion whose *content* is not what was asked for (malformed model output) does not —
+errors, 429, 5xx) and a ``CircuitBreaker``; the HTTP itself is the shared
+``inference.openai_client.OpenAIClient`` (translation's too). Any failure to obtain a completion
+counts against the breaker; a completion whose *content* is not what was asked for (malformed model output) does not —
 the endpoint worked, the model answered badly. The multiplexer counts and survives those.
 
 Tag answers are parsed leniently (``parse_tag_output``): code fences, prose around the JSON,
@@ -122,7 +122,8 @@ class VlmEndpoint:
         """A concurrency slot; refuse (EndpointBusy) rather than queue without bound."""
         if self._semaphore.locked() and self.waiting >= self.max_waiting:
             self.busy_rejections += 1
-            raise EndpointBusy(f"endpoint {self.name} busy ({self.in_flight} in flight, {self.waiting} waiting)")
+            raise EndpointBusy(f"endpoint {self.name} busy ({self.in_flight} in flight, {self.waiting} waiting)",
+                               code="backend_busy", http_status=503)
         self.waiting += 1
         try:
             await self._semaphore.acquire()
