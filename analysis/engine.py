@@ -61,14 +61,15 @@ class AnalysisServices:
     max_samples: int = 20_000
     vlm_concurrency: int = 4
     transcript_window: float = 300.0
-    face_max_side: int = 480
+    face_max_side: int = 400
     _tagger: Any = None
 
     def embedded_tagger(self) -> Any:
         """The analysis jobs' own embedded tagger (face detector + text reader), called on the jobs'
         low-priority threads; separate from live streams' so neither waits on the other's queue.
-        Faces are looked for at `face_max_side` (480 px: half the work of the live 640, the
-        astronaut still scores 0.8 in a 1280x720 frame)."""
+        Faces are looked for at `face_max_side` (ANALYSIS_FACE_MAX_SIDE, 400 px: 0.4x the work of
+        the live 640; on bench/bench_analysis.py's 720p file 100 ms a frame against 152 ms at 480,
+        and the astronaut still scores 0.69-0.74 where 480 gave 0.81-0.86)."""
         if self._tagger is None:
             self._tagger = EmbeddedTagger(detect_max_side=self.face_max_side)
         return self._tagger

@@ -34,8 +34,10 @@ class AnalysisSettings(BaseSettings):
                                 description="ANALYSIS_WAIT_TIMEOUT: longest a synchronous /v1/inference call waits")
     transcript_window: float = Field(300.0, ge=5, le=3600,
                                      description="ANALYSIS_TRANSCRIPT_WINDOW: seconds of audio per speech-model call")
-    face_max_side: int = Field(480, ge=160, le=4096,
-                               description="ANALYSIS_FACE_MAX_SIDE: longer side frames are scaled to for face detection")
+    face_max_side: int = Field(400, ge=160, le=4096,
+                               description="ANALYSIS_FACE_MAX_SIDE: longer side frames are scaled to for face detection "
+                                           "(the smallest face found is 24 px there; raise it for small faces, at "
+                                           "about (side/400)^2 the time)")
     max_subscribers: int = Field(64, ge=1, description="ANALYSIS_MAX_SUBSCRIBERS: open job event streams, in all")
 
     @property

@@ -293,6 +293,7 @@ def compare_models(count: int) -> None:
     measure("tiny.en, 30 s window, beam 5 (faster-whisper)", whisper_30s(5))
     measure("tiny.en, utterance window, batch 4, beam 1", whisper_short(1))
     measure("tiny.en, utterance window, batch 4, beam 3 (finals)", whisper_short(3))
+    measure("tiny.en, utterance window, batch 4, beam 5", whisper_short(5))
     try:
         moonshine = moonshine_transcriber()
     except ImportError:
