@@ -74,3 +74,9 @@ def test_whisper_starting_the_utterance_over_is_cut() -> None:
     assert cut_restart("We will meet at the library after lunch. We will meet at") == (
         "We will meet at the library after lunch.")
     assert cut_restart("The train to the city leaves.") == "The train to the city leaves."
+    # a replay that does not start with the same words (seen in the captions bench)
+    assert cut_restart("The bridge will open to traffic next spring. The new bridge will open to traffic next "
+                       "spring.") == "The bridge will open to traffic next spring."
+    # two different sentences stay, even when they share words
+    two = "Please send me the report. Please send the invoice to the office before noon."
+    assert cut_restart(two) == two

@@ -21,6 +21,7 @@ batched by 4 0.03-0.04, at the same or better WER.
 
 from __future__ import annotations
 
+import difflib
 import re
 import zlib
 from dataclasses import dataclass
@@ -212,9 +213,16 @@ class ShortWindowDecoder:
         return Decoded(text, segments, float(no_speech), float(avg_logprob), compression_ratio(text), language, dropped)
 
 
+# a later sentence this similar to the first one (difflib ratio of their words) is Whisper replaying
+# the utterance, not new speech: "The bridge will open to traffic next spring. The new bridge will
+# open to traffic next spring." (0.94) came from one 3 s sentence in bench/bench_captions.py
+RESTART_SIMILARITY = 0.85
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
 def cut_restart(text: str) -> str:
-    """Whisper starting the utterance over inside one segment: its opening words come back
-    later in the text. Keep the text before they do."""
+    """Whisper starting the utterance over: its opening words come back later in the text, or a
+    later sentence nearly repeats the first. Keep the text before the replay."""
     words = text.split()
     keys = [re.sub(r"[^\w']", "", w.lower()) for w in words]
     opening = keys[:OPENING_WORDS]
@@ -223,4 +231,10 @@ def cut_restart(text: str) -> str:
     for i in range(OPENING_WORDS, len(keys) - OPENING_WORDS + 1):
         if keys[i : i + OPENING_WORDS] == opening:
             return " ".join(words[:i])
+    sentences = _SENTENCE_END.split(text.strip())
+    first = _norm_words(sentences[0])
+    for index in range(1, len(sentences)):
+        later = _norm_words(sentences[index])
+        if len(later) >= OPENING_WORDS and difflib.SequenceMatcher(None, first, later).ratio() >= RESTART_SIMILARITY:
+            return " ".join(sentences[:index])
     return text
