@@ -22,7 +22,7 @@ from analysis.transcript import NoAudio, transcribe_windows, translate_segments
 from inference.resilience import CircuitOpenError
 from inference.vision.base import BackendBusy, BackendUnavailable, VisionRequest
 from inference.vision.embedded import EMBEDDED_TAGS, EmbeddedTagger, TextTag
-from inference.openai_client import OpenAIError
+from inference.openai_client import OpenAIError, Usage
 from inference.vision.openai_vlm import encode_frame_jpeg, jpeg_data_uri
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ async def run_inference(ctx: JobContext, services: AnalysisServices, options: In
 
 
 async def _ask_vlm(mux: Any, content: list[dict[str, Any]], max_tokens: int,
-                   temperature: float) -> tuple[str, str, dict[str, int] | None]:
+                   temperature: float) -> tuple[str, str, Usage | None]:
     """One chat request through the multiplexer's endpoints (its order, breakers, retries, client)
     → (text, model, token usage as the server counted it, None when it sent none)."""
     errors: list[str] = []

@@ -16,12 +16,12 @@ chosen per URL by the server's TLS policy (``ssl_for``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,12 +56,12 @@ class TransientOpenAIError(OpenAIError):
 Usage = dict[str, int]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Completion:
     text: str
     model: str | None = None
     usage: Usage | None = None
-    token_logprobs: list[float] = field(default_factory=list)
+    token_logprobs: list[float] = dataclasses.field(default_factory=list)
     latency_s: float = 0.0
 
 
@@ -143,6 +143,14 @@ def parse_completion(body: bytes, label: str) -> Completion:
     )
 
 
+def model_ids(body: bytes) -> list[str]:
+    """The ids of a ``/v1/models`` answer; [] when it is not one."""
+    try:
+        return [str(m["id"]) for m in json.loads(body)["data"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
 def error_detail(body: bytes) -> str:
     """The server's own error message (OpenAI and vLLM shapes), shortened, for our error text."""
     if not body:
@@ -220,9 +228,7 @@ class OpenAIClient:
             raise TransientOpenAIError(f"{label} failed with HTTP {status}{detail}", code="backend_error")
         if status >= 300:
             raise OpenAIError(f"{label} rejected the request with HTTP {status}{detail}", code="backend_rejected")
-        completion = parse_completion(body, label)
-        return Completion(completion.text, completion.model, completion.usage, completion.token_logprobs,
-                          latency_s=time.perf_counter() - started)
+        return dataclasses.replace(parse_completion(body, label), latency_s=time.perf_counter() - started)
 
     async def get(self, url: str, *, api_key: str | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET `url` → (status, body), for /v1/models and /health probes. Transport errors raise
@@ -238,12 +244,7 @@ class OpenAIClient:
     async def list_models(self, endpoint: str, *, api_key: str | None = None, timeout: float = 5.0) -> list[str]:
         """Model ids from ``{api_base}/models``; [] when the server lists none or answers oddly."""
         status, body = await self.get(api_base(endpoint) + "/models", api_key=api_key, timeout=timeout)
-        if status != 200:
-            return []
-        try:
-            return [str(m["id"]) for m in json.loads(body)["data"]]
-        except (ValueError, KeyError, TypeError):
-            return []
+        return model_ids(body) if status == 200 else []
 
     async def close(self) -> None:
         if self._session is not None and self._owns_session and not self._session.closed:

@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from inference.openai_client import Usage  # token counts, the OpenAI shape every backend reports
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-Usage = dict[str, int]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ backend (see backends.py), so a dead server is skipped for the next backend in t
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -30,6 +29,7 @@ from inference.openai_client import (
     api_base,
     chat_completions_url,
     error_detail,
+    model_ids,
     server_root,
 )
 from inference.resilience import RetryPolicy, retry_async
@@ -263,10 +263,7 @@ class OpenAICompatTranslator(Translator):
                 report.update(status="unhealthy", error=f"HTTP {status}{error_detail(body)}")
                 return report
             if url.endswith("/models"):
-                try:
-                    report["models"] = [m["id"] for m in json.loads(body)["data"]][:20]
-                except (ValueError, KeyError, TypeError):
-                    pass
+                report["models"] = model_ids(body)[:20]
             break
         report["status"] = "healthy"
         return report
