@@ -14,8 +14,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch model weights in tes
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from inference.asr.decode import Lead  # noqa: E402
 from inference.asr.model import AsrModelPool, AsrSettings  # noqa: E402
-from tests.speech import build_track, speech_tools_available, synthesize, word_error_rate  # noqa: E402
+from tests.speech import (  # noqa: E402
+    build_track,
+    normalize_text,
+    speech_tools_available,
+    synthesize,
+    word_error_rate,
+)
 
 pytestmark = pytest.mark.skipif(not speech_tools_available(), reason="needs espeak-ng and sox")
 
@@ -153,3 +160,50 @@ def test_settings_come_from_asr_environment_variables(monkeypatch) -> None:
     monkeypatch.setenv("ASR_BATCH_MAX", "0")
     with pytest.raises(ValueError):
         AsrSettings()
+
+
+def led(lead_text: str, utterance_text: str, pause: float = 0.6) -> tuple[np.ndarray, Lead]:
+    """One sentence, a pause, then the utterance: the audio a final with a lead is decoded from."""
+    lead_audio = np.concatenate([synthesize(lead_text), np.zeros(int(pause * 16000), np.float32)])
+    return np.concatenate([lead_audio, synthesize(utterance_text)]), Lead(lead_text, len(lead_audio) / 16000)
+
+
+async def test_a_lead_is_heard_but_not_transcribed_again(pool: AsrModelPool) -> None:
+    audio, lead = led(SENTENCES[0], SENTENCES[1])
+    result = await pool.decode(audio, final=True, stream="lead", lead=lead)
+    assert result is not None
+    assert word_error_rate(SENTENCES[1], result.text) <= 0.2, result.text
+    assert "library" not in normalize_text(result.text)  # the lead's words stay out
+    # times and seconds are the utterance's own, from its start
+    utterance_seconds = len(synthesize(SENTENCES[1])) / 16000
+    assert result.audio_seconds == pytest.approx(utterance_seconds)
+    assert result.segments and 0.0 <= result.segments[0].start < 1.0
+    assert result.segments[-1].end <= utterance_seconds + 0.05
+
+
+def test_leads_of_different_lengths_decode_as_they_do_alone(pool: AsrModelPool) -> None:
+    """CTranslate2 mis-decodes a batch whose forced prefixes differ in length; the decoder splits
+    such a batch by prompt shape, so each row reads as it does on its own."""
+    decoder = pool._decoder
+    assert decoder is not None
+    items = [led("Thanks.", SENTENCES[1]), led(SENTENCES[0], SENTENCES[2]), led("", SENTENCES[0])]
+    together = decoder.decode([a for a, _ in items], "en", 3, None, [lead for _, lead in items])
+    alone = [decoder.decode([a], "en", 3, None, [lead])[0] for a, lead in items]
+    assert [d.text for d in together] == [d.text for d in alone]
+    for text, decoded in zip([SENTENCES[1], SENTENCES[2]], together):
+        assert word_error_rate(text, decoded.text) <= 0.2, decoded.text
+
+
+async def test_a_lead_that_leaves_nothing_to_say_is_decoded_again_without_it(pool: AsrModelPool) -> None:
+    # the lead covers the sentence and the utterance is its trailing silence: the model closes the
+    # transcript after the forced lead, and the pool hears the utterance alone (counted)
+    speech = synthesize(SENTENCES[2])
+    audio = np.concatenate([speech, np.zeros(16000, np.float32)])
+    retries = pool.counters.lead_retries
+    result = await pool.decode(audio, final=True, stream="empty", lead=Lead(SENTENCES[2], len(speech) / 16000))
+    assert result is not None
+    assert pool.counters.lead_retries == retries + 1
+    # what came back is the silence's own reading (the transcriber's no-speech rule drops it)
+    assert result.no_speech_prob > pool.settings.no_speech_threshold
+    assert "guitar" not in normalize_text(result.text)
+    assert pool.stats()["lead_retries"] == retries + 1

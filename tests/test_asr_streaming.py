@@ -37,6 +37,7 @@ from tests.speech import (  # noqa: E402
     build_track,
     normalize_text,
     speech_tools_available,
+    synthesize,
     word_error_rate,
 )
 
@@ -304,6 +305,42 @@ async def test_no_word_is_lost_at_sentence_joins(pool: AsrModelPool) -> None:
     for before, after in zip(finals, finals[1:]):
         assert before.end <= after.start + 0.05, (before, after)
     assert_finals_never_change(events)
+
+
+async def test_each_final_hears_the_caption_before_it(pool: AsrModelPool) -> None:
+    """A final is decoded after the previous caption's audio, that caption's text given as its
+    lead (as offline, where a sentence is read with its neighbours in one window); the ring keeps
+    that audio through the pause, and a caption closed without a decode leads nothing."""
+    track = build_track(PHRASES[:3], pause_seconds=[0.8, 1.0])
+    transcriber, recorder = transcriber_for(pool)
+    leads: list[tuple[str, float] | None] = []
+    decode = pool.decode
+
+    async def spy(audio, **kwargs):
+        if kwargs["final"]:
+            lead = kwargs.get("lead")
+            leads.append((lead.text, lead.seconds) if lead is not None else None)
+        return await decode(audio, **kwargs)
+
+    transcriber.pool = type("SpyPool", (), {"__getattr__": lambda _, name: getattr(pool, name)})()
+    transcriber.pool.decode = spy
+    await drive(transcriber, list(audio_items(track.audio)), recorder)
+    finals = [e for e in recorder.events if e.final and e.text]
+    assert len(finals) == 3 and len(leads) == 3
+    assert leads[0] is None  # nothing before the first
+    for lead, before, phrase in zip(leads[1:], finals, track.phrases[1:]):
+        assert lead is not None and lead[0] == before.text
+        # the lead reaches back to the previous caption's start: its sentence and the pause
+        assert lead[1] >= (phrase.start - before.start) - 0.05
+    # each final is its own sentence: the lead's words are not said again
+    assert word_error_rate(track.text, finals_text(finals)) <= 0.1, finals_text(finals)
+    for before, after in zip(finals, finals[1:]):
+        assert normalize_text(before.text) not in normalize_text(after.text)
+    # a caption closed without a decode (disable/stop) leads nothing
+    transcriber.feed_samples(synthesize(PHRASES[3]))
+    await transcriber.step()
+    transcriber.finish_now()
+    assert transcriber._lead_for(transcriber.ring.end_index, transcriber.ring.end_index) is None
 
 
 async def test_silence_and_low_noise_cost_no_model_call(pool: AsrModelPool) -> None:

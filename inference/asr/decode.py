@@ -14,6 +14,14 @@ Each utterance may carry the last tokens of the stream's previous captions as co
 Whisper's own `condition_on_previous_text` does offline): measured on 16 espeak-ng sentences with
 beam 3, WER 0.069 without and 0.031 with 24 tokens of context, for ~10 % more decoder time.
 
+A final may also carry a `Lead`: the audio of the caption before it, in front of its own, with
+that caption's text forced as the transcript's first segment. Offline, Whisper reads a sentence
+in a window that also holds the speech around it; a lone utterance window misses that, and on
+the captions bench's eight 60 s streams the finals were 0.033 WER worse than offline on average.
+With the lead they were level with offline (+0.001). It costs decoder time: CTranslate2 decodes a
+forced prefix step by step (632 instead of 384 ms for a final with a 3.6 s lead, beam 3, one
+thread), and rows whose prefixes differ in length cannot share a generate call.
+
 Measured with bench/bench_captions.py --compare-models (16 sentences, 2 loaded cores): tiny.en
 one utterance at a time in 30 s windows 0.25 CPU s per audio second, in utterance windows
 batched by 4 0.03-0.04, at the same or better WER.
@@ -46,6 +54,15 @@ class DecodedSegment:
     start: float  # seconds from the start of the utterance audio
     end: float
     text: str
+
+
+@dataclass(frozen=True)
+class Lead:
+    """Audio in front of an utterance whose transcript is known (the stream's previous caption):
+    the decoder hears `seconds` of it before the utterance and is told it said `text`."""
+
+    text: str
+    seconds: float
 
 
 @dataclass
@@ -120,26 +137,61 @@ class ShortWindowDecoder:
             return []
         return list(self._tokenizer(language or "en").encode(" " + text))[-limit:]
 
-    def decode(self, audios: list[np.ndarray], language: str | None, beam_size: int,
-               contexts: list[list[int]] | None = None) -> list[Decoded]:
-        """One encoder pass and one generate call for all `audios` (each ≤ 29 s). `contexts`:
-        per utterance, tokens of what was said before it (all of one length: CTranslate2 wants
-        the start-of-transcript token at the same position in every row)."""
-        from faster_whisper.transcribe import get_ctranslate2_storage
+    def lead_tokens(self, lead: Lead | None, language: str) -> list[int]:
+        """The forced opening of the transcript: the lead's text as one timestamped segment that
+        ends where the utterance begins (empty without a lead)."""
+        if lead is None or not lead.text.strip() or lead.seconds <= 0:
+            return []
+        tok = self._tokenizer(language)
+        last = tok.timestamp_begin + min(1500, int(round(lead.seconds / TIME_PRECISION)))
+        return [tok.timestamp_begin, *tok.encode(" " + lead.text.strip()), last]
 
+    def decode(self, audios: list[np.ndarray], language: str | None, beam_size: int,
+               contexts: list[list[int]] | None = None, leads: list[Lead | None] | None = None) -> list[Decoded]:
+        """Decode `audios` (each ≤ 29 s, a lead's audio included), in as few model calls as
+        CTranslate2 allows. `contexts`: per utterance, tokens of what was said before it;
+        `leads`: per utterance, the known audio in front of it (its segments' times are then
+        from the utterance's own start)."""
         if not audios:
             return []
         contexts = contexts or [[] for _ in audios]
-        if len({len(c) for c in contexts}) > 1:
-            raise ValueError("every utterance of one decode call needs a context of the same length")
+        leads = leads or [None for _ in audios]
+        languages = self._languages_of(audios, language)
+        prefixes = [self.lead_tokens(lead, lang or "en") for lead, lang in zip(leads, languages)]  # one vocabulary
+        # one call per prompt shape: CTranslate2 wants the start-of-transcript token at the same
+        # place in every row, and rows of different prefix lengths decode wrongly when batched
+        groups: dict[tuple[str, int, int], list[int]] = {}
+        for i, (context, prefix, lang) in enumerate(zip(contexts, prefixes, languages)):
+            groups.setdefault((lang, len(context), len(prefix)), []).append(i)
+        out: list[Decoded | None] = [None] * len(audios)
+        for (lang, _, _), rows in groups.items():
+            decoded = self._decode_group([audios[i] for i in rows], lang, beam_size, [contexts[i] for i in rows],
+                                         [prefixes[i] for i in rows], [leads[i] for i in rows])
+            for i, result in zip(rows, decoded):
+                out[i] = result
+        assert all(r is not None for r in out)
+        return out  # type: ignore[return-value]
+
+    def _languages_of(self, audios: list[np.ndarray], language: str | None) -> list[str]:
+        if not self.multilingual:
+            return ["en"] * len(audios)
+        if language and language != "auto":
+            return [language] * len(audios)
+        return [""] * len(audios)  # detected per call from the encoder output
+
+    def _decode_group(self, audios: list[np.ndarray], language: str, beam_size: int, contexts: list[list[int]],
+                      prefixes: list[list[int]], leads: list[Lead | None]) -> list[Decoded]:
+        """One encoder pass and one generate call for utterances whose prompts have one shape."""
+        from faster_whisper.transcribe import get_ctranslate2_storage
+
         frames = max(self.window_frames(len(a)) for a in audios)
         batch = np.stack([self.features(a, frames) for a in audios]).astype(np.float32)
         encoder_output = self.model.model.encode(get_ctranslate2_storage(batch), to_cpu=False)
-        languages = self._languages(encoder_output, language, len(audios))
+        languages = self._languages(encoder_output, language or None, len(audios))
         prompts = []
-        for lang, context in zip(languages, contexts):
+        for lang, context, prefix in zip(languages, contexts, prefixes):
             tok = self._tokenizer(lang)
-            prompts.append(([tok.sot_prev, *context] if context else []) + list(tok.sot_sequence))
+            prompts.append(([tok.sot_prev, *context] if context else []) + list(tok.sot_sequence) + prefix)
         max_new = min(MAX_NEW_TOKENS, int(frames * HOP / SAMPLE_RATE * TOKENS_PER_SECOND) + 12)
         results = self.model.model.generate(
             encoder_output,
@@ -153,10 +205,14 @@ class ShortWindowDecoder:
             max_initial_timestamp_index=50,
         )
         out = []
-        for audio, lang, result in zip(audios, languages, results):
+        for audio, lang, result, prefix, lead in zip(audios, languages, results, prefixes, leads):
             tokens = list(result.sequences_ids[0])
+            if prefix and tokens[: len(prefix)] == prefix:  # the forced lead comes back first
+                tokens = tokens[len(prefix):]
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else 0.0
-            out.append(self._parse(tokens, lang, len(audio) / SAMPLE_RATE, result.no_speech_prob, avg_logprob))
+            offset = lead.seconds if prefix and lead is not None else 0.0
+            out.append(self._parse(tokens, lang, len(audio) / SAMPLE_RATE, result.no_speech_prob, avg_logprob,
+                                   offset))
         return out
 
     def _languages(self, encoder_output: Any, language: str | None, n: int) -> list[str]:
@@ -168,7 +224,10 @@ class ShortWindowDecoder:
         return [langs[0][0].strip("<|>") for langs in detected]
 
     def _parse(self, tokens: list[int], language: str, audio_seconds: float, no_speech: float,
-               avg_logprob: float) -> Decoded:
+               avg_logprob: float, offset: float = 0.0) -> Decoded:
+        """Segments of one hypothesis; `offset`: seconds of lead audio before the utterance (its
+        segments' times are returned from the utterance's start, and a segment that ends inside
+        the lead is the lead read again, dropped)."""
         tok = self._tokenizer(language)
         begin, eot = tok.timestamp_begin, tok.eot
         raw: list[tuple[float, float | None, list[int]]] = []
@@ -198,13 +257,14 @@ class ShortWindowDecoder:
                 continue
             late = seg_start >= audio_seconds - LATE_SEGMENT_SECONDS
             repeat = opening is not None and len(words) >= OPENING_WORDS and words[:OPENING_WORDS] == opening
-            if late or repeat:
+            in_lead = offset > 0 and seg_end is not None and seg_end <= offset + LATE_SEGMENT_SECONDS
+            if late or repeat or in_lead:
                 dropped += 1
                 continue
             if opening is None:
                 opening = words[:OPENING_WORDS]
             end = seg_end if seg_end is not None else audio_seconds
-            segments.append(DecodedSegment(seg_start, min(end, audio_seconds), text))
+            segments.append(DecodedSegment(max(0.0, seg_start - offset), min(end, audio_seconds) - offset, text))
         text = " ".join(s.text for s in segments).strip()
         restarted = cut_restart(text)
         if restarted != text:

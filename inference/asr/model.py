@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference.asr.decode import Decoded, DecodedSegment, ShortWindowDecoder, compression_ratio
+from inference.asr.decode import Decoded, DecodedSegment, Lead, ShortWindowDecoder, compression_ratio
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,15 @@ class _Request:
     audio: np.ndarray | None = None
     language: str | None = None
     context: str = ""  # what the stream said before (decoding context)
+    lead: Lead | None = None  # known audio in front of the utterance, at the start of `audio`
     options: dict[str, Any] | None = None
     started: bool = False
+
+    @property
+    def utterance_audio(self) -> np.ndarray:
+        """The utterance alone, without its lead."""
+        assert self.audio is not None
+        return self.audio[int(self.lead.seconds * SAMPLE_RATE):] if self.lead is not None else self.audio
 
 
 @dataclass
@@ -248,6 +255,7 @@ class _PoolCounters:
     partials_skipped: int = 0  # refused, replaced by a newer one, or stale when the model got to it
     finals_refused: int = 0
     fallbacks: int = 0
+    lead_retries: int = 0  # finals whose decode with a lead came back empty, decoded again without
     skipped_busy: int = 0  # transcribe() calls refused at max_pending
     errors: int = 0
     busy_seconds: float = 0.0
@@ -460,15 +468,19 @@ class AsrModelPool:
             raise
 
     async def decode(self, audio: np.ndarray, *, final: bool, stream: str = "",
-                     language: str | None = None, context: str = "") -> UtteranceResult | None:
+                     language: str | None = None, context: str = "", lead: Lead | None = None,
+                     ) -> UtteranceResult | None:
         """Decode one utterance (16 kHz mono float32, ≤ 28 s) in the next batch; `context` is
         the text of the stream's previous captions (its last `prompt_tokens` tokens are used).
+        `lead`: `audio` starts with `lead.seconds` of audio whose transcript is `lead.text` (the
+        previous caption), heard before the utterance; the result is the utterance's alone.
 
         `final`: the utterance is over, decode it once with the final beam; it is never dropped.
         Otherwise a partial: None when it was replaced by a newer partial of the same stream,
         went stale under load, or was refused."""
         request = _Request("final" if final else "partial", stream, time.perf_counter(), Future(),
-                           audio=np.asarray(audio, dtype=np.float32), language=language, context=context)
+                           audio=np.asarray(audio, dtype=np.float32), language=language, context=context,
+                           lead=lead)
         return await self._await(request)
 
     async def transcribe(self, audio: np.ndarray, **options: Any) -> AsrResult | None:
@@ -562,18 +574,21 @@ class AsrModelPool:
         try:
             self.load()
             assert self._decoder is not None
-            # one language and one context length per model call: nearly always one group
-            # (every stream past its first captions has a full context)
-            groups: dict[tuple[str | None, int], list[tuple[_Request, list[int]]]] = {}
+            # one language per decode call (the decoder splits it further by prompt shape)
+            groups: dict[str | None, list[_Request]] = {}
             for request in batch:
-                language = self._language(request.language)
-                context = self._decoder.prompt_tokens(request.context, language, s.prompt_tokens)
-                groups.setdefault((language, len(context)), []).append((request, context))
+                groups.setdefault(self._language(request.language), []).append(request)
             decoded: dict[int, Decoded] = {}
-            for (language, _), items in groups.items():
+            for language, requests in groups.items():
+                contexts = [self._decoder.prompt_tokens(r.context, language, s.prompt_tokens) for r in requests]
                 results = self._decoder.decode(
-                    [r.audio for r, _ in items], language, beam, [c for _, c in items])
-                for (request, _), result in zip(items, results):
+                    [r.audio for r in requests], language, beam, contexts, [r.lead for r in requests])
+                for request, context, result in zip(requests, contexts, results):
+                    if request.lead is not None and not result.text:
+                        # the model closed the transcript right after the forced lead: hear the
+                        # utterance alone (rare; counted)
+                        self.counters.lead_retries += 1
+                        result = self._decoder.decode([request.utterance_audio], language, beam, [context])[0]
                     decoded[id(request)] = result
         except Exception as exc:
             self._count_error(exc)
@@ -589,7 +604,7 @@ class AsrModelPool:
             fallback = False
             if final and self._needs_fallback(result):
                 result, fallback = self._fallback(request, result), True
-            audio_seconds = len(request.audio) / SAMPLE_RATE
+            audio_seconds = len(request.utterance_audio) / SAMPLE_RATE
             c.audio_seconds += audio_seconds
             if final:
                 c.finals += 1
@@ -617,9 +632,10 @@ class AsrModelPool:
         self.counters.fallbacks += 1
         try:
             segments_iter, info = self.model.transcribe(
-                request.audio, language=self._language(request.language), beam_size=self.settings.resolved_final_beam(),
+                request.utterance_audio, language=self._language(request.language),
+                beam_size=self.settings.resolved_final_beam(),
                 condition_on_previous_text=False, temperature=FALLBACK_TEMPERATURES, vad_filter=False,
-                initial_prompt=request.context or None,
+                initial_prompt=" ".join(filter(None, (request.context, request.lead and request.lead.text))) or None,
             )
             segments = [s for s in segments_iter]
         except Exception as exc:
@@ -699,6 +715,7 @@ class AsrModelPool:
             "partials_skipped": c.partials_skipped,
             "finals_refused": c.finals_refused,
             "fallbacks": c.fallbacks,
+            "lead_retries": c.lead_retries,
             "calls": c.calls,
             "skipped_busy": c.skipped_busy,
             "errors": c.errors,

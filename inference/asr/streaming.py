@@ -8,6 +8,7 @@ Data flow of one stream:
                    while it is spoken → partial decodes of the utterance so far, in the background,
                            at a cadence that stretches with the model's load (skipped first)
                    pause ≥ vad_min_silence_ms → the utterance is decoded once, whole: its final
+                           (heard after the previous caption's audio, whose text is given: a lead)
                    speech longer than max_utterance_seconds → cut at its quietest point; the part
                            before becomes final, the rest opens the next utterance
 
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from inference.asr.audio import SAMPLE_RATE, AudioRing, Resampler16k
+from inference.asr.decode import Lead
 from inference.asr.model import LOG_PROB_THRESHOLD, AsrModelPool, AsrSettings, UtteranceResult
 from inference.asr.policy import clean_hypothesis, quietest_cut
 from inference.asr.vad import StreamingVad, VadEvent, vad_executor
@@ -58,6 +60,9 @@ RING_HEADROOM_SECONDS = 30.0
 PARTIAL_MAX_LAG_SECONDS = 1.5
 # previous captions are decoding context only while they are this recent (seconds of audio)
 CONTEXT_MAX_AGE_SECONDS = 30.0
+# a final hears the previous caption's audio first (a `Lead`) when that began at most this long
+# before it; the ring keeps that much audio through the pause between them
+LEAD_MAX_SECONDS = 8.0
 # the model's busy share above which partials are spaced out, and above which none is started
 LOAD_KNEE = 0.5
 PARTIALS_OFF_LOAD = 0.85
@@ -105,8 +110,11 @@ class StreamingTranscriber:
         self._partial_task: asyncio.Task | None = None
         self.in_speech = False
         # the newest finals' text (and where they ended): what the model hears as context
-        self._history: deque[str] = deque(maxlen=2)
+        self._history: deque[str] = deque(maxlen=3)
         self._history_end = 0
+        # the newest final's audio span and text: the lead of the next final
+        self._lead_span: tuple[int, int, str] | None = None
+        self._lead_max = int(LEAD_MAX_SECONDS * SAMPLE_RATE)
         self._detected_language: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -226,6 +234,7 @@ class StreamingTranscriber:
             log.warning("%s: %.1f s of audio dropped before it was decoded", self.name,
                         (ring_start - self._vad_pos) / SAMPLE_RATE)
             self._vad_pos = self._last_end = ring_start
+            self._lead_span = None
             if self._vad is not None:
                 self._vad.reset(ring_start)
             if self._utt_start is not None:
@@ -249,8 +258,12 @@ class StreamingTranscriber:
         if self.in_speech and self._utt_start is not None:
             self._maybe_partial(end)
         elif self._utt_start is None:
-            # silence and nothing open: keep only a pre-roll for the next speech start
-            self.ring.trim(max(self._last_end, end - self._pad))
+            # silence and nothing open: keep only a pre-roll for the next speech start, and the
+            # last caption's audio while it can still lead the next final
+            keep = max(self._last_end, end - self._pad)
+            if self._lead_span is not None:
+                keep = max(min(keep, self._lead_span[0]), end - self._lead_max)
+            self.ring.trim(keep)
         self.max_lag_seconds = max(self.max_lag_seconds, self.lag_seconds)
         return events
 
@@ -298,16 +311,20 @@ class StreamingTranscriber:
             return []
         text = shown  # what the viewer saw, should the model fail now
         looped_before = self.repetitions_cut
-        result = await self._decode(start, audio_end, final=True)
+        result = await self._decode(start, audio_end, final=True, lead=self._lead_for(start, audio_end))
         if result is not None:
             text = self._caption_text(result)
             if result.fallback:
                 self.final_fallbacks += 1
         if self.repetitions_cut > looped_before or result is None:
             self._history.clear()  # a loop feeds on its context: start the next one afresh
+            self._lead_span = None
         elif text:
             self._history.append(text)
             self._history_end = audio_end
+            self._lead_span = (start, audio_end, text)
+        else:
+            self._lead_span = None
         if not text and caption_id is None:
             return []
         if caption_id is None:
@@ -383,13 +400,30 @@ class StreamingTranscriber:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _decode(self, start: int, end: int, final: bool) -> UtteranceResult | None:
-        audio = self.ring.read(start, end)
-        if len(audio) < SAMPLE_RATE // 10:
+    def _lead_for(self, start: int, end: int) -> tuple[int, str] | None:
+        """(where its audio starts, its text): the previous caption, when its audio is still in
+        the ring and began at most LEAD_MAX_SECONDS before this utterance."""
+        if self._lead_span is None:
             return None
+        lead_start, lead_end, text = self._lead_span
+        if lead_start < self.ring.start_index or lead_end > start or start - lead_start > self._lead_max:
+            return None
+        if end - lead_start > self._max_utterance + self._lead_max:
+            return None
+        return lead_start, text
+
+    async def _decode(self, start: int, end: int, final: bool,
+                      lead: tuple[int, str] | None = None) -> UtteranceResult | None:
+        if end - start < SAMPLE_RATE // 10:
+            return None
+        context = self._context(start, skip_last=lead is not None)  # the lead's text is said in it
+        lead_start, decode_lead = start, None
+        if lead is not None:
+            lead_start, decode_lead = lead[0], Lead(lead[1], (start - lead[0]) / SAMPLE_RATE)
+        audio = self.ring.read(lead_start, end)
         try:
             result = await self.pool.decode(audio, final=final, stream=self.name, language=self.language,
-                                            context=self._context(start))
+                                            context=context, lead=decode_lead)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -404,11 +438,13 @@ class StreamingTranscriber:
             self._detected_language = result.language
         return result
 
-    def _context(self, start: int) -> str:
-        """The stream's previous captions, when they were said shortly before `start`."""
+    def _context(self, start: int, skip_last: bool = False) -> str:
+        """The stream's previous captions, when they were said shortly before `start` (without
+        the newest when it leads the decode)."""
         if not self._history or start - self._history_end > CONTEXT_MAX_AGE_SECONDS * SAMPLE_RATE:
             return ""
-        return " ".join(self._history)
+        history = list(self._history)
+        return " ".join(history[:-1] if skip_last else history[-2:])
 
     def _caption_text(self, result: UtteranceResult) -> str:
         s = self.settings
@@ -477,6 +513,7 @@ class StreamingTranscriber:
         self._utt_start = None
         self._utt_serial += 1
         self.in_speech = False
+        self._lead_span = None  # its words were not decoded whole: no lead over them
         if caption_id is None:
             return []
         event = self._event(caption_id, text, True, speech_start, end)
@@ -507,6 +544,7 @@ class StreamingTranscriber:
             self._vad.reset(end)
         self.in_speech = False
         self._history.clear()
+        self._lead_span = None
         return events
 
     def set_language(self, language: str) -> None:
