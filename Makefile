@@ -2,20 +2,22 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+LOCK := requirements/lock.txt
+STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test bench deps system-deps clean
+.PHONY: run test lint bench deps system-deps lock clean
 
 system-deps:
 	./scripts/install_system_deps.sh
 
-$(STAMP): pyproject.toml
+# Exactly the locked versions (hash-checked), then the project itself without resolving anything.
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -30,6 +32,10 @@ test: deps
 
 bench: deps
 	HF_HUB_OFFLINE=1 $(PY) -m bench
+
+# Refresh the lock on purpose, and commit it on its own.
+lock:
+	./scripts/lock.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
