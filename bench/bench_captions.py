@@ -170,7 +170,7 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
             await asyncio.wait_for(reader.connected.wait(), 10)
         loop = asyncio.get_running_loop()
         busy0, cpu0 = pool.counters.busy_seconds, cpu_time()
-        counted0 = {k: getattr(pool.counters, k) for k in ("batches", "batched_items", "partials_skipped", "fallbacks")}
+        counted0 = {k: getattr(pool.counters, k) for k in ("batches", "batched_items", "partials_skipped", "fallbacks", "lead_retries")}
         t0 = loop.time()  # publish_realtime starts segment 0 now: media time 0 is live at t0
         await asyncio.gather(*(publish_realtime(server.trickle_url(f"in{i}"), run.segments)
                                for i, run in enumerate(runs)))
@@ -187,7 +187,7 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
         # this run's share of the process-wide pool's counters
         delta = {k: getattr(pool.counters, k) - v for k, v in counted0.items()}
         pool_stats.update(batches=delta["batches"], partials_skipped=delta["partials_skipped"],
-                          fallbacks=delta["fallbacks"],
+                          fallbacks=delta["fallbacks"], lead_retries=delta["lead_retries"],
                           mean_batch=round(delta["batched_items"] / delta["batches"], 2) if delta["batches"] else 0.0)
         for run in runs:
             await server.session.delete(server.url(f"/stream/{run.manifest_id}"))
@@ -222,7 +222,7 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
             "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
             "wer": word_error_rate(run.track.text, streamed), "wer_offline": word_error_rate(run.track.text, offline),
             "lag_max": run.max_lag, "video": run.frames_out / run.frames_in if run.frames_in else float("nan"),
-            "text": streamed, "offline_text": offline, "reference": run.track.text,
+            "text": streamed, "offline_text": offline, "reference": run.track.text, "latencies": latencies,
         })
     return {"k": k, "rows": rows, "cpu_per_stream_s": cpu / speech_seconds, "model_per_stream_s": busy / speech_seconds,
             "pool": pool_stats}
@@ -241,7 +241,7 @@ def print_streams(result: dict, show_text: bool = False) -> None:
     print(f"\nK = {k}: CPU {result['cpu_per_stream_s']:.3f} s per stream-second (process), model busy "
           f"{result['model_per_stream_s']:.3f} s per stream-second; batches {pool['batches']} "
           f"(mean {pool['mean_batch']}), partials skipped {pool['partials_skipped']}, "
-          f"fallbacks {pool['fallbacks']}, load-avg {os.getloadavg()[0]:.2f}")
+          f"fallbacks {pool['fallbacks']}, lead retries {pool['lead_retries']}, load-avg {os.getloadavg()[0]:.2f}")
     header = ("stream", "finals", "final p50 s", "final p95 s", "WER", "WER offline", "WER - offline",
               "lag max s", "video frames")
     print("  ".join(f"{h:>13}" for h in header))
@@ -253,7 +253,8 @@ def print_streams(result: dict, show_text: bool = False) -> None:
     if show_text:
         for r in result["rows"]:
             print(f"  stream {r['stream']} said:    {r['reference']}\n           finals:  {r['text']}\n"
-                  f"           offline: {r['offline_text']}")
+                  f"           offline: {r['offline_text']}\n"
+                  f"           latency: {' '.join(f'{x:.2f}' for x in r['latencies'])} s (in order received)")
 
 
 def compare_models(count: int) -> None:

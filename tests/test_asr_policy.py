@@ -80,3 +80,18 @@ def test_whisper_starting_the_utterance_over_is_cut() -> None:
     # two different sentences stay, even when they share words
     two = "Please send me the report. Please send the invoice to the office before noon."
     assert cut_restart(two) == two
+
+
+def test_the_lead_read_again_is_dropped_and_new_words_stay() -> None:
+    from inference.asr.decode import strip_lead_repeat
+
+    lead = "We will meet at the library after lunch."
+    assert strip_lead_repeat("We will meet at the library after lunch.", lead) == ""
+    # a near repeat (one word misheard) followed by the utterance's own words
+    assert strip_lead_repeat("We will meet in the library after lunch. Please send the report.", lead) == (
+        "Please send the report.")
+    # an utterance that only starts like the lead is its own speech
+    own = "We will meet the new director tomorrow morning at nine."
+    assert strip_lead_repeat(own, lead) == own
+    # a lead too short to tell a repeat from speech is left alone
+    assert strip_lead_repeat("Thanks. See you soon.", "Thanks.") == "Thanks. See you soon."

@@ -195,8 +195,9 @@ def test_leads_of_different_lengths_decode_as_they_do_alone(pool: AsrModelPool) 
 
 
 async def test_a_lead_that_leaves_nothing_to_say_is_decoded_again_without_it(pool: AsrModelPool) -> None:
-    # the lead covers the sentence and the utterance is its trailing silence: the model closes the
-    # transcript after the forced lead, and the pool hears the utterance alone (counted)
+    # the lead covers the sentence and the utterance is its trailing silence: the model reads the
+    # forced lead again (dropped) and has nothing else to say, so the pool hears the utterance
+    # alone (counted)
     speech = synthesize(SENTENCES[2])
     audio = np.concatenate([speech, np.zeros(16000, np.float32)])
     retries = pool.counters.lead_retries
