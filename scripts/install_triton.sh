@@ -6,10 +6,11 @@
 # reads numpy 1.x arrays; numpy 2 corrupts BYTES tensors), and numpy 1.26 has no 3.13 wheel, so
 # pip builds it once from source (~10 min on 2 cores; pip's wheel cache makes later runs quick).
 # Idempotent: does nothing when the venv already has pytriton. Needs only PyPI and a C compiler.
+# Versions come from requirements/triton-lock.txt (hash-checked; `make lock` refreshes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${TRITON_VENV:-.venv-triton}"
-PYTRITON_SPEC="${PYTRITON_SPEC:-nvidia-pytriton==0.7.0}"
+LOCK=requirements/triton-lock.txt
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import pytriton" 2>/dev/null; then
     exit 0
@@ -38,5 +39,5 @@ fi
 rm -rf "$VENV"
 "$PY313" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet "$PYTRITON_SPEC"
+"$VENV/bin/python" -m pip install --quiet --require-hashes -r "$LOCK"
 "$VENV/bin/python" -c "import pytriton; print('pytriton installed in $VENV')"
