@@ -129,7 +129,8 @@ async def _run_local(args: argparse.Namespace, kind: str, options: dict[str, Any
     vision = VisionBackends(VisionSettings.from_env())
     services = AnalysisServices(vision=vision, max_duration=settings.max_duration, max_samples=settings.max_samples,
                                 vlm_concurrency=settings.vlm_concurrency, transcript_window=settings.transcript_window,
-                                face_max_side=settings.face_max_side)
+                                face_max_side=settings.face_max_side, input_formats=settings.input_formats,
+                                image_patch_size=settings.image_patch_size)
     if kind == "inference" and vision.settings.vlm is None:
         raise SystemExit("--prompt needs a VLM: set VISION_VLM_ENDPOINT, or use --server")
     if args.transcript:

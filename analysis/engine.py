@@ -16,13 +16,23 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from analysis.models import AnalyzeOptions, InferenceOptions, TranscribeOptions
-from analysis.sampler import FrameSampler, NotAVideo, fit_within, interval_times, video_plan
+from analysis.sampler import (
+    DEFAULT_IMAGE_PATCH_SIZE,
+    INPUT_FORMATS,
+    FrameSampler,
+    NotAVideo,
+    UnsupportedFormat,
+    fit_within,
+    interval_times,
+    merge_factor,
+    video_plan,
+)
 from analysis.spans import best_confidences, merge_spans
 from analysis.transcript import NoAudio, transcribe_windows, translate_segments
+from inference.openai_client import OpenAIError, Usage
 from inference.resilience import CircuitOpenError
 from inference.vision.base import BackendBusy, BackendUnavailable, VisionRequest
 from inference.vision.embedded import EMBEDDED_TAGS, EmbeddedTagger, TextTag
-from inference.openai_client import OpenAIError, Usage
 from inference.vision.openai_vlm import encode_frame_jpeg, jpeg_data_uri
 
 log = logging.getLogger(__name__)
@@ -62,6 +72,8 @@ class AnalysisServices:
     vlm_concurrency: int = 4
     transcript_window: float = 300.0
     face_max_side: int = 400
+    input_formats: str = INPUT_FORMATS  # ANALYSIS_INPUT_FORMATS: the demuxers inputs are read with
+    image_patch_size: int = DEFAULT_IMAGE_PATCH_SIZE  # IMAGE_PATCH_SIZE: prompt-answer frames, sides x2 it
     _tagger: Any = None
 
     def embedded_tagger(self) -> Any:
@@ -84,14 +96,16 @@ class AnalysisServices:
         return loaded is not None or getattr(self.vision.settings, "vlm", None) is not None
 
 
-async def _open(ctx: JobContext, max_duration: float) -> FrameSampler:
+async def _open(ctx: JobContext, services: AnalysisServices) -> FrameSampler:
     try:
-        sampler = await ctx.call(FrameSampler, ctx.input_path)
+        sampler = await ctx.call(FrameSampler, ctx.input_path, 2, services.input_formats)
+    except UnsupportedFormat as exc:
+        raise JobFailed(str(exc), 415) from None
     except NotAVideo as exc:
         raise JobFailed(f"not a video PyAV can decode: {exc}") from None
-    if sampler.info.duration > max_duration:
+    if sampler.info.duration > services.max_duration:
         await ctx.call(sampler.close)
-        raise JobFailed(f"the video lasts {sampler.info.duration:.0f} s; the limit is {max_duration:.0f} s "
+        raise JobFailed(f"the video lasts {sampler.info.duration:.0f} s; the limit is {services.max_duration:.0f} s "
                         "(ANALYSIS_MAX_DURATION)")
     return sampler
 
@@ -118,10 +132,11 @@ async def run_inference(ctx: JobContext, services: AnalysisServices, options: In
         mux = await services.vision.get("vlm")
     except BackendUnavailable as exc:
         raise JobFailed(str(exc), 503) from None
-    sampler = await _open(ctx, services.max_duration)
+    sampler = await _open(ctx, services)
     try:
         p = options.video_params
-        plan = video_plan(sampler.info, p.fps, p.max_frames, p.min_pixels, p.max_pixels, p.total_pixels)
+        plan = video_plan(sampler.info, p.fps, p.max_frames, p.min_pixels, p.max_pixels, p.total_pixels,
+                          merge_factor(services.image_patch_size))
         ctx.progress(frames_done=0, frames_planned=len(plan.times), phase="decoding")
         quality = getattr(mux.config, "jpeg_quality", 85)
         frames: list[tuple[float, int, int, str]] = []
@@ -206,7 +221,7 @@ async def run_analyze(ctx: JobContext, services: AnalysisServices, options: Anal
 
 async def _tag_video(ctx: JobContext, services: AnalysisServices, options: AnalyzeOptions,
                      tags_wanted: list[str]) -> dict[str, Any]:
-    sampler = await _open(ctx, services.max_duration)
+    sampler = await _open(ctx, services)
     info = sampler.info
     times = interval_times(info.duration, options.frame_interval, services.max_samples)
     request = VisionRequest(mode="tags", tag_list=tuple(tags_wanted), threshold=options.threshold,
@@ -344,9 +359,12 @@ async def _transcript(ctx: JobContext, services: AnalysisServices, language: str
     if services.asr is None:
         raise JobFailed("no speech model is configured on this server")
     try:
-        transcript = await transcribe_windows(services.asr, ctx, language, services.transcript_window)
+        transcript = await transcribe_windows(services.asr, ctx, language, services.transcript_window,
+                                              formats=services.input_formats)
     except NoAudio as exc:
         raise JobFailed(str(exc)) from None
+    except UnsupportedFormat as exc:
+        raise JobFailed(str(exc), 415) from None
     except NotAVideo as exc:
         raise JobFailed(f"not a media file PyAV can decode: {exc}") from None
     if translate_to:

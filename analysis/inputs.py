@@ -3,7 +3,8 @@
 Both stream to a file in chunks with a byte cap (`ANALYSIS_MAX_BYTES`), so an input is never whole
 in memory. A URL is fetched through the outbound URL policy (checked before connecting, and again
 by the policy's connector on the resolved address at connect time) with redirects refused, under a
-time cap (`ANALYSIS_FETCH_TIMEOUT`). A partial file is removed on every failure path.
+time cap (`ANALYSIS_FETCH_TIMEOUT`). An upload that stalls (`ANALYSIS_UPLOAD_IDLE_TIMEOUT`) or runs
+too long (`ANALYSIS_UPLOAD_TIMEOUT`) is dropped with 408. A partial file is removed on every failure path.
 """
 
 from __future__ import annotations
@@ -122,19 +123,51 @@ async def fetch_url(url: str, dest: Path, *, max_bytes: int, timeout: float, pol
     return written
 
 
-async def save_upload(request: web.Request, dest: Path, *, max_bytes: int,
-                      file_field: str = "video") -> tuple[str | None, dict[str, str]]:
+class _Deadline:
+    """Reads of one upload: each may wait at most `idle` seconds for data, all of them together end
+    by `total` seconds from the start (a slow drip does not hold the disk budget forever)."""
+
+    def __init__(self, idle: float, total: float) -> None:
+        self.idle = idle
+        self.total = total
+        self._loop = asyncio.get_running_loop()
+        self._end = self._loop.time() + total
+
+    async def read(self, awaitable: Any) -> Any:
+        remaining = self._end - self._loop.time()
+        limit = min(self.idle, remaining)
+        try:
+            if limit <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(limit):
+                return await awaitable
+        except ConnectionError as exc:  # the client went away mid-body: nobody is left to answer
+            raise InputError(f"the upload was interrupted: {exc}", 400) from None
+        except TimeoutError:
+            if hasattr(awaitable, "close"):
+                awaitable.close()  # a coroutine never started
+            if limit < self.idle:
+                raise InputError(f"the upload took longer than {self.total:g} s (ANALYSIS_UPLOAD_TIMEOUT)",
+                                 408) from None
+            raise InputError(f"the upload sent nothing for {self.idle:g} s (ANALYSIS_UPLOAD_IDLE_TIMEOUT)",
+                             408) from None
+
+
+async def save_upload(request: web.Request, dest: Path, *, max_bytes: int, file_field: str = "video",
+                      idle_timeout: float = 60.0, total_timeout: float = 3600.0) -> tuple[str | None, dict[str, str]]:
     """Stream a multipart body: the `file_field` part to `dest`, other parts as short text fields.
-    Returns (file name, fields). Raises InputError (413 over the cap; the file is removed)."""
+    Returns (file name, fields). Raises InputError (413 over the cap, 408 when the client stalls for
+    `idle_timeout` or the whole body takes over `total_timeout`); the file is removed on every failure."""
     if not request.content_type.startswith("multipart/"):
         raise InputError("expected a multipart/form-data body", 415)
     fields: dict[str, str] = {}
     filename: str | None = None
     got_file = False
+    clock = _Deadline(idle_timeout, total_timeout)
     try:
-        reader = await request.multipart()
+        reader = await clock.read(request.multipart())
         while True:
-            part = await reader.next()
+            part = await clock.read(reader.next())
             if part is None:
                 break
             if len(fields) >= MAX_FIELDS:
@@ -143,24 +176,21 @@ async def save_upload(request: web.Request, dest: Path, *, max_bytes: int,
                 if got_file:
                     raise InputError(f"only one '{file_field}' part is allowed", 400)
                 got_file = True
-                filename = part.filename
+                filename = (part.filename or "")[:255] or None
                 written = 0
                 try:
                     with open(dest, "wb") as out:
-                        while chunk := await part.read_chunk(CHUNK):
+                        while chunk := await clock.read(part.read_chunk(CHUNK)):
                             written += len(chunk)
                             if written > max_bytes:
                                 raise _too_large(max_bytes)
                             await asyncio.to_thread(out.write, chunk)
-                except OSError as exc:
+                except OSError as exc:  # writing (reading errors are InputErrors by now)
                     raise _write_error(exc) from None
                 if written == 0:
                     raise InputError(f"the '{file_field}' part is empty", 400)
             elif part.name:
-                value = await part.read(decode=True)
-                if len(value) > MAX_FIELD_BYTES:
-                    raise InputError(f"form field {part.name!r} is too long", 400)
-                fields[part.name] = value.decode("utf-8", errors="replace")
+                fields[part.name] = await _read_field(part, clock)
     except InputError:
         remove_quietly(dest)
         raise
@@ -174,3 +204,16 @@ async def save_upload(request: web.Request, dest: Path, *, max_bytes: int,
     if not got_file:
         raise InputError(f"the form has no '{file_field}' file part", 400)
     return filename, fields
+
+
+async def _read_field(part: Any, clock: _Deadline) -> str:
+    """A text part, read in chunks so a long one is refused without holding it in memory."""
+    data = bytearray()
+    while chunk := await clock.read(part.read_chunk(MAX_FIELD_BYTES)):
+        data += chunk
+        if len(data) > MAX_FIELD_BYTES:
+            raise InputError(f"form field {part.name!r} is too long", 400)
+    text = bytes(part.decode(bytes(data)))  # a Content-Transfer-Encoding, as `read(decode=True)` did
+    if len(text) > MAX_FIELD_BYTES:
+        raise InputError(f"form field {part.name!r} is too long", 400)
+    return text.decode("utf-8", errors="replace")

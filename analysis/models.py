@@ -7,14 +7,17 @@ Shapes follow the two designs this feature comes from: the TRU VLM platform's
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 JobKind = Literal["inference", "analyze", "transcribe"]
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled", "interrupted"]
 MAX_URL = 4096
+# list items are bounded too: a job's options are stored with it and listed (ANALYSIS_MAX_REQUEST_BYTES)
+Tag = Annotated[str, StringConstraints(max_length=128)]
+Language = Annotated[str, StringConstraints(max_length=16)]
 
 
 def check_video_url(value: str) -> str:
@@ -71,7 +74,7 @@ class AnalyzeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tag_list: list[str] = Field(default_factory=list, max_length=64,
+    tag_list: list[Tag] = Field(default_factory=list, max_length=64,
                                 description="tags to look for; empty: face and text (embedded)")
     frame_interval: float = Field(0.5, ge=0.05, le=3600, description="seconds between sampled frames")
     threshold: float = Field(0.5, ge=0.0, le=1.0)
@@ -79,7 +82,7 @@ class AnalyzeOptions(BaseModel):
     return_confidence: bool = True
     backend: Literal["embedded", "vlm"] = "embedded"
     transcript: bool = False
-    translate_to: list[str] = Field(default_factory=list, max_length=8)
+    translate_to: list[Language] = Field(default_factory=list, max_length=8)
     language: str | None = Field(None, max_length=16, description="spoken language; default ASR_LANGUAGE")
 
     _lists = field_validator("tag_list", "translate_to", mode="before")(classmethod(lambda cls, v: _split_list(v)))
@@ -95,7 +98,7 @@ class AnalyzeRequest(AnalyzeOptions):
 class TranscribeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    translate_to: list[str] = Field(default_factory=list, max_length=8)
+    translate_to: list[Language] = Field(default_factory=list, max_length=8)
     language: str | None = Field(None, max_length=16)
 
     _lists = field_validator("translate_to", mode="before")(classmethod(lambda cls, v: _split_list(v)))
@@ -133,6 +136,8 @@ class JobView(BaseModel):
     finished_at: float | None
     progress: JobProgress
     request: dict[str, Any]
+    request_truncated: bool = Field(False, description="in a list: long values of `request` are shortened "
+                                                       "(GET /v1/jobs/{id} has them whole)")
     input_name: str | None = None
     result: dict[str, Any] | None = None
     error: str | None = None

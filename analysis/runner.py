@@ -29,7 +29,7 @@ from typing import Any
 from analysis.engine import AnalysisServices, JobFailed, run_job
 from analysis.inputs import InputError, fetch_url, remove_quietly
 from analysis.settings import AnalysisSettings
-from analysis.store import FINISHED, JobStore
+from analysis.store import FINISHED, JobStore, encode_json
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ _PROGRESS_WRITE_INTERVAL = 1.0
 _SUBSCRIBER_QUEUE = 64
 _SWEEP_INTERVAL = 3600.0
 _KEEP_FINISHED = 256  # finished jobs kept in memory besides the database
+MAX_ERROR_CHARS = 2000  # a failed job's stored message (it may quote the caller's input)
 
 
 class QueueFull(Exception):
@@ -45,6 +46,10 @@ class QueueFull(Exception):
 
 class JobNotFound(Exception):
     pass
+
+
+class RequestTooLarge(Exception):
+    """The job's options, as stored, are over ANALYSIS_MAX_REQUEST_BYTES (413)."""
 
 
 class JobConflict(Exception):
@@ -128,7 +133,7 @@ class JobRunner:
         self._live: dict[str, _LiveJob] = {}
         self._workers: list[asyncio.Task] = []
         self._sweeper: asyncio.Task | None = None
-        self._subscriber_count = 0
+        self._subscriptions: set[asyncio.Queue] = set()  # every open event stream's queue, of any job
         self._finished: deque[str] = deque()
         self._writes: set[asyncio.Task] = set()
         self._reserved_bytes = 0  # byte caps granted to uploads/downloads in progress
@@ -191,6 +196,22 @@ class JobRunner:
     def new_id(self) -> str:
         return "job_" + secrets.token_hex(8)
 
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes of the disk budget held by uploads and downloads in progress."""
+        return self._reserved_bytes
+
+    @property
+    def subscriber_count(self) -> int:
+        """Job event streams open now (bounded by ANALYSIS_MAX_SUBSCRIBERS)."""
+        return len(self._subscriptions)
+
+    def check_request_size(self, request: dict[str, Any]) -> None:
+        size = len(encode_json(request).encode())
+        if size > self.settings.max_request_bytes:
+            raise RequestTooLarge(f"the job's options take {size} bytes; the limit is "
+                                  f"{self.settings.max_request_bytes} (ANALYSIS_MAX_REQUEST_BYTES)")
+
     @contextlib.contextmanager
     def transfer_budget(self):
         """The byte cap for one upload or download: ANALYSIS_MAX_BYTES, less whatever the inputs on
@@ -214,19 +235,25 @@ class JobRunner:
     async def submit(self, kind: str, request: dict[str, Any], *, job_id: str | None = None,
                      input_path: Path | None = None, input_name: str | None = None) -> dict[str, Any]:
         """Queue a job. `request` carries `video_url`, or `input_path` names an uploaded file that
-        the job now owns (removed when it finishes). Raises QueueFull (503)."""
+        the job now owns (removed when it finishes). Raises QueueFull (503), RequestTooLarge (413)."""
         try:
+            self.check_request_size(request)
             self.check_capacity()
-        except QueueFull:
+        except (QueueFull, RequestTooLarge):
             remove_quietly(input_path)
             raise
         job = {
             "id": job_id or self.new_id(), "kind": kind, "status": "queued", "created_at": time.time(),
-            "request": request, "input_path": str(input_path) if input_path else None, "input_name": input_name,
-            "progress": 0.0, "frames_done": 0,
+            "request": request, "input_path": str(input_path) if input_path else None,
+            "input_name": input_name[:255] if input_name else None, "progress": 0.0, "frames_done": 0,
         }
-        await self.store.insert(job)
+        try:
+            await self.store.insert(job)
+        except BaseException:
+            remove_quietly(input_path)
+            raise
         self._enqueue(job["id"])
+        await self._prune(keep=(job["id"],))
         return await self.get(job["id"])
 
     def _enqueue(self, job_id: str) -> None:
@@ -390,6 +417,8 @@ class JobRunner:
         if live.cancel_requested:  # a cancel won the race with the job's last frame
             live.done.set()
             return
+        if error is not None and len(error) > MAX_ERROR_CHARS:
+            error = error[: MAX_ERROR_CHARS - 1] + "…"
         fields: dict[str, Any] = {"status": status, "finished_at": time.time(), "eta_seconds": None, "error": error}
         if status == "completed":
             self.completed += 1
@@ -403,6 +432,7 @@ class JobRunner:
         await self.store.update(job_id, **fields)
         live.done.set()
         self._finish_subscribers(live, await self.store.get(job_id))
+        await self._prune(keep=(job_id,))
 
     def _forget_later(self, job_id: str) -> None:
         """Finished jobs stay in memory (for `wait` and late event subscribers) only while they
@@ -442,20 +472,21 @@ class JobRunner:
         live = self._live.get(job_id)
         if live is None or live.done.is_set():
             return None
-        if self._subscriber_count >= self.settings.max_subscribers:
+        if len(self._subscriptions) >= self.settings.max_subscribers:
             raise QueueFull(f"too many open job event streams (ANALYSIS_MAX_SUBSCRIBERS={self.settings.max_subscribers})")
         queue: asyncio.Queue = asyncio.Queue(maxsize=_SUBSCRIBER_QUEUE)
         live.subscribers.append(queue)
-        self._subscriber_count += 1
+        self._subscriptions.add(queue)
         if live.progress:
             queue.put_nowait(("progress", live.progress))
         return queue
 
     def unsubscribe(self, job_id: str, queue: asyncio.Queue) -> None:
+        """Release a stream's place; also when its job was deleted or forgotten meanwhile."""
+        self._subscriptions.discard(queue)
         live = self._live.get(job_id)
         if live is not None and queue in live.subscribers:
             live.subscribers.remove(queue)
-            self._subscriber_count -= 1
 
     @staticmethod
     def _put(queue: asyncio.Queue, item: Any) -> None:
@@ -483,17 +514,30 @@ class JobRunner:
         expired = await self.store.expired(before)
         for job in expired:
             await self.store.delete(job["id"])
-            remove_quietly(job.get("input_path"))
-            self._live.pop(job["id"], None)
-        surplus = await self.store.oldest_finished_beyond(self.settings.max_jobs)
-        for job in surplus:
-            await self.store.delete(job["id"])
-            remove_quietly(job.get("input_path"))
-            self._live.pop(job["id"], None)
-        if expired or surplus:
-            log.info("removed %d analysis job(s) older than %g days and %d beyond ANALYSIS_MAX_JOBS",
-                     len(expired), self.settings.retention_days, len(surplus))
-        return len(expired) + len(surplus)
+            self._forget_row(job)
+        surplus = await self._prune()
+        if expired:
+            log.info("removed %d analysis job(s) older than %g days", len(expired), self.settings.retention_days)
+        return len(expired) + surplus
+
+    async def _prune(self, keep: tuple[str, ...] = ()) -> int:
+        """Hold the jobs table to ANALYSIS_MAX_JOBS rows and ANALYSIS_DB_BUDGET bytes (oldest
+        finished first, their files too). A failure is logged: the job it follows is not lost."""
+        try:
+            removed = await self.store.prune(self.settings.max_jobs, self.settings.db_budget, keep)
+        except Exception:
+            log.exception("pruning the analysis jobs table failed")
+            return 0
+        for job in removed:
+            self._forget_row(job)
+        if removed:
+            log.info("removed %d finished analysis job(s) beyond ANALYSIS_MAX_JOBS=%d / ANALYSIS_DB_BUDGET=%d",
+                     len(removed), self.settings.max_jobs, self.settings.db_budget)
+        return len(removed)
+
+    def _forget_row(self, job: dict[str, Any]) -> None:
+        remove_quietly(job.get("input_path"))
+        self._live.pop(job["id"], None)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -507,4 +551,5 @@ class JobRunner:
         return {"queued": len(self._queue), "running": self.running, "workers": self.settings.workers,
                 "max_queued": self.settings.max_queued, "completed": self.completed, "failed": self.failed,
                 "cancelled": self.cancelled, "rejected_queue_full": self.rejected_full,
-                "interrupted_at_start": self.interrupted_at_start}
+                "interrupted_at_start": self.interrupted_at_start, "event_streams": len(self._subscriptions),
+                "transfer_bytes_reserved": self._reserved_bytes}

@@ -8,7 +8,12 @@ frames between that keyframe and the target are decoded, and only the target is 
 samples, not to the file's length, and memory holds one frame at a time.
 
 `video_plan` turns the TRU VLM parameters (fps, max_frames, min/max/total pixels) into sample times
-and one frame size (sides multiples of 28, as Qwen-VL's 14-px patches merged 2x2 expect).
+and one frame size: sides multiples of the VLM's patch merged 2x2 (`IMAGE_PATCH_SIZE` 16, Qwen3-VL:
+32 px; 14, Qwen2.5-VL: 28 px).
+
+Inputs come from callers, so `open_media` reads them with media demuxers only (`ANALYSIS_INPUT_FORMATS`)
+and the local file protocol: a playlist or concat script that names other files is refused before
+FFmpeg reads its header (and so before it opens anything it names).
 
 Everything here is blocking; it runs on an analysis job's own low-priority thread.
 """
@@ -23,11 +28,21 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from analysis.settings import INPUT_FORMATS
 from media.frames import rgb_array
 
 log = logging.getLogger(__name__)
 
-PATCH = 28  # Qwen-VL: 14-px patches, 2x2 merged
+DEFAULT_IMAGE_PATCH_SIZE = 16  # Qwen3-VL
+SPATIAL_MERGE = 2  # Qwen-VL merges 2x2 patches into one token
+
+
+def merge_factor(patch_size: int) -> int:
+    """Frame sides are multiples of this: one merged token's side in pixels."""
+    return patch_size * SPATIAL_MERGE
+
+
+PATCH = merge_factor(DEFAULT_IMAGE_PATCH_SIZE)  # the default frame-side multiple, 32
 _MAX_FORWARD_FRAMES = 100_000  # bound on frames decoded for one sample (a broken index)
 
 
@@ -53,9 +68,19 @@ class SampledFrame:
     image: np.ndarray  # RGB uint8 (h, w, 3)
 
 
-def _open(path: str) -> av.container.InputContainer:
+class UnsupportedFormat(NotAVideo):
+    """The file is of a kind the allow-list of demuxers refuses (a playlist, script, image sequence...)."""
+
+
+def open_media(path: str, formats: str = INPUT_FORMATS) -> av.container.InputContainer:
+    """Open a caller's file for reading with only the demuxers in `formats` (FFmpeg refuses any
+    other before reading the header) and only the local file protocol. Raises NotAVideo."""
+    options = {"format_whitelist": formats, "protocol_whitelist": "file"}
     try:
-        return av.open(path, "r", metadata_errors="ignore")
+        return av.open(path, "r", metadata_errors="ignore", container_options=options)
+    except av.ArgumentError:  # EINVAL from the open: the probed demuxer is not on the list
+        raise UnsupportedFormat(f"unsupported input format: the file is not one of the media containers read "
+                                f"here ({formats}; ANALYSIS_INPUT_FORMATS)") from None
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise NotAVideo(f"not a readable media file ({_ffmpeg_reason(exc)})") from None
 
@@ -68,9 +93,9 @@ def _ffmpeg_reason(exc: BaseException) -> str:
 class FrameSampler:
     """One open input file; `close()` (or `with`) releases it."""
 
-    def __init__(self, path: str, decoder_threads: int = 2) -> None:
+    def __init__(self, path: str, decoder_threads: int = 2, formats: str = INPUT_FORMATS) -> None:
         self.path = path
-        self.container = _open(path)
+        self.container = open_media(path, formats)
         if not self.container.streams.video:
             self.container.close()
             raise NotAVideo("the file has no video stream")
@@ -252,18 +277,19 @@ def _round_to(value: float, factor: int) -> int:
     return max(factor, round(value / factor) * factor)
 
 
-def fit_frame_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen-VL's resize rule: keep the aspect, both sides multiples of 28, area within
-    [min_pixels, max_pixels] (as far as 28-multiples allow)."""
-    h_bar, w_bar = _round_to(height, PATCH), _round_to(width, PATCH)
+def fit_frame_size(width: int, height: int, min_pixels: int, max_pixels: int,
+                   factor: int = PATCH) -> tuple[int, int]:
+    """Qwen-VL's resize rule (`smart_resize`): keep the aspect, both sides multiples of `factor`
+    (patch size x 2), area within [min_pixels, max_pixels] (as far as `factor`-multiples allow)."""
+    h_bar, w_bar = _round_to(height, factor), _round_to(width, factor)
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
-        h_bar = max(PATCH, math.floor(height / beta / PATCH) * PATCH)
-        w_bar = max(PATCH, math.floor(width / beta / PATCH) * PATCH)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
     elif h_bar * w_bar < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / PATCH) * PATCH
-        w_bar = math.ceil(width * beta / PATCH) * PATCH
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
     return w_bar, h_bar
 
 
@@ -275,25 +301,28 @@ class VideoPlan:
 
 
 def video_plan(info: VideoInfo, fps: float, max_frames: int, min_pixels: int, max_pixels: int,
-               total_pixels: int) -> VideoPlan:
+               total_pixels: int, factor: int = PATCH) -> VideoPlan:
     """Sample times and frame size for a prompt answer.
 
     Frames: `fps` per second (first at 0), at most `max_frames`, spread evenly over the video when
-    fps would give more. Size: each frame's area ≤ min(max_pixels, total_pixels / frames); when
-    even `min_pixels` per frame would overrun `total_pixels`, fewer frames are taken instead."""
+    fps would give more. Size: sides multiples of `factor`, each frame's area ≤ min(max_pixels,
+    total_pixels / frames), and at least one `factor` x `factor` token; when even `min_pixels` per
+    frame would overrun `total_pixels`, fewer frames are taken instead."""
     duration = max(info.duration, 0.0)
     count = max(1, min(max_frames, math.floor(duration * fps) or 1))
-    floor_area = PATCH * PATCH
+    floor_area = factor * factor  # one merged token: the smallest frame the VLM takes
     min_pixels = max(min_pixels, floor_area)
+    max_pixels = max(max_pixels, floor_area)
+    total_pixels = max(total_pixels, floor_area)
     if count * min_pixels > total_pixels:
         count = max(1, total_pixels // min_pixels)
     per_frame = max(min_pixels, min(max_pixels, total_pixels // count))
-    width, height = fit_frame_size(info.width, info.height, min_pixels, per_frame)
-    while width * height > per_frame and (width > PATCH or height > PATCH):  # 28-rounding overshoot
+    width, height = fit_frame_size(info.width, info.height, min_pixels, per_frame, factor)
+    while width * height > per_frame and (width > factor or height > factor):  # rounding overshoot
         if width >= height:
-            width -= PATCH
+            width -= factor
         else:
-            height -= PATCH
+            height -= factor
     if count * width * height > total_pixels and count > 1:
         count = max(1, total_pixels // (width * height))
     if count < math.floor(duration * fps):  # capped: spread what is left evenly

@@ -7,6 +7,11 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# media containers only: no playlists (hls, concat), image sequences, subtitles or text demuxers, which
+# open further files or read a text file as pictures
+INPUT_FORMATS = ("mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mpegts,mpeg,flv,avi,asf,mp3,wav,ogg,aac,flac,"
+                 "h264,hevc,m4v,ivf")
+
 
 class AnalysisSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ANALYSIS_", extra="ignore", populate_by_name=True)
@@ -39,6 +44,27 @@ class AnalysisSettings(BaseSettings):
                                            "(the smallest face found is 24 px there; raise it for small faces, at "
                                            "about (side/400)^2 the time)")
     max_subscribers: int = Field(64, ge=1, description="ANALYSIS_MAX_SUBSCRIBERS: open job event streams, in all")
+    upload_idle_timeout: float = Field(60.0, gt=0, le=3600,
+                                       description="ANALYSIS_UPLOAD_IDLE_TIMEOUT: seconds an upload may send nothing "
+                                                   "before it is dropped (408; its disk budget is given back)")
+    upload_timeout: float = Field(3600.0, gt=0,
+                                  description="ANALYSIS_UPLOAD_TIMEOUT: seconds a whole multipart upload may take "
+                                              "(408)")
+    max_request_bytes: int = Field(128 * 1024, ge=1024, le=16 * 1024 * 1024,
+                                   description="ANALYSIS_MAX_REQUEST_BYTES: largest job request (its options as JSON) "
+                                               "stored with a job; beyond it 413 at submission")
+    db_budget: int = Field(1024**3, ge=1024 * 1024,
+                           description="ANALYSIS_DB_BUDGET: bytes the jobs database may hold; beyond it the oldest "
+                                       "finished jobs are removed")
+    input_formats: str = Field(INPUT_FORMATS, min_length=1,
+                               description="ANALYSIS_INPUT_FORMATS: FFmpeg demuxers an input may be read with "
+                                           "(comma-separated); anything else fails as an unsupported input format")
+    image_patch_size: int = Field(16, ge=1, le=64,
+                                  validation_alias=AliasChoices("IMAGE_PATCH_SIZE", "ANALYSIS_IMAGE_PATCH_SIZE",
+                                                                "image_patch_size"),
+                                  description="IMAGE_PATCH_SIZE: the VLM's patch side in pixels; prompt-answer frames "
+                                              "have sides in multiples of twice it (16: Qwen3-VL, 32 px; 14: "
+                                              "Qwen2.5-VL, 28 px)")
 
     @property
     def db_path(self) -> Path:

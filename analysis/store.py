@@ -3,6 +3,10 @@
 Every call is a short statement on one connection owned by a single-thread executor, so the event
 loop never blocks on disk and no two statements race. Rows hold the request and the result as
 JSON text; a job's live progress is written at most about once a second by the runner.
+
+The file is bounded: `prune` deletes the oldest finished rows beyond a row count and a byte budget,
+and the file runs with `auto_vacuum=INCREMENTAL` (an older file is converted once at open) so the
+pages they held go back to the file system; the WAL is checkpointed and kept under `_WAL_LIMIT`.
 """
 
 from __future__ import annotations
@@ -43,9 +47,16 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
 
 _JSON_COLUMNS = ("request", "result")
+_WAL_LIMIT = 4 * 1024 * 1024  # bytes the WAL file is truncated to after a checkpoint
+_ROW_OVERHEAD = 256  # bytes a row takes besides its text columns (an estimate, for the byte budget)
 _COLUMNS = ("id", "kind", "status", "created_at", "started_at", "finished_at", "progress", "frames_done",
             "frames_planned", "eta_seconds", "phase", "request", "result", "error", "input_path", "input_name",
             "attempts")
+
+
+def encode_json(value: Any) -> str:
+    """A JSON column's text, as stored (UTF-8 as it is, no spaces): what the size caps measure."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class JobStore:
@@ -68,9 +79,13 @@ class JobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file (before its first table)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
         conn.executescript(_SCHEMA)
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            conn.execute("VACUUM")  # a file from before: converted once, so deleted rows give their pages back
         self._conn = conn
         cursor = conn.execute(
             "UPDATE jobs SET status='interrupted', finished_at=?, eta_seconds=NULL,"
@@ -95,7 +110,9 @@ class JobStore:
         for key, value in fields.items():
             if key not in _COLUMNS:
                 raise KeyError(f"unknown job column {key!r}")
-            out[key] = json.dumps(value) if key in _JSON_COLUMNS and value is not None else value
+            if key in _JSON_COLUMNS and value is not None:
+                value = encode_json(value)
+            out[key] = value
         return out
 
     @staticmethod
@@ -150,10 +167,60 @@ class JobStore:
                 f"SELECT id, input_path FROM jobs WHERE status IN ({marks}) AND finished_at < ? LIMIT 1000",
                 (*FINISHED, before)).fetchall()])
 
-    async def oldest_finished_beyond(self, keep: int) -> list[dict[str, Any]]:
-        """Finished jobs past the newest `keep` rows (the table's bound, ANALYSIS_MAX_JOBS)."""
+    async def prune(self, max_rows: int, max_bytes: int, keep: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Delete finished jobs, oldest first: those past the newest `max_rows` rows, then, when the
+        file's pages in use are over `max_bytes`, enough more to be 10% under it; never those in `keep`.
+        Returns the deleted rows' id and input_path (the caller removes the files); the freed pages go
+        back to the file system."""
+        return await self._run(self._prune, max_rows, max_bytes, keep)
+
+    def _prune(self, max_rows: int, max_bytes: int, keep: tuple[str, ...]) -> list[dict[str, Any]]:
+        conn = self._conn
         marks = ", ".join("?" for _ in FINISHED)
-        return await self._run(lambda: [
-            self._decode(r) for r in self._conn.execute(
-                f"SELECT id, input_path FROM jobs WHERE status IN ({marks}) AND id NOT IN "
-                "(SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?) LIMIT 1000", (*FINISHED, keep)).fetchall()])
+        spared = f"AND id NOT IN ({', '.join('?' for _ in keep)})" if keep else ""
+        doomed: list[dict[str, Any]] = []
+        newest = conn.execute("SELECT created_at FROM jobs ORDER BY created_at DESC LIMIT 1 OFFSET ?",
+                              (max_rows - 1,)).fetchone()
+        if newest is not None:
+            doomed += [dict(r) for r in conn.execute(
+                f"SELECT id, input_path FROM jobs WHERE status IN ({marks}) AND created_at < ? {spared}",
+                (*FINISHED, newest[0], *keep)).fetchall()]
+        gone = {row["id"] for row in doomed}
+        # the file's pages in use (no scan); only when over the budget are rows' sizes read, oldest first
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        excess = pages * page_size - max_bytes
+        if excess > 0:
+            excess += max_bytes // 10  # some room, so not every new job prunes again
+            size = (f"{_ROW_OVERHEAD} + length(CAST(request AS BLOB)) + coalesce(length(CAST(result AS BLOB)), 0)"
+                    " + coalesce(length(CAST(error AS BLOB)), 0)")
+            for row in conn.execute(f"SELECT id, input_path, {size} AS size FROM jobs WHERE status IN ({marks}) "
+                                    f"{spared} ORDER BY created_at, rowid", (*FINISHED, *keep)):
+                if excess <= 0:
+                    break
+                excess -= row["size"]
+                if row["id"] not in gone:
+                    doomed.append({"id": row["id"], "input_path": row["input_path"]})
+                    gone.add(row["id"])
+        if doomed:
+            conn.execute("BEGIN")
+            try:
+                conn.executemany("DELETE FROM jobs WHERE id=?", [(row["id"],) for row in doomed])
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            self._compact()
+        return doomed
+
+    def _compact(self) -> None:
+        self._conn.executescript("PRAGMA incremental_vacuum;")  # run to the end (a cursor steps it once)
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    async def file_bytes(self) -> int:
+        """Bytes on disk: the database file and its WAL."""
+        def size() -> int:
+            return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal"))
+                       if p.exists())
+
+        return await self._run(size)

@@ -17,7 +17,7 @@ from typing import Any
 import av
 import numpy as np
 
-from analysis.sampler import NotAVideo
+from analysis.sampler import INPUT_FORMATS, open_media
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,11 @@ def _quietest_cut(samples: np.ndarray, search: int) -> int:
     return len(samples) - search + middle
 
 
-def audio_windows(path: str, window_seconds: float) -> Iterator[tuple[float, np.ndarray, float]]:
+def audio_windows(path: str, window_seconds: float,
+                  formats: str = INPUT_FORMATS) -> Iterator[tuple[float, np.ndarray, float]]:
     """(offset seconds, 16 kHz mono float32 window, audio duration estimate) for the whole track.
-    Blocking: iterate it on the job's thread."""
-    try:
-        container = av.open(path, "r", metadata_errors="ignore")
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise NotAVideo(f"not a readable media file ({exc})") from None
+    Blocking: iterate it on the job's thread. Raises NotAVideo (demuxers: `formats` only)."""
+    container = open_media(path, formats)
     with container:
         if not container.streams.audio:
             raise NoAudio("the file has no audio track to transcribe")
@@ -104,9 +102,9 @@ def audio_windows(path: str, window_seconds: float) -> Iterator[tuple[float, np.
 
 
 async def transcribe_windows(pool: Any, ctx: Any, language: str | None, window_seconds: float,
-                             poll: float = 0.1) -> dict[str, Any]:
+                             poll: float = 0.1, formats: str = INPUT_FORMATS) -> dict[str, Any]:
     """Run the shared pool over every window; returns {"language", "segments", "text", "audio_seconds"}."""
-    windows = audio_windows(ctx.input_path, window_seconds)
+    windows = audio_windows(ctx.input_path, window_seconds, formats)
     segments: list[dict[str, Any]] = []
     detected = None
     done_seconds = 0.0

@@ -3,6 +3,8 @@
 Features add theirs with `registry.register(name, handler, description)`; a handler is
 `async (body: dict, ctx: CapabilityContext) -> dict | web.Response`. A dict becomes a JSON 200.
 Raise `CapabilityError(status, message)` for a clean 4xx/5xx; a pydantic `ValidationError` is a 400.
+A caller-given URL that could not be fetched is `url_fetch_error(detail)`: one answer whatever the
+host behind it did (the detail goes to the server log only).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 CAPABILITY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_CAPABILITIES = 64
+URL_FETCH_FAILED = "url_fetch_failed"  # the stable error code of `url_fetch_error`
+URL_FETCH_MESSAGE = "the URL could not be fetched"
 
 
 @dataclass
@@ -43,10 +47,21 @@ CapabilityHandler = Callable[[dict[str, Any], CapabilityContext], Awaitable[dict
 
 
 class CapabilityError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """A clean error answer: `message` (and `code`) go to the caller, `detail` only to the server log."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
+        self.detail = detail
+
+
+def url_fetch_error(detail: str) -> CapabilityError:
+    """A caller-given URL could not be fetched. Refused, timed out, an HTTP error or redirect, a body
+    over the cap: the caller gets the same 400 for all of them, so the batch route cannot be used to
+    learn what answers at a loopback or private address; `detail` says which, in the server log."""
+    return CapabilityError(400, URL_FETCH_MESSAGE, code=URL_FETCH_FAILED, detail=detail)
 
 
 @dataclass(frozen=True)
@@ -66,7 +81,7 @@ class CapabilityRegistry:
 
     def register(self, name: str, handler: CapabilityHandler, description: str = "", *,
                  json_body: bool = True, replace: bool = False) -> Capability:
-        if not CAPABILITY_NAME_RE.match(name):
+        if not CAPABILITY_NAME_RE.fullmatch(name):
             raise ValueError(f"invalid capability name {name!r} (letters, digits, '.', '_', '-'; ≤ 64)")
         if name in self._items and not replace:
             raise ValueError(f"capability {name!r} is already registered")

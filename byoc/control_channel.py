@@ -12,13 +12,14 @@ stream is stopped, as ai-runner's streamer stops when its control loop ends.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from byoc.params import ParamsApplier, normalize_params_body
+from media.http_json import JSONBodyError, loads_limited
 from media.outbound import OutboundPolicy
+from media.redact import redact_text, redact_url
 from media.trickle_client import TrickleSubscriber
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ class ControlReader:
         if not raw.strip():
             return
         try:
-            message: Any = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            message: Any = loads_limited(raw)
+        except JSONBodyError:
             self.invalid += 1
             log.warning("[%s] control message is not JSON; ignored", self.label)
             return
@@ -113,8 +114,8 @@ class ControlReader:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # beyond the subscriber's own retries
-            reason = f"failed: {exc}"
-            log.warning("[%s] control channel failed: %s", self.label, exc)
+            reason = f"failed: {redact_text(str(exc))}"
+            log.warning("[%s] control channel %s", self.label, reason)
         self.end_reason = reason
         if not self._closing and self.on_end is not None:
             log.info("[%s] control channel ended (%s)", self.label, reason)
@@ -130,6 +131,6 @@ class ControlReader:
             await self._subscriber.close()
 
     def stats(self) -> dict[str, Any]:
-        return {"url": self.url, "messages": self.messages, "keepalives": self.keepalives,
+        return {"url": redact_url(self.url), "messages": self.messages, "keepalives": self.keepalives,
                 "invalid": self.invalid, "oversize": self.oversize, "end_reason": self.end_reason,
                 "params": self.applier.stats()}

@@ -27,6 +27,7 @@ from collections import deque
 from typing import Any
 
 from media.outbound import OutboundPolicy
+from media.redact import redact_url
 from media.trickle_client import TrickleChannelClosedError, TricklePublisher
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class DataPublisher:
             await self._publisher.close(delete_channel=True)
 
     def stats(self) -> dict[str, Any]:
-        return {"url": self.url, "lines_sent": self.lines_sent, "segments_sent": self.segments_sent,
+        return {"url": redact_url(self.url), "lines_sent": self.lines_sent, "segments_sent": self.segments_sent,
                 "keepalives_sent": self.keepalives_sent, "lines_dropped": self.lines_dropped,
                 "oversize": self.oversize, "failed": self.failed, "pending": len(self._lines),
                 "channel_gone": self.channel_gone}

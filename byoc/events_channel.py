@@ -26,6 +26,7 @@ from typing import Any
 
 from byoc.status import StreamStatusTracker, timestamp_ms
 from media.outbound import OutboundPolicy
+from media.redact import redact_url
 from media.trickle_client import TrickleChannelClosedError, TricklePublisher
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,6 @@ class EventsReporter:
                     self.channel_gone = True
 
     def stats(self) -> dict[str, Any]:
-        return {"url": self.url, "sent": self.sent, "failed": self.failed, "dropped": self.dropped,
+        return {"url": redact_url(self.url), "sent": self.sent, "failed": self.failed, "dropped": self.dropped,
                 "errors_suppressed": self.errors_suppressed, "channel_gone": self.channel_gone,
                 "status_reports": self.tracker.reports}

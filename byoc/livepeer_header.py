@@ -1,4 +1,4 @@
-"""The `Livepeer` request header of BYOC jobs (reference/livepeer.md §3.2).
+"""The `Livepeer` request header of BYOC jobs (as go-livepeer's BYOC gateway builds it).
 
 Base64 of a JSON object `{"id", "request", "parameters", "capability", "capability_url", "sender",
 "sig", "timeout_seconds"}`; `request` and `parameters` are usually JSON-encoded *strings*. The
@@ -13,6 +13,8 @@ import binascii
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from media.http_json import JSONBodyError, loads_limited
 
 HEADER_NAME = "Livepeer"
 # A header this large is not a BYOC job description; refuse before decoding.
@@ -64,8 +66,8 @@ def _maybe_json(value: Any, name: str) -> Any:
     if not text:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return loads_limited(text)
+    except JSONBodyError:
         raise LivepeerHeaderError(f"Livepeer header field '{name}' is a string but not JSON") from None
 
 
@@ -77,8 +79,8 @@ def parse_livepeer_header(value: str | None) -> LivepeerHeader | None:
         raise LivepeerHeaderError("Livepeer header is too large")
     decoded = _b64decode(value)
     try:
-        payload = json.loads(decoded)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        payload = loads_limited(decoded)
+    except JSONBodyError:
         raise LivepeerHeaderError("Livepeer header does not decode to JSON") from None
     if not isinstance(payload, dict):
         raise LivepeerHeaderError("Livepeer header must decode to a JSON object")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from media.http_json import JSONBodyError, loads_limited
 from media.params import compose_patches
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,9 @@ def normalize_params_body(body: dict[str, Any]) -> dict[str, Any]:
         value = body["params"]
         if isinstance(value, str):
             try:
-                value = json.loads(value) if value.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"params is a string but not JSON: {exc}") from None
+                value = loads_limited(value) if value.strip() else {}
+            except JSONBodyError as exc:
+                raise ValueError(f"params is a string but not acceptable JSON: {exc}") from None
         if isinstance(value, dict):
             return value
         raise ValueError("params must be an object")

@@ -1,4 +1,4 @@
-"""Registering this worker as a BYOC capability with a Livepeer orchestrator (reference §3.1).
+"""Registering this worker as a BYOC capability with a Livepeer orchestrator (go-livepeer's `byoc`).
 
 `POST {orch}/capability/register` with header `Authorization: <orchestrator secret>` (the raw
 secret, not Bearer) and body `{name, description, url, capacity, price_per_unit, price_scaling,

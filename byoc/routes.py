@@ -28,8 +28,9 @@ from byoc.http import LivepeerHTTPError, parse_json_object, read_body
 from byoc.livepeer_header import HEADER_NAME, LivepeerHeaderError, parse_livepeer_header
 from byoc.params import normalize_params_body
 from byoc.status import StreamStatusTracker, idle_status
-from media.http_json import validation_message
+from media.http_json import JSONBodyError, loads_limited, validation_message
 from media.http_routes import Role, RouteTable, registry_of
+from media.redact import redact_payload, redact_text
 
 if TYPE_CHECKING:
     from byoc.mount import LivepeerService
@@ -109,8 +110,8 @@ def _stop_reason(raw: bytes) -> str:
     if not text:
         return "stopped by /stream/stop"
     try:
-        body = json.loads(text)
-    except json.JSONDecodeError:
+        body = loads_limited(text)
+    except JSONBodyError:
         return f"stopped by /stream/stop: {text[:200]}"
     reason = body.get("reason") or body.get("error") if isinstance(body, dict) else None
     return f"stopped by /stream/stop: {str(reason)[:200]}" if reason else "stopped by /stream/stop"
@@ -147,13 +148,13 @@ async def stream_status(request: web.Request) -> web.Response:
     stream, _ = locate_stream(request, None, "report")
     channels = service.channels.get(stream.manifest_id)
     tracker = channels.tracker if channels is not None else StreamStatusTracker(stream, pipeline)
-    return web.json_response({
+    return web.json_response(redact_payload({  # caller URLs without credentials or tokens
         **tracker.snapshot(clear_transient=False),
         "client_active": stream.active,
         "manifest_id": stream.manifest_id,
         "stream": stream.status(),
         "channels": channels.stats() if channels is not None else None,
-    }, dumps=lambda value: json.dumps(value, default=str))
+    }), dumps=lambda value: json.dumps(value, default=str))
 
 
 # -- ai-runner live-video-to-video ----------------------------------------------------------------
@@ -179,9 +180,9 @@ class LiveVideoToVideoRequest(BaseModel):
             return {}
         if isinstance(value, str):
             try:
-                return json.loads(value) if value.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"params is a string but not JSON: {exc}") from None
+                return loads_limited(value) if value.strip() else {}
+            except JSONBodyError as exc:
+                raise ValueError(f"params is a string but not acceptable JSON: {exc}") from None
         return value
 
 
@@ -271,7 +272,9 @@ async def _run_capability(service: LivepeerService, request: web.Request, name: 
     except ValidationError as exc:
         raise LivepeerHTTPError(400, validation_message(exc)) from None
     except CapabilityError as exc:
-        raise LivepeerHTTPError(exc.status, exc.message) from None
+        if exc.detail:  # what the caller is not told (e.g. how a URL's host answered), redacted
+            log.warning("capability %s: %s: %s", name, exc.message, redact_text(exc.detail))
+        raise LivepeerHTTPError(exc.status, exc.message, code=exc.code) from None
     except (LivepeerHTTPError, web.HTTPException):
         raise
     except Exception:

@@ -1,4 +1,4 @@
-"""ai-runner's `status` event for one stream (reference/livepeer.md §5.2).
+"""ai-runner's `status` event for one stream, as its live pipeline sends it.
 
 The gateway stores the newest `type: "status"` event and serves it on
 `/live/video-to-video/{id}/status` and `/process/stream/{id}/status`. Shape and units follow

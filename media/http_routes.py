@@ -56,7 +56,8 @@ class RouteSpec:
     max_body: int | str | None = None
     # The handler streams the body itself (trickle segments, uploads): no pre-read, no parse.
     stream_body: bool = False
-    # A browser opens this route without headers (EventSource, <track src>): `?token=` accepted.
+    # A viewer route a browser opens without headers (EventSource, <track src>): `?token=` accepted,
+    # and only a viewer token there (never the API token: URLs leak into logs, history, Referer).
     query_token: bool = False
     # Viewer routes: the manifest id the request is about, so that stream's viewer token opens it.
     stream_of: Callable[[web.Request], str | None] | None = None
@@ -70,6 +71,10 @@ class RouteSpec:
     preflight_headers: dict[str, str] = field(default_factory=dict)
     # documented only (not part of OpenAPI operation ids); e.g. the trailing-slash aliases
     hidden: bool = False
+
+    def __post_init__(self) -> None:
+        if self.query_token and Role.VIEWER not in self.roles:
+            raise ValueError(f"{self.method} {self.path}: `?token=` is for viewer routes only")
 
     @property
     def public(self) -> bool:

@@ -10,6 +10,9 @@
   aioice needs to learn the peer-reflexive candidate such a client (no candidates in its offer)
   connects from: `PriorityTolerantConnection` supplies the prflx priority RFC 8445 §5.1.2 would
   give it, as Pion and libwebrtc do. It is installed process-wide when this module is imported.
+- A remote candidate is an address a caller asks the server to send to: every one, from the offer's
+  SDP, a trickle-ICE PATCH or an mDNS name resolved, passes the outbound policy's deny list
+  (`CandidateGuard`) before aioice pairs it; a denied one is dropped, logged and counted.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import logging
 import random
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +35,8 @@ import aioice.turn
 import aiortc.rtcicetransport
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCConfiguration, RTCIceServer
+
+from media.outbound import OutboundPolicy
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +116,44 @@ class IceSettings:
         return links
 
 
+# -- remote candidates and the outbound policy ----------------------------------------------------
+
+class CandidateGuard:
+    """The outbound policy's verdict on the remote ICE candidates of a service's peers.
+
+    A candidate is an address the server sends STUN checks (and then media) to, chosen by whoever
+    wrote the offer: one on the deny list (metadata, link-local, whatever OUTBOUND_DENY names) or
+    an unspecified address is dropped before aioice pairs it. OUTBOUND_ALLOW does not apply: WebRTC
+    peers connect from anywhere. Peer-reflexive candidates (learned from a packet that arrived) are
+    answers to the sender and are not checked."""
+
+    def __init__(self, policy: OutboundPolicy) -> None:
+        self.policy = policy
+        self.dropped = 0
+
+    def allows(self, host: str, port: int) -> bool:
+        reason = self.policy.peer_address_verdict(host)
+        if reason is None:
+            return True
+        self.dropped += 1
+        log.warning("ICE: remote candidate %s port %s dropped: %s", host, port, reason)
+        return False
+
+    @contextmanager
+    def applied(self) -> Iterator[CandidateGuard]:
+        """ICE connections created inside (aiortc makes them while transceivers are added and an offer
+        is applied) check every remote candidate they are given, then and later, with this guard."""
+        token = _candidate_guard.set(self)
+        try:
+            yield self
+        finally:
+            _candidate_guard.reset(token)
+
+
+# the guard of the peer being negotiated in this task (see CandidateGuard.applied)
+_candidate_guard: ContextVar[CandidateGuard | None] = ContextVar("streamlens_candidate_guard", default=None)
+
+
 # -- STUN binding requests without PRIORITY ---------------------------------------------------------
 
 class PriorityTolerantConnection(aioice.Connection):
@@ -123,6 +168,18 @@ class PriorityTolerantConnection(aioice.Connection):
     integrity was already checked on the raw bytes, so adding the attribute changes nothing else."""
 
     missing_priority_requests = 0  # process-wide count, for logs and tests
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.candidate_guard = _candidate_guard.get()
+
+    def _add_remote_candidate(self, remote_candidate: Candidate, network_host: str) -> None:
+        # aioice's one entry for a signalled candidate (SDP, trickle, a resolved mDNS name): the
+        # address it would send to is checked here, after any name resolution
+        guard = self.candidate_guard
+        if guard is not None and not guard.allows(network_host, remote_candidate.port):
+            return
+        super()._add_remote_candidate(remote_candidate, network_host)
 
     def check_incoming(self, message, addr, protocol) -> None:
         if "PRIORITY" not in message.attributes:

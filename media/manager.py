@@ -10,6 +10,7 @@ from typing import Any
 
 from media.captions import CaptionLog
 from media.events import EventBus
+from media.stats import RateMeter
 from media.stream import Stream, StreamState
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,15 @@ class StoppedStream:
         self._summary = stream.summary()
         self.captions: CaptionLog = stream.captions
         self.events: EventBus = stream.events
+        # what status reports read (byoc/status.py): the times, not the stream's buffers
+        self.created_at = stream.created_at
+        self.state_changed_at = stream.state_changed_at
+        self.params_updated_at = stream.params_updated_at
+        self.last_error = stream.last_error
+        self.last_error_time = stream.last_error_time
+        self.restart_count = stream.restart_count
+        self.in_meter = _final_meter(stream.in_meter)
+        self.out_meter = _final_meter(stream.out_meter)
 
     def status(self) -> dict[str, Any]:
         return dict(self._status)
@@ -50,6 +60,13 @@ class StoppedStream:
 
     async def stop(self, reason: str = "", error: bool = False) -> None:
         """Already stopped: nothing to do."""
+
+
+def _final_meter(meter: RateMeter) -> RateMeter:
+    """An empty meter that remembers when `meter` last counted: a stopped stream's rate is 0."""
+    final = RateMeter(window=meter.window, max_events=1)
+    final.count, final.last_time = meter.count, meter.last_time
+    return final
 
 
 class StreamManager:

@@ -8,6 +8,12 @@ URLs) passes one `OutboundPolicy`:
 - `OUTBOUND_ALLOW`: when set, only these CIDRs / host names are contacted;
 - loopback and private ranges are allowed unless listed (orchestrators live there).
 
+Every address is judged in all the forms that reach the same place: an IPv6 address that carries
+an IPv4 one (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::/96` and the
+local-use `64:ff9b:1::/48`, 6to4 `2002::/16`, Teredo) is refused when either it or the IPv4 address
+it carries is denied. The unspecified addresses (`0.0.0.0`, `::`) reach this host and are refused
+whatever the lists say.
+
 `check_url()` refuses a URL when the request arrives (a 400 naming the rule). The same verdict is
 applied again when a connection is opened: the policy's `TCPConnector` filters what its resolver
 returns and refuses, in its socket factory, any denied address it is asked to connect to (literal
@@ -38,6 +44,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from media.redact import redact_url
+
 log = logging.getLogger(__name__)
 
 # The built-in deny list (Settings.outbound_deny carries the same default for the server).
@@ -52,6 +60,11 @@ MAX_APPROVED_ADDRESSES = 256
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# NAT64 prefixes (RFC 6052 well-known, RFC 8215 local-use): the IPv4 address sits in the last 32
+# bits (the /96 layout, the one NAT64 gateways use in practice)
+NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+UNSPECIFIED_REASON = "refused: the unspecified address reaches this host"
 
 
 class OutboundDenied(ValueError):
@@ -70,6 +83,32 @@ def _parse_address(text: str) -> IPAddress | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped  # ::ffff:169.254.169.254 is 169.254.169.254
     return address
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: where its packets end up through the host's
+    stack, a NAT64 gateway, a 6to4 or a Teredo relay."""
+    found: list[ipaddress.IPv4Address] = []
+    value = int(address)
+    low = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    elif value >> 32 == 0 and value > 1:  # IPv4-compatible ::a.b.c.d (not :: or ::1)
+        found.append(low)
+    if any(address in prefix for prefix in NAT64_PREFIXES):
+        found.append(low)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)  # (server, client): either may be where a packet goes
+    return found
+
+
+def address_forms(address: IPAddress) -> list[IPAddress]:
+    """`address` itself, then every IPv4 address it carries (each judged by the policy)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        return [address, *embedded_ipv4(address)]
+    return [address]
 
 
 class AddressRules:
@@ -119,17 +158,8 @@ class AddressRules:
 
 
 def safe_url(url: str) -> str:
-    """`url` without credentials or query (a query may carry a token): fit for logs and errors."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.hostname or ""
-        if ":" in netloc:
-            netloc = f"[{netloc}]"
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-    except ValueError:
-        return "<malformed URL>"
-    return f"{parts.scheme}://{netloc}{parts.path}"
+    """`url` fit for logs and errors: no credentials, secret query values `[redacted]` (media/redact.py)."""
+    return redact_url(url)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,12 +241,34 @@ class OutboundPolicy:
         return None
 
     def address_verdict(self, address: IPAddress, allowed_by_name: bool = False) -> str | None:
-        network = self.deny.network_for(address)
-        if network is not None:
-            return f"denied by OUTBOUND_DENY {network}"
-        if self.allow and not allowed_by_name and self.allow.network_for(address) is None:
+        """Why `address` may not be contacted (None: it may). Denied when it, or an IPv4 address it
+        carries, is unspecified or on the deny list; with an allow list, one of its forms must be on it."""
+        forms = address_forms(address)
+        reason = self.deny_verdict(forms)
+        if reason is not None:
+            return reason
+        if self.allow and not allowed_by_name and not any(self.allow.network_for(form) for form in forms):
             return f"not in OUTBOUND_ALLOW ({self.allow.describe()})"
         return None
+
+    def deny_verdict(self, forms: list[IPAddress]) -> str | None:
+        """The unspecified rule and the deny list over `forms` (an address, then what it carries)."""
+        for index, form in enumerate(forms):
+            carried = f" (it carries {form})" if index else ""
+            if form.is_unspecified:
+                return UNSPECIFIED_REASON + carried
+            network = self.deny.network_for(form)
+            if network is not None:
+                return f"denied by OUTBOUND_DENY {network}{carried}"
+        return None
+
+    def peer_address_verdict(self, host: str) -> str | None:
+        """Why a remote ICE candidate's address may not be contacted (None: it may). The deny list
+        and the unspecified rule apply; OUTBOUND_ALLOW does not (WebRTC peers connect from anywhere)."""
+        address = _parse_address(host)
+        if address is None:
+            return "not an IP address"
+        return self.deny_verdict(address_forms(address))
 
     def allowed_by_name(self, host: str) -> bool:
         return bool(self.allow) and self.allow.name_rule_for(host) is not None

@@ -46,7 +46,7 @@ class StreamState(str, enum.Enum):
 
 @dataclass
 class StreamThresholds:
-    """State thresholds, after ai-runner's process guardian (see reference/livepeer.md §5.3)."""
+    """State thresholds, after ai-runner's process guardian (its live pipeline's state rules)."""
 
     input_timeout: float = 60.0  # no input at all for this long → the stream is stopped
     output_stall: float = 5.0  # input flows but no output for this long → ERROR

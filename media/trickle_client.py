@@ -1,7 +1,7 @@
 """Livepeer trickle clients: a subscriber (GET segments) and a publisher (chunked POST per segment).
 
 Behaviour follows the Python clients in ai-runner and pytrickle, which go-livepeer orchestrators
-expect (shared/reference/livepeer.md §2.4):
+expect (go-livepeer's trickle package: https://github.com/livepeer/go-livepeer/tree/master/trickle):
 
 - Every request sends `Connection: close` and goes through the outbound policy's connector
   (media/outbound.py): denied addresses are refused at connect time, redirects are not followed,
@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from typing import AsyncIterator, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import AsyncIterablePayload
 
 from media.outbound import OutboundPolicy, default_policy
+from media.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,48 @@ STATUS_SEGMENT_MISSING = 470
 MAX_TRACKED_SEGMENTS = 4
 # POSTs a publisher keeps open at once (current + preconnected + a couple still finishing).
 MAX_OPEN_WRITERS = 4
+
+
+# The bearer token (or None) a request to a URL presents, per outbound policy (one per server app):
+# the server's own trickle routes only (server/self_trust.py). Without one, requests send no token.
+BearerFor = Callable[[str], str | None]
+_BEARERS: weakref.WeakKeyDictionary[OutboundPolicy, BearerFor] = weakref.WeakKeyDictionary()
+
+
+def set_bearer_source(policy: OutboundPolicy, bearer_for: BearerFor | None) -> None:
+    """Clients built with `policy` ask `bearer_for(url)` before each request (None: stop asking)."""
+    if bearer_for is None:
+        _BEARERS.pop(policy, None)
+    else:
+        _BEARERS[policy] = bearer_for
+
+
+def _headers(policy: OutboundPolicy, url: str) -> dict[str, str]:
+    headers = {"Connection": "close"}
+    bearer_for = _BEARERS.get(policy)
+    token = bearer_for(url) if bearer_for is not None else None
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def channel_url(url: str) -> str:
+    """`url` without a trailing slash on its path (a query, e.g. a signed URL's token, is kept)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # the outbound policy refuses such a URL before any request
+        return url.rstrip("/")
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/")))
+
+
+def segment_url(url: str, index: int | str) -> str:
+    """The URL of segment `index` of channel `url`: the index ends the path, before any query
+    (`http://h/ch?token=x` → `http://h/ch/-2?token=x`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"{url}/{index}"
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{index}"))
 
 
 class TrickleChannelClosedError(RuntimeError):
@@ -128,8 +173,8 @@ class TrickleSegment:
                 self._on_stall()
             chunk = b""
         except (aiohttp.ClientError, OSError) as exc:
-            self.error = repr(exc)
-            log.warning("trickle segment seq=%d broke after %d bytes: %r", self.seq, self.bytes_read, exc)
+            self.error = redact_text(repr(exc))
+            log.warning("trickle segment seq=%d broke after %d bytes: %s", self.seq, self.bytes_read, self.error)
             chunk = b""
         if not chunk:
             await self.close()
@@ -169,7 +214,8 @@ class TrickleSubscriber:
         read_timeout: float = 30.0,
         policy: OutboundPolicy | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = channel_url(url)  # the real URL, for requests only
+        self.shown_url = redact_url(self.url)  # for logs and errors: no credentials, no token
         self.seq = start_seq
         self.ended = False
         self.end_reason: str | None = None
@@ -206,7 +252,7 @@ class TrickleSubscriber:
         if not self.ended:
             self.ended = True
             self.end_reason = reason
-            log.info("trickle subscriber url=%s ended: %s", self.url, reason)
+            log.info("trickle subscriber url=%s ended: %s", self.shown_url, reason)
 
     async def next_segment(self) -> TrickleSegment | None:
         """The next segment (headers received, body streaming), or None at end of stream."""
@@ -257,18 +303,19 @@ class TrickleSubscriber:
     async def _preconnect(self, idx: int) -> aiohttp.ClientResponse | None:
         """GET `{url}/{idx}` until a 200 arrives (returned) or the stream ends (None)."""
         session = self._get_session()
-        url = f"{self.url}/{idx}"
+        url = segment_url(self.url, idx)
         for attempt in range(self.max_retries):
             if self.ended:
                 return None
             try:
                 response = await session.get(
-                    url, headers={"Connection": "close"}, ssl=self.policy.ssl_for(url), allow_redirects=False,
+                    url, headers=_headers(self.policy, url), ssl=self.policy.ssl_for(url), allow_redirects=False,
                     timeout=_timeout(self.connect_timeout),
                 )
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 self.errors += 1
-                log.warning("trickle subscriber GET %s failed (try %d): %r", url, attempt + 1, exc)
+                log.warning("trickle subscriber GET %s failed (try %d): %s", redact_url(url), attempt + 1,
+                            redact_text(repr(exc)))
             else:
                 if response.status == 200:
                     return response
@@ -280,12 +327,13 @@ class TrickleSubscriber:
                     # Channel exists, segment doesn't (evicted or too far ahead): go to the leading edge.
                     latest = response.headers.get(HEADER_LATEST) or "-1"
                     response.close()
-                    log.info("trickle subscriber %s missing, jumping to latest=%s", url, latest)
-                    url = f"{self.url}/{latest}"
+                    log.info("trickle subscriber %s missing, jumping to latest=%s", redact_url(url), latest)
+                    url = segment_url(self.url, latest)
                     continue
                 self.errors += 1
                 body = await self._short_body(response)
-                log.warning("trickle subscriber GET %s status %d: %s", url, response.status, body)
+                log.warning("trickle subscriber GET %s status %d: %s", redact_url(url), response.status,
+                            redact_text(body))
             if attempt < self.max_retries - 1:
                 await asyncio.sleep(self.retry_delay)
         self._end("retries_exhausted")
@@ -304,26 +352,29 @@ class TrickleSubscriber:
         """Stop: cancel the preconnected GET, close open segments and the owned session."""
         self._end("client_closed")
         pending, self._pending = self._pending, None
-        for task in (pending, self._awaited):
-            if task is None:
-                continue
-            if not task.done():
-                task.cancel()
-            try:
-                response = await task
-            except asyncio.CancelledError:
-                if _cancelled_from_outside():
-                    raise
-                response = None
-            except Exception:  # its failure is already logged; nothing to release
-                response = None
-            if response is not None:
-                response.close()
-        while self._segments:
-            await self._segments.popleft().close()
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        try:
+            for task in (pending, self._awaited):
+                if task is None:
+                    continue
+                if not task.done():
+                    task.cancel()
+                try:
+                    response = await task
+                except asyncio.CancelledError:
+                    if _cancelled_from_outside():
+                        raise
+                    response = None
+                except Exception:  # its failure is already logged; nothing to release
+                    response = None
+                if response is not None:
+                    response.close()
+        finally:
+            # also when close() itself runs in a cancelled task: segments and session are released
+            while self._segments:
+                self._segments.popleft().release()
+            if self._owns_session and self._session is not None:
+                session, self._session = self._session, None
+                await asyncio.shield(session.close())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,8 +409,8 @@ class SegmentWriter:
 
     async def _run_post(self, reset: bool) -> None:
         publisher = self._publisher
-        url = f"{publisher.url}/{self.seq}"
-        headers = {"Connection": "close", "Content-Type": publisher.mime}
+        url = segment_url(publisher.url, self.seq)
+        headers = {**_headers(publisher.policy, url), "Content-Type": publisher.mime}
         if reset:
             headers[HEADER_RESET] = "1"
         try:
@@ -383,7 +434,7 @@ class SegmentWriter:
                 else:
                     text = (await response.content.read(512)).decode("utf-8", "replace")
                     self.error = f"status {response.status}: {text}"
-                    log.warning("trickle publisher POST %s failed: %s", url, self.error)
+                    log.warning("trickle publisher POST %s failed: %s", redact_url(url), redact_text(self.error))
             finally:
                 # close() also cancels aiohttp's body writer if the server answered before the body ended.
                 response.close()
@@ -391,8 +442,8 @@ class SegmentWriter:
             self.error = self.error or "aborted"
             raise
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            self.error = repr(exc)
-            log.warning("trickle publisher POST %s failed: %r", url, exc)
+            self.error = redact_text(repr(exc))
+            log.warning("trickle publisher POST %s failed: %s", redact_url(url), self.error)
         finally:
             self._finished.set()
             publisher._writer_finished(self)
@@ -423,7 +474,7 @@ class SegmentWriter:
         Raises TrickleChannelClosedError once the channel is gone. Bytes for a segment whose POST
         already ended (error, 413, aborted) are dropped and counted in `bytes_dropped`."""
         if self._publisher.closed and self._publisher.end_reason != "client_closed":
-            raise TrickleChannelClosedError(f"trickle channel {self._publisher.url} closed")
+            raise TrickleChannelClosedError(f"trickle channel {self._publisher.shown_url} closed")
         if not data:
             return  # an empty chunk would end a chunked body early
         if self._body_ended or not await self._put(bytes(data)):
@@ -481,7 +532,8 @@ class TricklePublisher:
         reset_first_segment: bool = False,
         policy: OutboundPolicy | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = channel_url(url)  # the real URL, for requests only
+        self.shown_url = redact_url(self.url)  # for logs and errors: no credentials, no token
         self.policy = policy or default_policy()
         self.mime = mime
         self.seq = start_seq
@@ -515,7 +567,7 @@ class TricklePublisher:
         if not self.closed:
             self.closed = True
             self.end_reason = reason
-            log.info("trickle publisher url=%s closed: %s", self.url, reason)
+            log.info("trickle publisher url=%s closed: %s", self.shown_url, reason)
 
     def _count_published(self, nbytes: int) -> None:
         self.segments_published += 1
@@ -527,7 +579,8 @@ class TricklePublisher:
     def _preconnect(self, seq: int) -> SegmentWriter:
         while len(self._open) >= MAX_OPEN_WRITERS:
             oldest = self._open.pop(next(iter(self._open)))
-            log.warning("trickle publisher url=%s too many open segments, aborting seq=%d", self.url, oldest.seq)
+            log.warning("trickle publisher url=%s too many open segments, aborting seq=%d", self.shown_url,
+                        oldest.seq)
             oldest.cancel()
         writer = SegmentWriter(self, seq, self.write_queue_chunks, self._reset_next)
         self._reset_next = False
@@ -538,7 +591,7 @@ class TricklePublisher:
         """The (already open) POST for the current seq; the POST for seq+1 is opened right away."""
         async with self._lock:
             if self.closed:
-                raise TrickleChannelClosedError(f"trickle publisher {self.url} closed ({self.end_reason})")
+                raise TrickleChannelClosedError(f"trickle publisher {self.shown_url} closed ({self.end_reason})")
             writer = self._next if self._next is not None and not self._next.done else None
             if writer is None:
                 writer = self._preconnect(self.seq)
@@ -579,12 +632,12 @@ class TricklePublisher:
         try:
             async with self._get_session().delete(
                 self.url,
-                headers={"Connection": "close"},
+                headers=_headers(self.policy, self.url),
                 ssl=self.policy.ssl_for(self.url),
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.connect_timeout),
             ) as response:
                 if response.status >= 400:
-                    log.info("trickle publisher DELETE %s: status %d", self.url, response.status)
+                    log.info("trickle publisher DELETE %s: status %d", self.shown_url, response.status)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            log.warning("trickle publisher DELETE %s failed: %r", self.url, exc)
+            log.warning("trickle publisher DELETE %s failed: %s", self.shown_url, redact_text(repr(exc)))

@@ -18,6 +18,7 @@ from media.encode import EncoderSettings, TsSegmentEncoder
 from media.endpoints import Ingest, MediaSink, MediaSource, SinkHost
 from media.frames import AudioItem, DropOldestQueue, VideoItem
 from media.outbound import OutboundPolicy
+from media.redact import redact_text, redact_url
 from media.stats import LatencyWindow
 from media.trickle_client import SegmentWriter, TricklePublisher, TrickleSubscriber
 
@@ -87,8 +88,8 @@ class TrickleSource(MediaSource):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # network errors beyond the subscriber's retries
-            reason = f"input failed: {exc}"
-            log.warning("[%s] trickle input failed: %s", self.label, exc)
+            reason = f"input failed: {redact_text(str(exc))}"
+            log.warning("[%s] trickle %s", self.label, reason)
         finally:
             self.end_reason = self.end_reason or reason
             self._pipe.write_eof()  # the decoder drains what it has, then exits
@@ -112,7 +113,7 @@ class TrickleSource(MediaSource):
 
     def stats(self) -> dict[str, Any]:
         return {
-            "url": self.url,
+            "url": redact_url(self.url),  # the status answer shows no credentials or token
             "segments": self.segments,
             "damaged_segments": self.damaged_segments,
             "stalled_segments": self._subscriber.stalls if self._subscriber else 0,
@@ -255,7 +256,7 @@ class TrickleSink(MediaSink):
     def _report_lagging(self) -> None:
         on_lagging = getattr(self.host, "on_output_lagging", None)
         if on_lagging is not None:
-            on_lagging(self.name, f"trickle output {self.url} is slower than the stream: "
+            on_lagging(self.name, f"trickle output {redact_url(self.url)} is slower than the stream: "
                                   f"{self.video_dropped} frames dropped")
 
     # SegmentSink, called by the encoder on the encoding thread: hand over, never wait
@@ -338,6 +339,7 @@ class TrickleSink(MediaSink):
     def _fail(self, reason: str) -> None:
         if self.failed:
             return
+        reason = redact_text(reason)  # it reaches the log and the stream's status
         self.failed = reason
         log.warning("[%s] trickle output failed: %s", self.label, reason)
         self.host.on_output_failed(reason)
@@ -371,7 +373,7 @@ class TrickleSink(MediaSink):
     def stats(self) -> dict[str, Any]:
         enc = self._encoder
         return {
-            "url": self.url,
+            "url": redact_url(self.url),
             "segments": enc.segments if enc else 0,
             "frames_encoded": enc.frames_encoded if enc else 0,
             "frames_skipped": enc.frames_skipped if enc else 0,

@@ -1,6 +1,6 @@
 """Built-in Livepeer trickle server: named channels of segments, streamed over plain HTTP.
 
-Wire semantics follow go-livepeer's `trickle/trickle_server.go` (see shared/reference/livepeer.md §2):
+Wire semantics follow go-livepeer's `trickle/trickle_server.go`:
 
 - `POST {prefix}{ch}/{seq}` publishes one segment; its chunked body reaches subscribers while it uploads.
 - `GET {prefix}{ch}/{seq}` subscribes (`-1` = next write, `-2` = current one replayed from byte 0).
@@ -27,6 +27,11 @@ Where this server deliberately differs from go-livepeer (all for bounded memory 
 - A POST to a segment that already ended starts that segment afresh instead of appending to it.
 - The number of channels is capped (`max_channels`); autocreate beyond it answers 503.
 - Error bodies are JSON `{"error": {"code", "message"}}`; clients only read the status and headers.
+- A segment is served as `application/octet-stream` unless its channel's type is one of the media
+  types trickle carries (`SERVED_TYPES`: MPEG-TS, JSON, JSON lines), always with
+  `X-Content-Type-Options: nosniff`: a publisher cannot make a browser render its bytes as a page
+  of this origin (Go echoes the publisher's type).
+- Every channel idle for `idle_timeout` is swept, whatever its name.
 - No `100 Continue` keepalive while a preconnected POST waits for its first byte: the connection
   simply stays open until data, a close, or the idle sweep.
 
@@ -66,6 +71,19 @@ READ_CHUNK_BYTES = 64 * 1024
 PIECE_BYTES = 64 * 1024
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
+# The types a segment is served as when its publisher said so (lower case, parameters dropped):
+# video segments, and the JSON of Livepeer's events and data channels. Anything else (text/html, an
+# SVG...) goes out as application/octet-stream, so a browser never renders it.
+SERVED_TYPES = frozenset({"video/mp2t", "application/json", "application/jsonl"})
+OCTET_STREAM = "application/octet-stream"
+
+
+def served_type(mime: str) -> str:
+    """The Content-Type a segment of a channel of type `mime` is served with."""
+    essence = mime.split(";", 1)[0].strip().lower()
+    return essence if essence in SERVED_TYPES else OCTET_STREAM
+
+
 # What reading a request body raises when the client goes away or sends a broken body.
 _BODY_ERRORS = (OSError, asyncio.IncompleteReadError, ClientPayloadError, HttpProcessingError)
 
@@ -451,13 +469,10 @@ class TrickleServer:
             await self.sweep_idle()
 
     async def sweep_idle(self) -> list[str]:
-        """Close channels without a new segment for `idle_timeout`; names starting `_` are exempt."""
+        """Close channels without a new segment for `idle_timeout`, whatever their name (no name
+        may park a channel here forever)."""
         now = time.monotonic()
-        idle = [
-            name
-            for name, ch in self._channels.items()
-            if not name.startswith("_") and now - ch.write_time > self.idle_timeout
-        ]
+        idle = [name for name, ch in self._channels.items() if now - ch.write_time > self.idle_timeout]
         for name in idle:
             if await self.close_channel(name):
                 self._counters["channels_swept"] += 1
@@ -734,7 +749,8 @@ class TrickleServer:
                         if segment.idx != latest:
                             response.headers[HEADER_LATEST] = str(latest)
                         response.headers[HEADER_SEQ] = str(segment.idx)
-                        response.headers["Content-Type"] = channel.mime or "application/octet-stream"
+                        response.headers["Content-Type"] = served_type(channel.mime)
+                        response.headers["X-Content-Type-Options"] = "nosniff"
                         await response.prepare(request)
                     await response.write(chunk)  # one flush per chunk; drains at the reader's pace
                     pos += len(chunk)

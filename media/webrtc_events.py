@@ -19,6 +19,7 @@ from typing import Any
 from aiortc import RTCDataChannel
 
 from media.events import Subscription
+from media.http_json import JSONBodyError, loads_limited
 from media.stream import Stream
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,9 @@ class EventChannel:
             self._error("too_large", f"messages must be under {MAX_MESSAGE_BYTES} bytes")
             return
         try:
-            message = json.loads(data)
-        except json.JSONDecodeError as exc:
-            self._error("bad_json", f"invalid JSON: {exc}")
+            message = loads_limited(data)
+        except JSONBodyError as exc:
+            self._error("bad_json", str(exc))
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             self._error("bad_message", 'a message is a JSON object with a string "type"')

@@ -141,7 +141,7 @@ def parse_sdpfrag(text: str, default_mid: str | None) -> SdpFragment:
         elif line.startswith("a=candidate:"):
             try:
                 candidate = candidate_from_sdp(line[len("a=candidate:"):])
-            except (ValueError, IndexError) as exc:
+            except (ValueError, IndexError, AssertionError) as exc:  # aiortc asserts the field count
                 raise OfferError(f"malformed candidate line {line!r}: {exc}") from None
             candidate.sdpMid = mid
             frag.candidates.append(candidate)

@@ -1,14 +1,18 @@
 """The access policy: what every declared route (media/http_routes.py) gets before its handler.
 
-In order, for each request: find the route's declaration (an undeclared route is refused), answer
-CORS preflights, check the bearer token against the route's roles, check the Content-Type, read
-the body under its size cap and time limit, parse JSON with a nesting limit and validate the
+In order, for each request: refuse a `Host` this server does not answer to (open mode: loopback
+names and ALLOWED_HOSTS only, against DNS rebinding) and a state-changing request or WebSocket
+upgrade from a foreign `Origin`; find the route's declaration (an undeclared route is refused),
+answer CORS preflights, check the bearer token against the route's roles, check the Content-Type,
+read the body under its size cap and time limit, parse JSON with a nesting limit and validate the
 declared body model. Handlers never check tokens; requests never choose which token applies.
 
 Tokens (README "Security"): each role has its own setting; unset, it falls back to API_TOKEN, then
 AUTH_TOKEN. When no token at all is set every route is open (a loopback-only default); once any is
 set, a role without a token is closed: an unset token never grants anything. Viewer routes also
-open with their stream's own `viewer_token`.
+open with their stream's own `viewer_token`; those a browser opens without headers (EventSource,
+`<track src>`) take `?token=`, but only a viewer token there (WHEP_TOKEN or the stream's own),
+never the API token: URLs end up in logs, history and Referer headers.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from byoc.mount import secret_value
-from media.http_json import JSONBodyError, loads_limited
+from media.http_json import JSONBodyError, json_error, loads_limited
 from media.http_routes import JSON, RouteSpec, Role, registry_of
+from media.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +61,31 @@ class AccessPolicy:
         fallback = tokens["api_token"] or tokens["auth_token"]
         self.role_tokens: dict[Role, str | None] = {
             role: tokens[name] or fallback for role, name in ROLE_TOKEN_SETTING.items()}
+        # tokens set by the server itself, not by settings (server/self_trust.py: its own trickle clients)
+        self.internal_tokens: dict[Role, str] = {}
         self.cors_origins = {o.strip() for o in (settings.cors_origins or "").split(",") if o.strip()}
+        # a `?token=` rides in URLs (logs, history, Referer): only WHEP_TOKEN itself, never its API fallback
+        self.query_viewer_token = tokens["whep_token"]
+        self.allowed_hosts = {_bare_host(h) for h in (getattr(settings, "allowed_hosts", "") or "").split(",")
+                              if h.strip()}
+        # open mode answers only to loopback names (a DNS-rebinding page is refused); with tokens the
+        # Host is checked only when ALLOWED_HOSTS is set
+        self.check_host = "*" not in self.allowed_hosts and (self.open or bool(self.allowed_hosts))
 
-    def allows(self, spec: RouteSpec, presented: str | None, viewer_token: str | None = None) -> bool:
+    def allows(self, spec: RouteSpec, presented: str | None, viewer_token: str | None = None, *,
+               from_query: bool = False) -> bool:
         if spec.public or self.open:
             return True
-        if not presented:
+        if not presented or not _encodable(presented):  # undecodable header bytes never match a token
             return False
+        if from_query:
+            return Role.VIEWER in spec.roles and any(
+                token and hmac.compare_digest(presented.encode(), token.encode())
+                for token in (self.query_viewer_token, viewer_token))
         for role in spec.roles:
-            token = self.role_tokens.get(role)
-            if token and hmac.compare_digest(presented.encode(), token.encode()):
-                return True
+            for token in (self.role_tokens.get(role), self.internal_tokens.get(role)):
+                if token and hmac.compare_digest(presented.encode(), token.encode()):
+                    return True
         return bool(viewer_token) and Role.VIEWER in spec.roles and hmac.compare_digest(
             presented.encode(), viewer_token.encode())
 
@@ -76,6 +95,22 @@ class AccessPolicy:
         if "*" in self.cors_origins:
             return "*"
         return origin if origin in self.cors_origins else None
+
+    def host_allowed(self, host: str) -> bool:
+        return not self.check_host or is_loopback_host(host) or host in self.allowed_hosts
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # aiohttp keeps non-UTF-8 header bytes as lone surrogates
+        return False
+    return True
+
+
+def _bare_host(host: str) -> str:
+    """An ALLOWED_HOSTS entry as `_split_host` writes a host: lower case, IPv6 without brackets."""
+    return host.strip().lower().removeprefix("[").removesuffix("]")
 
 
 POLICY_KEY = web.AppKey("access_policy", AccessPolicy)
@@ -130,13 +165,15 @@ def undeclared_routes(app: web.Application) -> list[str]:
             for route in app.router.routes() if registry.spec_for(route) is None]
 
 
-def presented_token(request: web.Request, spec: RouteSpec) -> str | None:
+def presented_token(request: web.Request, spec: RouteSpec) -> tuple[str | None, bool]:
+    """(token, whether it came from `?token=`): the query only on viewer routes a browser opens
+    without headers, where `AccessPolicy.allows` takes only viewer tokens from it."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
+        return value.strip(), False
     if spec.query_token:
-        return request.query.get("token") or None
-    return None
+        return request.query.get("token") or None, True
+    return None, False
 
 
 def _viewer_token_for(request: web.Request, spec: RouteSpec) -> str | None:
@@ -205,8 +242,81 @@ async def _read_body(request: web.Request, spec: RouteSpec) -> web.Request:
     return sized
 
 
+# -- Host and Origin: a web page of another site must not drive this server --------------------------
+_HOST_RE = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::([0-9]{1,5}))?")
+_ORIGIN_RE = re.compile(r"(https?)://(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::([0-9]{1,5}))?")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# what a page may send cross-site without a preflight and still change nothing (HTTP semantics)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """A `Host` header as (lower-case host, IPv6 without brackets; port or None); None if malformed."""
+    match = _HOST_RE.fullmatch(value.strip().lower())
+    if match is None:
+        return None
+    return match[1].strip("[]"), int(match[2]) if match[2] else None
+
+
+def _origin_key(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) origin; None for `null`, other schemes or garbage."""
+    match = _ORIGIN_RE.fullmatch(origin.strip().lower())
+    if match is None:
+        return None
+    scheme = match[1]
+    return scheme, match[2].strip("[]"), int(match[3]) if match[3] else DEFAULT_PORTS[scheme]
+
+
+def _request_scheme(request: web.Request) -> str:
+    # Behind a TLS-terminating proxy the page is https while this hop is http. A page cannot add
+    # this header to a cross-site request: that needs a preflight, which never allows it.
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return forwarded if forwarded in DEFAULT_PORTS else request.scheme
+
+
+def same_origin(request: web.Request, origin: str) -> bool:
+    """Whether `origin` is this request's own: scheme, host and port of its `Host` header."""
+    key = _origin_key(origin)
+    host = _split_host(request.headers.get("Host", ""))
+    if key is None or host is None:
+        return False
+    scheme = _request_scheme(request)
+    return key == (scheme, host[0], DEFAULT_PORTS[scheme] if host[1] is None else host[1])
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def edge_refusal(request: web.Request, policy: AccessPolicy) -> web.Response | None:
+    """403 for a `Host` this server does not answer to, or for a state-changing request or a
+    WebSocket upgrade from a foreign `Origin` (a browser sends those without a CORS preflight).
+    Requests without `Origin` (curl, FFmpeg, OBS, servers) pass."""
+    host_header = request.headers.get("Host")
+    if policy.check_host and host_header is not None:  # every browser sends one; an HTTP/1.0 tool may not
+        host = _split_host(host_header)
+        if host is None or not policy.host_allowed(host[0]):
+            why = ("with no token set this server answers only to localhost, 127.0.0.0/8 and [::1]"
+                   if policy.open else "it is not in ALLOWED_HOSTS")
+            log.info("%s %s → 403: Host %r refused", request.method, request.path, host_header)
+            return json_error(403, f"Host {host_header!r} is not served: {why}; add the name to ALLOWED_HOSTS"
+                              + (" (or set API_TOKEN)" if policy.open else ""), code="host_not_allowed")
+    origin = request.headers.get("Origin")
+    changes_state = request.method not in SAFE_METHODS or _is_websocket(request)
+    if origin and changes_state and not same_origin(request, origin) and policy.cors_origin(origin) is None:
+        log.info("%s %s → 403: cross-origin request from %r", request.method, request.path, origin)
+        return json_error(403, f"cross-origin {'WebSocket' if _is_websocket(request) else request.method} "
+                          f"from {origin!r} refused: list the origin in CORS_ORIGINS to allow it",
+                          code="origin_not_allowed")
+    return None
+
+
 @web.middleware
 async def access_middleware(request: web.Request, handler):
+    policy: AccessPolicy = request.app[POLICY_KEY]
+    refused = edge_refusal(request, policy)
+    if refused is not None:
+        return refused
     route = request.match_info.route
     if request.match_info.http_exception is not None:
         return await handler(request)  # 404 / 405: the router's own answer
@@ -214,12 +324,12 @@ async def access_middleware(request: web.Request, handler):
     if spec is None:
         log.error("%s %s has no declared role; refused", request.method, request.path)
         raise web.HTTPForbidden(reason="this route has no declared access role")
-    policy: AccessPolicy = request.app[POLICY_KEY]
     if request.method == "OPTIONS":
         response = preflight_response(request) or await handler(request)
         response.headers.update(_cors_headers(request))
         return response
-    if not policy.allows(spec, presented_token(request, spec), _viewer_token_for(request, spec)):
+    presented, from_query = presented_token(request, spec)
+    if not policy.allows(spec, presented, _viewer_token_for(request, spec), from_query=from_query):
         log.info("%s %s → 401: missing or wrong bearer token", request.method, request.path)
         raise web.HTTPUnauthorized(reason=INVALID_TOKEN_MESSAGE,
                                    headers={"WWW-Authenticate": "Bearer", **_cors_headers(request)})
@@ -271,15 +381,15 @@ def startup_warnings(settings: Any) -> list[str]:
                         "reach this address. Set API_TOKEN (and AUTH_TOKEN for Livepeer) — README \"Security\".")
     if "*" in policy.cors_origins:
         warnings.append("CORS_ORIGINS contains '*': any web site may call this server from a browser")
+    if policy.open and "*" in policy.allowed_hosts:
+        warnings.append("ALLOWED_HOSTS is '*' with no token set: a DNS-rebinding web page can call every route")
     return warnings
 
 
 # -- secrets never reach the logs ----------------------------------------------------------------------
-_TOKEN_IN_QUERY = re.compile(r"([?&](?:token|access_token)=)[^&\s\"]*", re.IGNORECASE)
-
-
 def redact(text: str) -> str:
-    return _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
+    # one redaction for the whole server (media/redact.py): percent-encoded names, every secret-looking parameter
+    return redact_text(text)
 
 
 class RedactTokens(logging.Filter):

@@ -14,14 +14,17 @@ from server import routes_events, routes_streams, routes_system
 from server.access import install_access, install_log_redaction
 from server.errors import error_middleware
 from server.features import install_features
-from server.openapi import mount_openapi
 from server.metrics import Metrics
+from server.openapi import mount_openapi
 from server.pipeline import StreamFactory
 from server.routes_webrtc import add_webrtc_routes
+from server.self_trust import SELF_TRUST_KEY, install_self_trust
 from server.settings import Settings
 from server.trickle_metrics import trickle_metrics
 
 log = logging.getLogger(__name__)
+
+TRICKLE_PREFIX = "/ai/trickle/"
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
@@ -56,7 +59,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     metrics.add_source(lambda: trickle_metrics(trickle))
     # streams stop before the trickle server closes its channels
     app.on_shutdown.append(_stop_streams)
-    trickle.add_routes(app, prefix="/ai/trickle/")
+    trickle.add_routes(app, prefix=TRICKLE_PREFIX)
 
     routes_streams.routes.mount(app)
     routes_system.routes.mount(app)
@@ -66,6 +69,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     mount_livepeer(app, manager=manager, settings=settings, start_handler=routes_streams.start_from_body)
     # innermost middleware: every declared route's role, content type, body limits (server/access.py)
     install_access(app)
+    # the server's own trickle clients reach its trickle routes whatever tokens are set (never another host)
+    install_self_trust(app, TRICKLE_PREFIX)
     install_features(app, settings)
     add_webrtc_routes(app)  # /offer, WHIP, WHEP, demo pages; its shutdown runs after _stop_streams
     mount_openapi(app)  # /openapi.json and /docs, from every declaration above
@@ -81,5 +86,9 @@ async def _stop_streams(app: web.Application) -> None:
 def make_runner(app: web.Application, settings: Settings, shutdown_timeout: float = 30.0) -> web.AppRunner:
     """The app's runner. aiohttp's keep-alive timer also runs from the moment a connection opens
     until its first request head is complete, so it bounds slow-header clients as well as idle
-    keep-alive connections: both get HEADER_READ_TIMEOUT."""
-    return web.AppRunner(app, shutdown_timeout=shutdown_timeout, keepalive_timeout=settings.header_read_timeout)
+    keep-alive connections: both get HEADER_READ_TIMEOUT. Its listening sockets are what the app's
+    self trust (server/self_trust.py) calls this server."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, keepalive_timeout=settings.header_read_timeout)
+    if SELF_TRUST_KEY in app:
+        app[SELF_TRUST_KEY].bind(runner)
+    return runner

@@ -1,6 +1,6 @@
 """Wires the AI features into the app: translation, vision, GPU memory, (and ASR captions).
 
-Each feature reads its own environment variables (documented in the README), adds its routes,
+Each feature reads its own environment variables (docs/reference/settings.md), adds its routes,
 its stage provider for streams, its /health and /metrics figures, and closes on shutdown.
 """
 

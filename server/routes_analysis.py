@@ -33,11 +33,11 @@ from analysis.models import (
     TranscribeRequest,
     VideoParams,
 )
-from analysis.runner import JobConflict, JobNotFound, JobRunner, QueueFull
+from analysis.runner import JobConflict, JobNotFound, JobRunner, QueueFull, RequestTooLarge
 from analysis.settings import AnalysisSettings
 from analysis.subtitles import to_srt, to_vtt
-from byoc.capabilities import CapabilityContext, CapabilityError
-from media.http_json import json_error, validation_message
+from byoc.capabilities import CapabilityContext, CapabilityError, url_fetch_error
+from media.http_json import JSONBodyError, json_error, loads_limited, validation_message
 from media.http_routes import JSON, Role, RouteTable
 from server import __version__
 from server.errors import read_json
@@ -47,12 +47,35 @@ log = logging.getLogger(__name__)
 RUNNER_KEY = web.AppKey("analysis_runner", JobRunner)
 MULTIPART = "multipart/form-data"
 _SSE_KEEPALIVE = 15.0
+_SSE_DISCONNECT_CHECK = 1.0  # an event stream whose client went away frees its place within this
+_SUMMARY_CHARS = 200  # in a job list, longer request strings are cut to this
+_SUMMARY_ITEMS = 16  # and longer request lists to this many items
 
 table = RouteTable()
 
 
 def _runner(request: web.Request) -> JobRunner:
     return request.app[RUNNER_KEY]
+
+
+def _summary(value: Any) -> tuple[Any, bool]:
+    """(value with long strings and lists shortened, whether anything was)."""
+    if isinstance(value, str) and len(value) > _SUMMARY_CHARS:
+        return value[:_SUMMARY_CHARS] + "…", True
+    if isinstance(value, list):
+        items = [_summary(item) for item in value[:_SUMMARY_ITEMS]]
+        return [item for item, _ in items], len(value) > _SUMMARY_ITEMS or any(cut for _, cut in items)
+    if isinstance(value, dict):
+        items = {key: _summary(item) for key, item in value.items()}
+        return {key: item for key, (item, _) in items.items()}, any(cut for _, cut in items.values())
+    return value, False
+
+
+def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as listed: no result, and the request without its long values (a page of jobs stays small)."""
+    view = _job_view(job)
+    view["request"], view["request_truncated"] = _summary(view["request"])
+    return view
 
 
 def _job_view(job: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +128,8 @@ async def _submit(runner: JobRunner, kind: str, request: dict[str, Any], **uploa
         return await runner.submit(kind, request, **upload)
     except QueueFull as exc:
         raise web.HTTPServiceUnavailable(reason=str(exc), headers={"Retry-After": "30"}) from None
+    except RequestTooLarge as exc:
+        raise _http_error(413, str(exc)) from None
 
 
 async def _upload(request: web.Request, runner: JobRunner) -> tuple[str, Any, str | None, dict[str, str]]:
@@ -112,9 +137,13 @@ async def _upload(request: web.Request, runner: JobRunner) -> tuple[str, Any, st
     _capacity(runner)  # refuse before reading a byte of a large body
     job_id = runner.new_id()
     path = runner.upload_path(job_id)
+    settings = runner.settings
     try:
+        # the budget is given back on every way out: done, refused, timed out, client gone, cancelled
         with runner.transfer_budget() as cap:
-            filename, fields = await save_upload(request, path, max_bytes=cap)
+            filename, fields = await save_upload(request, path, max_bytes=cap,
+                                                 idle_timeout=settings.upload_idle_timeout,
+                                                 total_timeout=settings.upload_timeout)
     except InputError as exc:
         log.info("upload refused: %s", exc.message)
         raise _http_error(exc.status, exc.message) from None
@@ -122,7 +151,8 @@ async def _upload(request: web.Request, runner: JobRunner) -> tuple[str, Any, st
 
 
 def _http_error(status: int, message: str) -> web.HTTPException:
-    classes = {400: web.HTTPBadRequest, 413: web.HTTPRequestEntityTooLarge, 415: web.HTTPUnsupportedMediaType,
+    classes = {400: web.HTTPBadRequest, 408: web.HTTPRequestTimeout, 413: web.HTTPRequestEntityTooLarge,
+               415: web.HTTPUnsupportedMediaType,
                500: web.HTTPInternalServerError, 507: web.HTTPInsufficientStorage}
     cls = classes.get(status, web.HTTPBadRequest)
     if cls is web.HTTPRequestEntityTooLarge:
@@ -138,10 +168,10 @@ def _form_options(fields: dict[str, str]) -> dict[str, Any]:
         text = value.strip()
         if text.startswith("["):
             try:
-                data[key] = json.loads(text)
+                data[key] = loads_limited(text)
                 continue
-            except ValueError:
-                raise web.HTTPBadRequest(reason=f"form field {key!r} must be JSON") from None
+            except JSONBodyError as exc:
+                raise web.HTTPBadRequest(reason=f"form field {key!r} must be JSON: {exc}") from None
         data[key] = text
     return data
 
@@ -163,7 +193,8 @@ async def _wait_answer(runner: JobRunner, job: dict[str, Any], request: web.Requ
 
 
 @table.post("/v1/inference/url", role=Role.API, body=InferenceUrlRequest, response=InferenceAnswer, tag="analysis",
-            errors=(400, 422, 502, 503), summary="Video URL + prompt → the VLM's answer (?async=true → 202 job)")
+            errors=(400, 413, 415, 422, 502, 503),
+            summary="Video URL + prompt → the VLM's answer (?async=true → 202 job)")
 async def inference_url(request: web.Request) -> web.Response:
     runner = _runner(request)
     body = _validate(InferenceUrlRequest, await read_json(request))
@@ -173,7 +204,7 @@ async def inference_url(request: web.Request) -> web.Response:
 
 
 @table.post("/v1/inference/upload", role=Role.API, stream_body=True, content_types=(MULTIPART,), tag="analysis",
-            response=InferenceAnswer, errors=(400, 413, 422, 502, 503, 507),
+            response=InferenceAnswer, errors=(400, 408, 413, 415, 422, 502, 503, 507),
             summary="Multipart `video` + `prompt` (+ fps, max_frames, max_tokens, temperature) → the VLM's answer")
 async def inference_upload(request: web.Request) -> web.Response:
     runner = _runner(request)
@@ -220,21 +251,21 @@ def _check_backends(runner: JobRunner, options: BaseModel) -> None:
 
 
 @table.post("/v1/analyze", role=Role.API, stream_body=True, content_types=(JSON, MULTIPART), status=202,
-            response=JobAccepted, errors=(400, 413, 503, 507), tag="analysis",
+            response=JobAccepted, errors=(400, 408, 413, 503, 507), tag="analysis",
             summary="Timed tags (and transcript) of a video: JSON with video_url, or multipart `video` + fields → 202 job")
 async def analyze(request: web.Request) -> web.Response:
     return await _json_or_upload(request, _runner(request), "analyze", AnalyzeRequest, AnalyzeOptions)
 
 
 @table.post("/v1/transcribe", role=Role.API, stream_body=True, content_types=(JSON, MULTIPART), status=202,
-            response=JobAccepted, errors=(400, 413, 503, 507), tag="analysis",
+            response=JobAccepted, errors=(400, 408, 413, 503, 507), tag="analysis",
             summary="Transcript (+ translate_to) of a video's speech: JSON with video_url, or multipart `video` → 202 job")
 async def transcribe(request: web.Request) -> web.Response:
     return await _json_or_upload(request, _runner(request), "transcribe", TranscribeRequest, TranscribeOptions)
 
 
 @table.get("/v1/jobs", role=Role.API, response=JobList, tag="analysis",
-           summary="Analysis jobs, newest first (?limit=20&offset=0&status=)")
+           summary="Analysis jobs, newest first (?limit=20&offset=0&status=); no results, long request values cut")
 async def list_jobs(request: web.Request) -> web.Response:
     try:
         limit = min(100, max(1, int(request.query.get("limit", "20"))))
@@ -243,7 +274,8 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(reason="limit and offset must be integers") from None
     status = request.query.get("status") or None
     jobs, total = await _runner(request).list(limit, offset, status)
-    return web.json_response({"jobs": [_job_view(j) for j in jobs], "total": total, "limit": limit, "offset": offset})
+    return web.json_response({"jobs": [_job_summary(j) for j in jobs], "total": total, "limit": limit,
+                              "offset": offset})
 
 
 async def _job_or_404(request: web.Request) -> dict[str, Any]:
@@ -288,7 +320,7 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-@table.get("/v1/jobs/{job_id}/events", role=Role.API, query_token=True, response_type="text/event-stream",
+@table.get("/v1/jobs/{job_id}/events", role=Role.API, response_type="text/event-stream",
            errors=(404, 503), tag="analysis", summary="SSE: `progress` events, then `result` (the job), then `end`")
 async def job_events(request: web.Request) -> web.StreamResponse:
     runner = _runner(request)
@@ -299,22 +331,33 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         raise web.HTTPServiceUnavailable(reason=str(exc)) from None
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            **_cors(request)})
-    await response.prepare(request)
+    # from here on the place is given back however the stream ends: prepare() itself raises when the
+    # client already went away
     try:
+        await response.prepare(request)
         if queue is None:  # finished (or not live in this process): the result at once
             await response.write(_sse("result", _job_view(await runner.get(job["id"]))))
             await response.write(_sse("end", {}))
             return response
+        loop = asyncio.get_running_loop()
+        last_write = loop.time()
         while True:
             try:
-                event, data = await asyncio.wait_for(queue.get(), _SSE_KEEPALIVE)
+                event, data = await asyncio.wait_for(queue.get(), _SSE_DISCONNECT_CHECK)
             except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+                if request.transport is None or request.transport.is_closing():
+                    break  # the client went away: free its place now, not at the next event
+                if loop.time() - last_write >= _SSE_KEEPALIVE:
+                    await response.write(b": keep-alive\n\n")
+                    last_write = loop.time()
                 continue
             if event == "end":
                 await response.write(_sse("end", {}))
                 break
             await response.write(_sse(event, _job_view(data) if event == "result" else data))
+            last_write = loop.time()
+    except ConnectionResetError:  # the client went away mid-write (aiohttp's error is one too)
+        log.debug("job %s: event stream closed by the client", job["id"])
     finally:
         if queue is not None:
             runner.unsubscribe(job["id"], queue)
@@ -344,13 +387,13 @@ async def _subtitles(request: web.Request, render, content_type: str) -> web.Res
     return web.Response(text=text, content_type=content_type, charset="utf-8")
 
 
-@table.get("/v1/jobs/{job_id}/transcript.vtt", role=Role.API, query_token=True, response_type="text/vtt",
+@table.get("/v1/jobs/{job_id}/transcript.vtt", role=Role.API, response_type="text/vtt",
            errors=(404,), tag="analysis", summary="The job's transcript as WebVTT (?lang= a translation)")
 async def transcript_vtt(request: web.Request) -> web.Response:
     return await _subtitles(request, to_vtt, "text/vtt")
 
 
-@table.get("/v1/jobs/{job_id}/transcript.srt", role=Role.API, query_token=True, response_type="application/x-subrip",
+@table.get("/v1/jobs/{job_id}/transcript.srt", role=Role.API, response_type="application/x-subrip",
            errors=(404,), tag="analysis", summary="The job's transcript as SRT (?lang= a translation)")
 async def transcript_srt(request: web.Request) -> web.Response:
     return await _subtitles(request, to_srt, "application/x-subrip")
@@ -396,7 +439,8 @@ def install_analysis(app: web.Application, settings: Any, analysis_settings: Ana
     services = AnalysisServices(
         vision=app[VISION_KEY], asr=app.get(ASR_KEY), translation=app.get(TRANSLATION_KEY),
         max_duration=config.max_duration, max_samples=config.max_samples, vlm_concurrency=config.vlm_concurrency,
-        transcript_window=config.transcript_window, face_max_side=config.face_max_side)
+        transcript_window=config.transcript_window, face_max_side=config.face_max_side,
+        input_formats=config.input_formats, image_patch_size=config.image_patch_size)
     policy = None
     try:
         from media.outbound import outbound_policy
@@ -434,6 +478,12 @@ def install_analysis(app: web.Application, settings: Any, analysis_settings: Ana
     return runner
 
 
+# analysis/inputs.py's errors for a video_url that was contacted but not fetched (refused, timed out,
+# an HTTP error or redirect, a body over the cap); a policy refusal contacts nothing and stays as is
+URL_FETCH_FAILURES = ("video_url answered", "video_url could not be fetched", "downloading video_url",
+                      "the video is larger than")
+
+
 async def _capability(runner: JobRunner, kind: str, model: type[BaseModel], body: dict,
                       ctx: CapabilityContext) -> dict | web.Response:
     """Run as a job; answer the result if it finishes within the Livepeer timeout (less a margin
@@ -447,11 +497,15 @@ async def _capability(runner: JobRunner, kind: str, model: type[BaseModel], body
         job = await runner.submit(kind, options.model_dump())
     except QueueFull as exc:
         raise CapabilityError(503, str(exc)) from None
+    except RequestTooLarge as exc:
+        raise CapabilityError(413, str(exc)) from None
     budget = max(0.0, (ctx.timeout or 0) - 1.0)
     job = await runner.wait(job["id"], budget) if budget > 0 else job
     if job["status"] == "completed":
         return {"job_id": job["id"], "status": "completed", **job["result"]}
     if job["status"] == "failed":
+        if (job["error"] or "").startswith(URL_FETCH_FAILURES):  # how the URL's host answered: log only
+            raise url_fetch_error(f"job {job['id']} failed: {job['error']}")
         raise CapabilityError(runner.error_status(job["id"]), f"job {job['id']} failed: {job['error']}")
     return web.json_response({"job_id": job["id"], "status": job["status"], "status_url": f"/v1/jobs/{job['id']}"},
                              status=202)

@@ -15,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import weakref
+from typing import Any
 
 from aiohttp import web
 
@@ -27,16 +30,51 @@ log = logging.getLogger(__name__)
 routes = RouteTable()
 # Viewer routes: WHEP_TOKEN (every stream) or the stream's own viewer token; `?token=` too, since
 # EventSource and <track src> cannot send headers.
-VIEWER = dict(role=Role.VIEWER, query_token=True, stream_of=match_stream_id(), tag="viewer", errors=(401, 404))
+VIEWER = {"role": Role.VIEWER, "query_token": True, "stream_of": match_stream_id(), "tag": "viewer",
+          "errors": (401, 404)}
 
 KEEPALIVE_SECONDS = 15.0
 DISCONNECT_CHECK_SECONDS = 1.0
-# open SSE connections per manifest id (SSE_MAX_PER_STREAM); entries go when they reach zero
-SSE_OPEN_KEY = web.AppKey("sse_open", dict)
+# An event id as the server writes it: ASCII decimal, at most 19 digits (str.isdigit() also takes "²")
+EVENT_ID = re.compile(r"[0-9]{1,19}")
+
+
+class SseSlots:
+    """Open SSE connections per stream (SSE_MAX_PER_STREAM each). Keyed by the stream object, not
+    its manifest id: a stream started again under the same id counts from zero, and an entry goes
+    with its stream."""
+
+    def __init__(self) -> None:
+        self._open: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+    def take(self, stream: Any, limit: int) -> bool:
+        """One place for `stream`, or False when it has `limit` open already."""
+        held = self._open.get(stream, 0)
+        if held >= limit:
+            return False
+        self._open[stream] = held + 1
+        return True
+
+    def give_back(self, stream: Any) -> None:
+        left = self._open.get(stream, 1) - 1
+        if left > 0:
+            self._open[stream] = left
+        else:
+            self._open.pop(stream, None)  # no entry for a stream nobody watches
+
+    def get(self, manifest_id: str) -> int:
+        """Open connections to the stream(s) of `manifest_id`."""
+        return sum(n for stream, n in list(self._open.items()) if stream.manifest_id == manifest_id)
+
+    def total(self) -> int:
+        return sum(self._open.values())
+
+
+SSE_OPEN_KEY = web.AppKey("sse_open", SseSlots)
 
 
 def mount_event_routes(app: web.Application) -> None:
-    app[SSE_OPEN_KEY] = {}
+    app[SSE_OPEN_KEY] = SseSlots()
     routes.mount(app)
 
 
@@ -59,29 +97,38 @@ def sse_message(event: StreamEvent, event_name: str) -> bytes:
     return f"id: {event.id}\nevent: {event_name}\ndata: {data}\n\n".encode()
 
 
+def last_event_id(request: web.Request) -> int | None:
+    """`Last-Event-ID` (header, else `?last_event_id=`): None when absent, else an event id or 400."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if not raw:
+        return None
+    if not EVENT_ID.fullmatch(raw):
+        raise web.HTTPBadRequest(reason="Last-Event-ID must be an event id: ASCII digits, at most 19")
+    return int(raw)
+
+
 async def _serve_sse(request: web.Request, kinds: set[str] | None, name_of) -> web.StreamResponse:
     stream = _stream(request)
-    last_id = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    replay = request.query.get("replay") in ("1", "true") or last_id is not None
-    open_now = request.app[SSE_OPEN_KEY]
+    skip_until = last_event_id(request)  # a bad one is refused before anything is held
+    replay = request.query.get("replay") in ("1", "true") or skip_until is not None
+    slots = request.app[SSE_OPEN_KEY]
     limit = request.app["settings"].sse_max_per_stream
-    if open_now.get(stream.manifest_id, 0) >= limit:
+    if not slots.take(stream, limit):
         raise web.HTTPServiceUnavailable(reason=f"stream '{stream.manifest_id}' has its maximum of {limit} "
                                                 "event connections", headers={"Retry-After": "5"})
-    try:
-        subscription = stream.events.subscribe(maxsize=512, kinds=kinds, replay=replay)
-    except RuntimeError as exc:  # too many subscribers on this stream
-        raise web.HTTPServiceUnavailable(reason=str(exc)) from None
-    open_now[stream.manifest_id] = open_now.get(stream.manifest_id, 0) + 1
+    subscription = None
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream",
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
         **cors_headers(request),
     })
-    await response.prepare(request)
-    skip_until = int(last_id) if last_id and last_id.isdigit() else 0
-    try:
+    try:  # from here on, every way out gives the place back
+        try:
+            subscription = stream.events.subscribe(maxsize=512, kinds=kinds, replay=replay)
+        except RuntimeError as exc:  # too many subscribers on this stream
+            raise web.HTTPServiceUnavailable(reason=str(exc)) from None
+        await response.prepare(request)  # raises when the client already left
         await response.write(b": streamlens events\nretry: 2000\n\n")
         loop = asyncio.get_running_loop()
         last_write = loop.time()
@@ -99,19 +146,16 @@ async def _serve_sse(request: web.Request, kinds: set[str] | None, name_of) -> w
                     await response.write(b": keepalive\n\n")
                     last_write = loop.time()
                 continue
-            if event.id <= skip_until:
+            if skip_until is not None and event.id <= skip_until:
                 continue  # the client saw it before reconnecting
             await response.write(sse_message(event, name_of(event)))
             last_write = loop.time()
     except (ConnectionResetError, RuntimeError):
-        pass  # the client went away
+        pass  # the client went away (aiohttp answers nothing more on a closed connection)
     finally:
-        subscription.close()
-        left = open_now.get(stream.manifest_id, 1) - 1
-        if left > 0:
-            open_now[stream.manifest_id] = left
-        else:
-            open_now.pop(stream.manifest_id, None)  # no entry for a stream nobody watches
+        if subscription is not None:
+            subscription.close()
+        slots.give_back(stream)
     return response
 
 

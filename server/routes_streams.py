@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from media.http_routes import Role, RouteTable
 from media.manager import AdmissionError, DuplicateStreamError, StreamManager
 from media.outbound import OutboundDenied, check_spec_urls, outbound_policy
+from media.redact import redact_payload, redact_text
 from server.access import VIEWER_TOKENS_KEY
 from server.errors import json_error, read_json, validation_message
 from server.pipeline import StreamFactory
@@ -47,17 +48,20 @@ def viewer_token(app: web.Application, stream) -> str:
     return app[VIEWER_TOKENS_KEY].issue(stream)
 
 
-def start_response(app: web.Application, stream) -> dict:
-    return {
+def start_response(app: web.Application, stream, created: bool = True) -> dict:
+    """The start answer; only the start that created the stream carries its viewer token."""
+    body = {
         "success": True,
         "status": "success",
         "message": "Stream started successfully",
         "manifest_id": stream.manifest_id,
         "request_id": stream.manifest_id,
         "current_state": stream.state.value,
-        "viewer_token": viewer_token(app, stream),
-        "stream": stream.summary(),
+        "stream": redact_payload(stream.summary()),  # caller URLs without credentials or tokens
     }
+    if created:
+        body["viewer_token"] = viewer_token(app, stream)
+    return body
 
 
 async def start_from_body(app: web.Application, body: dict, stream_id_header: str | None) -> web.Response:
@@ -77,7 +81,9 @@ async def start_from_body(app: web.Application, body: dict, stream_id_header: st
             running.update_params(spec.params)
         except ValueError as exc:
             return json_error(400, str(exc))
-        return web.json_response(start_response(app, running))
+        # answered as ai-runner does (200, the same stream), but whoever can repeat a start (its id
+        # and publish_url are no secret) does not get the viewer token again
+        return web.json_response(start_response(app, running, created=False))
     try:
         stream = await start_stream(app, spec)
     except AdmissionError as exc:
@@ -94,7 +100,7 @@ async def start_from_body(app: web.Application, body: dict, stream_id_header: st
         return json_error(400, str(exc))
     except Exception as exc:
         log.exception("[%s] stream failed to start", spec.manifest_id)
-        return json_error(500, f"stream failed to start: {exc}")
+        return json_error(500, f"stream failed to start: {redact_text(str(exc))}")
     return web.json_response(start_response(app, stream))
 
 
@@ -114,7 +120,7 @@ async def list_streams(request: web.Request) -> web.Response:
         status = stream.status()
         item.update({k: status[k] for k in ("state", "uptime_s", "frames_in", "frames_out", "frames_dropped",
                                             "input_fps", "output_fps")})
-        streams.append(item)
+        streams.append(redact_payload(item))
     return web.json_response({"success": True, "streams": streams, "count": len(streams)})
 
 
@@ -131,7 +137,7 @@ def _stream_or_404(request: web.Request, active_only: bool = False):
             summary="One stream's status (running or recently stopped)")
 async def stream_status(request: web.Request) -> web.Response:
     stream = _stream_or_404(request)
-    return web.json_response({"success": True, **stream.status()})
+    return web.json_response({"success": True, **redact_payload(stream.status())})
 
 
 @routes.delete("/stream/{manifest_id}", role=Role.API, tag="streams", errors=(401, 404), summary="Stop a stream")

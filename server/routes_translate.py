@@ -18,7 +18,6 @@ the same request shapes for the BYOC `translate` capability.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -29,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from inference.translate import TranslationError, TranslationResult, TranslationService
 from inference.translate.base import LANGUAGE_CODE_PATTERN, sum_usage
 from inference.translate.sessions import SESSION_ID_PATTERN
-from media.http_json import json_error, validation_message
+from media.http_json import JSONBodyError, json_error, loads_limited, validation_message
 from media.http_routes import Role, RouteTable
 from server.errors import read_json
 
@@ -340,8 +339,8 @@ class _StreamConnection:
 
     async def _on_text(self, data: str) -> None:
         try:
-            raw = json.loads(data)
-        except ValueError:
+            raw = loads_limited(data)
+        except JSONBodyError:
             self.bad_messages += 1
             await self._reply_now(None, "invalid_message", "message is not valid JSON")
             return
@@ -430,7 +429,7 @@ class _StreamConnection:
 
 
 @routes.get("/translate/stream", role=Role.API, tag="translate", content_types=None, stream_body=True,
-            query_token=True, summary="WebSocket: send {text, source_lang, target_lang, session_id?, id?} "
+            summary="WebSocket: send {text, source_lang, target_lang, session_id?, id?} "
             "messages, receive {id, translated_text, confidence, quality_flags, backend, ...} in order",
             errors=(400, 503))
 async def handle_translate_stream(request: web.Request) -> web.StreamResponse:

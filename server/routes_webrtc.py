@@ -7,13 +7,13 @@ or the stream's own viewer token); the pages and their static files are `public`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from media.http_json import JSONBodyError, loads_limited
 from media.http_routes import Role, RouteTable, match_stream_id
 from media.manager import AdmissionError, DuplicateStreamError
 from media.webrtc_sdp import OfferError, parse_sdpfrag
@@ -101,7 +101,7 @@ async def post_offer(request: web.Request) -> web.Response:
     if body is None:
         raise web.HTTPBadRequest(reason="request body is empty; a JSON object is required")
     manifest_id = body.manifest_id or new_manifest_id()
-    if not MANIFEST_ID_RE.match(manifest_id):
+    if not MANIFEST_ID_RE.fullmatch(manifest_id):
         return json_error(400, f"manifest id {MANIFEST_ID_MESSAGE}")
     try:
         session, answer = await service_of(request).open_publisher("browser", body.sdp, manifest_id, body.params)
@@ -119,15 +119,15 @@ WHIP = dict(role=Role.INGEST, content_types=(SDP,), max_body="max_sdp_bytes", ta
 async def post_whip(request: web.Request) -> web.Response:
     offer = await _sdp_text(request)
     stream_key = request.match_info.get("stream_key")
-    if stream_key is not None and not MANIFEST_ID_RE.match(stream_key):
+    if stream_key is not None and not MANIFEST_ID_RE.fullmatch(stream_key):
         return json_error(400, f"the stream key {MANIFEST_ID_MESSAGE}")
     manifest_id = stream_key or new_manifest_id()
     params: dict[str, Any] = {}
     if "params" in request.query:
         try:
-            params = json.loads(request.query["params"])
-        except (json.JSONDecodeError, RecursionError) as exc:
-            return json_error(400, f"the params query parameter is not JSON: {exc}")
+            params = loads_limited(request.query["params"], request.app["settings"].max_json_depth)
+        except JSONBodyError as exc:
+            return json_error(400, f"the params query parameter: {exc}")
         if not isinstance(params, dict):
             return json_error(400, "the params query parameter must be a JSON object")
     try:

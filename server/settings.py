@@ -1,4 +1,4 @@
-"""Server settings: environment variables, overridable by CLI flags (see README "Settings")."""
+"""Server settings: environment variables, overridable by CLI flags (see docs/reference/settings.md)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     model_id: str = Field("streamlens", description="Model id reported by /version (ai-runner checks it on start)")
     static_dir: str = Field("", description="Folder of the demo pages (empty = the repository's static/)")
     cors_origins: str = Field("", description="Comma-separated origins allowed to call from other sites (CORS); empty = same origin only")
+    allowed_hosts: str = Field(
+        "", description="Comma-separated host names (no port) this server answers to besides localhost, "
+                        "127.0.0.0/8 and [::1]; '*' = any. With no token set only those are served (a DNS-rebinding "
+                        "page is refused); with tokens the Host is checked only when this is set")
 
     # -- webrtc --------------------------------------------------------------------------------------
     ice_servers: str = Field("", description='ICE servers for every WebRTC peer: JSON list of {"urls", "username", '

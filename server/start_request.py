@@ -1,4 +1,4 @@
-"""One `POST /stream/start` for two shapes (reference/livepeer.md §6).
+"""One `POST /stream/start` for two shapes: the native one and the Livepeer gateway's.
 
 - native (ComfyStream-BYOC style): `{"subscribe_url", "publish_url" | "stream_url", "params"?,
   "width"?, "height"?, "prompts"?}` → a server-issued manifest id;
@@ -10,7 +10,6 @@ Both normalise to one `StreamSpec`.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +17,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from media.http_json import JSONBodyError, loads_limited
+from media.redact import redact_url
 
 MANIFEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 URL_FIELDS = ("subscribe_url", "publish_url", "stream_url", "control_url", "events_url", "data_url")
@@ -28,7 +30,7 @@ def check_http_url(value: str | None, name: str) -> str | None:
         return None
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"{name} must be an http(s) URL, got {value!r}")
+        raise ValueError(f"{name} must be an http(s) URL, got {redact_url(value)!r}")
     return value
 
 
@@ -63,9 +65,9 @@ class StartRequest(BaseModel):
             if not value:
                 return {}
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"params is a string but not JSON: {exc}") from None
+                value = loads_limited(value)
+            except JSONBodyError as exc:
+                raise ValueError(f"params is a string but not acceptable JSON: {exc}") from None
         if not isinstance(value, dict):
             raise ValueError("params must be an object")
         return value
@@ -139,7 +141,7 @@ def parse_start(body: dict[str, Any], stream_id_header: str | None = None) -> St
         if not req.subscribe_url:
             raise ValueError("subscribe_url: field required (the trickle URL the input is read from)")
         manifest_id = req.manifest_id or new_manifest_id()
-    if not MANIFEST_ID_RE.match(manifest_id):
+    if not MANIFEST_ID_RE.fullmatch(manifest_id):
         raise ValueError("manifest id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
     return StreamSpec(
         manifest_id=manifest_id,

@@ -25,8 +25,9 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from prometheus_client.core import GaugeMetricFamily
 
-from media.ice import IceSettings, apply_ice_settings
+from media.ice import CandidateGuard, IceSettings, apply_ice_settings
 from media.manager import AdmissionError, DuplicateStreamError, StreamManager
+from media.outbound import outbound_policy
 from media.stream import Stream
 from media.webrtc_events import EventChannel
 from media.webrtc_sdp import OfferError, add_transceivers, answer_direction, negotiated_codec, parse_offer
@@ -87,6 +88,8 @@ class WebRTCService:
         s = self.settings
         self.ice = IceSettings.from_strings(s.ice_servers, s.webrtc_host_addresses, s.webrtc_udp_port_min,
                                             s.webrtc_udp_port_max)
+        # remote ICE candidates (offers, trickle PATCH) pass the outbound policy's deny list
+        self.candidate_guard = CandidateGuard(outbound_policy(app))
         self.encoder_config = WebRTCEncoderConfig(
             video_bitrate=s.webrtc_video_bitrate, audio_bitrate=s.webrtc_audio_bitrate,
             h264_preset=s.webrtc_h264_preset, keyframe_interval=s.webrtc_keyframe_interval,
@@ -153,13 +156,14 @@ class WebRTCService:
         offer = parse_offer(offer_text, max_per_kind)
         session.remote_ufrag, session.first_mid = offer.ice_ufrag, offer.first_mid
         pc = session.pc
-        transceivers = add_transceivers(pc, offer, direction, self.settings.webrtc_video_codec)
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_text, type="offer"))
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)  # gathers every local candidate (no trickle from us)
-        except Exception as exc:  # aiortc raises ValueError / OperationError / InternalError on bad offers
-            raise OfferError(f"cannot negotiate this offer: {exc}") from None
+        with self.candidate_guard.applied():  # the ICE connections made here check every remote candidate
+            transceivers = add_transceivers(pc, offer, direction, self.settings.webrtc_video_codec)
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_text, type="offer"))
+                answer = await pc.createAnswer()
+                await pc.setLocalDescription(answer)  # gathers every local candidate (no trickle from us)
+            except Exception as exc:  # aiortc raises ValueError / OperationError / InternalError on bad offers
+                raise OfferError(f"cannot negotiate this offer: {exc}") from None
         return transceivers, pc.localDescription.sdp
 
     def _attach_outputs(self, session: PeerSession, transceivers: dict[str, RTCRtpTransceiver],

@@ -1,6 +1,8 @@
 // "Analyse a video" tab: upload a file or give a URL, ask a prompt or look for tags, follow the
 // job's progress over SSE, then show the answer, a timeline of tag spans and the transcript.
-// Talks to /v1/analyze, /v1/inference/*, /v1/jobs/{id}/events (see README "Recorded video").
+// Talks to /v1/analyze, /v1/inference/*, /v1/jobs/{id}/events (see docs/guides/recorded-video.md).
+// The API token goes only in an Authorization header, never in a URL (URLs end up in logs, the
+// history and Referer headers): the SSE stream and the WebVTT download are read with fetch.
 "use strict";
 
 (function () {
@@ -92,7 +94,8 @@
   }
 
   // -- running a job ------------------------------------------------------------------------------------
-  let source = null;
+  let source = null;  // the AbortController of the events stream being read
+  let vttUrl = null;  // the blob: URL of the last WebVTT download, revoked with its result
 
   async function run() {
     let req;
@@ -117,17 +120,51 @@
     }
   }
 
+  // Server-sent events read with fetch (EventSource cannot send an Authorization header): calls
+  // onEvent(name, data) for each event until the stream ends or `signal` aborts it.
+  async function readEvents(url, signal, onEvent) {
+    const resp = await fetch(url, { headers: { Accept: "text/event-stream", ...headers() }, signal });
+    if (!resp.ok) throw new Error(await errorOf(resp));
+    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let name = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          const colon = line.indexOf(":");
+          if (colon === 0) continue;  // a comment (keepalive)
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+          if (field === "event") name = text;
+          else if (field === "data") data.push(text);
+        }
+        if (data.length) onEvent(name, data.join("\n"));
+      }
+    }
+  }
+
   function follow(accepted) {
-    if (source) source.close();
-    const query = token() ? `?token=${encodeURIComponent(token())}` : "";
-    source = new EventSource(accepted.events_url + query);
-    source.addEventListener("progress", (e) => showProgress(JSON.parse(e.data)));
-    source.addEventListener("result", (e) => showJob(JSON.parse(e.data)));
-    source.addEventListener("end", () => { source.close(); source = null; el("an-run").disabled = false; });
-    source.onerror = () => {
-      if (source) { source.close(); source = null; }
-      el("an-run").disabled = false;
+    if (source) source.abort();
+    const controller = new AbortController();
+    source = controller;
+    const finish = () => {
+      if (source === controller) { source = null; el("an-run").disabled = false; }
+      controller.abort();
     };
+    readEvents(accepted.events_url, controller.signal, (name, data) => {
+      if (name === "progress") showProgress(JSON.parse(data));
+      else if (name === "result") showJob(JSON.parse(data));
+      else if (name === "end") finish();
+    }).catch((err) => {
+      if (!controller.signal.aborted) setStatus(err.message, true);
+    }).finally(finish);
   }
 
   function showProgress(p) {
@@ -139,6 +176,7 @@
   }
 
   function clearResult() {
+    if (vttUrl) { URL.revokeObjectURL(vttUrl); vttUrl = null; }
     el("an-progress").value = 0;
     el("an-answer").textContent = "";
     el("an-timeline").innerHTML = "";
@@ -207,12 +245,22 @@
       list.appendChild(item);
     }
     const link = document.createElement("a");
-    link.href = `/v1/jobs/${jobId}/transcript.vtt` + (token() ? `?token=${encodeURIComponent(token())}` : "");
     link.textContent = "download WebVTT";
     link.id = "an-vtt";
+    link.download = `${jobId}.vtt`;
     const item = document.createElement("li");
     item.appendChild(link);
     list.appendChild(item);
+    // fetched with the token in a header; the link points at the bytes (a blob: URL), not the route
+    fetch(`/v1/jobs/${encodeURIComponent(jobId)}/transcript.vtt`, { headers: headers() })
+      .then(async (resp) => {
+        if (!resp.ok) throw new Error(await errorOf(resp));
+        const blob = await resp.blob();
+        if (vttUrl) URL.revokeObjectURL(vttUrl);
+        vttUrl = URL.createObjectURL(blob);
+        link.href = vttUrl;
+      })
+      .catch((err) => { link.textContent = `WebVTT not available: ${err.message}`; });
   }
 
   el("an-run").addEventListener("click", run);

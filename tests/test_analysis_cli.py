@@ -51,14 +51,17 @@ async def test_against_a_server_with_transcript(monkeypatch, tmp_path):
     server = await start_server(Settings(host="127.0.0.1", port=0, asr_preload=False))
     try:
         vtt = tmp_path / "talk.vtt"
-        code, out, err = await run_cli(video, "--tags", "face", "--transcript", str(vtt), "--server", server.base_url)
+        # the token as a user gives it: API_TOKEN in the environment (empty in open mode)
+        auth = {"API_TOKEN": server.token("api") or ""}
+        code, out, err = await run_cli(video, "--tags", "face", "--transcript", str(vtt), "--server", server.base_url,
+                                       env=auth)
         assert code == 0, err
         assert "no tags found" in out and "report" in out.lower(), out
         text = vtt.read_text()
         assert text.startswith("WEBVTT") and "-->" in text and "report" in text.lower()
         jobs = await (await server.session.get(server.url("/v1/jobs"))).json()
         assert jobs["total"] == 1 and jobs["jobs"][0]["status"] == "completed"
-        code, out, err = await run_cli(video, "--tags", "unicorn", "--server", server.base_url)
+        code, out, err = await run_cli(video, "--tags", "unicorn", "--server", server.base_url, env=auth)
         assert code != 0 and "cannot tag unicorn" in err
     finally:
         await stop_server(server)

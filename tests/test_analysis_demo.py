@@ -10,7 +10,7 @@ import pytest
 from server.settings import Settings
 from tests.analysis_media import face_between, write_video
 from tests.conftest import start_server, stop_server
-from tests.webrtc_helpers import BASE_FLAGS, CHROMIUM
+from tests.webrtc_helpers import BASE_FLAGS, CHROMIUM, enter_token
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed")
 
@@ -27,6 +27,7 @@ async def test_analyse_tab_uploads_and_draws_the_face_span(monkeypatch, tmp_path
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 900})
                 await page.goto(server.url("/"))
+                await enter_token(page, server.token("api"))
                 assert not await page.is_visible("#an-run")  # the live tab first
                 await page.click("#analyze-tab")
                 assert await page.is_visible("#an-run") and not await page.is_visible("#start")

@@ -6,7 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.sampler import PATCH, FrameSampler, NotAVideo, VideoInfo, fit_frame_size, interval_times, video_plan
+from analysis.sampler import (
+    PATCH,
+    FrameSampler,
+    NotAVideo,
+    VideoInfo,
+    fit_frame_size,
+    interval_times,
+    merge_factor,
+    video_plan,
+)
+from analysis.settings import AnalysisSettings
 from analysis.spans import merge_spans
 from analysis.subtitles import to_srt, to_vtt
 from tests.analysis_media import write_video
@@ -87,6 +97,29 @@ def test_tru_plan_obeys_fps_max_frames_and_pixel_budgets():
     assert len(tight.times) * tight.width * tight.height <= 100 * 20000
     width, height = fit_frame_size(100, 50, 40000, 262144)  # small frames are enlarged to min_pixels
     assert width * height >= 40000 and width % PATCH == 0 and height % PATCH == 0 and width > height
+
+
+@pytest.mark.parametrize(("env", "factor"), [(None, 32), ("16", 32), ("14", 28)])
+def test_frame_sides_are_multiples_of_the_patch_size_merged_2x2(monkeypatch, env, factor):
+    """IMAGE_PATCH_SIZE (default 16, Qwen3-VL) sets the side multiple: 16 → 32 px, 14 (Qwen2.5-VL) → 28 px."""
+    monkeypatch.delenv("IMAGE_PATCH_SIZE", raising=False)
+    if env is not None:
+        monkeypatch.setenv("IMAGE_PATCH_SIZE", env)
+    patch_size = AnalysisSettings().image_patch_size
+    assert merge_factor(patch_size) == factor
+    info = VideoInfo(duration=20.0, width=1280, height=720, fps=25.0, codec="h264", container="mp4", has_audio=False)
+    for max_pixels, total in ((262144, 10**9), (40000, 10**9), (262144, 10 * 20000), (5000, 10**9)):
+        plan = video_plan(info, fps=1.0, max_frames=768, min_pixels=4096, max_pixels=max_pixels, total_pixels=total,
+                          factor=factor)
+        assert plan.width % factor == 0 and plan.height % factor == 0, (factor, plan)
+        assert plan.width * plan.height <= max(max_pixels, 4096) and plan.width > plan.height
+    # min/max pixels count in units of the factor too: a frame is never below one merged token
+    tiny = video_plan(info, fps=1.0, max_frames=4, min_pixels=784, max_pixels=784, total_pixels=784, factor=factor)
+    assert (tiny.width, tiny.height) == (factor, factor)
+    width, height = fit_frame_size(100, 50, 40000, 262144, factor)
+    assert width % factor == 0 and height % factor == 0 and width * height >= 40000
+    # the exported default is the Qwen3-VL multiple
+    assert PATCH == 32
 
 
 def test_spans_merge_over_one_missed_sample_only():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
+
 from media.events import CaptionEvent, StatusEvent
 from tests.conftest import wait_until
 from tests.interop.gateway import LivepeerGateway
@@ -44,16 +46,17 @@ async def test_livepeer_routes_need_the_bearer_token(make_server):
         ("POST", "/text-reversal", {"text": "abc"}),
         ("GET", "/process/capabilities", None),
     ]
-    for headers in ({"X-Stream-Id": "auth-1"}, {"X-Stream-Id": "auth-1", **bearer("wrong")},
-                    {"X-Stream-Id": "auth-1", "Authorization": TOKEN}):  # raw token, not Bearer
-        for method, path, body in calls:
-            resp = await server.session.request(method, server.url(path), json=body, headers=headers)
-            assert resp.status == 401, (method, path, resp.status)
-            assert (await resp.json())["detail"]["msg"], (method, path)
-    assert not server.app["streams"].active()
-    # ai-runner's exact wording on its own route
-    resp = await server.session.post(server.url("/live-video-to-video"), json={})
-    assert (await resp.json())["detail"]["msg"] == "Invalid bearer token."
+    async with aiohttp.ClientSession() as bare:  # not server.session: in token mode it adds the token
+        for headers in ({"X-Stream-Id": "auth-1"}, {"X-Stream-Id": "auth-1", **bearer("wrong")},
+                        {"X-Stream-Id": "auth-1", "Authorization": TOKEN}):  # raw token, not Bearer
+            for method, path, body in calls:
+                resp = await bare.request(method, server.url(path), json=body, headers=headers)
+                assert resp.status == 401, (method, path, resp.status)
+                assert (await resp.json())["detail"]["msg"], (method, path)
+        assert not server.app["streams"].active()
+        # ai-runner's exact wording on its own route
+        resp = await bare.post(server.url("/live-video-to-video"), json={})
+        assert (await resp.json())["detail"]["msg"] == "Invalid bearer token."
     # open routes stay open
     for path in ("/health", "/version", "/hardware/info", "/hardware/stats"):
         assert (await server.session.get(server.url(path))).status == 200, path

@@ -128,7 +128,7 @@ async def test_control_messages():
 
 
 async def test_state_thresholds_follow_ai_runner():
-    """reference/livepeer.md §5.3: no output yet → ERROR only after 10 s; output stalled > 5 s and
+    """As ai-runner's process guardian: no output yet → ERROR only after 10 s; output stalled > 5 s and
     over 1 s longer than input → ERROR; output ending with input is not an error."""
     stream = Stream("unit-2", source=None, sinks=[], stages=[], params={}, loop=asyncio.get_running_loop())
     t0 = stream._created_mono

@@ -49,7 +49,7 @@ async def test_every_concurrent_stream_gets_its_own_finals(server):
     for _, _, _, reader in streams:
         await asyncio.wait_for(reader.connected.wait(), 5)
     batches_before = pool.counters.batches
-    await asyncio.gather(*(publish_realtime(server.trickle_url(f"talk{k}"), segments)
+    await asyncio.gather(*(publish_realtime(server.trickle_url(f"talk{k}"), segments, token=server.token("trickle"))
                            for k, (_, _, segments, _) in enumerate(streams)))
 
     def finals(reader):

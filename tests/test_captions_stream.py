@@ -60,8 +60,8 @@ async def test_captions_from_a_live_trickle_stream(server):
     manifest_id = body["manifest_id"]
     captions = SseReader(server.session, server.url(f"/stream/{manifest_id}/captions")).start()
     await asyncio.wait_for(captions.connected.wait(), 5)
-    collector = OutputCollector(server.trickle_url("talk-out")).start()
-    await publish_realtime(server.trickle_url("talk"), segments)
+    collector = OutputCollector(server.trickle_url("talk-out"), token=server.token("trickle")).start()
+    await publish_realtime(server.trickle_url("talk"), segments, token=server.token("trickle"))
 
     def finals():
         """Each caption's final, once (its translation arrives later as an update of it)."""

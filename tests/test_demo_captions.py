@@ -13,7 +13,7 @@ from media.events import CaptionEvent
 from tests.conftest import wait_until
 from tests.speech import build_track, speech_tools_available
 from tests.test_demo_page import fake_camera_browser
-from tests.webrtc_helpers import CHROMIUM, loopback_settings
+from tests.webrtc_helpers import CHROMIUM, enter_token, loopback_settings
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed")
 
@@ -35,6 +35,7 @@ async def test_captions_are_shown_once_and_updated_in_place(make_server, tmp_pat
     async with fake_camera_browser(tmp_path) as browser:
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
         await page.goto(server.url("/"))
+        await enter_token(page, server.token("api"))
         await page.select_option("#target-lang", "es")
         await page.click("#start")
         await page.wait_for_function("document.body.dataset.manifestId", timeout=30_000)
@@ -115,6 +116,7 @@ async def test_spoken_sentence_pair_reaches_the_page_whole_and_once(make_server,
     async with fake_camera_browser(tmp_path, audio=wav) as browser:
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
         await page.goto(server.url("/"))
+        await enter_token(page, server.token("api"))
         await page.click("#start")
         await page.wait_for_function("document.body.dataset.manifestId", timeout=30_000)
         # the first finals of the (looping) recording

@@ -22,7 +22,7 @@ from media.events import CaptionEvent
 from tests.conftest import wait_until
 from tests.webrtc_helpers import loopback_settings
 
-from tests.webrtc_helpers import BASE_FLAGS, CHROMIUM  # noqa: E402
+from tests.webrtc_helpers import BASE_FLAGS, CHROMIUM, enter_token  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed")
 
@@ -80,6 +80,7 @@ async def test_demo_page_shows_processed_video_and_events(make_server, tmp_path)
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
         await page.goto(server.url("/"))
         assert await page.title() == "streamlens — live demo"
+        await enter_token(page, server.token("api"))
         await page.click("#start")
         await page.wait_for_function("document.body.dataset.manifestId", timeout=30_000)
         manifest_id = await page.evaluate("document.body.dataset.manifestId")
@@ -124,9 +125,13 @@ async def test_demo_page_shows_processed_video_and_events(make_server, tmp_path)
         assert remote.mean() < 0.7 * local.mean()  # the darkened header band
         assert np.percentile(remote, 99.5) > 170  # with bright text in it
 
-        # the WHEP viewer page watches the same processed stream (and gets its events)
+        # the WHEP viewer page watches the same processed stream (and gets its events); with tokens
+        # set, through the page's share link, whose fragment carries the stream's viewer token
         viewer = await browser.new_page(viewport={"width": 1280, "height": 900})
-        await viewer.goto(server.url(f"/view/{manifest_id}"))
+        viewer_path = f"/view/{manifest_id}"
+        if server.token("viewer"):
+            viewer_path = await page.get_attribute("#viewer-link", "href")
+        await viewer.goto(server.url(viewer_path))
         await viewer.wait_for_function(
             "(() => { const v = document.getElementById('remote');"
             " return v.readyState >= 2 && v.currentTime > 0.5 && (window.streamlensMessages || 0) >= 1; })()",

@@ -74,8 +74,9 @@ async def run_trickle_stream(server, name: str, segments: list[bytes], viewer: W
     # a caption and tags to burn in: every overlay part draws at this size
     stream.events.publish(CaptionEvent(text="odd sizes are fine", final=True))
     stream.events.publish(VisionEvent(kind="tags", tags=[Tag("bar", 0.9, (1, 1, 5, 5))], frame_size=(17, 17)))
-    collector = OutputCollector(server.trickle_url(f"{name}-out")).start()
-    publishing = asyncio.create_task(publish_realtime(server.trickle_url(f"{name}-in"), segments))
+    collector = OutputCollector(server.trickle_url(f"{name}-out"), token=server.token("trickle")).start()
+    publishing = asyncio.create_task(publish_realtime(server.trickle_url(f"{name}-in"), segments,
+                                                      token=server.token("trickle")))
     try:
         if viewer is not None:
             assert await wait_until(lambda: stream.frames_out > 5, timeout=20)

@@ -9,7 +9,8 @@ cannot be built the tests FAIL with pip's output — they are not skipped, so a 
 is never mistaken for a pass. `STREAMLENS_SKIP_PYTRICKLE=1` skips them on purpose.
 
 pytrickle's TricklePublisher / TrickleSubscriber run in a subprocess (tests/interop/pytrickle_client.py)
-against the server's built-in trickle server: pytrickle → streamlens and streamlens → pytrickle
+against the server's built-in trickle server (with its trickle token in token mode, which pytrickle
+0.1.6 can only send through its session's default headers): pytrickle → streamlens and streamlens → pytrickle
 segment by segment, and pytrickle playing the gateway of a whole live stream.
 """
 
@@ -31,6 +32,7 @@ from media.trickle_client import TricklePublisher, TrickleSubscriber
 from tests.conftest import wait_until
 from tests.interop.gateway import LivepeerGateway
 from tests.media_gen import make_segments
+from tests.trickle_helpers import token_policy
 
 INTEROP_DIR = Path(__file__).parent / "interop"
 # Outside the repository: never committed by accident, and reused by every clone on this machine
@@ -79,9 +81,12 @@ def pytrickle_python() -> Path:
     return _venv_python()
 
 
-async def run_pytrickle(python: Path, *args: str) -> dict:
+async def run_pytrickle(python: Path, *args: str, token: str | None = None) -> dict:
+    """Run the pytrickle script; `token` (the server's trickle token, None in open mode) goes to it
+    in the environment."""
+    env = {**os.environ, "STREAMLENS_TRICKLE_TOKEN": token or ""}
     process = await asyncio.create_subprocess_exec(
-        str(python), str(SCRIPT), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        str(python), str(SCRIPT), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), SCRIPT_TIMEOUT_S)
     except TimeoutError:
@@ -111,7 +116,8 @@ async def test_pytrickle_publisher_to_streamlens_subscriber(server, pytrickle_py
     received: list[bytes] = []
 
     async def read_three() -> None:
-        async with TrickleSubscriber(server.trickle_url("py-in")) as subscriber:
+        async with TrickleSubscriber(server.trickle_url("py-in"), policy=token_policy(server.token("trickle"))) \
+                as subscriber:
             while len(received) < len(segments):
                 segment = await subscriber.next_segment()
                 if segment is None:
@@ -123,7 +129,7 @@ async def test_pytrickle_publisher_to_streamlens_subscriber(server, pytrickle_py
 
     reader = asyncio.create_task(read_three())  # waiting on seq 0 before pytrickle publishes
     result = await run_pytrickle(pytrickle_python, "publish", server.trickle_url("py-in"),
-                                 *write_segments(tmp_path, segments))
+                                 *write_segments(tmp_path, segments), token=server.token("trickle"))
     await asyncio.wait_for(reader, 10)
     assert result["pytrickle_version"] == "0.1.6"
     assert result["sent"] == [digest(s) for s in segments]
@@ -135,14 +141,15 @@ async def test_pytrickle_publisher_to_streamlens_subscriber(server, pytrickle_py
 async def test_streamlens_publisher_to_pytrickle_subscriber(server, pytrickle_python):
     server.app["trickle"].create_channel("py-out")
     segments = make_segments(3, 128, 128)
-    async with TricklePublisher(server.trickle_url("py-out")) as publisher:
+    async with TricklePublisher(server.trickle_url("py-out"), policy=token_policy(server.token("trickle"))) \
+            as publisher:
         for data in segments:
             writer = await publisher.next_segment()
             await writer.write(data[: len(data) // 3])
             await writer.write(data[len(data) // 3 :])
             assert await writer.close() == 200
         result = await run_pytrickle(pytrickle_python, "subscribe", server.trickle_url("py-out"),
-                                     str(len(segments)), "0")
+                                     str(len(segments)), "0", token=server.token("trickle"))
     assert result["received"] == [digest(s) for s in segments]
 
 
@@ -156,7 +163,7 @@ async def test_pytrickle_plays_the_gateway_of_a_live_stream(make_server, pytrick
     assert resp.status == 200, await resp.text()
     files = write_segments(tmp_path, make_segments(3, 256, 256))
     script = asyncio.create_task(run_pytrickle(pytrickle_python, "gateway", server.trickle_url("").rstrip("/"),
-                                               mid, *files))
+                                               mid, *files, token=server.token("trickle")))
     stream = server.app["streams"].get(mid)
     assert await wait_until(lambda: stream.frames_in >= 80 and stream.frames_out >= 80, timeout=30)
     await asyncio.sleep(1.5)  # the last output segment is published when the stream stops

@@ -92,7 +92,7 @@ async def test_slow_output_drops_frames_and_never_stalls_decoding(server):
 
         watcher = asyncio.create_task(watch())
         try:
-            await publish_realtime(server.trickle_url("slow-in"), segments)
+            await publish_realtime(server.trickle_url("slow-in"), segments, token=server.token("trickle"))
             watcher.cancel()  # the input has ended: from here on DEGRADED_INPUT would be right
             # the input was decoded at its own rate: every frame and all the audio arrived
             assert await wait_until(lambda: stream.frames_in >= SECONDS * 30 - 3, timeout=5)

@@ -87,8 +87,8 @@ async def test_garbage_in_a_segment_is_survived_and_other_streams_carry_on(serve
     broken[2] = corrupt(broken[2])
     broken.insert(3, os.urandom(50_000))  # a whole segment of noise
     await asyncio.gather(
-        publish_realtime(server.trickle_url("bad"), broken),
-        publish_realtime(server.trickle_url("good"), segments),
+        publish_realtime(server.trickle_url("bad"), broken, token=server.token("trickle")),
+        publish_realtime(server.trickle_url("good"), segments, token=server.token("trickle")),
     )
     streams = server.app["streams"]
     bad_stream, good_stream = streams.get(bad["manifest_id"]), streams.get(good["manifest_id"])
@@ -125,8 +125,8 @@ async def test_stop_leaves_no_task_thread_socket_or_file(server):
         _, body = await start(server, subscribe_url=server.trickle_url(name),
                               publish_url=server.trickle_url(f"{name}-out"))
         manifest_id = body["manifest_id"]
-        collector = OutputCollector(server.trickle_url(f"{name}-out")).start()
-        await publish_realtime(server.trickle_url(name), make_segments(2, 256, 256))
+        collector = OutputCollector(server.trickle_url(f"{name}-out"), token=server.token("trickle")).start()
+        await publish_realtime(server.trickle_url(name), make_segments(2, 256, 256), token=server.token("trickle"))
         stream = server.app["streams"].get(manifest_id)
         assert await wait_until(lambda: stream.frames_out > 30, timeout=10)
         assert stream_threads(manifest_id)

@@ -62,7 +62,7 @@ async def test_stopped_stream_status_and_captions_over_http(server):
         "subscribe_url": server.trickle_url("sum-in"), "publish_url": server.trickle_url("sum-out")})
     body = await resp.json()
     manifest_id = body["manifest_id"]
-    await publish_realtime(server.trickle_url("sum-in"), make_segments(1, 128, 128))
+    await publish_realtime(server.trickle_url("sum-in"), make_segments(1, 128, 128), token=server.token("trickle"))
     stream = server.app["streams"].get_active(manifest_id)
     assert await wait_until(lambda: stream.frames_out > 10, timeout=10)
     stream.events.publish(CaptionEvent(text="kept after stop", final=True))

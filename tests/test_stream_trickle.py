@@ -43,8 +43,8 @@ async def test_trickle_stream_end_to_end(server):
     assert body["stream"]["status"] == "LOADING"  # answered at set-up, before any frame
     assert set(body["stream"]) >= {"manifest_id", "stream_url", "created_at", "status", "metadata"}
 
-    collector = OutputCollector(server.trickle_url("e2e-out")).start()
-    await publish_realtime(server.trickle_url("e2e"), segments)
+    collector = OutputCollector(server.trickle_url("e2e-out"), token=server.token("trickle")).start()
+    await publish_realtime(server.trickle_url("e2e"), segments, token=server.token("trickle"))
 
     stream = server.app["streams"].get(manifest_id)
     assert await wait_until(lambda: stream.frames_out + stream.frames_dropped >= stream.frames_in > 0, timeout=10)
@@ -105,7 +105,7 @@ async def test_input_channel_closed_stops_stream_and_closes_output(server):
     resp = await server.session.post(server.url("/stream/start"), json={
         "subscribe_url": server.trickle_url("gone"), "publish_url": server.trickle_url("gone-out")})
     manifest_id = (await resp.json())["manifest_id"]
-    await publish_realtime(server.trickle_url("gone"), make_segments(2, 256, 256))
+    await publish_realtime(server.trickle_url("gone"), make_segments(2, 256, 256), token=server.token("trickle"))
     stream = server.app["streams"].get(manifest_id)
     assert await wait_until(lambda: stream.frames_out > 30, timeout=10)
     await trickle.close_channel("gone")  # the gateway went away

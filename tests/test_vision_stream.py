@@ -31,8 +31,8 @@ async def test_face_tags_flow_as_events_and_boxes_are_drawn(server):
     manifest_id = body["manifest_id"]
     events = SseReader(server.session, server.url(f"/stream/{manifest_id}/events?kinds=tags")).start()
     await asyncio.wait_for(events.connected.wait(), 5)
-    collector = OutputCollector(server.trickle_url("astro-out")).start()
-    await publish_realtime(server.trickle_url("astro"), segments)
+    collector = OutputCollector(server.trickle_url("astro-out"), token=server.token("trickle")).start()
+    await publish_realtime(server.trickle_url("astro"), segments, token=server.token("trickle"))
 
     assert await wait_until(lambda: any(any(t["name"] == "face" for t in m.data["tags"]) for m in events.of("tags")),
                             timeout=10)

@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
@@ -38,13 +39,15 @@ async def test_whip_and_whep_refuse_bad_requests(make_server):
     assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
 
     publisher = WhipPublisher()
+    bare = aiohttp.ClientSession()  # not server.session: in token mode it adds the token
     try:
-        resp = await publisher.publish(s, server.url("/whip/key-1"), None)
+        resp = await publisher.publish(bare, server.url("/whip/key-1"), None)
         assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
-        resp = await publisher.publish(s, server.url("/whip/key-1"), "wrong")
+        resp = await publisher.publish(bare, server.url("/whip/key-1"), "wrong")
         assert resp.status == 401
         sdp = publisher.offer_sdp.encode()
     finally:
+        await bare.close()
         await publisher.close()
     resp = await s.post(server.url("/whip"), data=sdp, headers={**bearer(), "Content-Type": "text/plain"})
     assert resp.status == 415
@@ -176,7 +179,8 @@ async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_s
         assert stream.active
 
         # the publisher's DELETE ends the stream and every viewer
-        resp = await s.delete(patch_url)  # no token
+        async with aiohttp.ClientSession() as bare:  # no token (server.session would add one in token mode)
+            resp = await bare.delete(patch_url)
         assert resp.status == 401
         resp = await s.delete(patch_url, headers=bearer())
         assert resp.status == 200

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import asyncio
 
-from media.trickle_client import TricklePublisher, TrickleSubscriber
+from media.outbound import OutboundPolicy
+from media.trickle_client import TricklePublisher, TrickleSubscriber, set_bearer_source
+
+
+def token_policy(token: str | None) -> OutboundPolicy | None:
+    """A trickle client policy whose requests present `token` as a bearer (None: the default
+    policy, no token), as a gateway configured with the server's TRICKLE_TOKEN sends it."""
+    if not token:
+        return None
+    policy = OutboundPolicy()
+    set_bearer_source(policy, lambda _url: token)
+    return policy
 
 
 async def publish_realtime(url: str, segments: list[bytes], segment_seconds: float = 1.0,
-                           chunk: int = 8 * 1024, close_channel: bool = False) -> None:
+                           chunk: int = 8 * 1024, close_channel: bool = False, token: str | None = None) -> None:
     """Publish each segment as one chunked POST, paced so segment i starts at i × duration.
-    The bytes of a segment are spread over its duration, as a live remuxer would send them."""
+    The bytes of a segment are spread over its duration, as a live remuxer would send them.
+    `token`: the bearer the server's trickle routes need (`server.token("trickle")`)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    publisher = TricklePublisher(url)
+    publisher = TricklePublisher(url, policy=token_policy(token))
     try:
         for index, segment in enumerate(segments):
             await asyncio.sleep(max(0.0, start + index * segment_seconds - loop.time()))
@@ -32,8 +44,9 @@ async def publish_realtime(url: str, segments: list[bytes], segment_seconds: flo
 class OutputCollector:
     """Subscribes to an output channel and keeps every segment's bytes (bounded by `max_bytes`)."""
 
-    def __init__(self, url: str, max_bytes: int = 64 << 20) -> None:
+    def __init__(self, url: str, max_bytes: int = 64 << 20, token: str | None = None) -> None:
         self.url = url
+        self.token = token
         self.segments: list[tuple[int, bytes]] = []
         self.first_byte_times: dict[int, float] = {}
         self.max_bytes = max_bytes
@@ -48,7 +61,7 @@ class OutputCollector:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        self.subscriber = TrickleSubscriber(self.url)
+        self.subscriber = TrickleSubscriber(self.url, policy=token_policy(self.token))
         try:
             while True:
                 segment = await self.subscriber.next_segment()

@@ -35,7 +35,7 @@ VIDEO_RATE = 90000
 AUDIO_RATE = 48000
 ID_MODULO = 1 << 16
 
-# Debian's Chromium, headless, with the flags WebRTC on loopback needs (reference/webrtc.md §4.2)
+# Debian's Chromium, headless, with the flags WebRTC on loopback needs
 CHROMIUM = "/usr/bin/chromium"
 BASE_FLAGS = [
     "--allow-loopback-in-peer-connection",
@@ -50,6 +50,13 @@ BASE_FLAGS = [
     "--disable-sync",
 ]
 
+
+async def enter_token(page, token: str | None) -> None:
+    """Type `token` into a demo page's token field as a user does: open its <details>, fill it in
+    (it goes into the Authorization header only). Nothing in open mode."""
+    if token:
+        await page.click("details:has(#token) > summary")
+        await page.fill("#token", token)
 
 
 def loopback_settings(**overrides) -> dict:

@@ -6,9 +6,9 @@ of its own on another loopback port, as an orchestrator hosts the channels), the
 and data channels as the Go gateway does (one JSON value per events segment; JSON lines on the
 data channel) and writes the control channel.
 
-With tokens set, the worker's built-in trickle server needs TRICKLE_TOKEN (or its fallbacks), which
-the worker's own trickle clients never send to a caller-given URL: such tests use
-`OrchestratorTrickle`, as a real deployment does.
+With tokens set, the worker's built-in trickle server needs TRICKLE_TOKEN (or its fallbacks): the
+gateway's own clients (collectors, control publisher) present `server.token("trickle")` there, as a
+gateway configured with that token does; an `OrchestratorTrickle` takes none.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from aiohttp import web
 
 from media.trickle_client import TricklePublisher, TrickleSubscriber
 from media.trickle_server import TrickleServer
+from tests.trickle_helpers import token_policy
 
 MAX_ITEMS = 2000  # collectors are bounded like everything else
 
@@ -28,8 +29,9 @@ MAX_ITEMS = 2000  # collectors are bounded like everything else
 class JsonSegmentCollector:
     """Reads every segment of a channel to its end and keeps what it parses (bounded)."""
 
-    def __init__(self, url: str, lines: bool = False) -> None:
+    def __init__(self, url: str, lines: bool = False, token: str | None = None) -> None:
         self.url = url
+        self.token = token
         self.lines = lines
         self.items: list[tuple[float, Any]] = []  # (loop time received, parsed value)
         self.raw_segments: list[bytes] = []
@@ -43,7 +45,7 @@ class JsonSegmentCollector:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        subscriber = TrickleSubscriber(self.url)
+        subscriber = TrickleSubscriber(self.url, policy=token_policy(self.token))
         try:
             while len(self.items) < MAX_ITEMS:
                 segment = await subscriber.next_segment()
@@ -124,6 +126,8 @@ class LivepeerGateway:
         self.mid = mid
         host = trickle_host or server
         self.trickle_host = host
+        # the worker's own trickle server needs its trickle token (None in open mode)
+        self.trickle_token: str | None = server.token("trickle") if trickle_host is None else None
         trickle = host.trickle if trickle_host is not None else server.app["trickle"]
         trickle.create_channel(f"{mid}-control", "application/json")
         trickle.create_channel(f"{mid}-events", "application/json")
@@ -141,8 +145,9 @@ class LivepeerGateway:
         if data:
             trickle.create_channel(f"{mid}-data", "application/jsonl")
             self.body["data_url"] = host.trickle_url(f"{mid}-data")
-        self.events = EventsCollector(host.trickle_url(f"{mid}-events"))
-        self.data = JsonSegmentCollector(host.trickle_url(f"{mid}-data"), lines=True) if data else None
+        self.events = EventsCollector(host.trickle_url(f"{mid}-events"), token=self.trickle_token)
+        self.data = JsonSegmentCollector(host.trickle_url(f"{mid}-data"), lines=True,
+                                         token=self.trickle_token) if data else None
         self._control: TricklePublisher | None = None
 
     def start_collectors(self) -> LivepeerGateway:
@@ -160,7 +165,8 @@ class LivepeerGateway:
 
     async def send_control(self, message: dict[str, Any]) -> None:
         if self._control is None:
-            self._control = TricklePublisher(self.trickle_host.trickle_url(f"{self.mid}-control"), mime="application/json")
+            self._control = TricklePublisher(self.trickle_host.trickle_url(f"{self.mid}-control"),
+                                             mime="application/json", policy=token_policy(self.trickle_token))
         writer = await self._control.next_segment()
         data = json.dumps(message).encode()
         # split in two writes: the worker must read a control segment to its end

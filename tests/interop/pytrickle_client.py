@@ -8,6 +8,10 @@ act as clients of streamlens' built-in trickle server and worker. Prints one JSO
   gateway BASE MID FILE...         play the gateway: publish FILEs to {MID} in real time while
                                    reading {MID}-out and {MID}-events until they end; decode the
                                    output with this venv's PyAV (pytrickle pins av<=14.2)
+
+STREAMLENS_TRICKLE_TOKEN in the environment: the bearer token the server's trickle routes need
+(TRICKLE_TOKEN). pytrickle 0.1.6 has no option for one, so its clients here put it in their
+session's default headers, as a gateway built on pytrickle would have to.
 """
 
 from __future__ import annotations
@@ -17,13 +21,30 @@ import hashlib
 import io
 import json
 import logging
+import os
 import sys
 import time
 
-from pytrickle import TricklePublisher, TrickleSubscriber
+from pytrickle import TricklePublisher as PyTricklePublisher
+from pytrickle import TrickleSubscriber as PyTrickleSubscriber
 from pytrickle.version import __version__ as PYTRICKLE_VERSION
 
 CHUNK = 32 * 1024
+TOKEN = os.environ.get("STREAMLENS_TRICKLE_TOKEN") or None  # from the environment: not in `ps` output
+
+
+class TricklePublisher(PyTricklePublisher):
+    async def start(self):
+        await super().start()  # a fresh session each time
+        if TOKEN:
+            self.session.headers["Authorization"] = f"Bearer {TOKEN}"
+
+
+class TrickleSubscriber(PyTrickleSubscriber):
+    async def start(self):
+        await super().start()
+        if TOKEN:
+            self.session.headers["Authorization"] = f"Bearer {TOKEN}"
 
 
 async def publish(url: str, files: list[str], pace: float = 0.0, mime: str = "video/mp2t") -> list[dict]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -55,13 +56,13 @@ async def test_a_route_without_a_role_stops_the_server_from_starting():
                                     dict(metrics_token="m-only")])
 async def test_every_non_public_route_is_401_without_its_token(tokens):
     server = await start_server(Settings(host="127.0.0.1", port=0, **tokens))
+    bare = aiohttp.ClientSession()  # not server.session: in token mode it would add the right token
     try:
         for spec in declared(server.app):
             if spec.public:
                 continue
             for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": API}):
-                resp = await server.session.request(spec.method, server.url(concrete(spec.path)), json={},
-                                                    headers=headers)
+                resp = await bare.request(spec.method, server.url(concrete(spec.path)), json={}, headers=headers)
                 assert resp.status == 401, (spec.method, spec.path, headers, resp.status)
                 body = await resp.json()
                 assert body["error"]["code"] == "unauthorized" and resp.headers["WWW-Authenticate"].startswith("Bearer")
@@ -69,6 +70,7 @@ async def test_every_non_public_route_is_401_without_its_token(tokens):
             assert (await server.session.get(server.url(path))).status == 200, path
         assert not server.app["streams"].active()
     finally:
+        await bare.close()
         await stop_server(server)
 
 
@@ -96,9 +98,10 @@ async def test_the_request_never_chooses_the_token(make_server, orch_trickle):
     server = await make_server(api_token=API)
     gateway_body = {"gateway_request_id": "x", "subscribe_url": orch_trickle.trickle_url("x"),
                     "publish_url": orch_trickle.trickle_url("x-out")}
-    for path in ("/stream/start", "/stream/stop", "/stream/params"):
-        resp = await server.session.post(server.url(path), json=gateway_body, headers={"X-Stream-Id": "x"})
-        assert resp.status == 401, path
+    async with aiohttp.ClientSession() as bare:  # no token added for the test
+        for path in ("/stream/start", "/stream/stop", "/stream/params"):
+            resp = await bare.post(server.url(path), json=gateway_body, headers={"X-Stream-Id": "x"})
+            assert resp.status == 401, path
     # a text/plain body (no CORS preflight from a web page) is refused even with the right token
     resp = await server.session.post(server.url("/stream/start"), data=b'{"gateway_request_id": "x"}',
                                      headers={"X-Stream-Id": "x", "Content-Type": "text/plain",

@@ -41,7 +41,8 @@ async def test_oversize_and_stalled_bodies(make_server):
     # a body that never finishes: answered 408 within the timeout, the connection freed
     host, port = server.base_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"POST /stream/start HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    auth = "".join(f"{k}: {v}\r\n" for k, v in server.auth_headers("api").items()).encode()
+    writer.write(b"POST /stream/start HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + auth +
                  b"Content-Length: 1000\r\n\r\n{\"subscribe_url\": ")
     await writer.drain()
     status_line = await asyncio.wait_for(reader.readline(), timeout=10)
@@ -56,7 +57,8 @@ async def test_bad_requests_leave_a_running_stream_alone(make_server):
                                      json={"subscribe_url": server.trickle_url("calm"), "manifest_id": "calm"})
     assert resp.status == 200
     stream = server.app["streams"].get_active("calm")
-    feeding = asyncio.create_task(publish_realtime(server.trickle_url("calm"), make_segments(3, 128, 128)))
+    feeding = asyncio.create_task(publish_realtime(server.trickle_url("calm"), make_segments(3, 128, 128),
+                                                    token=server.token("trickle")))
     for _ in range(20):
         await server.session.post(server.url("/stream/params"), data=nested(10_000),
                                   headers={"Content-Type": "application/json", "X-Stream-Id": "calm"})
@@ -94,11 +96,11 @@ async def test_slow_request_heads_and_idle_connections_are_closed(make_server):
             writer.close()
 
     # nothing at all; a head that never ends (one header line every 0.25 s, slowloris style)
-    for first, drip in ((b"", b""), (b"GET /health HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n")):
+    for first, drip in ((b"", b""), (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-Slow: 1\r\n")):
         closed_after = await seconds_until_closed(first, drip)
         assert closed_after is not None and closed_after < 4.0, (first, closed_after)
     # a complete request is answered, and the idle connection after it is closed the same way
-    closed_after = await seconds_until_closed(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", b"")
+    closed_after = await seconds_until_closed(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"")
     assert closed_after is not None and closed_after < 4.0
     resp = await server.session.get(server.url("/health"))
     assert resp.status == 200

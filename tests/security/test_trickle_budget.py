@@ -15,6 +15,7 @@ import psutil
 from media.trickle_client import TricklePublisher, TrickleSubscriber
 from server.trickle_metrics import trickle_metrics
 from tests.conftest import wait_until
+from tests.trickle_helpers import token_policy
 
 MiB = 1 << 20
 
@@ -72,9 +73,10 @@ async def test_flood_across_channels_stays_under_the_budget(make_server):
     trickle.create_channel("live")  # so its reader can wait on it before the first segment
     live_segments = [bytes([i]) * (48 << 10) for i in range(10)]
     received: list[bytes] = []
+    policy = token_policy(server.token("trickle"))
 
     async def live_publish() -> None:
-        async with TricklePublisher(live_url) as publisher:
+        async with TricklePublisher(live_url, policy=policy) as publisher:
             for data in live_segments:
                 writer = await publisher.next_segment()
                 await writer.write(data)
@@ -82,7 +84,7 @@ async def test_flood_across_channels_stays_under_the_budget(make_server):
                 await asyncio.sleep(0.05)
 
     async def live_read() -> None:
-        async with TrickleSubscriber(live_url, start_seq=0) as subscriber:
+        async with TrickleSubscriber(live_url, start_seq=0, policy=policy) as subscriber:
             while len(received) < len(live_segments):
                 segment = await subscriber.next_segment()
                 if segment is None:
@@ -94,7 +96,7 @@ async def test_flood_across_channels_stays_under_the_budget(make_server):
 
     sampler = asyncio.create_task(sample())
     connector = aiohttp.TCPConnector(limit=64, force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=server.auth_headers("trickle")) as session:
         reader = asyncio.create_task(live_read())
         await asyncio.sleep(0.1)
         results = await asyncio.gather(live_publish(), *(flood_channel(session, c) for c in range(32)))
@@ -114,7 +116,7 @@ async def test_flood_across_channels_stays_under_the_budget(make_server):
 
 async def test_a_write_nothing_can_make_room_for_gets_503(make_server):
     server = await trickle_server_with(make_server, trickle_max_total_bytes=1 * MiB, trickle_max_segment_bytes=4 * MiB)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=server.auth_headers("trickle")) as session:
         async with session.post(server.trickle_url("big/0"), data=b"\0" * (2 * MiB)) as response:
             assert response.status == 503
             body = await response.json()
@@ -128,7 +130,8 @@ async def test_stalled_post_body_is_closed_after_the_timeout(make_server):
     server = await trickle_server_with(make_server, trickle_body_timeout=0.5)
     port = int(server.base_url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /ai/trickle/stall/0 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    auth = "".join(f"{k}: {v}\r\n" for k, v in server.auth_headers("trickle").items()).encode()
+    writer.write(b"POST /ai/trickle/stall/0 HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n" + auth +
                  b"Content-Type: video/mp2t\r\n\r\n" + b"5\r\nhello\r\n")
     await writer.drain()
     # a reader of that segment gets the bytes, then the end, once the server gives up on the body
@@ -147,7 +150,7 @@ async def test_subscriber_caps_answer_503(make_server):
     trickle = server.app["trickle"]
     for name in ("a", "b", "c"):
         trickle.create_channel(name)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=server.auth_headers("trickle")) as session:
         waiting = [asyncio.create_task(session.get(server.trickle_url(path))) for path in ("a/-1", "a/-1")]
         assert await wait_until(lambda: trickle.stats()["subscribers"] == 2)
         async with session.get(server.trickle_url("a/-1")) as response:
@@ -175,8 +178,9 @@ async def test_subscriber_read_timeout_ends_a_stalled_segment(server):
     and reads the next one (the stream is not stuck behind it)."""
     url = server.trickle_url("slow")
     server.app["trickle"].create_channel("slow")
-    async with TricklePublisher(url) as publisher, \
-            TrickleSubscriber(url, start_seq=0, read_timeout=0.5) as subscriber:
+    policy = token_policy(server.token("trickle"))
+    async with TricklePublisher(url, policy=policy) as publisher, \
+            TrickleSubscriber(url, start_seq=0, read_timeout=0.5, policy=policy) as subscriber:
         first = await publisher.next_segment()
         await first.write(b"part-one")  # ... and nothing more for a while
         segment = await subscriber.next_segment()
