@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test bench deps system-deps lock clean
+.PHONY: run test lint bench deps system-deps lock clean
 
 system-deps:
 	./scripts/install_system_deps.sh
@@ -28,7 +28,7 @@ run: deps
 
 # The suite runs twice: open mode, then with every role's token set (tests/conftest.py), so no
 # feature works only without tokens.
-test: deps
+test: deps lint
 	./scripts/install_triton.sh  # .venv-triton: the real tritonserver the Triton tests start
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 	STREAMLENS_TEST_TOKENS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
@@ -42,3 +42,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

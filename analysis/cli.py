@@ -118,7 +118,9 @@ class _LocalContext:
         self._progress.update(state)
 
 
-async def _run_local(args: argparse.Namespace, kind: str, options: dict[str, Any], progress: Progress) -> dict[str, Any]:
+async def _run_local(
+    args: argparse.Namespace, kind: str, options: dict[str, Any], progress: Progress
+) -> dict[str, Any]:
     from analysis.engine import AnalysisServices, run_job
     from analysis.inputs import fetch_url, remove_quietly
     from analysis.settings import AnalysisSettings
@@ -127,14 +129,19 @@ async def _run_local(args: argparse.Namespace, kind: str, options: dict[str, Any
 
     settings = AnalysisSettings()
     vision = VisionBackends(VisionSettings.from_env())
-    services = AnalysisServices(vision=vision, max_duration=settings.max_duration, max_samples=settings.max_samples,
-                                vlm_concurrency=settings.vlm_concurrency, transcript_window=settings.transcript_window,
-                                face_max_side=settings.face_max_side, input_formats=settings.input_formats,
-                                image_patch_size=settings.image_patch_size)
+    services = AnalysisServices(
+        vision=vision,
+        max_duration=settings.max_duration,
+        max_samples=settings.max_samples,
+        vlm_concurrency=settings.vlm_concurrency,
+        transcript_window=settings.transcript_window,
+        face_max_side=settings.face_max_side,
+        input_formats=settings.input_formats,
+        image_patch_size=settings.image_patch_size,
+    )
     if kind == "inference" and vision.settings.vlm is None:
         raise SystemExit("--prompt needs a VLM: set VISION_VLM_ENDPOINT, or use --server")
     if args.transcript:
-
         services.asr = shared_pool(AsrSettings())
     download = None
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analyze-cli")
@@ -146,8 +153,13 @@ async def _run_local(args: argparse.Namespace, kind: str, options: dict[str, Any
             handle, download = tempfile.mkstemp(suffix=".video")
             os.close(handle)
             progress.update({"fraction": 0.0, "phase": "downloading"})
-            await fetch_url(path, Path(download), max_bytes=settings.max_bytes, timeout=settings.fetch_timeout,
-                            policy=default_policy())
+            await fetch_url(
+                path,
+                Path(download),
+                max_bytes=settings.max_bytes,
+                timeout=settings.fetch_timeout,
+                policy=default_policy(),
+            )
             path = download
         elif not Path(path).is_file():
             raise SystemExit(f"no such file: {path}")
@@ -162,11 +174,17 @@ async def _run_local(args: argparse.Namespace, kind: str, options: dict[str, Any
 # -- against a server ---------------------------------------------------------------------------------------
 
 
-async def _run_remote(args: argparse.Namespace, kind: str, options: dict[str, Any], progress: Progress) -> dict[str, Any]:
+async def _run_remote(
+    args: argparse.Namespace, kind: str, options: dict[str, Any], progress: Progress
+) -> dict[str, Any]:
     base = args.server.rstrip("/")
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    route = {"inference": "/v1/inference/url?async=true", "analyze": "/v1/analyze", "transcribe": "/v1/transcribe"}[kind]
-    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)) as session:
+    route = {"inference": "/v1/inference/url?async=true", "analyze": "/v1/analyze", "transcribe": "/v1/transcribe"}[
+        kind
+    ]
+    async with aiohttp.ClientSession(
+        headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)
+    ) as session:
         if _is_url(args.source):
             async with session.post(base + route, json={"video_url": args.source, **options}) as resp:
                 accepted = await _json_or_exit(resp)
@@ -177,8 +195,16 @@ async def _run_remote(args: argparse.Namespace, kind: str, options: dict[str, An
                 route = "/v1/inference/upload?async=true"
             form = aiohttp.FormData()
             for key, value in options.items():
-                form.add_field(key, value if isinstance(value, str) else json.dumps(value) if isinstance(value, list)
-                               else str(value).lower() if isinstance(value, bool) else str(value))
+                form.add_field(
+                    key,
+                    value
+                    if isinstance(value, str)
+                    else json.dumps(value)
+                    if isinstance(value, list)
+                    else str(value).lower()
+                    if isinstance(value, bool)
+                    else str(value),
+                )
             with open(args.source, "rb") as handle:
                 form.add_field("video", handle, filename=Path(args.source).name)
                 async with session.post(base + route, data=form) as resp:

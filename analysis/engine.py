@@ -58,8 +58,14 @@ class JobContext(Protocol):
 
     async def call(self, fn, *args): ...
 
-    def progress(self, *, frames_done: int | None = None, frames_planned: int | None = None,
-                 phase: str | None = None, fraction: float | None = None) -> None: ...
+    def progress(
+        self,
+        *,
+        frames_done: int | None = None,
+        frames_planned: int | None = None,
+        phase: str | None = None,
+        fraction: float | None = None,
+    ) -> None: ...
 
 
 @dataclass
@@ -105,20 +111,26 @@ async def _open(ctx: JobContext, services: AnalysisServices) -> FrameSampler:
         raise JobFailed(f"not a video PyAV can decode: {exc}") from None
     if sampler.info.duration > services.max_duration:
         await ctx.call(sampler.close)
-        raise JobFailed(f"the video lasts {sampler.info.duration:.0f} s; the limit is {services.max_duration:.0f} s "
-                        "(ANALYSIS_MAX_DURATION)")
+        raise JobFailed(
+            f"the video lasts {sampler.info.duration:.0f} s; the limit is {services.max_duration:.0f} s "
+            "(ANALYSIS_MAX_DURATION)"
+        )
     return sampler
 
 
 def _no_frames(sampler: FrameSampler) -> JobFailed:
-    return JobFailed(f"no frame of the video could be decoded ({sampler.info.codec} in {sampler.info.container}; "
-                     "truncated or damaged file?)")
+    return JobFailed(
+        f"no frame of the video could be decoded ({sampler.info.codec} in {sampler.info.container}; "
+        "truncated or damaged file?)"
+    )
 
 
 # -- prompt answers (the TRU shape) ----------------------------------------------------------------
 
 
-def _encode_frames(sampler: FrameSampler, times: list[float], width: int, height: int, quality: int) -> list[tuple[float, int, int, str]]:
+def _encode_frames(
+    sampler: FrameSampler, times: list[float], width: int, height: int, quality: int
+) -> list[tuple[float, int, int, str]]:
     out = []
     for frame in sampler.frames(times, width, height):
         jpeg, (w, h) = encode_frame_jpeg(frame.image, width * height, quality)
@@ -135,14 +147,23 @@ async def run_inference(ctx: JobContext, services: AnalysisServices, options: In
     sampler = await _open(ctx, services)
     try:
         p = options.video_params
-        plan = video_plan(sampler.info, p.fps, p.max_frames, p.min_pixels, p.max_pixels, p.total_pixels,
-                          merge_factor(services.image_patch_size))
+        plan = video_plan(
+            sampler.info,
+            p.fps,
+            p.max_frames,
+            p.min_pixels,
+            p.max_pixels,
+            p.total_pixels,
+            merge_factor(services.image_patch_size),
+        )
         ctx.progress(frames_done=0, frames_planned=len(plan.times), phase="decoding")
         quality = getattr(mux.config, "jpeg_quality", 85)
         frames: list[tuple[float, int, int, str]] = []
         # in slices, so progress moves and a cancel lands between them
         for start in range(0, len(plan.times), 16):
-            frames += await ctx.call(_encode_frames, sampler, plan.times[start : start + 16], plan.width, plan.height, quality)
+            frames += await ctx.call(
+                _encode_frames, sampler, plan.times[start : start + 16], plan.width, plan.height, quality
+            )
             ctx.progress(frames_done=len(frames), fraction=0.8 * len(frames) / max(1, len(plan.times)))
         duration = sampler.info.duration
         if not frames:
@@ -156,7 +177,9 @@ async def run_inference(ctx: JobContext, services: AnalysisServices, options: In
         content.append({"type": "image_url", "image_url": {"url": uri}})
     content.append({"type": "text", "text": options.prompt})
     ctx.progress(phase="asking the VLM", fraction=0.85)
-    text, model, usage = await _ask_vlm(mux, content, options.generation_params.max_tokens, options.generation_params.temperature)
+    text, model, usage = await _ask_vlm(
+        mux, content, options.generation_params.max_tokens, options.generation_params.temperature
+    )
     finished = time.perf_counter()
     return {
         "text": text,
@@ -164,20 +187,28 @@ async def run_inference(ctx: JobContext, services: AnalysisServices, options: In
         "usage": usage,
         "frames": [{"t": t, "width": w, "height": h} for t, w, h, _ in frames],
         "duration": round(duration, 3),
-        "timing": {"decode_seconds": round(decoded - started, 3), "vlm_seconds": round(finished - decoded, 3),
-                   "total_seconds": round(finished - started, 3)},
+        "timing": {
+            "decode_seconds": round(decoded - started, 3),
+            "vlm_seconds": round(finished - decoded, 3),
+            "total_seconds": round(finished - started, 3),
+        },
     }
 
 
-async def _ask_vlm(mux: Any, content: list[dict[str, Any]], max_tokens: int,
-                   temperature: float) -> tuple[str, str, Usage | None]:
+async def _ask_vlm(
+    mux: Any, content: list[dict[str, Any]], max_tokens: int, temperature: float
+) -> tuple[str, str, Usage | None]:
     """One chat request through the multiplexer's endpoints (its order, breakers, retries, client)
     → (text, model, token usage as the server counted it, None when it sent none)."""
     errors: list[str] = []
     for endpoint in mux.plan():
         model = endpoint.config.model_id or mux.config.model_id
-        payload = {"model": model, "messages": [{"role": "user", "content": content}],
-                   "max_tokens": max_tokens, "temperature": temperature}
+        payload = {
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
         try:
             completion = await mux.complete(endpoint, payload)
         except (OpenAIError, CircuitOpenError) as exc:
@@ -211,7 +242,9 @@ async def run_analyze(ctx: JobContext, services: AnalysisServices, options: Anal
     if options.backend == "embedded":
         unknown = sorted({t.lower() for t in tags_wanted} - set(EMBEDDED_TAGS))
         if unknown:
-            raise JobFailed(f"the embedded backend cannot tag {', '.join(unknown)}; it knows {', '.join(EMBEDDED_TAGS)}")
+            raise JobFailed(
+                f"the embedded backend cannot tag {', '.join(unknown)}; it knows {', '.join(EMBEDDED_TAGS)}"
+            )
     if tags_wanted or options.backend == "vlm":
         result.update(await _tag_video(ctx, services, options, tags_wanted))
     if options.transcript:
@@ -219,13 +252,15 @@ async def run_analyze(ctx: JobContext, services: AnalysisServices, options: Anal
     return result
 
 
-async def _tag_video(ctx: JobContext, services: AnalysisServices, options: AnalyzeOptions,
-                     tags_wanted: list[str]) -> dict[str, Any]:
+async def _tag_video(
+    ctx: JobContext, services: AnalysisServices, options: AnalyzeOptions, tags_wanted: list[str]
+) -> dict[str, Any]:
     sampler = await _open(ctx, services)
     info = sampler.info
     times = interval_times(info.duration, options.frame_interval, services.max_samples)
-    request = VisionRequest(mode="tags", tag_list=tuple(tags_wanted), threshold=options.threshold,
-                            source=f"analysis:{ctx.id}")
+    request = VisionRequest(
+        mode="tags", tag_list=tuple(tags_wanted), threshold=options.threshold, source=f"analysis:{ctx.id}"
+    )
     ctx.progress(frames_done=0, frames_planned=len(times), phase="tagging")
     samples: list[tuple[float, list[Any]]] = []
     model = ""
@@ -295,16 +330,18 @@ async def _tag_video(ctx: JobContext, services: AnalysisServices, options: Analy
         "threshold": options.threshold,
     }
     if options.return_timestamps:
-        out["frames"] = [{"t": t, "tags": [_tag_entry(tag, options.return_confidence) for tag in tags]}
-                         for t, tags in samples]
+        out["frames"] = [
+            {"t": t, "tags": [_tag_entry(tag, options.return_confidence) for tag in tags]} for t, tags in samples
+        ]
     if failures:
         out["failed_frames"] = len(failures)
         out["first_error"] = failures[0]
     return out
 
 
-async def _tag_with_vlm(ctx: JobContext, services: AnalysisServices, sampler: FrameSampler, times: list[float],
-                        request: VisionRequest) -> tuple[list[tuple[float, list[Any]]], str, list[str]]:
+async def _tag_with_vlm(
+    ctx: JobContext, services: AnalysisServices, sampler: FrameSampler, times: list[float], request: VisionRequest
+) -> tuple[list[tuple[float, list[Any]]], str, list[str]]:
     """Per-sample VLM tagging, at most `vlm_concurrency` frames in flight, results in time order."""
     mux = await services.vision.get("vlm")
     frames = sampler.frames(times)
@@ -354,13 +391,15 @@ async def _tag_with_vlm(ctx: JobContext, services: AnalysisServices, sampler: Fr
 # -- transcripts ---------------------------------------------------------------------------------------
 
 
-async def _transcript(ctx: JobContext, services: AnalysisServices, language: str | None,
-                      translate_to: list[str]) -> dict[str, Any]:
+async def _transcript(
+    ctx: JobContext, services: AnalysisServices, language: str | None, translate_to: list[str]
+) -> dict[str, Any]:
     if services.asr is None:
         raise JobFailed("no speech model is configured on this server")
     try:
-        transcript = await transcribe_windows(services.asr, ctx, language, services.transcript_window,
-                                              formats=services.input_formats)
+        transcript = await transcribe_windows(
+            services.asr, ctx, language, services.transcript_window, formats=services.input_formats
+        )
     except NoAudio as exc:
         raise JobFailed(str(exc)) from None
     except UnsupportedFormat as exc:
@@ -386,7 +425,9 @@ async def run_job(ctx: JobContext, services: AnalysisServices, kind: str, reques
     if kind == "analyze":
         return await run_analyze(ctx, services, AnalyzeOptions.model_validate(_options(request, AnalyzeOptions)))
     if kind == "transcribe":
-        return await run_transcribe(ctx, services, TranscribeOptions.model_validate(_options(request, TranscribeOptions)))
+        return await run_transcribe(
+            ctx, services, TranscribeOptions.model_validate(_options(request, TranscribeOptions))
+        )
     raise JobFailed(f"unknown job kind {kind!r}")
 
 

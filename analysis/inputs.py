@@ -52,14 +52,18 @@ _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 def _write_error(exc: OSError) -> InputError:
     if exc.errno in _NO_ROOM:
-        return InputError(f"the server has no room to store the video ({exc.strerror}); try again later "
-                          "or with a smaller file", 507)
+        return InputError(
+            f"the server has no room to store the video ({exc.strerror}); try again later or with a smaller file", 507
+        )
     return InputError(f"the video could not be stored: {exc.strerror or exc}", 500)
 
 
 def _too_large(max_bytes: int) -> InputError:
-    return InputError(f"the video is larger than the server's limit of {max_bytes} bytes "
-                      "(ANALYSIS_MAX_BYTES, within what ANALYSIS_DISK_BUDGET has left)", 413)
+    return InputError(
+        f"the video is larger than the server's limit of {max_bytes} bytes "
+        "(ANALYSIS_MAX_BYTES, within what ANALYSIS_DISK_BUDGET has left)",
+        413,
+    )
 
 
 def _connector(policy: Any) -> tuple[aiohttp.BaseConnector | None, bool]:
@@ -85,14 +89,20 @@ async def fetch_url(url: str, dest: Path, *, max_bytes: int, timeout: float, pol
     connector, owner = _connector(policy)
     written = 0
     try:
-        async with aiohttp.ClientSession(connector=connector, connector_owner=owner,
-                                         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 15))) as session:
+        async with aiohttp.ClientSession(
+            connector=connector,
+            connector_owner=owner,
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 15)),
+        ) as session:
             extra = {"ssl": policy.ssl_for(url)} if hasattr(policy, "ssl_for") else {}
             async with session.get(url, allow_redirects=False, **extra) as response:
                 if 300 <= response.status < 400:
                     location = response.headers.get("Location", "")
-                    raise InputError(f"video_url answered HTTP {response.status} (redirect to {location[:200]!r}); "
-                                     "redirects are not followed: give the final URL", 400)
+                    raise InputError(
+                        f"video_url answered HTTP {response.status} (redirect to {location[:200]!r}); "
+                        "redirects are not followed: give the final URL",
+                        400,
+                    )
                 if response.status >= 400:
                     raise InputError(f"video_url answered HTTP {response.status} {response.reason or ''}".strip(), 400)
                 if response.content_length is not None and response.content_length > max_bytes:
@@ -111,7 +121,9 @@ async def fetch_url(url: str, dest: Path, *, max_bytes: int, timeout: float, pol
         raise
     except TimeoutError:
         remove_quietly(dest)
-        raise InputError(f"downloading video_url took longer than {timeout:g} s (ANALYSIS_FETCH_TIMEOUT)", 504) from None
+        raise InputError(
+            f"downloading video_url took longer than {timeout:g} s (ANALYSIS_FETCH_TIMEOUT)", 504
+        ) from None
     except aiohttp.ClientError as exc:
         remove_quietly(dest)
         if "outbound policy" in str(exc):  # the policy connector refused the resolved address
@@ -147,14 +159,23 @@ class _Deadline:
             if hasattr(awaitable, "close"):
                 awaitable.close()  # a coroutine never started
             if limit < self.idle:
-                raise InputError(f"the upload took longer than {self.total:g} s (ANALYSIS_UPLOAD_TIMEOUT)",
-                                 408) from None
-            raise InputError(f"the upload sent nothing for {self.idle:g} s (ANALYSIS_UPLOAD_IDLE_TIMEOUT)",
-                             408) from None
+                raise InputError(
+                    f"the upload took longer than {self.total:g} s (ANALYSIS_UPLOAD_TIMEOUT)", 408
+                ) from None
+            raise InputError(
+                f"the upload sent nothing for {self.idle:g} s (ANALYSIS_UPLOAD_IDLE_TIMEOUT)", 408
+            ) from None
 
 
-async def save_upload(request: web.Request, dest: Path, *, max_bytes: int, file_field: str = "video",
-                      idle_timeout: float = 60.0, total_timeout: float = 3600.0) -> tuple[str | None, dict[str, str]]:
+async def save_upload(
+    request: web.Request,
+    dest: Path,
+    *,
+    max_bytes: int,
+    file_field: str = "video",
+    idle_timeout: float = 60.0,
+    total_timeout: float = 3600.0,
+) -> tuple[str | None, dict[str, str]]:
     """Stream a multipart body: the `file_field` part to `dest`, other parts as short text fields.
     Returns (file name, fields). Raises InputError (413 over the cap, 408 when the client stalls for
     `idle_timeout` or the whole body takes over `total_timeout`); the file is removed on every failure."""

@@ -74,8 +74,9 @@ class AnalyzeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tag_list: list[Tag] = Field(default_factory=list, max_length=64,
-                                description="tags to look for; empty: face and text (embedded)")
+    tag_list: list[Tag] = Field(
+        default_factory=list, max_length=64, description="tags to look for; empty: face and text (embedded)"
+    )
     frame_interval: float = Field(0.5, ge=0.05, le=3600, description="seconds between sampled frames")
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     return_timestamps: bool = True
@@ -136,8 +137,9 @@ class JobView(BaseModel):
     finished_at: float | None
     progress: JobProgress
     request: dict[str, Any]
-    request_truncated: bool = Field(False, description="in a list: long values of `request` are shortened "
-                                                       "(GET /v1/jobs/{id} has them whole)")
+    request_truncated: bool = Field(
+        False, description="in a list: long values of `request` are shortened (GET /v1/jobs/{id} has them whole)"
+    )
     input_name: str | None = None
     result: dict[str, Any] | None = None
     error: str | None = None

@@ -84,8 +84,9 @@ class _LiveJob:
 class _Context:
     """The `JobContext` the engine sees."""
 
-    def __init__(self, runner: JobRunner, job: dict[str, Any], input_path: str, executor: ThreadPoolExecutor,
-                 threads: int = 1) -> None:
+    def __init__(
+        self, runner: JobRunner, job: dict[str, Any], input_path: str, executor: ThreadPoolExecutor, threads: int = 1
+    ) -> None:
         self.id = job["id"]
         self.threads = threads  # the executor's threads: embedded tagging runs this many frames at once
         self.input_path = input_path
@@ -99,8 +100,14 @@ class _Context:
     async def call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def progress(self, *, frames_done: int | None = None, frames_planned: int | None = None,
-                 phase: str | None = None, fraction: float | None = None) -> None:
+    def progress(
+        self,
+        *,
+        frames_done: int | None = None,
+        frames_planned: int | None = None,
+        phase: str | None = None,
+        fraction: float | None = None,
+    ) -> None:
         if frames_planned is not None:
             self._frames_planned = frames_planned
         if frames_done is not None:
@@ -113,13 +120,16 @@ class _Context:
         eta = None
         if fraction and fraction > 0.02:
             eta = round(elapsed * (1 - fraction) / fraction, 1)
-        self._runner._progress(self.id, {
-            "fraction": round(min(1.0, max(0.0, fraction or 0.0)), 4),
-            "frames_done": self._frames_done,
-            "frames_planned": self._frames_planned,
-            "eta_seconds": eta,
-            "phase": self._phase,
-        })
+        self._runner._progress(
+            self.id,
+            {
+                "fraction": round(min(1.0, max(0.0, fraction or 0.0)), 4),
+                "frames_done": self._frames_done,
+                "frames_planned": self._frames_planned,
+                "eta_seconds": eta,
+                "phase": self._phase,
+            },
+        )
 
 
 class JobRunner:
@@ -150,26 +160,35 @@ class JobRunner:
         self.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.interrupted_at_start = await self.store.open()
         if self.interrupted_at_start:
-            log.warning("%d analysis job(s) were interrupted by the last shutdown; retry them with "
-                        "POST /v1/jobs/{id}/retry", self.interrupted_at_start)
+            log.warning(
+                "%d analysis job(s) were interrupted by the last shutdown; retry them with POST /v1/jobs/{id}/retry",
+                self.interrupted_at_start,
+            )
         self._remove_stale_downloads()
         await self.sweep()
-        self._workers = [asyncio.create_task(self._worker(i), name=f"analysis-worker-{i}")
-                         for i in range(self.settings.workers)]
+        self._workers = [
+            asyncio.create_task(self._worker(i), name=f"analysis-worker-{i}") for i in range(self.settings.workers)
+        ]
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="analysis-retention")
 
     async def stop(self) -> None:
-        unfinished = [*self._queue, *(live.id for live in self._live.values()
-                                      if live.task is not None and not live.done.is_set())]
+        unfinished = [
+            *self._queue,
+            *(live.id for live in self._live.values() if live.task is not None and not live.done.is_set()),
+        ]
         tasks = [*self._workers, *([self._sweeper] if self._sweeper else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         now = time.time()
         for job_id in unfinished:
-            await self.store.update(job_id, status="interrupted", finished_at=now, eta_seconds=None,
-                                    error="the server stopped before the job finished; POST /v1/jobs/{id}/retry "
-                                          "runs it again")
+            await self.store.update(
+                job_id,
+                status="interrupted",
+                finished_at=now,
+                eta_seconds=None,
+                error="the server stopped before the job finished; POST /v1/jobs/{id}/retry runs it again",
+            )
         self._queue.clear()
         for live in self._live.values():
             self._finish_subscribers(live, None)
@@ -190,8 +209,10 @@ class JobRunner:
     def check_capacity(self) -> None:
         if len(self._queue) >= self.settings.max_queued:
             self.rejected_full += 1
-            raise QueueFull(f"the analysis queue is full ({len(self._queue)} jobs waiting, ANALYSIS_MAX_QUEUED="
-                            f"{self.settings.max_queued}); try again later")
+            raise QueueFull(
+                f"the analysis queue is full ({len(self._queue)} jobs waiting, ANALYSIS_MAX_QUEUED="
+                f"{self.settings.max_queued}); try again later"
+            )
 
     def new_id(self) -> str:
         return "job_" + secrets.token_hex(8)
@@ -209,8 +230,10 @@ class JobRunner:
     def check_request_size(self, request: dict[str, Any]) -> None:
         size = len(encode_json(request).encode())
         if size > self.settings.max_request_bytes:
-            raise RequestTooLarge(f"the job's options take {size} bytes; the limit is "
-                                  f"{self.settings.max_request_bytes} (ANALYSIS_MAX_REQUEST_BYTES)")
+            raise RequestTooLarge(
+                f"the job's options take {size} bytes; the limit is "
+                f"{self.settings.max_request_bytes} (ANALYSIS_MAX_REQUEST_BYTES)"
+            )
 
     @contextlib.contextmanager
     def transfer_budget(self):
@@ -221,8 +244,11 @@ class JobRunner:
         room = self.settings.disk_budget - on_disk - self._reserved_bytes
         cap = min(self.settings.max_bytes, room)
         if cap < 1024:
-            raise InputError(f"the analysis inputs fill their disk budget ({self.settings.disk_budget} bytes, "
-                             "ANALYSIS_DISK_BUDGET); try again when queued jobs have finished", 507)
+            raise InputError(
+                f"the analysis inputs fill their disk budget ({self.settings.disk_budget} bytes, "
+                "ANALYSIS_DISK_BUDGET); try again when queued jobs have finished",
+                507,
+            )
         self._reserved_bytes += cap
         try:
             yield cap
@@ -232,8 +258,15 @@ class JobRunner:
     def upload_path(self, job_id: str) -> Path:
         return self.settings.uploads_dir / f"{job_id}.input"
 
-    async def submit(self, kind: str, request: dict[str, Any], *, job_id: str | None = None,
-                     input_path: Path | None = None, input_name: str | None = None) -> dict[str, Any]:
+    async def submit(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        *,
+        job_id: str | None = None,
+        input_path: Path | None = None,
+        input_name: str | None = None,
+    ) -> dict[str, Any]:
         """Queue a job. `request` carries `video_url`, or `input_path` names an uploaded file that
         the job now owns (removed when it finishes). Raises QueueFull (503), RequestTooLarge (413)."""
         try:
@@ -243,9 +276,15 @@ class JobRunner:
             remove_quietly(input_path)
             raise
         job = {
-            "id": job_id or self.new_id(), "kind": kind, "status": "queued", "created_at": time.time(),
-            "request": request, "input_path": str(input_path) if input_path else None,
-            "input_name": input_name[:255] if input_name else None, "progress": 0.0, "frames_done": 0,
+            "id": job_id or self.new_id(),
+            "kind": kind,
+            "status": "queued",
+            "created_at": time.time(),
+            "request": request,
+            "input_path": str(input_path) if input_path else None,
+            "input_name": input_name[:255] if input_name else None,
+            "progress": 0.0,
+            "frames_done": 0,
         }
         try:
             await self.store.insert(job)
@@ -267,9 +306,15 @@ class JobRunner:
             raise JobNotFound(job_id)
         live = self._live.get(job_id)
         if live is not None and live.progress and job["status"] == "running":
-            job.update({"progress": live.progress["fraction"], "frames_done": live.progress["frames_done"],
-                        "frames_planned": live.progress["frames_planned"],
-                        "eta_seconds": live.progress["eta_seconds"], "phase": live.progress["phase"]})
+            job.update(
+                {
+                    "progress": live.progress["fraction"],
+                    "frames_done": live.progress["frames_done"],
+                    "frames_planned": live.progress["frames_planned"],
+                    "eta_seconds": live.progress["eta_seconds"],
+                    "phase": live.progress["phase"],
+                }
+            )
         return job
 
     def error_status(self, job_id: str) -> int:
@@ -303,8 +348,9 @@ class JobRunner:
         live = self._live.get(job_id)
         if job_id in self._queue:
             self._queue.remove(job_id)
-        await self.store.update(job_id, status="cancelled", finished_at=time.time(), eta_seconds=None,
-                                error="cancelled by request")
+        await self.store.update(
+            job_id, status="cancelled", finished_at=time.time(), eta_seconds=None, error="cancelled by request"
+        )
         self.cancelled += 1
         if live is not None:
             live.cancel_requested = True
@@ -326,13 +372,25 @@ class JobRunner:
         if job is None:
             raise JobNotFound(job_id)
         if job["status"] not in ("interrupted", "failed", "cancelled"):
-            raise JobConflict(f"job {job_id} is {job['status']}; only interrupted, failed or cancelled jobs are retried")
+            raise JobConflict(
+                f"job {job_id} is {job['status']}; only interrupted, failed or cancelled jobs are retried"
+            )
         if job.get("input_path") and not Path(job["input_path"]).is_file():
             raise JobConflict(f"the uploaded file of job {job_id} is no longer kept; upload it again")
         self.check_capacity()
-        await self.store.update(job_id, status="queued", started_at=None, finished_at=None, progress=0.0,
-                                frames_done=0, frames_planned=None, eta_seconds=None, phase=None, result=None,
-                                error=None)
+        await self.store.update(
+            job_id,
+            status="queued",
+            started_at=None,
+            finished_at=None,
+            progress=0.0,
+            frames_done=0,
+            frames_planned=None,
+            eta_seconds=None,
+            phase=None,
+            result=None,
+            error=None,
+        )
         self._enqueue(job_id)
         return await self.get(job_id)
 
@@ -371,8 +429,12 @@ class JobRunner:
         attempts = int(job.get("attempts") or 0) + 1
         await self.store.update(job_id, status="running", started_at=time.time(), attempts=attempts)
         self.running += 1
-        executor = ThreadPoolExecutor(max_workers=self.settings.tag_threads, thread_name_prefix=f"analysis-{job_id[-6:]}",
-                                      initializer=_lower_priority, initargs=(self.settings.niceness,))
+        executor = ThreadPoolExecutor(
+            max_workers=self.settings.tag_threads,
+            thread_name_prefix=f"analysis-{job_id[-6:]}",
+            initializer=_lower_priority,
+            initargs=(self.settings.niceness,),
+        )
         download: Path | None = None
         upload = job.get("input_path")
         status, result, error = "failed", None, None
@@ -381,12 +443,22 @@ class JobRunner:
                 input_path = upload
             else:
                 download = self.settings.uploads_dir / f"{job_id}.download"
-                live.progress = {"fraction": 0.0, "frames_done": 0, "frames_planned": None, "eta_seconds": None,
-                                 "phase": "downloading"}
+                live.progress = {
+                    "fraction": 0.0,
+                    "frames_done": 0,
+                    "frames_planned": None,
+                    "eta_seconds": None,
+                    "phase": "downloading",
+                }
                 self._publish(live, "progress", live.progress)
                 with self.transfer_budget() as cap:
-                    await fetch_url(job["request"]["video_url"], download, max_bytes=cap,
-                                    timeout=self.settings.fetch_timeout, policy=self.outbound_policy)
+                    await fetch_url(
+                        job["request"]["video_url"],
+                        download,
+                        max_bytes=cap,
+                        timeout=self.settings.fetch_timeout,
+                        policy=self.outbound_policy,
+                    )
                 input_path = str(download)
             ctx = _Context(self, job, input_path, executor, threads=self.settings.tag_threads)
             result = await run_job(ctx, self.services, job["kind"], job["request"])
@@ -453,10 +525,16 @@ class JobRunner:
         now = time.monotonic()
         if now - live.last_write >= _PROGRESS_WRITE_INTERVAL:
             live.last_write = now
-            self._write(self.store.update(
-                job_id, progress=progress["fraction"], frames_done=progress["frames_done"],
-                frames_planned=progress["frames_planned"], eta_seconds=progress["eta_seconds"],
-                phase=progress["phase"]))
+            self._write(
+                self.store.update(
+                    job_id,
+                    progress=progress["fraction"],
+                    frames_done=progress["frames_done"],
+                    frames_planned=progress["frames_planned"],
+                    eta_seconds=progress["eta_seconds"],
+                    phase=progress["phase"],
+                )
+            )
 
     def _write(self, coro) -> None:
         """A progress row update in the background (at most one per job per second)."""
@@ -473,7 +551,9 @@ class JobRunner:
         if live is None or live.done.is_set():
             return None
         if len(self._subscriptions) >= self.settings.max_subscribers:
-            raise QueueFull(f"too many open job event streams (ANALYSIS_MAX_SUBSCRIBERS={self.settings.max_subscribers})")
+            raise QueueFull(
+                f"too many open job event streams (ANALYSIS_MAX_SUBSCRIBERS={self.settings.max_subscribers})"
+            )
         queue: asyncio.Queue = asyncio.Queue(maxsize=_SUBSCRIBER_QUEUE)
         live.subscribers.append(queue)
         self._subscriptions.add(queue)
@@ -531,8 +611,12 @@ class JobRunner:
         for job in removed:
             self._forget_row(job)
         if removed:
-            log.info("removed %d finished analysis job(s) beyond ANALYSIS_MAX_JOBS=%d / ANALYSIS_DB_BUDGET=%d",
-                     len(removed), self.settings.max_jobs, self.settings.db_budget)
+            log.info(
+                "removed %d finished analysis job(s) beyond ANALYSIS_MAX_JOBS=%d / ANALYSIS_DB_BUDGET=%d",
+                len(removed),
+                self.settings.max_jobs,
+                self.settings.db_budget,
+            )
         return len(removed)
 
     def _forget_row(self, job: dict[str, Any]) -> None:
@@ -548,8 +632,16 @@ class JobRunner:
                 log.exception("analysis retention sweep failed")
 
     def stats(self) -> dict[str, Any]:
-        return {"queued": len(self._queue), "running": self.running, "workers": self.settings.workers,
-                "max_queued": self.settings.max_queued, "completed": self.completed, "failed": self.failed,
-                "cancelled": self.cancelled, "rejected_queue_full": self.rejected_full,
-                "interrupted_at_start": self.interrupted_at_start, "event_streams": len(self._subscriptions),
-                "transfer_bytes_reserved": self._reserved_bytes}
+        return {
+            "queued": len(self._queue),
+            "running": self.running,
+            "workers": self.settings.workers,
+            "max_queued": self.settings.max_queued,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "rejected_queue_full": self.rejected_full,
+            "interrupted_at_start": self.interrupted_at_start,
+            "event_streams": len(self._subscriptions),
+            "transfer_bytes_reserved": self._reserved_bytes,
+        }

@@ -79,8 +79,10 @@ def open_media(path: str, formats: str = INPUT_FORMATS) -> av.container.InputCon
     try:
         return av.open(path, "r", metadata_errors="ignore", container_options=options)
     except av.ArgumentError:  # EINVAL from the open: the probed demuxer is not on the list
-        raise UnsupportedFormat(f"unsupported input format: the file is not one of the media containers read "
-                                f"here ({formats}; ANALYSIS_INPUT_FORMATS)") from None
+        raise UnsupportedFormat(
+            f"unsupported input format: the file is not one of the media containers read "
+            f"here ({formats}; ANALYSIS_INPUT_FORMATS)"
+        ) from None
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise NotAVideo(f"not a readable media file ({_ffmpeg_reason(exc)})") from None
 
@@ -174,8 +176,7 @@ class FrameSampler:
     def _decoded(self) -> Iterator[av.VideoFrame]:
         for packet in self.container.demux(self.stream):
             try:
-                for frame in packet.decode():
-                    yield frame
+                yield from packet.decode()
             except av.InvalidDataError:
                 continue  # a damaged packet: skip it, as players do
 
@@ -251,7 +252,9 @@ class FrameSampler:
             last = frame
         return last
 
-    def frames(self, times: Iterable[float], width: int | None = None, height: int | None = None) -> Iterator[SampledFrame]:
+    def frames(
+        self, times: Iterable[float], width: int | None = None, height: int | None = None
+    ) -> Iterator[SampledFrame]:
         """One RGB frame per time (in the order given). `width`/`height`: scale to this size;
         None keeps the source size."""
         previous_t = None
@@ -277,8 +280,7 @@ def _round_to(value: float, factor: int) -> int:
     return max(factor, round(value / factor) * factor)
 
 
-def fit_frame_size(width: int, height: int, min_pixels: int, max_pixels: int,
-                   factor: int = PATCH) -> tuple[int, int]:
+def fit_frame_size(width: int, height: int, min_pixels: int, max_pixels: int, factor: int = PATCH) -> tuple[int, int]:
     """Qwen-VL's resize rule (`smart_resize`): keep the aspect, both sides multiples of `factor`
     (patch size x 2), area within [min_pixels, max_pixels] (as far as `factor`-multiples allow)."""
     h_bar, w_bar = _round_to(height, factor), _round_to(width, factor)
@@ -300,8 +302,15 @@ class VideoPlan:
     height: int
 
 
-def video_plan(info: VideoInfo, fps: float, max_frames: int, min_pixels: int, max_pixels: int,
-               total_pixels: int, factor: int = PATCH) -> VideoPlan:
+def video_plan(
+    info: VideoInfo,
+    fps: float,
+    max_frames: int,
+    min_pixels: int,
+    max_pixels: int,
+    total_pixels: int,
+    factor: int = PATCH,
+) -> VideoPlan:
     """Sample times and frame size for a prompt answer.
 
     Frames: `fps` per second (first at 0), at most `max_frames`, spread evenly over the video when

@@ -49,9 +49,25 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 _JSON_COLUMNS = ("request", "result")
 _WAL_LIMIT = 4 * 1024 * 1024  # bytes the WAL file is truncated to after a checkpoint
 _ROW_OVERHEAD = 256  # bytes a row takes besides its text columns (an estimate, for the byte budget)
-_COLUMNS = ("id", "kind", "status", "created_at", "started_at", "finished_at", "progress", "frames_done",
-            "frames_planned", "eta_seconds", "phase", "request", "result", "error", "input_path", "input_name",
-            "attempts")
+_COLUMNS = (
+    "id",
+    "kind",
+    "status",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "progress",
+    "frames_done",
+    "frames_planned",
+    "eta_seconds",
+    "phase",
+    "request",
+    "result",
+    "error",
+    "input_path",
+    "input_name",
+    "attempts",
+)
 
 
 def encode_json(value: Any) -> str:
@@ -90,7 +106,9 @@ class JobStore:
         cursor = conn.execute(
             "UPDATE jobs SET status='interrupted', finished_at=?, eta_seconds=NULL,"
             " error='the server stopped before the job finished; POST /v1/jobs/{id}/retry runs it again'"
-            " WHERE status IN ('queued', 'running')", (time.time(),))
+            " WHERE status IN ('queued', 'running')",
+            (time.time(),),
+        )
         return cursor.rowcount
 
     async def close(self) -> None:
@@ -129,18 +147,23 @@ class JobStore:
         fields = self._encode(job)
         names = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
-        await self._run(lambda: self._conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(fields.values())))
+        await self._run(
+            lambda: self._conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(fields.values()))
+        )
 
     async def update(self, job_id: str, **fields: Any) -> None:
         if not fields:
             return
         encoded = self._encode(fields)
         assignments = ", ".join(f"{name}=?" for name in encoded)
-        await self._run(lambda: self._conn.execute(f"UPDATE jobs SET {assignments} WHERE id=?",
-                                                   (*encoded.values(), job_id)))
+        await self._run(
+            lambda: self._conn.execute(f"UPDATE jobs SET {assignments} WHERE id=?", (*encoded.values(), job_id))
+        )
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
-        return await self._run(lambda: self._decode(self._conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()))
+        return await self._run(
+            lambda: self._decode(self._conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+        )
 
     async def list(self, limit: int, offset: int, status: str | None = None) -> tuple[list[dict[str, Any]], int]:
         """Newest first, without the (possibly large) result column."""
@@ -150,7 +173,8 @@ class JobStore:
             columns = ", ".join(c for c in _COLUMNS if c != "result")
             rows = self._conn.execute(
                 f"SELECT {columns} FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-                (*args, limit, offset)).fetchall()
+                (*args, limit, offset),
+            ).fetchall()
             total = self._conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
             return [self._decode(r) for r in rows], int(total)
 
@@ -162,10 +186,15 @@ class JobStore:
     async def expired(self, before: float) -> list[dict[str, Any]]:
         """Finished jobs whose finish time is before `before` (for the retention sweep)."""
         marks = ", ".join("?" for _ in FINISHED)
-        return await self._run(lambda: [
-            self._decode(r) for r in self._conn.execute(
-                f"SELECT id, input_path FROM jobs WHERE status IN ({marks}) AND finished_at < ? LIMIT 1000",
-                (*FINISHED, before)).fetchall()])
+        return await self._run(
+            lambda: [
+                self._decode(r)
+                for r in self._conn.execute(
+                    f"SELECT id, input_path FROM jobs WHERE status IN ({marks}) AND finished_at < ? LIMIT 1000",
+                    (*FINISHED, before),
+                ).fetchall()
+            ]
+        )
 
     async def prune(self, max_rows: int, max_bytes: int, keep: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """Delete finished jobs, oldest first: those past the newest `max_rows` rows, then, when the
@@ -179,12 +208,17 @@ class JobStore:
         marks = ", ".join("?" for _ in FINISHED)
         spared = f"AND id NOT IN ({', '.join('?' for _ in keep)})" if keep else ""
         doomed: list[dict[str, Any]] = []
-        newest = conn.execute("SELECT created_at FROM jobs ORDER BY created_at DESC LIMIT 1 OFFSET ?",
-                              (max_rows - 1,)).fetchone()
+        newest = conn.execute(
+            "SELECT created_at FROM jobs ORDER BY created_at DESC LIMIT 1 OFFSET ?", (max_rows - 1,)
+        ).fetchone()
         if newest is not None:
-            doomed += [dict(r) for r in conn.execute(
-                f"SELECT id, input_path FROM jobs WHERE status IN ({marks}) AND created_at < ? {spared}",
-                (*FINISHED, newest[0], *keep)).fetchall()]
+            doomed += [
+                dict(r)
+                for r in conn.execute(
+                    f"SELECT id, input_path FROM jobs WHERE status IN ({marks}) AND created_at < ? {spared}",
+                    (*FINISHED, newest[0], *keep),
+                ).fetchall()
+            ]
         gone = {row["id"] for row in doomed}
         # the file's pages in use (no scan); only when over the budget are rows' sizes read, oldest first
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -192,10 +226,15 @@ class JobStore:
         excess = pages * page_size - max_bytes
         if excess > 0:
             excess += max_bytes // 10  # some room, so not every new job prunes again
-            size = (f"{_ROW_OVERHEAD} + length(CAST(request AS BLOB)) + coalesce(length(CAST(result AS BLOB)), 0)"
-                    " + coalesce(length(CAST(error AS BLOB)), 0)")
-            for row in conn.execute(f"SELECT id, input_path, {size} AS size FROM jobs WHERE status IN ({marks}) "
-                                    f"{spared} ORDER BY created_at, rowid", (*FINISHED, *keep)):
+            size = (
+                f"{_ROW_OVERHEAD} + length(CAST(request AS BLOB)) + coalesce(length(CAST(result AS BLOB)), 0)"
+                " + coalesce(length(CAST(error AS BLOB)), 0)"
+            )
+            for row in conn.execute(
+                f"SELECT id, input_path, {size} AS size FROM jobs WHERE status IN ({marks}) "
+                f"{spared} ORDER BY created_at, rowid",
+                (*FINISHED, *keep),
+            ):
                 if excess <= 0:
                     break
                 excess -= row["size"]
@@ -219,8 +258,10 @@ class JobStore:
 
     async def file_bytes(self) -> int:
         """Bytes on disk: the database file and its WAL."""
+
         def size() -> int:
-            return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal"))
-                       if p.exists())
+            return sum(
+                p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists()
+            )
 
         return await self._run(size)

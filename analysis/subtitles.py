@@ -28,14 +28,22 @@ def _text(segment: dict[str, Any], lang: str | None) -> str:
 def to_vtt(segments: Sequence[dict[str, Any]], lang: str | None = None) -> str:
     lines = ["WEBVTT", ""]
     for index, segment in enumerate(segments, 1):
-        lines += [str(index), f"{_clock(segment['start'], '.')} --> {_clock(segment['end'], '.')}",
-                  _text(segment, lang), ""]
+        lines += [
+            str(index),
+            f"{_clock(segment['start'], '.')} --> {_clock(segment['end'], '.')}",
+            _text(segment, lang),
+            "",
+        ]
     return "\n".join(lines)
 
 
 def to_srt(segments: Sequence[dict[str, Any]], lang: str | None = None) -> str:
     lines: list[str] = []
     for index, segment in enumerate(segments, 1):
-        lines += [str(index), f"{_clock(segment['start'], ',')} --> {_clock(segment['end'], ',')}",
-                  _text(segment, lang), ""]
+        lines += [
+            str(index),
+            f"{_clock(segment['start'], ',')} --> {_clock(segment['end'], ',')}",
+            _text(segment, lang),
+            "",
+        ]
     return "\n".join(lines)

@@ -52,8 +52,9 @@ def _quietest_cut(samples: np.ndarray, search: int) -> int:
     return len(samples) - search + middle
 
 
-def audio_windows(path: str, window_seconds: float,
-                  formats: str = INPUT_FORMATS) -> Iterator[tuple[float, np.ndarray, float]]:
+def audio_windows(
+    path: str, window_seconds: float, formats: str = INPUT_FORMATS
+) -> Iterator[tuple[float, np.ndarray, float]]:
     """(offset seconds, 16 kHz mono float32 window, audio duration estimate) for the whole track.
     Blocking: iterate it on the job's thread. Raises NotAVideo (demuxers: `formats` only)."""
     container = open_media(path, formats)
@@ -101,8 +102,9 @@ def audio_windows(path: str, window_seconds: float,
             raise NoAudio("the audio track has no decodable samples")
 
 
-async def transcribe_windows(pool: Any, ctx: Any, language: str | None, window_seconds: float,
-                             poll: float = 0.1, formats: str = INPUT_FORMATS) -> dict[str, Any]:
+async def transcribe_windows(
+    pool: Any, ctx: Any, language: str | None, window_seconds: float, poll: float = 0.1, formats: str = INPUT_FORMATS
+) -> dict[str, Any]:
     """Run the shared pool over every window; returns {"language", "segments", "text", "audio_seconds"}."""
     windows = audio_windows(ctx.input_path, window_seconds, formats)
     segments: list[dict[str, Any]] = []
@@ -119,8 +121,11 @@ async def transcribe_windows(pool: Any, ctx: Any, language: str | None, window_s
                 # live first: leave a slot of the shared model for the streams' captions
                 reserve = 1 if pool.max_pending > 1 else 0
                 if pool.pending + reserve < pool.max_pending:
-                    options: dict[str, Any] = {"vad_filter": True, "word_timestamps": False,
-                                               "condition_on_previous_text": False}
+                    options: dict[str, Any] = {
+                        "vad_filter": True,
+                        "word_timestamps": False,
+                        "condition_on_previous_text": False,
+                    }
                     if language:
                         options["language"] = language
                     result = await pool.transcribe(audio, **options)
@@ -130,14 +135,24 @@ async def transcribe_windows(pool: Any, ctx: Any, language: str | None, window_s
             for segment in result.segments:
                 text = segment.text.strip()
                 if text:
-                    segments.append({"start": round(offset + segment.start, 3), "end": round(offset + segment.end, 3),
-                                     "text": text, "translations": {}})
+                    segments.append(
+                        {
+                            "start": round(offset + segment.start, 3),
+                            "end": round(offset + segment.end, 3),
+                            "text": text,
+                            "translations": {},
+                        }
+                    )
             done_seconds = offset + len(audio) / RATE
             ctx.progress(phase="transcript", fraction=min(1.0, done_seconds / total) if total else None)
     finally:
         await ctx.call(windows.close)
-    return {"language": detected or language or "", "segments": segments,
-            "text": " ".join(s["text"] for s in segments), "audio_seconds": round(done_seconds, 3)}
+    return {
+        "language": detected or language or "",
+        "segments": segments,
+        "text": " ".join(s["text"] for s in segments),
+        "audio_seconds": round(done_seconds, 3),
+    }
 
 
 async def translate_segments(transcript: dict[str, Any], targets: list[str], translation: Any) -> dict[str, str]:

@@ -67,8 +67,12 @@ def bench_file(minutes: float, gop_seconds: float) -> Path:
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         stream.bit_rate = 600_000
         stream.codec_context.gop_size = int(gop_seconds * FPS)
-        stream.options = {"preset": "ultrafast", "keyint": str(int(gop_seconds * FPS)),
-                          "min-keyint": str(int(gop_seconds * FPS)), "scenecut": "0"}
+        stream.options = {
+            "preset": "ultrafast",
+            "keyint": str(int(gop_seconds * FPS)),
+            "min-keyint": str(int(gop_seconds * FPS)),
+            "scenecut": "0",
+        }
         chroma = np.full((HEIGHT // 2, WIDTH), 128, np.uint8)  # U and V planes, flat
         for index in range(total):
             shift = index % 64
@@ -94,7 +98,10 @@ def _paste(planes: np.ndarray, face_yuv: np.ndarray) -> np.ndarray:
     side = face_yuv.shape[1]
     x0 = (WIDTH - side) // 2
     out[:HEIGHT, x0 : x0 + side] = face_yuv[:side]
-    u, v = face_yuv[side : side + side // 4].reshape(side // 2, side // 2), face_yuv[side + side // 4 :].reshape(side // 2, side // 2)
+    u, v = (
+        face_yuv[side : side + side // 4].reshape(side // 2, side // 2),
+        face_yuv[side + side // 4 :].reshape(side // 2, side // 2),
+    )
     uv = out[HEIGHT:]
     u_plane = uv[: HEIGHT // 4].reshape(HEIGHT // 2, WIDTH // 2)
     v_plane = uv[HEIGHT // 4 :].reshape(HEIGHT // 2, WIDTH // 2)
@@ -140,8 +147,7 @@ async def run_job(path: Path, interval: float, tags: list[str], niceness: int = 
         except OSError:
             shutil.copy(path, upload)
         started = time.perf_counter()
-        await runner.submit("analyze", {"tag_list": tags, "frame_interval": interval}, job_id=job_id,
-                            input_path=upload)
+        await runner.submit("analyze", {"tag_list": tags, "frame_interval": interval}, job_id=job_id, input_path=upload)
         job = await runner.wait(job_id, 3600)
         elapsed = time.perf_counter() - started
     finally:
@@ -186,9 +192,16 @@ def naive_run(path: Path, cap_bytes: int, interval: float, tags: list[str]) -> d
     covered = held[-1][0] + 1.0 / FPS if held else 1.0 / FPS
     frames = len(held)
     held.clear()
-    return {"frames": frames, "video_seconds": covered, "decode_s": decoded - started,
-            "tag_s": finished - decoded, "elapsed": finished - started, "held_bytes": size, "duration": duration,
-            "tagged": tagged}
+    return {
+        "frames": frames,
+        "video_seconds": covered,
+        "decode_s": decoded - started,
+        "tag_s": finished - decoded,
+        "elapsed": finished - started,
+        "held_bytes": size,
+        "duration": duration,
+        "tagged": tagged,
+    }
 
 
 def sampler_only(path: Path, interval: float) -> dict:
@@ -262,9 +275,11 @@ async def main(args: argparse.Namespace) -> None:
     path = bench_file(args.minutes, args.gop)
     duration = args.minutes * 60
     rss_start = psutil.Process().memory_info().rss
-    print(f"\nfile: {path.name} ({path.stat().st_size / MIB:.1f} MiB, {duration:.0f} s, {WIDTH}x{HEIGHT} @ {FPS} fps, "
-          f"keyframe every {args.gop:g} s); tags {tags} every {args.interval:g} s; {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"\nfile: {path.name} ({path.stat().st_size / MIB:.1f} MiB, {duration:.0f} s, {WIDTH}x{HEIGHT} @ {FPS} fps, "
+        f"keyframe every {args.gop:g} s); tags {tags} every {args.interval:g} s; {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     with PeakRss() as mine_rss:
         mine = await run_job(path, args.interval, tags, args.niceness)
     spans = mine["result"]["tags"]
@@ -277,23 +292,53 @@ async def main(args: argparse.Namespace) -> None:
     print()
     print(_row("run", "wall s", "x real time", "peak RSS MiB", "notes"))
     print(_row("-" * 34, "-" * 14, "-" * 14, "-" * 16, "-" * 22))
-    print(_row(f"analysis job (nice {args.niceness})", f"{mine['elapsed']:.1f}", f"{duration / mine['elapsed']:.1f}",
-               f"{mine_rss.peak / MIB:.0f}", f"{mine['result']['frames_analysed']} frames tagged"))
-    print(_row("  its sampler alone (no model)", f"{decode_only['elapsed']:.1f}",
-               f"{duration / decode_only['elapsed']:.1f}", "",
-               f"{decode_only['frames_decoded']} frames decoded for {decode_only['samples']} samples"))
-    print(_row(f"naive, first {naive['video_seconds']:.0f} s measured", f"{naive['elapsed']:.1f}",
-               f"{naive['video_seconds'] / naive['elapsed']:.1f}", f"{naive_rss.peak / MIB:.0f}",
-               f"decode {naive['decode_s']:.1f} s + tag {naive['tagged']} frames {naive['tag_s']:.1f} s; "
-               f"stopped at {args.naive_cap_mib} MiB of frames"))
-    print(_row("naive, extrapolated to the file", f"{naive_total:.0f}", f"{duration / naive_total:.1f}",
-               f"{(rss_start + naive_bytes) / MIB:.0f}", "(linear in length)"))
-    print(f"\nratio: the job is {naive_total / mine['elapsed']:.1f}x faster than the naive run and holds "
-          f"{(rss_start + naive_bytes) / mine_rss.peak:.0f}x less memory; RSS at start {rss_start / MIB:.0f} MiB. "
-          "Goals: >= 30x real time, peak RSS < 400 MiB.")
+    print(
+        _row(
+            f"analysis job (nice {args.niceness})",
+            f"{mine['elapsed']:.1f}",
+            f"{duration / mine['elapsed']:.1f}",
+            f"{mine_rss.peak / MIB:.0f}",
+            f"{mine['result']['frames_analysed']} frames tagged",
+        )
+    )
+    print(
+        _row(
+            "  its sampler alone (no model)",
+            f"{decode_only['elapsed']:.1f}",
+            f"{duration / decode_only['elapsed']:.1f}",
+            "",
+            f"{decode_only['frames_decoded']} frames decoded for {decode_only['samples']} samples",
+        )
+    )
+    print(
+        _row(
+            f"naive, first {naive['video_seconds']:.0f} s measured",
+            f"{naive['elapsed']:.1f}",
+            f"{naive['video_seconds'] / naive['elapsed']:.1f}",
+            f"{naive_rss.peak / MIB:.0f}",
+            f"decode {naive['decode_s']:.1f} s + tag {naive['tagged']} frames {naive['tag_s']:.1f} s; "
+            f"stopped at {args.naive_cap_mib} MiB of frames",
+        )
+    )
+    print(
+        _row(
+            "naive, extrapolated to the file",
+            f"{naive_total:.0f}",
+            f"{duration / naive_total:.1f}",
+            f"{(rss_start + naive_bytes) / MIB:.0f}",
+            "(linear in length)",
+        )
+    )
+    print(
+        f"\nratio: the job is {naive_total / mine['elapsed']:.1f}x faster than the naive run and holds "
+        f"{(rss_start + naive_bytes) / mine_rss.peak:.0f}x less memory; RSS at start {rss_start / MIB:.0f} MiB. "
+        "Goals: >= 30x real time, peak RSS < 400 MiB."
+    )
     face = spans.get("face") or []
-    print(f"face spans found: {[(s['start'], s['end']) for s in face][:4]} (astronaut on screen "
-          f"{duration / 2 - 30:.0f}-{duration / 2 + 30:.0f} s)")
+    print(
+        f"face spans found: {[(s['start'], s['end']) for s in face][:4]} (astronaut on screen "
+        f"{duration / 2 - 30:.0f}-{duration / 2 + 30:.0f} s)"
+    )
 
     if args.live_seconds > 0:
         alone = await live_fps(args.live_seconds)
@@ -306,8 +351,15 @@ async def main(args: argparse.Namespace) -> None:
         print()
         print(_row("live stream (paced 30 fps, 720p)", "fps", "late frames %", "", ""))
         print(_row("alone", f"{alone['fps']:.1f}", f"{alone['late_pct']:.1f}", "", ""))
-        print(_row("while an analysis job runs", f"{during['fps']:.1f}", f"{during['late_pct']:.1f}", "",
-                   "job finished early!" if job_done else "job ran throughout"))
+        print(
+            _row(
+                "while an analysis job runs",
+                f"{during['fps']:.1f}",
+                f"{during['late_pct']:.1f}",
+                "",
+                "job finished early!" if job_done else "job ran throughout",
+            )
+        )
         print(f"ratio during/alone: {during['fps'] / alone['fps']:.3f} (goal >= 0.95)")
 
 

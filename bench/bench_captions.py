@@ -136,8 +136,8 @@ class StreamRun:
 
 
 async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
-    from server.settings import Settings
     from server.features import ASR_KEY
+    from server.settings import Settings
     from tests.conftest import start_server, stop_server
     from tests.media_gen import make_segments
     from tests.sse import SseReader
@@ -157,10 +157,14 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
         for i, run in enumerate(runs):
             trickle.create_channel(f"in{i}")
             trickle.create_channel(f"out{i}")
-            resp = await server.session.post(server.url("/stream/start"), json={
-                "subscribe_url": server.trickle_url(f"in{i}"), "publish_url": server.trickle_url(f"out{i}"),
-                "params": {"captions": {"enabled": True, "language": "en", "burn_in": True}},
-            })
+            resp = await server.session.post(
+                server.url("/stream/start"),
+                json={
+                    "subscribe_url": server.trickle_url(f"in{i}"),
+                    "publish_url": server.trickle_url(f"out{i}"),
+                    "params": {"captions": {"enabled": True, "language": "en", "burn_in": True}},
+                },
+            )
             body = await resp.json()
             assert resp.status == 200, body
             run.manifest_id = body["manifest_id"]
@@ -170,15 +174,22 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
             await asyncio.wait_for(reader.connected.wait(), 10)
         loop = asyncio.get_running_loop()
         busy0, cpu0 = pool.counters.busy_seconds, cpu_time()
-        counted0 = {k: getattr(pool.counters, k) for k in ("batches", "batched_items", "partials_skipped", "fallbacks", "lead_retries")}
+        counted0 = {
+            k: getattr(pool.counters, k)
+            for k in ("batches", "batched_items", "partials_skipped", "fallbacks", "lead_retries")
+        }
         t0 = loop.time()  # publish_realtime starts segment 0 now: media time 0 is live at t0
-        await asyncio.gather(*(publish_realtime(server.trickle_url(f"in{i}"), run.segments)
-                               for i, run in enumerate(runs)))
+        await asyncio.gather(
+            *(publish_realtime(server.trickle_url(f"in{i}"), run.segments) for i, run in enumerate(runs))
+        )
         speech_end = t0 + max(r.track.duration for r in runs)
         deadline = speech_end + 15
         while loop.time() < deadline:  # the last finals (bounded wait)
-            if all(sum(1 for m in rd.messages if m.event == "final" and m.data["revision"] == 0 and m.data["text"])
-                   >= len(run.track.phrases) for rd, run in zip(readers, runs)):
+            if all(
+                sum(1 for m in rd.messages if m.event == "final" and m.data["revision"] == 0 and m.data["text"])
+                >= len(run.track.phrases)
+                for rd, run in zip(readers, runs)
+            ):
                 break
             await asyncio.sleep(0.2)
         cpu = cpu_time() - cpu0
@@ -186,9 +197,13 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
         pool_stats = pool.stats()
         # this run's share of the process-wide pool's counters
         delta = {k: getattr(pool.counters, k) - v for k, v in counted0.items()}
-        pool_stats.update(batches=delta["batches"], partials_skipped=delta["partials_skipped"],
-                          fallbacks=delta["fallbacks"], lead_retries=delta["lead_retries"],
-                          mean_batch=round(delta["batched_items"] / delta["batches"], 2) if delta["batches"] else 0.0)
+        pool_stats.update(
+            batches=delta["batches"],
+            partials_skipped=delta["partials_skipped"],
+            fallbacks=delta["fallbacks"],
+            lead_retries=delta["lead_retries"],
+            mean_batch=round(delta["batched_items"] / delta["batches"], 2) if delta["batches"] else 0.0,
+        )
         for run in runs:
             await server.session.delete(server.url(f"/stream/{run.manifest_id}"))
         for collector in collectors:
@@ -200,8 +215,11 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
             await collector.stop()
         await stop_server(server)
     for run, reader, collector in zip(runs, readers, collectors):
-        run.finals = [(t, m.data) for t, m in zip(reader.receive_times, reader.messages)
-                      if m.data.get("final") and m.data.get("revision") == 0 and m.data.get("text")]
+        run.finals = [
+            (t, m.data)
+            for t, m in zip(reader.receive_times, reader.messages)
+            if m.data.get("final") and m.data.get("revision") == 0 and m.data.get("text")
+        ]
         run.max_lag = max((m.data.get("lag", 0.0) for m in reader.messages), default=0.0)
         run.frames_out = count_video_packets(collector.data())
     speech_seconds = sum(r.track.duration for r in runs)
@@ -214,18 +232,34 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
             gold_end = min(golds, key=lambda g: abs(g - data["end"]))
             latencies.append(received - (t0 + gold_end))
         streamed = " ".join(d["text"] for _, d in sorted(run.finals, key=lambda f: f[1]["start"]))
-        segments, _ = offline_model.transcribe(received_audio(run.segments), language="en",
-                                               beam_size=pool_settings.resolved_final_beam())
+        segments, _ = offline_model.transcribe(
+            received_audio(run.segments), language="en", beam_size=pool_settings.resolved_final_beam()
+        )
         offline = " ".join(s.text.strip() for s in segments)
-        rows.append({
-            "stream": i, "finals": len(run.finals), "sentences": len(run.track.phrases),
-            "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
-            "wer": word_error_rate(run.track.text, streamed), "wer_offline": word_error_rate(run.track.text, offline),
-            "lag_max": run.max_lag, "video": run.frames_out / run.frames_in if run.frames_in else float("nan"),
-            "text": streamed, "offline_text": offline, "reference": run.track.text, "latencies": latencies,
-        })
-    return {"k": k, "rows": rows, "cpu_per_stream_s": cpu / speech_seconds, "model_per_stream_s": busy / speech_seconds,
-            "pool": pool_stats}
+        rows.append(
+            {
+                "stream": i,
+                "finals": len(run.finals),
+                "sentences": len(run.track.phrases),
+                "p50": percentile(latencies, 0.5),
+                "p95": percentile(latencies, 0.95),
+                "wer": word_error_rate(run.track.text, streamed),
+                "wer_offline": word_error_rate(run.track.text, offline),
+                "lag_max": run.max_lag,
+                "video": run.frames_out / run.frames_in if run.frames_in else float("nan"),
+                "text": streamed,
+                "offline_text": offline,
+                "reference": run.track.text,
+                "latencies": latencies,
+            }
+        )
+    return {
+        "k": k,
+        "rows": rows,
+        "cpu_per_stream_s": cpu / speech_seconds,
+        "model_per_stream_s": busy / speech_seconds,
+        "pool": pool_stats,
+    }
 
 
 def pool_model(settings):
@@ -238,23 +272,44 @@ def pool_model(settings):
 def print_streams(result: dict, show_text: bool = False) -> None:
     k = result["k"]
     pool = result["pool"]
-    print(f"\nK = {k}: CPU {result['cpu_per_stream_s']:.3f} s per stream-second (process), model busy "
-          f"{result['model_per_stream_s']:.3f} s per stream-second; batches {pool['batches']} "
-          f"(mean {pool['mean_batch']}), partials skipped {pool['partials_skipped']}, "
-          f"fallbacks {pool['fallbacks']}, lead retries {pool['lead_retries']}, load-avg {os.getloadavg()[0]:.2f}")
-    header = ("stream", "finals", "final p50 s", "final p95 s", "WER", "WER offline", "WER - offline",
-              "lag max s", "video frames")
+    print(
+        f"\nK = {k}: CPU {result['cpu_per_stream_s']:.3f} s per stream-second (process), model busy "
+        f"{result['model_per_stream_s']:.3f} s per stream-second; batches {pool['batches']} "
+        f"(mean {pool['mean_batch']}), partials skipped {pool['partials_skipped']}, "
+        f"fallbacks {pool['fallbacks']}, lead retries {pool['lead_retries']}, load-avg {os.getloadavg()[0]:.2f}"
+    )
+    header = (
+        "stream",
+        "finals",
+        "final p50 s",
+        "final p95 s",
+        "WER",
+        "WER offline",
+        "WER - offline",
+        "lag max s",
+        "video frames",
+    )
     print("  ".join(f"{h:>13}" for h in header))
     for r in result["rows"]:
-        cells = (str(r["stream"]), f"{r['finals']}/{r['sentences']}", f"{r['p50']:.2f}", f"{r['p95']:.2f}",
-                 f"{r['wer']:.3f}", f"{r['wer_offline']:.3f}", f"{r['wer'] - r['wer_offline']:+.3f}",
-                 f"{r['lag_max']:.2f}", f"{100 * r['video']:.0f} %")
+        cells = (
+            str(r["stream"]),
+            f"{r['finals']}/{r['sentences']}",
+            f"{r['p50']:.2f}",
+            f"{r['p95']:.2f}",
+            f"{r['wer']:.3f}",
+            f"{r['wer_offline']:.3f}",
+            f"{r['wer'] - r['wer_offline']:+.3f}",
+            f"{r['lag_max']:.2f}",
+            f"{100 * r['video']:.0f} %",
+        )
         print("  ".join(f"{c:>13}" for c in cells))
     if show_text:
         for r in result["rows"]:
-            print(f"  stream {r['stream']} said:    {r['reference']}\n           finals:  {r['text']}\n"
-                  f"           offline: {r['offline_text']}\n"
-                  f"           latency: {' '.join(f'{x:.2f}' for x in r['latencies'])} s (in order received)")
+            print(
+                f"  stream {r['stream']} said:    {r['reference']}\n           finals:  {r['text']}\n"
+                f"           offline: {r['offline_text']}\n"
+                f"           latency: {' '.join(f'{x:.2f}' for x in r['latencies'])} s (in order received)"
+            )
 
 
 def compare_models(count: int) -> None:
@@ -278,16 +333,23 @@ def compare_models(count: int) -> None:
 
     def whisper_30s(beam):
         def run():
-            return [" ".join(s.text for s in model.transcribe(a, language="en", beam_size=beam,
-                                                              condition_on_previous_text=False)[0]) for a in audios]
+            return [
+                " ".join(
+                    s.text
+                    for s in model.transcribe(a, language="en", beam_size=beam, condition_on_previous_text=False)[0]
+                )
+                for a in audios
+            ]
+
         return run
 
     def whisper_short(beam, batch=4):
         def run():
             out = []
             for i in range(0, len(audios), batch):
-                out += [d.text for d in decoder.decode(audios[i:i + batch], "en", beam)]
+                out += [d.text for d in decoder.decode(audios[i : i + batch], "en", beam)]
             return out
+
         return run
 
     measure("tiny.en, 30 s window, beam 1 (faster-whisper)", whisper_30s(1))
@@ -303,8 +365,10 @@ def compare_models(count: int) -> None:
     if moonshine is not None:
         moonshine(np.zeros(16000, np.float32))  # warm-up
         measure("Moonshine base-en (moonshine-cpp)", lambda: [moonshine(a) for a in audios])
-    print(f"\n{len(sentences)} sentences, {audio_seconds:.1f} s of audio, one utterance per call; "
-          f"cores={os.cpu_count()} load-avg={os.getloadavg()[0]:.2f}")
+    print(
+        f"\n{len(sentences)} sentences, {audio_seconds:.1f} s of audio, one utterance per call; "
+        f"cores={os.cpu_count()} load-avg={os.getloadavg()[0]:.2f}"
+    )
     print(f"{'model':55} {'WER':>6} {'CPU s / audio s':>16} {'rel. CPU':>9}")
     base = rows[0][2]
     for name, wer, cost in rows:
@@ -324,7 +388,8 @@ def moonshine_transcriber():
         data = np.ascontiguousarray(audio, dtype=np.float32)
         text = ctypes.c_char_p(0)
         error = moonshine_lib.moonshine_transcribe(
-            model.model_handle, data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), len(data), ctypes.byref(text))
+            model.model_handle, data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), len(data), ctypes.byref(text)
+        )
         if error:
             raise RuntimeError(f"moonshine_transcribe failed ({error})")
         out = text.value.decode("utf-8")
@@ -349,9 +414,12 @@ async def main() -> None:
     from inference.asr.model import AsrSettings
 
     settings = AsrSettings()
-    print(f"model {settings.model} beam {settings.beam_size} final beam {settings.resolved_final_beam()} "
-          f"batch max {settings.batch_max}; {args.size}x{args.size}@30, {args.seconds:.0f} s of speech per stream; "
-          f"cores={os.cpu_count()} load-avg={os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"model {settings.model} beam {settings.beam_size} final beam {settings.resolved_final_beam()} "
+        f"batch max {settings.batch_max}; {args.size}x{args.size}@30, {args.seconds:.0f} s of speech per stream; "
+        f"cores={os.cpu_count()} load-avg={os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     results = []
     for k in [int(x) for x in args.streams.split(",") if x.strip()]:
         began = time.perf_counter()
@@ -369,10 +437,12 @@ def print_summary(results: list[dict]) -> None:
     for r in results:
         rows = r["rows"]
         finals = f"{sum(x['finals'] for x in rows)}/{sum(x['sentences'] for x in rows)}"
-        print(f"{r['k']:>4}  {r['cpu_per_stream_s']:>14.3f}  {r['model_per_stream_s']:>16.3f}  {finals:>6}  "
-              f"{max(x['p50'] for x in rows):>8.2f}  {max(x['p95'] for x in rows):>7.2f}  "
-              f"{max(x['wer'] - x['wer_offline'] for x in rows):>+15.3f}  {max(x['lag_max'] for x in rows):>7.2f}  "
-              f"{100 * min(x['video'] for x in rows):>8.0f} %")
+        print(
+            f"{r['k']:>4}  {r['cpu_per_stream_s']:>14.3f}  {r['model_per_stream_s']:>16.3f}  {finals:>6}  "
+            f"{max(x['p50'] for x in rows):>8.2f}  {max(x['p95'] for x in rows):>7.2f}  "
+            f"{max(x['wer'] - x['wer_offline'] for x in rows):>+15.3f}  {max(x['lag_max'] for x in rows):>7.2f}  "
+            f"{100 * min(x['video'] for x in rows):>8.0f} %"
+        )
 
 
 if __name__ == "__main__":

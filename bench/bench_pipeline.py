@@ -39,10 +39,10 @@ from media.decode import BytePipe, MediaDecoder  # noqa: E402
 from media.encode import EncoderSettings, TsSegmentEncoder  # noqa: E402
 from media.endpoints import MediaSink, MediaSource  # noqa: E402
 from media.stream import Stream, StreamConfig  # noqa: E402
+from media.trickle_client import TricklePublisher, TrickleSubscriber  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.conftest import start_server, stop_server  # noqa: E402
 from tests.media_gen import make_segments, read_frame_id  # noqa: E402
-from media.trickle_client import TricklePublisher, TrickleSubscriber  # noqa: E402
 
 PRESET, TUNE, GOP_SECONDS = "superfast", "zerolatency", 2.0
 
@@ -76,8 +76,9 @@ class BytesSource(MediaSource):
 
     async def start(self, ingest) -> None:
         loop = asyncio.get_running_loop()
-        self.decoder = MediaDecoder(self.pipe, ingest, "decode-bench",
-                                    on_exit=lambda _reason: loop.call_soon_threadsafe(self.done.set))
+        self.decoder = MediaDecoder(
+            self.pipe, ingest, "decode-bench", on_exit=lambda _reason: loop.call_soon_threadsafe(self.done.set)
+        )
         self.decoder.start()
 
         async def feed() -> None:
@@ -135,8 +136,15 @@ class CountingTsSink(MediaSink):
 async def ours_fps(data: bytes, frames: int, stages: list | None = None, params: dict | None = None) -> float:
     sink = CountingTsSink()
     source = BytesSource(data)
-    stream = Stream("bench", source, [sink], stages or [], params or {}, asyncio.get_running_loop(),
-                    StreamConfig(video_queue_size=frames + 16))  # no drops: measure throughput
+    stream = Stream(
+        "bench",
+        source,
+        [sink],
+        stages or [],
+        params or {},
+        asyncio.get_running_loop(),
+        StreamConfig(video_queue_size=frames + 16),
+    )  # no drops: measure throughput
     start = time.perf_counter()
     await stream.start()
     await source.done.wait()
@@ -148,9 +156,40 @@ async def ours_fps(data: bytes, frames: int, stages: list | None = None, params:
 
 
 def ffmpeg_fps(path: str, frames: int) -> float:
-    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", path, "-map", "0:v", "-map", "0:a",
-           "-c:v", "libx264", "-preset", PRESET, "-tune", TUNE, "-bf", "0", "-g", str(int(GOP_SECONDS * 30)),
-           "-c:a", "libopus", "-b:a", "96k", "-ar", "48000", "-ac", "2", "-f", "mpegts", os.devnull]
+    cmd = [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        path,
+        "-map",
+        "0:v",
+        "-map",
+        "0:a",
+        "-c:v",
+        "libx264",
+        "-preset",
+        PRESET,
+        "-tune",
+        TUNE,
+        "-bf",
+        "0",
+        "-g",
+        str(int(GOP_SECONDS * 30)),
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "96k",
+        "-ar",
+        "48000",
+        "-ac",
+        "2",
+        "-f",
+        "mpegts",
+        os.devnull,
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     return frames / (time.perf_counter() - start)
@@ -169,9 +208,15 @@ async def bench_throughput(seconds: float, repeats: int) -> None:
                 ffmpeg_runs.append(ffmpeg_fps(tmp.name, frames))
                 ours_runs.append(await ours_fps(data, frames))
         ff, ours = statistics.median(ffmpeg_runs), statistics.median(ours_runs)
-        rows.append([f"{width}x{height}", f"{ours:.1f}", f"{ff:.1f}", f"{ours / ff:.2f}", ">= 0.90" if width == 512 else "-"])
-    table(f"Throughput: decode → overlay → x264 {PRESET}/{TUNE} + Opus → TS segments ({seconds:.0f} s input, "
-          f"median of {repeats})", ["size", "streamlens fps", "ffmpeg CLI fps", "ratio", "goal"], rows)
+        rows.append(
+            [f"{width}x{height}", f"{ours:.1f}", f"{ff:.1f}", f"{ours / ff:.2f}", ">= 0.90" if width == 512 else "-"]
+        )
+    table(
+        f"Throughput: decode → overlay → x264 {PRESET}/{TUNE} + Opus → TS segments ({seconds:.0f} s input, "
+        f"median of {repeats})",
+        ["size", "streamlens fps", "ffmpeg CLI fps", "ratio", "goal"],
+        rows,
+    )
 
 
 async def bench_vision_cost(seconds: float, repeats: int) -> None:
@@ -188,8 +233,11 @@ async def bench_vision_cost(seconds: float, repeats: int) -> None:
         on_runs.append(await ours_fps(data, frames, [VisionStage(backends)], params))
     await backends.close()
     off, on = statistics.median(off_runs), statistics.median(on_runs)
-    table("Vision cost: worker fps at 512x512 with the vision stage on (embedded, every 0.5 s) vs off",
-          ["vision off fps", "vision on fps", "ratio", "goal"], [[f"{off:.1f}", f"{on:.1f}", f"{on / off:.2f}", ">= 0.95"]])
+    table(
+        "Vision cost: worker fps at 512x512 with the vision stage on (embedded, every 0.5 s) vs off",
+        ["vision off fps", "vision on fps", "ratio", "goal"],
+        [[f"{off:.1f}", f"{on:.1f}", f"{on / off:.2f}", ">= 0.95"]],
+    )
 
 
 # -- 2. real-time latency over trickle ----------------------------------------------------------
@@ -204,7 +252,7 @@ def packet_ends(data: bytes) -> list[tuple[int, int]]:
         for packet in container.demux():
             if packet.pos is not None and packet.pos >= 0:
                 positions.append((packet.pos, packet))
-        for index, (pos, packet) in enumerate(positions):
+        for index, (_pos, packet) in enumerate(positions):
             if packet.stream is not video or packet.size == 0:
                 continue
             end = positions[index + 1][0] if index + 1 < len(positions) else len(data)
@@ -227,8 +275,10 @@ async def bench_latency(seconds: float) -> dict:
     out_bytes = bytearray()
     first_post: list[float] = []
 
-    resp = await server.session.post(server.url("/stream/start"), json={
-        "subscribe_url": server.trickle_url("lat"), "publish_url": server.trickle_url("lat-out")})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        json={"subscribe_url": server.trickle_url("lat"), "publish_url": server.trickle_url("lat-out")},
+    )
     manifest_id = (await resp.json())["manifest_id"]
 
     async def collect() -> None:
@@ -286,11 +336,17 @@ async def bench_latency(seconds: float) -> dict:
     segment_latency = [arrival[i] - segment_posted[i] for i in arrival if i in segment_posted]
     first_output = min(arrival.values()) - first_post[0] if arrival else float("nan")
     return {
-        "frames_in": status["frames_in"], "frames_out": status["frames_out"], "dropped": status["frames_dropped"],
-        "pipeline_p50": pipeline["p50"], "pipeline_p95": pipeline["p95"],
-        "frame_p50": pct(frame_latency, 50) * 1000, "frame_p95": pct(frame_latency, 95) * 1000,
-        "segment_p50": pct(segment_latency, 50) * 1000, "segment_p95": pct(segment_latency, 95) * 1000,
-        "first_output": first_output * 1000, "matched": len(frame_latency),
+        "frames_in": status["frames_in"],
+        "frames_out": status["frames_out"],
+        "dropped": status["frames_dropped"],
+        "pipeline_p50": pipeline["p50"],
+        "pipeline_p95": pipeline["p95"],
+        "frame_p50": pct(frame_latency, 50) * 1000,
+        "frame_p95": pct(frame_latency, 95) * 1000,
+        "segment_p50": pct(segment_latency, 50) * 1000,
+        "segment_p95": pct(segment_latency, 95) * 1000,
+        "first_output": first_output * 1000,
+        "matched": len(frame_latency),
         "by_frame": {i: arrival[i] - input_written[i] for i in arrival if i in input_written},
     }
 
@@ -301,8 +357,10 @@ async def bench_overload(seconds: float) -> dict:
     trickle = server.app["trickle"]
     trickle.create_channel("ovl")
     trickle.create_channel("ovl-out")
-    resp = await server.session.post(server.url("/stream/start"), json={
-        "subscribe_url": server.trickle_url("ovl"), "publish_url": server.trickle_url("ovl-out")})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        json={"subscribe_url": server.trickle_url("ovl"), "publish_url": server.trickle_url("ovl-out")},
+    )
     manifest_id = (await resp.json())["manifest_id"]
     process = psutil.Process()
     samples: list[tuple[float, float]] = []
@@ -343,8 +401,12 @@ async def bench_overload(seconds: float) -> dict:
     await stop_server(server)
     settled = [rss for t, rss in samples if t >= 10]
     return {
-        "frames_in": status["frames_in"], "frames_out": status["frames_out"], "dropped": status["frames_dropped"],
-        "rss_10s": settled[0], "rss_peak": max(settled), "rss_end": settled[-1],
+        "frames_in": status["frames_in"],
+        "frames_out": status["frames_out"],
+        "dropped": status["frames_dropped"],
+        "rss_10s": settled[0],
+        "rss_peak": max(settled),
+        "rss_end": settled[-1],
         "growth": max(settled) - settled[0],
     }
 
@@ -356,23 +418,48 @@ async def main(quick: bool) -> None:
     await bench_throughput(seconds=5 if quick else 10, repeats=1 if quick else 3)
     await bench_vision_cost(seconds=5 if quick else 10, repeats=1 if quick else 3)
     lat = await bench_latency(seconds=10 if quick else 30)
-    table("Latency at 512x512, 30 fps, 1 s input segments, real time over loopback trickle",
-          ["measure", "p50 ms", "p95 ms", "goal"], [
-              ["pipeline (decoded → encoded)", f"{lat['pipeline_p50']:.1f}", f"{lat['pipeline_p95']:.1f}", "p95 <= 50"],
-              ["end to end (frame's bytes published → frame received)", f"{lat['frame_p50']:.0f}",
-               f"{lat['frame_p95']:.0f}", "-"],
-              ["end to end (frame's segment POST started → frame received)", f"{lat['segment_p50']:.0f}",
-               f"{lat['segment_p95']:.0f}", "p50 <= 1200"],
-          ])
-    print(f"first output frame {lat['first_output']:.0f} ms after the first input POST "
-          f"(pytrickle's passthrough example: about 2 s on the same kind of input); frames in/out/dropped "
-          f"{lat['frames_in']}/{lat['frames_out']}/{lat['dropped']}; {lat['matched']} frames matched by id")
+    table(
+        "Latency at 512x512, 30 fps, 1 s input segments, real time over loopback trickle",
+        ["measure", "p50 ms", "p95 ms", "goal"],
+        [
+            ["pipeline (decoded → encoded)", f"{lat['pipeline_p50']:.1f}", f"{lat['pipeline_p95']:.1f}", "p95 <= 50"],
+            [
+                "end to end (frame's bytes published → frame received)",
+                f"{lat['frame_p50']:.0f}",
+                f"{lat['frame_p95']:.0f}",
+                "-",
+            ],
+            [
+                "end to end (frame's segment POST started → frame received)",
+                f"{lat['segment_p50']:.0f}",
+                f"{lat['segment_p95']:.0f}",
+                "p50 <= 1200",
+            ],
+        ],
+    )
+    print(
+        f"first output frame {lat['first_output']:.0f} ms after the first input POST "
+        f"(pytrickle's passthrough example: about 2 s on the same kind of input); frames in/out/dropped "
+        f"{lat['frames_in']}/{lat['frames_out']}/{lat['dropped']}; {lat['matched']} frames matched by id"
+    )
     ovl = await bench_overload(seconds=20 if quick else 60)
-    table(f"Overload: 30 fps in, worker slowed to 20 fps, {20 if quick else 60} s", ["measure", "value", "goal"], [
-        ["frames in / out / dropped", f"{ovl['frames_in']} / {ovl['frames_out']} / {ovl['dropped']}", "drops counted"],
-        ["RSS at 10 s / peak / end (MiB)", f"{ovl['rss_10s']:.0f} / {ovl['rss_peak']:.0f} / {ovl['rss_end']:.0f}", "-"],
-        ["RSS growth after 10 s (MiB)", f"{ovl['growth']:.1f}", "<= 30"],
-    ])
+    table(
+        f"Overload: 30 fps in, worker slowed to 20 fps, {20 if quick else 60} s",
+        ["measure", "value", "goal"],
+        [
+            [
+                "frames in / out / dropped",
+                f"{ovl['frames_in']} / {ovl['frames_out']} / {ovl['dropped']}",
+                "drops counted",
+            ],
+            [
+                "RSS at 10 s / peak / end (MiB)",
+                f"{ovl['rss_10s']:.0f} / {ovl['rss_peak']:.0f} / {ovl['rss_end']:.0f}",
+                "-",
+            ],
+            ["RSS growth after 10 s (MiB)", f"{ovl['growth']:.1f}", "<= 30"],
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,12 @@ class ServerProcess:
     def __init__(self, budget: int, body_timeout: float) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.settings = {"trickle_max_total_bytes": budget, "trickle_body_timeout": body_timeout,
-                         "trickle_max_subscribers_per_channel": PER_CHANNEL_READERS, "log_level": "WARNING"}
+        self.settings = {
+            "trickle_max_total_bytes": budget,
+            "trickle_body_timeout": body_timeout,
+            "trickle_max_subscribers_per_channel": PER_CHANNEL_READERS,
+            "log_level": "WARNING",
+        }
         self.proc: subprocess.Popen | None = None
 
     async def __aenter__(self) -> ServerProcess:
@@ -102,8 +106,7 @@ class ServerProcess:
         return psutil.Process(self.proc.pid).memory_info().rss
 
 
-async def run_stream(server: ServerProcess, session: aiohttp.ClientSession, name: str,
-                     segments: list[bytes]) -> dict:
+async def run_stream(server: ServerProcess, session: aiohttp.ClientSession, name: str, segments: list[bytes]) -> dict:
     """One real stream through the pipeline: publish in real time, collect the output."""
     inp, out = f"{server.base}/ai/trickle/{name}-in", f"{server.base}/ai/trickle/{name}-out"
     for url in (inp, out):
@@ -123,8 +126,12 @@ async def run_stream(server: ServerProcess, session: aiohttp.ClientSession, name
         await response.read()
     await asyncio.wait_for(collector.ended.wait(), 15)
     await collector.stop()
-    return {"frames_in": status["frames_in"], "frames_out": status["frames_out"],
-            "dropped": status["frames_dropped"], "out_bytes": collector.total}
+    return {
+        "frames_in": status["frames_in"],
+        "frames_out": status["frames_out"],
+        "dropped": status["frames_dropped"],
+        "out_bytes": collector.total,
+    }
 
 
 class Flood:
@@ -170,8 +177,13 @@ class Flood:
         while not self.stop.is_set():
             reader, writer = await asyncio.open_connection(host, int(port))
             try:
-                writer.write(f"POST /ai/trickle/stall-{index}/0 HTTP/1.1\r\nHost: x\r\n"
-                             "Transfer-Encoding: chunked\r\n\r\n".encode() + b"10000\r\n" + b"\0" * 0x10000 + b"\r\n")
+                writer.write(
+                    f"POST /ai/trickle/stall-{index}/0 HTTP/1.1\r\nHost: x\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n".encode()
+                    + b"10000\r\n"
+                    + b"\0" * 0x10000
+                    + b"\r\n"
+                )
                 await writer.drain()
                 line = await reader.readline()  # nothing more is sent: the server must give up
                 parts = line.split()
@@ -184,15 +196,18 @@ class Flood:
     async def readers(self, session: aiohttp.ClientSession) -> None:
         """More readers on one channel than it allows: the extra ones get 503."""
         while not self.stop.is_set():
+
             async def one() -> None:
                 try:
-                    async with session.get(f"{self.base}/ai/trickle/flood-0/-1",
-                                           timeout=aiohttp.ClientTimeout(total=3)) as response:
+                    async with session.get(
+                        f"{self.base}/ai/trickle/flood-0/-1", timeout=aiohttp.ClientTimeout(total=3)
+                    ) as response:
                         if response.status == 503:
                             self.reader_refusals += 1
                         await response.read()
                 except (aiohttp.ClientError, TimeoutError):
                     pass
+
             await asyncio.gather(*(one() for _ in range(PER_CHANNEL_READERS + 8)))
 
     async def run(self) -> None:
@@ -244,24 +259,47 @@ async def main(args: argparse.Namespace) -> None:
     growth = (peak - baseline) / MiB
     ratio = flooded["frames_out"] / reference["frames_out"] if reference["frames_out"] else float("nan")
     unbounded = args.channels * 5 * args.segment_mib
-    table(f"Trickle flood, {args.seconds:g} s: {args.channels} channels x {args.segment_mib} MiB slow segments, "
-          f"{args.stallers} stalled bodies; TRICKLE_MAX_TOTAL_BYTES = {args.budget_mib} MiB",
-          ["figure", "reference", "under flood", "ratio", "goal"],
-          [["stream frames out", reference["frames_out"], flooded["frames_out"], f"{ratio:.2f}", ">= 0.90"],
-           ["stream frames in / dropped", f"{reference['frames_in']} / {reference['dropped']}",
-            f"{flooded['frames_in']} / {flooded['dropped']}", "", ""],
-           ["server RSS (MiB)", f"{baseline / MiB:.0f}", f"peak {peak / MiB:.0f}",
-            f"+{growth:.0f} MiB", f"<= {args.budget_mib + 64} MiB growth (unbounded: {unbounded} MiB)"]])
-    table("Flood traffic and refusals", ["figure", "value"], [
-        ["flood bytes sent (MiB)", f"{flood.bytes_sent / MiB:.0f}"],
-        ["flood POST answers", ", ".join(f"{k}: {v}" for k, v in sorted(flood.statuses.items()))],
-        ["stalled POST answers", ", ".join(f"{k}: {v}" for k, v in sorted(flood.stall_answers.items())) or "none"],
-        ["readers refused (503)", flood.reader_refusals],
-        *[[name, f"{value:.0f}"] for name, value in counters.items()
-          if any(key in name for key in ("rejected", "evicted", "timeouts", "bytes_held", "max_total"))],
-    ])
-    print(f"\nMeasured on this machine; the client flood runs in the bench process, the server in its own "
-          f"(its log: {server.log.name}).")
+    table(
+        f"Trickle flood, {args.seconds:g} s: {args.channels} channels x {args.segment_mib} MiB slow segments, "
+        f"{args.stallers} stalled bodies; TRICKLE_MAX_TOTAL_BYTES = {args.budget_mib} MiB",
+        ["figure", "reference", "under flood", "ratio", "goal"],
+        [
+            ["stream frames out", reference["frames_out"], flooded["frames_out"], f"{ratio:.2f}", ">= 0.90"],
+            [
+                "stream frames in / dropped",
+                f"{reference['frames_in']} / {reference['dropped']}",
+                f"{flooded['frames_in']} / {flooded['dropped']}",
+                "",
+                "",
+            ],
+            [
+                "server RSS (MiB)",
+                f"{baseline / MiB:.0f}",
+                f"peak {peak / MiB:.0f}",
+                f"+{growth:.0f} MiB",
+                f"<= {args.budget_mib + 64} MiB growth (unbounded: {unbounded} MiB)",
+            ],
+        ],
+    )
+    table(
+        "Flood traffic and refusals",
+        ["figure", "value"],
+        [
+            ["flood bytes sent (MiB)", f"{flood.bytes_sent / MiB:.0f}"],
+            ["flood POST answers", ", ".join(f"{k}: {v}" for k, v in sorted(flood.statuses.items()))],
+            ["stalled POST answers", ", ".join(f"{k}: {v}" for k, v in sorted(flood.stall_answers.items())) or "none"],
+            ["readers refused (503)", flood.reader_refusals],
+            *[
+                [name, f"{value:.0f}"]
+                for name, value in counters.items()
+                if any(key in name for key in ("rejected", "evicted", "timeouts", "bytes_held", "max_total"))
+            ],
+        ],
+    )
+    print(
+        f"\nMeasured on this machine; the client flood runs in the bench process, the server in its own "
+        f"(its log: {server.log.name})."
+    )
 
 
 if __name__ == "__main__":

@@ -35,13 +35,29 @@ from inference.translate import TranslateSettings, TranslationService  # noqa: E
 from tests.openai_stub import OpenAIStub, user_text  # noqa: E402
 
 SENTENCES = [
-    "The cat is black.", "Good morning to everyone here.", "I like the red car.", "She drives it every day.",
-    "The house is big and white.", "Thank you for coming today.", "Hello world.", "The dog is small.",
+    "The cat is black.",
+    "Good morning to everyone here.",
+    "I like the red car.",
+    "She drives it every day.",
+    "The house is big and white.",
+    "Thank you for coming today.",
+    "Hello world.",
+    "The dog is small.",
 ]
 # A caption stream repeats itself: greetings, fillers, the same short answers.
 CAPTION_PHRASES = [
-    "Thank you.", "Yes.", "Okay.", "Right.", "Good morning.", "Let's get started.", "Any questions?",
-    "That is a good point.", "Next slide, please.", "I agree.", "Can you hear me?", "Let me share my screen.",
+    "Thank you.",
+    "Yes.",
+    "Okay.",
+    "Right.",
+    "Good morning.",
+    "Let's get started.",
+    "Any questions?",
+    "That is a good point.",
+    "Next slide, please.",
+    "I agree.",
+    "Can you hear me?",
+    "Let me share my screen.",
 ]
 
 
@@ -63,8 +79,9 @@ async def timed(call: Callable[[], Awaitable[Any]], count: int) -> list[float]:
 
 
 def settings_for(backend: str, stub: OpenAIStub, triton_url: str | None, **overrides: Any) -> TranslateSettings:
-    values: dict[str, Any] = dict(backends=backend, cache_size=0, vllm_endpoint=stub.base_url, vllm_model="bench",
-                                  vllm_max_retries=0)
+    values: dict[str, Any] = dict(
+        backends=backend, cache_size=0, vllm_endpoint=stub.base_url, vllm_model="bench", vllm_max_retries=0
+    )
     if triton_url:
         values.update(triton_url=triton_url, triton_model="translator", triton_pairs="en-es")
     values.update(overrides)
@@ -81,7 +98,7 @@ async def bench_latency(backends: list[str], stub: OpenAIStub, triton_url: str |
         sentences = iter(SENTENCES * (requests // len(SENTENCES) + 2))
         try:
             await service.translate("Warm up.", "en", "es")
-            samples = await timed(lambda: service.translate(next(sentences), "en", "es"), requests)
+            samples = await timed(lambda: service.translate(next(sentences), "en", "es"), requests)  # noqa: B023
         finally:
             await service.close()
         p50, p95 = percentile(samples, 50) * 1000, percentile(samples, 95) * 1000
@@ -118,9 +135,11 @@ async def bench_caption_cache(stub: OpenAIStub, captions: int) -> None:
     print(f"\n## cache hit rate on a caption stream: {captions} finals drawn from {len(CAPTION_PHRASES)} phrases")
     print("| backend, mode | cache hits | hit rate | backend calls |")
     print("| --- | --- | --- | --- |")
-    for label, backend, session in (("apertium, stream session", "apertium", "m1"),
-                                    ("openai, no session (no context)", "openai", None),
-                                    ("openai, stream session (context keys)", "openai", "m1")):
+    for label, backend, session in (
+        ("apertium, stream session", "apertium", "m1"),
+        ("openai, no session (no context)", "openai", None),
+        ("openai, stream session (context keys)", "openai", "m1"),
+    ):
         service = TranslationService(settings_for(backend, stub, None, cache_size=1024))
         try:
             for text in stream:
@@ -137,8 +156,11 @@ async def bench_context_cost(stub: OpenAIStub, requests: int) -> None:
     print("| mode | p50 ms | p95 ms | prompt tokens / request | p50 vs no context |")
     print("| --- | --- | --- | --- | --- |")
     reference = None
-    for label, session, sentences in (("no context", None, 0), ("context 3 sentences", "talk", 3),
-                                      ("context 8 sentences", "talk8", 8)):
+    for label, session, sentences in (
+        ("no context", None, 0),
+        ("context 3 sentences", "talk", 3),
+        ("context 8 sentences", "talk8", 8),
+    ):
         service = TranslationService(settings_for("openai", stub, None, context_sentences=sentences))
         texts = iter([f"{SENTENCES[i % len(SENTENCES)]}" for i in range(requests + 10)])
         before = len(stub.chat_requests)

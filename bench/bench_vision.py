@@ -63,7 +63,9 @@ async def backend_latency(backend: VisionBackend, image: np.ndarray, calls: int 
     return window.summary_ms()
 
 
-async def stage_latency(backends: VisionBackends, backend: str, seconds: float, interval: float = 0.25, fps: int = 30) -> dict[str, Any]:
+async def stage_latency(
+    backends: VisionBackends, backend: str, seconds: float, interval: float = 0.25, fps: int = 30
+) -> dict[str, Any]:
     """A VisionStage fed 1280x720 yuv420p frames at `fps` for `seconds`; its own stats."""
     loop = asyncio.get_running_loop()
     stage = VisionStage(backends, {"vision": {"interval": interval, "backend": backend}})
@@ -107,7 +109,9 @@ def _encoded_clip(width: int, height: int, frames: int) -> list[av.Packet]:
     return packets
 
 
-async def run_transcode_loop(on_video: Callable[[VideoItem], None], seconds: float, width: int = 1280, height: int = 720) -> float:
+async def run_transcode_loop(
+    on_video: Callable[[VideoItem], None], seconds: float, width: int = 1280, height: int = 720
+) -> float:
     """Decode + re-encode H.264 (PyAV, libx264 ultrafast) in a thread as fast as possible for
     `seconds`, calling `on_video` for each decoded frame; returns frames per second."""
     packets = _encoded_clip(width, height, 60)
@@ -166,7 +170,9 @@ async def main(args: argparse.Namespace) -> None:
 
     reply = '{"tags": [{"name": "person", "confidence": 0.9}, {"name": "space", "confidence": 0.8}]}'
     async with OpenAIStub(responder=lambda req: reply, delay_s=args.stub_delay) as stub:
-        settings = VisionSettings(vlm=VlmConfig(model_id="stub-model", api_base_url=stub.base_url, tag_list=["person", "space", "dog"]))
+        settings = VisionSettings(
+            vlm=VlmConfig(model_id="stub-model", api_base_url=stub.base_url, tag_list=["person", "space", "dog"])
+        )
         backends = VisionBackends(settings)
         try:
             print(f"backend analyze() latency, {args.calls} sequential calls (ms)")
@@ -177,19 +183,40 @@ async def main(args: argparse.Namespace) -> None:
                     summary = await backend_latency(backend, image, args.calls)
                     print(_row(f"{name} {label}", summary["p50"], summary["p95"]))
             print()
-            print(f"VisionStage, 1280x720 yuv420p at 30 fps for {args.seconds}s, interval 0.25s (latency incl. RGB conversion)")
+            print(
+                f"VisionStage, 1280x720 yuv420p at 30 fps for {args.seconds}s, interval 0.25s (latency incl. RGB conversion)"
+            )
             print(_row("backend", "p50 ms", "p95 ms", "samples", "skipped", "errors"))
             for name in ("embedded", "vlm"):
                 stats = await stage_latency(backends, name, args.seconds)
-                print(_row(name, stats["latency_ms"]["p50"], stats["latency_ms"]["p95"], stats["samples"], stats["skipped_ticks"], stats["errors"]))
+                print(
+                    _row(
+                        name,
+                        stats["latency_ms"]["p50"],
+                        stats["latency_ms"]["p95"],
+                        stats["samples"],
+                        stats["skipped_ticks"],
+                        stats["errors"],
+                    )
+                )
             if not args.no_fps:
                 print()
-                print(f"1280x720 H.264 decode+encode loop, {args.seconds}s each, vision (embedded, interval 0.25s) off vs on")
+                print(
+                    f"1280x720 H.264 decode+encode loop, {args.seconds}s each, vision (embedded, interval 0.25s) off vs on"
+                )
                 result = await compare_video_fps(
-                    lambda: VisionStage(backends, {"vision": {"interval": 0.25, "backend": "embedded"}}), seconds=args.seconds
+                    lambda: VisionStage(backends, {"vision": {"interval": 0.25, "backend": "embedded"}}),
+                    seconds=args.seconds,
                 )
                 print(_row("fps off", "fps on", "slowdown %", "samples"))
-                print(_row(result["fps_vision_off"], result["fps_vision_on"], result["slowdown_pct"], result["stage"]["samples"]))
+                print(
+                    _row(
+                        result["fps_vision_off"],
+                        result["fps_vision_on"],
+                        result["slowdown_pct"],
+                        result["stage"]["samples"],
+                    )
+                )
         finally:
             await backends.close()
 

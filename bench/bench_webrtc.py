@@ -32,8 +32,8 @@ from aiohttp import web  # noqa: E402
 
 from server.app import create_app  # noqa: E402
 from server.settings import Settings  # noqa: E402
-
-from tests.webrtc_helpers import BASE_FLAGS as FLAGS, CHROMIUM  # noqa: E402
+from tests.webrtc_helpers import BASE_FLAGS as FLAGS  # noqa: E402
+from tests.webrtc_helpers import CHROMIUM
 
 # Runs in the page. Returns the latency samples (ms, in arrival order) and a few counters.
 PAGE_SCRIPT = """
@@ -142,14 +142,24 @@ async def run_one(page, app: web.Application, width: int, height: int, seconds: 
     samples = result["samples"][warmup:]
     row: dict[str, Any] = {**result, "size": f"{width}x{height}", "samples": len(samples)}
     if samples:
-        row.update(p50=statistics.median(samples), p95=percentile(samples, 95), p10=percentile(samples, 10),
-                   p90=percentile(samples, 90))
+        row.update(
+            p50=statistics.median(samples),
+            p95=percentile(samples, 95),
+            p10=percentile(samples, 10),
+            p90=percentile(samples, 90),
+        )
     encoders = (status.get("sinks") or {}).get("webrtc", {}).get("video_encoders", {})
     encoder = next(iter(encoders.values()), {})
-    row.update(server_in=status.get("frames_in"), server_out=status.get("frames_out"),
-               server_dropped=status.get("frames_dropped"), encoder_skipped=encoder.get("frames_skipped"),
-               peer_dropped=encoder.get("consumer_dropped"), codec=encoder.get("codec"),
-               pipeline_ms=status.get("latency_ms"), encode_ms=encoder.get("encode_ms"))
+    row.update(
+        server_in=status.get("frames_in"),
+        server_out=status.get("frames_out"),
+        server_dropped=status.get("frames_dropped"),
+        encoder_skipped=encoder.get("frames_skipped"),
+        peer_dropped=encoder.get("consumer_dropped"),
+        codec=encoder.get("codec"),
+        pipeline_ms=status.get("latency_ms"),
+        encode_ms=encoder.get("encode_ms"),
+    )
     return row
 
 
@@ -191,15 +201,20 @@ async def main() -> None:
     finally:
         await runner.cleanup()
 
-    print(f"\nWebRTC loopback glass-to-glass latency (frame ids; browser canvas → server overlay → back), "
-          f"{args.seconds:g} s per size, first {args.warmup} samples discarded, {os.cpu_count()} CPUs")
-    header = (f"{'size':>9} {'codec':>5} {'recv size':>9} {'samples':>7} {'p50 ms':>7} {'p95 ms':>7} {'p10':>6} {'p90':>6} "
-              f"{'ids sent':>8} {'ids seen':>8} {'srv in':>6} {'srv out':>7} {'q drop':>6} {'enc skip':>8} "
-              f"{'peer drop':>9} {'pipe p50':>8} {'enc p50':>7}")
+    print(
+        f"\nWebRTC loopback glass-to-glass latency (frame ids; browser canvas → server overlay → back), "
+        f"{args.seconds:g} s per size, first {args.warmup} samples discarded, {os.cpu_count()} CPUs"
+    )
+    header = (
+        f"{'size':>9} {'codec':>5} {'recv size':>9} {'samples':>7} {'p50 ms':>7} {'p95 ms':>7} {'p10':>6} {'p90':>6} "
+        f"{'ids sent':>8} {'ids seen':>8} {'srv in':>6} {'srv out':>7} {'q drop':>6} {'enc skip':>8} "
+        f"{'peer drop':>9} {'pipe p50':>8} {'enc p50':>7}"
+    )
     print(header)
     print("-" * len(header))
     extra = []
     for r in rows:
+
         def fmt(key: str, width: int, row: dict[str, Any] = r) -> str:
             value = row.get(key)
             return f"{value:>{width}.1f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
@@ -207,22 +222,28 @@ async def main() -> None:
         recv = f"{r.get('received_width')}x{r.get('received_height')}"
         pipe = (r.get("pipeline_ms") or {}).get("p50")
         enc = (r.get("encode_ms") or {}).get("p50")
-        print(f"{r['size']:>9} {r.get('codec')!s:>5} {recv:>9} {r['samples']:>7} {fmt('p50', 7)} {fmt('p95', 7)} "
-              f"{fmt('p10', 6)} {fmt('p90', 6)} {r['painted']:>8} {r['unique']:>8} {r.get('server_in')!s:>6} "
-              f"{r.get('server_out')!s:>7} {r.get('server_dropped')!s:>6} {r.get('encoder_skipped')!s:>8} "
-              f"{r.get('peer_dropped')!s:>9} {pipe!s:>8} {enc!s:>7}")
+        print(
+            f"{r['size']:>9} {r.get('codec')!s:>5} {recv:>9} {r['samples']:>7} {fmt('p50', 7)} {fmt('p95', 7)} "
+            f"{fmt('p10', 6)} {fmt('p90', 6)} {r['painted']:>8} {r['unique']:>8} {r.get('server_in')!s:>6} "
+            f"{r.get('server_out')!s:>7} {r.get('server_dropped')!s:>6} {r.get('encoder_skipped')!s:>8} "
+            f"{r.get('peer_dropped')!s:>9} {pipe!s:>8} {enc!s:>7}"
+        )
         jitter, rtt = r.get("jitter_buffer_ms"), r.get("rtt_ms")
         decoded = r.get("frames_decoded") or 0
-        extra.append(f"{r['size']}: browser decoded {decoded} frames ({decoded / args.seconds:.1f} fps), "
-                     f"dropped {r.get('frames_dropped_browser')}, jitter buffer "
-                     f"{'-' if jitter is None else f'{jitter:.1f} ms'}, RTT {'-' if rtt is None else f'{rtt:.1f} ms'}, "
-                     f"undecodable ids {r.get('undecodable')}")
+        extra.append(
+            f"{r['size']}: browser decoded {decoded} frames ({decoded / args.seconds:.1f} fps), "
+            f"dropped {r.get('frames_dropped_browser')}, jitter buffer "
+            f"{'-' if jitter is None else f'{jitter:.1f} ms'}, RTT {'-' if rtt is None else f'{rtt:.1f} ms'}, "
+            f"undecodable ids {r.get('undecodable')}"
+        )
     print()
     for line in extra:
         print(line)
-    print("\nq drop: frames the stream's bounded video queue dropped; enc skip: processed frames the shared encoder "
-          "skipped for a newer one;\npeer drop: packets a viewer missed while waiting for a keyframe; pipe/enc p50: "
-          "server decode→processed and encode time (ms). Goal at 640x480: p50 <= 80 ms, p95 <= 120 ms.")
+    print(
+        "\nq drop: frames the stream's bounded video queue dropped; enc skip: processed frames the shared encoder "
+        "skipped for a newer one;\npeer drop: packets a viewer missed while waiting for a keyframe; pipe/enc p50: "
+        "server decode→processed and encode time (ms). Goal at 640x480: p50 <= 80 ms, p95 <= 120 ms."
+    )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,9 @@ def speech_48k(seconds: int) -> np.ndarray | None:
 class TrickleLoad:
     """Publishes real-time segments to `{base}/ai/trickle/{name}` until stopped; reads the output."""
 
-    def __init__(self, base: str, name: str, width: int, height: int, audio: np.ndarray | None,
-                 session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, base: str, name: str, width: int, height: int, audio: np.ndarray | None, session: aiohttp.ClientSession
+    ) -> None:
         self.base, self.name, self.width, self.height, self.audio = base, name, width, height, audio
         self.session = session
         self.segments_sent = 0
@@ -84,8 +85,9 @@ class TrickleLoad:
 
     async def publish(self, started: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        segments = await asyncio.to_thread(make_segments, LOOP_SECONDS, self.width, self.height, 30, 1.0,
-                                           audio_samples=self.audio)
+        segments = await asyncio.to_thread(
+            make_segments, LOOP_SECONDS, self.width, self.height, 30, 1.0, audio_samples=self.audio
+        )
         publisher = TricklePublisher(self.url(), session=self.session)
         start = loop.time()
         try:
@@ -145,14 +147,18 @@ def summarize(samples: list[Sample], total_minutes: float, sample_seconds: float
     after = [s for s in samples if s.minute >= warmup - 1e-6] or samples[-1:]
     lines = []
     rss_growth = after[-1].rss_mib - after[0].rss_mib
-    lines.append(f"RSS growth after the first {warmup:.1f} min: {rss_growth:+.1f} MiB "
-                 f"({'met' if rss_growth <= 20 else 'NOT met'}: goal <= 20 MiB)")
+    lines.append(
+        f"RSS growth after the first {warmup:.1f} min: {rss_growth:+.1f} MiB "
+        f"({'met' if rss_growth <= 20 else 'NOT met'}: goal <= 20 MiB)"
+    )
     for name in ("fds", "threads"):
         values = [getattr(s, name) for s in after]
         # a socket or worker thread caught mid-request is not growth; a trend is
         drift = values[-1] - values[0]
-        lines.append(f"{name} after warm-up: first {values[0]}, last {values[-1]}, min {min(values)}, max {max(values)} "
-                     f"({'met' if drift <= 2 else 'NOT met'}: goal constant, no upward drift)")
+        lines.append(
+            f"{name} after warm-up: first {values[0]}, last {values[-1]}, min {min(values)}, max {max(values)} "
+            f"({'met' if drift <= 2 else 'NOT met'}: goal constant, no upward drift)"
+        )
     for stream in samples[-1].streams:
         early = [p95_of(s.streams.get(stream, {})) for s in samples[:per_window]]
         late = [p95_of(s.streams.get(stream, {})) for s in samples[-per_window:]]
@@ -163,8 +169,10 @@ def summarize(samples: list[Sample], total_minutes: float, sample_seconds: float
             continue
         a, b = statistics.median(early), statistics.median(late)
         ratio = b / a if a else float("inf")
-        lines.append(f"latency p95 {stream}: first {compare:.1f} min {a:.1f} ms, last {compare:.1f} min {b:.1f} ms, "
-                     f"ratio {ratio:.2f} ({'met' if ratio <= 1.10 else 'NOT met'}: goal <= 1.10)")
+        lines.append(
+            f"latency p95 {stream}: first {compare:.1f} min {a:.1f} ms, last {compare:.1f} min {b:.1f} ms, "
+            f"ratio {ratio:.2f} ({'met' if ratio <= 1.10 else 'NOT met'}: goal <= 1.10)"
+        )
     return lines
 
 
@@ -172,10 +180,12 @@ def print_row(sample: Sample) -> None:
     cells = [f"{sample.minute:6.1f}", f"{sample.rss_mib:8.1f}", f"{sample.fds:5d}", f"{sample.threads:7d}"]
     for name, status in sample.streams.items():
         p95 = p95_of(status)
-        cells.append(f"{name}: {status.get('state', '?')[:12]:12s} "
-                     f"{status.get('input_fps', 0):5.1f}/{status.get('output_fps', 0):5.1f} fps "
-                     f"p95 {p95 if p95 is not None else float('nan'):6.1f} ms "
-                     f"drop {status.get('frames_dropped', 0)}")
+        cells.append(
+            f"{name}: {status.get('state', '?')[:12]:12s} "
+            f"{status.get('input_fps', 0):5.1f}/{status.get('output_fps', 0):5.1f} fps "
+            f"p95 {p95 if p95 is not None else float('nan'):6.1f} ms "
+            f"drop {status.get('frames_dropped', 0)}"
+        )
     print(" | ".join(cells), flush=True)
 
 
@@ -184,15 +194,32 @@ async def run(args: argparse.Namespace) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WEBRTC_HOST_ADDRESSES": "127.0.0.1", "PYTHONPATH": str(REPO)}
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                               "--max-streams", "4", "--log-level", "WARNING"], cwd=REPO, env=env)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-streams",
+            "4",
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=REPO,
+        env=env,
+    )
     process = psutil.Process(server.pid)
     loads: list[TrickleLoad] = []
     peer: BrowserPeer | None = None
     samples: list[Sample] = []
     # trickle requests are long-lived: no total timeout; one connection per request, as the clients do
-    trickle_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
-                                            timeout=aiohttp.ClientTimeout(total=None, connect=10))
+    trickle_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True), timeout=aiohttp.ClientTimeout(total=None, connect=10)
+    )
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             for _ in range(600):
@@ -213,8 +240,10 @@ async def run(args: argparse.Namespace) -> None:
                 started = asyncio.Event()
                 load.start(started)  # the first POST creates the input channel
                 await asyncio.wait_for(started.wait(), 60)
-                async with session.post(base + "/stream/start", json={
-                        "subscribe_url": load.url(), "publish_url": load.url("-out"), "params": params}) as resp:
+                async with session.post(
+                    base + "/stream/start",
+                    json={"subscribe_url": load.url(), "publish_url": load.url("-out"), "params": params},
+                ) as resp:
                     body = await resp.json()
                     assert resp.status == 200, body
                 stream_ids[f"trickle-{index}"] = body["manifest_id"]
@@ -222,9 +251,12 @@ async def run(args: argparse.Namespace) -> None:
             peer = BrowserPeer(width, height)
             await peer.connect(session, base)
             stream_ids["webrtc"] = peer.manifest_id
-            print(f"server pid {server.pid} on {base}; streams {stream_ids}; size {args.size}; "
-                  f"{args.minutes} min, a sample every {args.sample_seconds} s (shared machine: "
-                  f"{psutil.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})", flush=True)
+            print(
+                f"server pid {server.pid} on {base}; streams {stream_ids}; size {args.size}; "
+                f"{args.minutes} min, a sample every {args.sample_seconds} s (shared machine: "
+                f"{psutil.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
             print("   min |  RSS MiB |   fds | threads | per stream: state in/out fps, latency p95, frames dropped")
             began = time.monotonic()
             deadline = began + args.minutes * 60
@@ -232,13 +264,14 @@ async def run(args: argparse.Namespace) -> None:
             while True:
                 await asyncio.sleep(max(0.0, min(next_sample, deadline) - time.monotonic()))
                 now = time.monotonic()
-                sample = Sample((now - began) / 60, process.memory_info().rss / MIB, process.num_fds(),
-                                process.num_threads())
+                sample = Sample(
+                    (now - began) / 60, process.memory_info().rss / MIB, process.num_fds(), process.num_threads()
+                )
                 for name, manifest_id in stream_ids.items():
                     try:
                         async with session.get(f"{base}/stream/{manifest_id}/status") as resp:
                             sample.streams[name] = await resp.json()
-                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    except (TimeoutError, aiohttp.ClientError) as exc:
                         sample.streams[name] = {"state": f"unreadable: {exc}"}
                 samples.append(sample)
                 print_row(sample)
@@ -251,11 +284,18 @@ async def run(args: argparse.Namespace) -> None:
             for name, status in samples[-1].streams.items():
                 if status.get("state") in ("STOPPED", "ERROR"):
                     print(f"{name} ended: {status.get('end_reason')} (last error: {status.get('last_error')})")
-            print("trickle loads: " + ", ".join(
-                f"{load.name}: {load.segments_sent} segments in, {load.output_bytes / MIB:.1f} MiB out, "
-                f"{load.errors} reader errors" for load in loads))
-            print(f"webrtc peer: {len(peer.received.video)} frames kept of the returned video, "
-                  f"{peer.received.audio_frames} audio frames")
+            print(
+                "trickle loads: "
+                + ", ".join(
+                    f"{load.name}: {load.segments_sent} segments in, {load.output_bytes / MIB:.1f} MiB out, "
+                    f"{load.errors} reader errors"
+                    for load in loads
+                )
+            )
+            print(
+                f"webrtc peer: {len(peer.received.video)} frames kept of the returned video, "
+                f"{peer.received.audio_frames} audio frames"
+            )
     finally:
         for load in loads:
             await load.stop()

@@ -79,8 +79,15 @@ class CapabilityRegistry:
     def __init__(self) -> None:
         self._items: dict[str, Capability] = {}
 
-    def register(self, name: str, handler: CapabilityHandler, description: str = "", *,
-                 json_body: bool = True, replace: bool = False) -> Capability:
+    def register(
+        self,
+        name: str,
+        handler: CapabilityHandler,
+        description: str = "",
+        *,
+        json_body: bool = True,
+        replace: bool = False,
+    ) -> Capability:
         if not CAPABILITY_NAME_RE.fullmatch(name):
             raise ValueError(f"invalid capability name {name!r} (letters, digits, '.', '_', '-'; ≤ 64)")
         if name in self._items and not replace:

@@ -36,22 +36,49 @@ class ChannelConfig:
 
 
 class StreamChannels:
-    def __init__(self, stream: Any, *, control_url: str | None, events_url: str | None,
-                 data_url: str | None, config: ChannelConfig) -> None:
+    def __init__(
+        self,
+        stream: Any,
+        *,
+        control_url: str | None,
+        events_url: str | None,
+        data_url: str | None,
+        config: ChannelConfig,
+    ) -> None:
         self.stream = stream
         self.config = config
         self.label = stream.manifest_id
         self.received_at = time.time()
         self.tracker = StreamStatusTracker(stream, config.pipeline)
         self.applier = ParamsApplier(stream.update_params, stream.report_error, self.label)
-        self.events = EventsReporter(events_url, stream, self.tracker, interval=config.events_interval,
-                                     error_min_interval=config.error_min_interval,
-                                     policy=config.policy) if events_url else None
-        self.control = ControlReader(control_url, self.label, self.applier,
-                                     on_end=self._control_ended, policy=config.policy) if control_url else None
-        self.data = DataPublisher(data_url, stream, flush_interval=config.data_flush_interval,
-                                  keepalive_interval=config.data_keepalive_interval,
-                                  policy=config.policy) if data_url else None
+        self.events = (
+            EventsReporter(
+                events_url,
+                stream,
+                self.tracker,
+                interval=config.events_interval,
+                error_min_interval=config.error_min_interval,
+                policy=config.policy,
+            )
+            if events_url
+            else None
+        )
+        self.control = (
+            ControlReader(control_url, self.label, self.applier, on_end=self._control_ended, policy=config.policy)
+            if control_url
+            else None
+        )
+        self.data = (
+            DataPublisher(
+                data_url,
+                stream,
+                flush_interval=config.data_flush_interval,
+                keepalive_interval=config.data_keepalive_interval,
+                policy=config.policy,
+            )
+            if data_url
+            else None
+        )
         self._closed = False
 
     def attach(self) -> None:
@@ -74,10 +101,12 @@ class StreamChannels:
     def _on_params(self, params: dict[str, Any]) -> None:
         self.tracker.on_params(params)
         # a line on the data channel (and any other event consumer) saying the params changed
-        self.stream.events.publish(StatusEvent(
-            state=self.stream.state.value,
-            detail={"reason": "params_updated", "params_hash": self.tracker.last_params_hash},
-        ))
+        self.stream.events.publish(
+            StatusEvent(
+                state=self.stream.state.value,
+                detail={"reason": "params_updated", "params_hash": self.tracker.last_params_hash},
+            )
+        )
 
     def _on_first_input(self, seq: int) -> None:
         if self.events is not None:
@@ -131,8 +160,9 @@ class ChannelRegistry:
         control_url, events_url, data_url = spec_channel_urls(spec)
         if not (control_url or events_url or data_url):
             return
-        channels = StreamChannels(stream, control_url=control_url, events_url=events_url,
-                                  data_url=data_url, config=self.config)
+        channels = StreamChannels(
+            stream, control_url=control_url, events_url=events_url, data_url=data_url, config=self.config
+        )
         self._by_id[stream.manifest_id] = channels
         stream.on_stop(self._forget)
         channels.attach()

@@ -30,9 +30,16 @@ MAX_MESSAGE_BYTES = 4 << 20
 
 
 class ControlReader:
-    def __init__(self, url: str, label: str, applier: ParamsApplier, *,
-                 on_end: Callable[[str], None] | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 policy: OutboundPolicy | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        label: str,
+        applier: ParamsApplier,
+        *,
+        on_end: Callable[[str], None] | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        policy: OutboundPolicy | None = None,
+    ) -> None:
         self.url = url
         self.policy = policy  # outbound URL policy + TLS (None: the built-in one)
         self.label = label
@@ -65,8 +72,12 @@ class ControlReader:
             return None
         if size > self.max_message_bytes:
             self.oversize += 1
-            log.warning("[%s] control message of %d bytes over the %d byte limit; dropped",
-                        self.label, size, self.max_message_bytes)
+            log.warning(
+                "[%s] control message of %d bytes over the %d byte limit; dropped",
+                self.label,
+                size,
+                self.max_message_bytes,
+            )
             return None
         return b"".join(parts)
 
@@ -131,6 +142,12 @@ class ControlReader:
             await self._subscriber.close()
 
     def stats(self) -> dict[str, Any]:
-        return {"url": redact_url(self.url), "messages": self.messages, "keepalives": self.keepalives,
-                "invalid": self.invalid, "oversize": self.oversize, "end_reason": self.end_reason,
-                "params": self.applier.stats()}
+        return {
+            "url": redact_url(self.url),
+            "messages": self.messages,
+            "keepalives": self.keepalives,
+            "invalid": self.invalid,
+            "oversize": self.oversize,
+            "end_reason": self.end_reason,
+            "params": self.applier.stats(),
+        }

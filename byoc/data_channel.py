@@ -51,9 +51,16 @@ def keepalive_line() -> bytes:
 
 
 class DataPublisher:
-    def __init__(self, url: str, stream: Any, *, flush_interval: float = 0.333,
-                 keepalive_interval: float = 25.0, max_lines: int = MAX_PENDING_LINES,
-                 policy: OutboundPolicy | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        stream: Any,
+        *,
+        flush_interval: float = 0.333,
+        keepalive_interval: float = 25.0,
+        max_lines: int = MAX_PENDING_LINES,
+        policy: OutboundPolicy | None = None,
+    ) -> None:
         self.url = url
         self.policy = policy  # outbound URL policy + TLS (None: the built-in one)
         self.stream = stream
@@ -93,10 +100,22 @@ class DataPublisher:
             return
         if len(line) > MAX_LINE_BYTES:
             self.oversize += 1
-            log.warning("[%s] %s event of %d bytes over the %d byte line limit; dropped",
-                        self.label, event.kind, len(line), MAX_LINE_BYTES)
-            line = json.dumps({"type": "dropped", "kind": event.kind, "id": getattr(event, "id", None),
-                               "bytes": len(line), "reason": f"line over {MAX_LINE_BYTES} bytes"}).encode()
+            log.warning(
+                "[%s] %s event of %d bytes over the %d byte line limit; dropped",
+                self.label,
+                event.kind,
+                len(line),
+                MAX_LINE_BYTES,
+            )
+            line = json.dumps(
+                {
+                    "type": "dropped",
+                    "kind": event.kind,
+                    "id": getattr(event, "id", None),
+                    "bytes": len(line),
+                    "reason": f"line over {MAX_LINE_BYTES} bytes",
+                }
+            ).encode()
         self.add_line(line)
 
     def add_line(self, line: bytes) -> None:
@@ -194,7 +213,14 @@ class DataPublisher:
             await self._publisher.close(delete_channel=True)
 
     def stats(self) -> dict[str, Any]:
-        return {"url": redact_url(self.url), "lines_sent": self.lines_sent, "segments_sent": self.segments_sent,
-                "keepalives_sent": self.keepalives_sent, "lines_dropped": self.lines_dropped,
-                "oversize": self.oversize, "failed": self.failed, "pending": len(self._lines),
-                "channel_gone": self.channel_gone}
+        return {
+            "url": redact_url(self.url),
+            "lines_sent": self.lines_sent,
+            "segments_sent": self.segments_sent,
+            "keepalives_sent": self.keepalives_sent,
+            "lines_dropped": self.lines_dropped,
+            "oversize": self.oversize,
+            "failed": self.failed,
+            "pending": len(self._lines),
+            "channel_gone": self.channel_gone,
+        }

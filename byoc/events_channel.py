@@ -39,9 +39,17 @@ SEGMENT_TIMEOUT_S = 10.0
 
 
 class EventsReporter:
-    def __init__(self, url: str, stream: Any, tracker: StreamStatusTracker, *, interval: float = 10.0,
-                 error_min_interval: float = 1.0, queue_size: int = EVENT_QUEUE_SIZE,
-                 policy: OutboundPolicy | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        stream: Any,
+        tracker: StreamStatusTracker,
+        *,
+        interval: float = 10.0,
+        error_min_interval: float = 1.0,
+        queue_size: int = EVENT_QUEUE_SIZE,
+        policy: OutboundPolicy | None = None,
+    ) -> None:
         self.url = url
         self.policy = policy  # outbound URL policy + TLS (None: the built-in one)
         self.stream = stream
@@ -187,6 +195,12 @@ class EventsReporter:
                     self.channel_gone = True
 
     def stats(self) -> dict[str, Any]:
-        return {"url": redact_url(self.url), "sent": self.sent, "failed": self.failed, "dropped": self.dropped,
-                "errors_suppressed": self.errors_suppressed, "channel_gone": self.channel_gone,
-                "status_reports": self.tracker.reports}
+        return {
+            "url": redact_url(self.url),
+            "sent": self.sent,
+            "failed": self.failed,
+            "dropped": self.dropped,
+            "errors_suppressed": self.errors_suppressed,
+            "channel_gone": self.channel_gone,
+            "status_reports": self.tracker.reports,
+        }

@@ -15,11 +15,13 @@ from media.http_json import JSONBodyError, json_error, loads_limited
 
 log = logging.getLogger(__name__)
 
+
 class LivepeerHTTPError(Exception):
     """Raised inside a handler; turned into a JSON error response by `error_response`."""
 
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

@@ -25,12 +25,15 @@ class CapabilityCounter:
 
 def livepeer_metrics(service: Any) -> Iterable:
     """A `Metrics.add_source` callable's body for one LivepeerService."""
-    events = CounterMetricFamily("streamlens_livepeer_events", "Events-channel events per stream",
-                                 labels=["manifest_id", "result"])
-    data = CounterMetricFamily("streamlens_livepeer_data_lines", "Data-channel JSON lines per stream",
-                               labels=["manifest_id", "result"])
-    control = CounterMetricFamily("streamlens_livepeer_control_messages", "Control-channel messages per stream",
-                                  labels=["manifest_id", "kind"])
+    events = CounterMetricFamily(
+        "streamlens_livepeer_events", "Events-channel events per stream", labels=["manifest_id", "result"]
+    )
+    data = CounterMetricFamily(
+        "streamlens_livepeer_data_lines", "Data-channel JSON lines per stream", labels=["manifest_id", "result"]
+    )
+    control = CounterMetricFamily(
+        "streamlens_livepeer_control_messages", "Control-channel messages per stream", labels=["manifest_id", "kind"]
+    )
     for manifest_id, channels in service.channels.items():
         if channels.events is not None:
             ev = channels.events
@@ -47,14 +50,16 @@ def livepeer_metrics(service: Any) -> Iterable:
     yield events
     yield data
     yield control
-    requests = CounterMetricFamily("streamlens_capability_requests", "BYOC batch requests",
-                                   labels=["capability", "status"])
+    requests = CounterMetricFamily(
+        "streamlens_capability_requests", "BYOC batch requests", labels=["capability", "status"]
+    )
     for (capability, status), value in service.capability_counter.counts.items():
         requests.add_metric([capability, status], value)
     yield requests
     if service.registrar is not None:
-        state = GaugeMetricFamily("streamlens_livepeer_registration_state", "1 for the registration's state",
-                                  labels=["state"])
+        state = GaugeMetricFamily(
+            "streamlens_livepeer_registration_state", "1 for the registration's state", labels=["state"]
+        )
         for name in REGISTRATION_STATES:
             state.add_metric([name], 1 if service.registrar.state == name else 0)
         yield state

@@ -50,9 +50,16 @@ def secret_value(value: Any) -> str | None:
 class LivepeerService:
     """What the Livepeer routes need, kept on `app["livepeer"]`."""
 
-    def __init__(self, *, manager: Any, settings: Any, start_handler: StartHandler,
-                 capabilities: CapabilityRegistry, channels: ChannelRegistry,
-                 registrar: OrchestratorRegistrar | None) -> None:
+    def __init__(
+        self,
+        *,
+        manager: Any,
+        settings: Any,
+        start_handler: StartHandler,
+        capabilities: CapabilityRegistry,
+        channels: ChannelRegistry,
+        registrar: OrchestratorRegistrar | None,
+    ) -> None:
         self.manager = manager
         self.settings = settings
         self.start_handler = start_handler
@@ -82,8 +89,7 @@ class LivepeerService:
             raise
 
     def health_detail(self) -> dict[str, Any]:
-        return {"registration": self.registrar.snapshot() if self.registrar else None,
-                "channels": len(self.channels)}
+        return {"registration": self.registrar.snapshot() if self.registrar else None, "channels": len(self.channels)}
 
 
 def channel_config(settings: Any, policy: OutboundPolicy | None = None) -> ChannelConfig:
@@ -113,8 +119,10 @@ def build_registrar(settings: Any, tls: TlsPolicy | None = None) -> Orchestrator
     auth_token = secret_value(getattr(settings, "auth_token", None))
     token = secret_value(getattr(settings, "capability_token", None)) or auth_token or ""
     if auth_token and token != auth_token:
-        log.warning("CAPABILITY_TOKEN differs from AUTH_TOKEN: the orchestrator will send CAPABILITY_TOKEN "
-                    "and this worker will answer 401 (set them equal, or leave CAPABILITY_TOKEN unset)")
+        log.warning(
+            "CAPABILITY_TOKEN differs from AUTH_TOKEN: the orchestrator will send CAPABILITY_TOKEN "
+            "and this worker will answer 401 (set them equal, or leave CAPABILITY_TOKEN unset)"
+        )
     currency = getattr(settings, "capability_currency", "wei") or "wei"
     if currency.lower() not in KNOWN_CURRENCIES:
         log.warning("capability currency %r needs a price feed on the orchestrator (without one it fails)", currency)
@@ -135,20 +143,36 @@ def build_registrar(settings: Any, tls: TlsPolicy | None = None) -> Orchestrator
         fast_attempts=int(getattr(settings, "register_retry_attempts", 6)),
         slow_interval=float(getattr(settings, "register_retry_slow_interval", 60.0)),
     )
-    return OrchestratorRegistrar(orch_url, secret, registration, retry=retry,
-                                 request_timeout=float(getattr(settings, "register_timeout", 10.0)),
-                                 refresh_interval=float(getattr(settings, "register_refresh_interval", 0.0)),
-                                 tls=tls or TlsPolicy.from_settings(settings))
+    return OrchestratorRegistrar(
+        orch_url,
+        secret,
+        registration,
+        retry=retry,
+        request_timeout=float(getattr(settings, "register_timeout", 10.0)),
+        refresh_interval=float(getattr(settings, "register_refresh_interval", 0.0)),
+        tls=tls or TlsPolicy.from_settings(settings),
+    )
 
 
-def mount_livepeer(app: web.Application, *, manager: Any, settings: Any, start_handler: StartHandler,
-                   capabilities: CapabilityRegistry | None = None) -> LivepeerService:
+def mount_livepeer(
+    app: web.Application,
+    *,
+    manager: Any,
+    settings: Any,
+    start_handler: StartHandler,
+    capabilities: CapabilityRegistry | None = None,
+) -> LivepeerService:
     policy = outbound_policy(app)  # caller-given channel URLs, and TLS for the orchestrator
     channels = ChannelRegistry(channel_config(settings, policy))
     registrar = build_registrar(settings, policy.tls)
-    service = LivepeerService(manager=manager, settings=settings, start_handler=start_handler,
-                              capabilities=capabilities or default_registry(), channels=channels,
-                              registrar=registrar)
+    service = LivepeerService(
+        manager=manager,
+        settings=settings,
+        start_handler=start_handler,
+        capabilities=capabilities or default_registry(),
+        channels=channels,
+        registrar=registrar,
+    )
     app["livepeer"] = service
     app["capabilities"] = service.capabilities  # features add their batch capabilities here
     app["stream_start_hooks"].append(channels.on_stream_built)

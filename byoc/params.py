@@ -47,8 +47,9 @@ class ParamsApplier:
     """Applies submitted merge patches in a task; a submission while one is pending is composed
     into it (one pending slot)."""
 
-    def __init__(self, apply: Callable[[dict[str, Any]], Any], on_error: Callable[[str], None],
-                 label: str = "") -> None:
+    def __init__(
+        self, apply: Callable[[dict[str, Any]], Any], on_error: Callable[[str], None], label: str = ""
+    ) -> None:
         self._apply = apply
         self._on_error = on_error
         self._label = label
@@ -101,5 +102,9 @@ class ParamsApplier:
             await asyncio.gather(task, return_exceptions=True)
 
     def stats(self) -> dict[str, int]:
-        return {"received": self.received, "applied": self.applied, "failed": self.failed,
-                "superseded": self.superseded}
+        return {
+            "received": self.received,
+            "applied": self.applied,
+            "failed": self.failed,
+            "superseded": self.superseded,
+        }

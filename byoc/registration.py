@@ -74,9 +74,17 @@ def normalize_orch_url(url: str) -> str:
 
 
 class OrchestratorRegistrar:
-    def __init__(self, orch_url: str, secret: str, registration: CapabilityRegistration, *,
-                 retry: RetryPlan | None = None, request_timeout: float = 10.0,
-                 refresh_interval: float = 0.0, tls: TlsPolicy | None = None) -> None:
+    def __init__(
+        self,
+        orch_url: str,
+        secret: str,
+        registration: CapabilityRegistration,
+        *,
+        retry: RetryPlan | None = None,
+        request_timeout: float = 10.0,
+        refresh_interval: float = 0.0,
+        tls: TlsPolicy | None = None,
+    ) -> None:
         if not secret:
             raise ValueError("the orchestrator secret is empty")
         self.orch_url = normalize_orch_url(orch_url)
@@ -99,8 +107,9 @@ class OrchestratorRegistrar:
         self._last_reregister_request = float("-inf")
 
     def __repr__(self) -> str:  # never shows the secret
-        return (f"OrchestratorRegistrar(orch_url={self.orch_url!r}, name={self.registration.name!r}, "
-                f"state={self.state!r})")
+        return (
+            f"OrchestratorRegistrar(orch_url={self.orch_url!r}, name={self.registration.name!r}, state={self.state!r})"
+        )
 
     def _headers(self, content_type: str) -> dict[str, str]:
         return {"Authorization": self._secret, "Content-Type": content_type}
@@ -120,24 +129,37 @@ class OrchestratorRegistrar:
             return False
         url = self.orch_url + REGISTER_PATH
         try:
-            async with self._get_session().post(url, json=self.registration.body(),
-                                                headers=self._headers("application/json")) as response:
+            async with self._get_session().post(
+                url, json=self.registration.body(), headers=self._headers("application/json")
+            ) as response:
                 text = (await response.content.read(256)).decode("utf-8", "replace").strip()
                 if response.status == 200:
                     self.registrations += 1
                     self.registered_at = time.time()
                     self.last_error = None
-                    log.info("registered capability %r (url=%s, capacity=%d) with orchestrator %s",
-                             self.registration.name, self.registration.url, self.registration.capacity, self.orch_url)
+                    log.info(
+                        "registered capability %r (url=%s, capacity=%d) with orchestrator %s",
+                        self.registration.name,
+                        self.registration.url,
+                        self.registration.capacity,
+                        self.orch_url,
+                    )
                     return True
                 self.last_error = f"status {response.status}: {text}"
         except aiohttp.ClientConnectorCertificateError as exc:
-            self.last_error = (f"certificate of {self.orch_url} not verified ({exc.certificate_error}); set "
-                               "TLS_CA_FILE to its CA, or list the host in TLS_INSECURE_HOSTS")
+            self.last_error = (
+                f"certificate of {self.orch_url} not verified ({exc.certificate_error}); set "
+                "TLS_CA_FILE to its CA, or list the host in TLS_INSECURE_HOSTS"
+            )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
-        log.warning("registering capability %r with orchestrator %s failed (attempt %d): %s",
-                    self.registration.name, self.orch_url, self.attempts, self.last_error)
+        log.warning(
+            "registering capability %r with orchestrator %s failed (attempt %d): %s",
+            self.registration.name,
+            self.orch_url,
+            self.attempts,
+            self.last_error,
+        )
         return False
 
     def _refused(self) -> bool:
@@ -152,15 +174,24 @@ class OrchestratorRegistrar:
             return False
         url = self.orch_url + UNREGISTER_PATH
         try:
-            async with self._get_session().post(url, data=self.registration.name.encode(),
-                                                headers=self._headers("text/plain")) as response:
+            async with self._get_session().post(
+                url, data=self.registration.name.encode(), headers=self._headers("text/plain")
+            ) as response:
                 ok = response.status == 200
-                log.info("unregistered capability %r from orchestrator %s: status %d",
-                         self.registration.name, self.orch_url, response.status)
+                log.info(
+                    "unregistered capability %r from orchestrator %s: status %d",
+                    self.registration.name,
+                    self.orch_url,
+                    response.status,
+                )
                 return ok
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.warning("unregistering capability %r from orchestrator %s failed: %s",
-                        self.registration.name, self.orch_url, exc)
+            log.warning(
+                "unregistering capability %r from orchestrator %s failed: %s",
+                self.registration.name,
+                self.orch_url,
+                exc,
+            )
             return False
 
     # -- background loop ------------------------------------------------------------------------
@@ -192,12 +223,17 @@ class OrchestratorRegistrar:
 
     def start(self) -> None:
         if self._refused():
-            log.error("not registering capability %r with orchestrator %s: %s", self.registration.name,
-                      self.orch_url, self.last_error)
+            log.error(
+                "not registering capability %r with orchestrator %s: %s",
+                self.registration.name,
+                self.orch_url,
+                self.last_error,
+            )
             return
         if self._task is None:
-            log.info("registering capability %r at orchestrator %s in the background",
-                     self.registration.name, self.orch_url)
+            log.info(
+                "registering capability %r at orchestrator %s in the background", self.registration.name, self.orch_url
+            )
             self._task = asyncio.create_task(self._run(), name="byoc-registration")
 
     def request_reregister(self, reason: str) -> None:

@@ -83,8 +83,13 @@ def locate_stream(request: web.Request, body: dict[str, Any] | None, action: str
 
 
 # -- BYOC streaming -------------------------------------------------------------------------------
-@routes.post("/stream/params", role=STREAM_ROLES, tag="livepeer", errors=(400, 401, 404, 415),
-             summary="Update a running stream's params (merge patch); X-Stream-Id names the stream")
+@routes.post(
+    "/stream/params",
+    role=STREAM_ROLES,
+    tag="livepeer",
+    errors=(400, 401, 404, 415),
+    summary="Update a running stream's params (merge patch); X-Stream-Id names the stream",
+)
 async def stream_params(request: web.Request) -> web.Response:
     """BYOC update: the body is the client's JSON verbatim, a JSON merge patch (RFC 7396) of the
     params (or its `params` object is): absent keys keep their value, null removes. A mid-stream
@@ -98,10 +103,15 @@ async def stream_params(request: web.Request) -> web.Response:
         stream.update_params(params)
     except ValueError as exc:
         raise LivepeerHTTPError(400, str(exc)) from None
-    return web.json_response({
-        "success": True, "status": "success", "message": "Parameters updated successfully",
-        "manifest_id": stream.manifest_id, "params": stream.params,
-    })
+    return web.json_response(
+        {
+            "success": True,
+            "status": "success",
+            "message": "Parameters updated successfully",
+            "manifest_id": stream.manifest_id,
+            "params": stream.params,
+        }
+    )
 
 
 def _stop_reason(raw: bytes) -> str:
@@ -117,8 +127,14 @@ def _stop_reason(raw: bytes) -> str:
     return f"stopped by /stream/stop: {str(reason)[:200]}" if reason else "stopped by /stream/stop"
 
 
-@routes.post("/stream/stop", role=STREAM_ROLES, content_types=None, tag="livepeer", errors=(400, 401, 404),
-             summary="Stop a stream (any body: JSON, a gateway error string, or nothing)")
+@routes.post(
+    "/stream/stop",
+    role=STREAM_ROLES,
+    content_types=None,
+    tag="livepeer",
+    errors=(400, 401, 404),
+    summary="Stop a stream (any body: JSON, a gateway error string, or nothing)",
+)
 async def stream_stop(request: web.Request) -> web.Response:
     raw = await read_body(request)
     try:  # any body is accepted: JSON, a plain error string, or nothing
@@ -129,16 +145,26 @@ async def stream_stop(request: web.Request) -> web.Response:
     already = not stream.active
     if not already:
         await stream.stop(_stop_reason(raw))
-    return web.json_response({
-        "success": True, "status": "success",
-        "message": "Stream already stopped" if already else "Stream stopped successfully",
-        "manifest_id": stream.manifest_id, "request_id": stream.manifest_id,
-        "state": stream.state.value, "end_reason": stream.end_reason,
-    })
+    return web.json_response(
+        {
+            "success": True,
+            "status": "success",
+            "message": "Stream already stopped" if already else "Stream stopped successfully",
+            "manifest_id": stream.manifest_id,
+            "request_id": stream.manifest_id,
+            "state": stream.state.value,
+            "end_reason": stream.end_reason,
+        }
+    )
 
 
-@routes.get("/stream/status", role=STREAM_ROLES, tag="livepeer", errors=(400, 401, 404),
-            summary="ai-runner status of the addressed (or only) stream")
+@routes.get(
+    "/stream/status",
+    role=STREAM_ROLES,
+    tag="livepeer",
+    errors=(400, 401, 404),
+    summary="ai-runner status of the addressed (or only) stream",
+)
 async def stream_status(request: web.Request) -> web.Response:
     """pytrickle's status route: ai-runner's status for the addressed (or only) stream."""
     service = service_of(request)
@@ -148,13 +174,18 @@ async def stream_status(request: web.Request) -> web.Response:
     stream, _ = locate_stream(request, None, "report")
     channels = service.channels.get(stream.manifest_id)
     tracker = channels.tracker if channels is not None else StreamStatusTracker(stream, pipeline)
-    return web.json_response(redact_payload({  # caller URLs without credentials or tokens
-        **tracker.snapshot(clear_transient=False),
-        "client_active": stream.active,
-        "manifest_id": stream.manifest_id,
-        "stream": stream.status(),
-        "channels": channels.stats() if channels is not None else None,
-    }), dumps=lambda value: json.dumps(value, default=str))
+    return web.json_response(
+        redact_payload(
+            {  # caller URLs without credentials or tokens
+                **tracker.snapshot(clear_transient=False),
+                "client_active": stream.active,
+                "manifest_id": stream.manifest_id,
+                "stream": stream.status(),
+                "channels": channels.stats() if channels is not None else None,
+            }
+        ),
+        dumps=lambda value: json.dumps(value, default=str),
+    )
 
 
 # -- ai-runner live-video-to-video ----------------------------------------------------------------
@@ -203,18 +234,26 @@ async def live_video_to_video(request: web.Request) -> web.StreamResponse:
     if previous is not None:  # ai-runner: a new start replaces the running one
         log.info("[%s] live-video-to-video restart: stopping the running stream first", stream_id)
         try:
-            await asyncio.wait_for(asyncio.shield(previous.stop("replaced by a new live-video-to-video start")),
-                                   PREVIOUS_STREAM_STOP_TIMEOUT_S)
+            await asyncio.wait_for(
+                asyncio.shield(previous.stop("replaced by a new live-video-to-video start")),
+                PREVIOUS_STREAM_STOP_TIMEOUT_S,
+            )
         except TimeoutError:
             raise LivepeerHTTPError(400, "Timeout stopping previous streamer") from None
 
     forwarded = {
-        key: value for key, value in {
-            "subscribe_url": req.subscribe_url, "publish_url": req.publish_url,
-            "control_url": req.control_url, "events_url": req.events_url,
-            "gateway_request_id": req.gateway_request_id, "manifest_id": req.manifest_id,
-            "stream_id": req.stream_id, "model_id": req.model_id,
-        }.items() if value
+        key: value
+        for key, value in {
+            "subscribe_url": req.subscribe_url,
+            "publish_url": req.publish_url,
+            "control_url": req.control_url,
+            "events_url": req.events_url,
+            "gateway_request_id": req.gateway_request_id,
+            "manifest_id": req.manifest_id,
+            "stream_id": req.stream_id,
+            "model_id": req.model_id,
+        }.items()
+        if value
     }
     forwarded["params"] = req.params
     response = await service.start_handler(request.app, forwarded, stream_id)
@@ -229,9 +268,17 @@ async def live_video_to_video(request: web.Request) -> web.StreamResponse:
 
 
 for _path in ("/live-video-to-video", "/live-video-to-video/"):
-    routes.add("POST", _path, live_video_to_video, role=Role.LIVEPEER, body=LiveVideoToVideoRequest, tag="livepeer",
-               errors=(400, 401, 415, 503), hidden=_path.endswith("/"),
-               summary="ai-runner live-video-to-video: start a stream from trickle URLs")
+    routes.add(
+        "POST",
+        _path,
+        live_video_to_video,
+        role=Role.LIVEPEER,
+        body=LiveVideoToVideoRequest,
+        tag="livepeer",
+        errors=(400, 401, 415, 503),
+        hidden=_path.endswith("/"),
+        summary="ai-runner live-video-to-video: start a stream from trickle URLs",
+    )
 
 
 # -- BYOC batch capabilities ----------------------------------------------------------------------
@@ -288,8 +335,9 @@ async def _run_capability(service: LivepeerService, request: web.Request, name: 
 CAPABILITY = dict(role=Role.LIVEPEER, content_types=None, tag="livepeer", errors=(400, 401, 404, 413, 504))
 
 
-@routes.post("/process/request/{capability}", summary="Run a BYOC batch capability (raw body of the caller's type)",
-             **CAPABILITY)
+@routes.post(
+    "/process/request/{capability}", summary="Run a BYOC batch capability (raw body of the caller's type)", **CAPABILITY
+)
 async def process_request(request: web.Request) -> web.StreamResponse:
     return await run_capability(request, request.match_info["capability"])
 
@@ -307,17 +355,25 @@ async def bare_capability(request: web.Request) -> web.StreamResponse:
 
 # mounted last of all routes (byoc.mount.mount_capability_fallback), so every named route wins
 capability_fallback = RouteTable()
-capability_fallback.add("POST", "/{capability}", bare_capability, summary="A batch capability at the bare path "
-                        "the orchestrator forwards to when the registered URL is the server root", **CAPABILITY)
+capability_fallback.add(
+    "POST",
+    "/{capability}",
+    bare_capability,
+    summary="A batch capability at the bare path "
+    "the orchestrator forwards to when the registered URL is the server root",
+    **CAPABILITY,
+)
 
 
 @routes.get("/process/capabilities", role=Role.LIVEPEER, tag="livepeer", summary="Batch capabilities served here")
 async def list_capabilities(request: web.Request) -> web.Response:
     service = service_of(request)
-    return web.json_response({
-        "capability_name": service.settings.capability_name,
-        "capabilities": service.capabilities.describe(),
-    })
+    return web.json_response(
+        {
+            "capability_name": service.settings.capability_name,
+            "capabilities": service.capabilities.describe(),
+        }
+    )
 
 
 # -- hardware (ai-runner shape) -------------------------------------------------------------------
@@ -333,9 +389,12 @@ async def get_hardware_stats(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-for _path, _handler, _summary in (("/hardware/info", get_hardware_info, "GPUs and pipeline (ai-runner shape)"),
-                                  ("/hardware/stats", get_hardware_stats, "GPU utilisation (ai-runner shape)")):
+for _path, _handler, _summary in (
+    ("/hardware/info", get_hardware_info, "GPUs and pipeline (ai-runner shape)"),
+    ("/hardware/stats", get_hardware_stats, "GPU utilisation (ai-runner shape)"),
+):
     for _alias in (_path, _path + "/"):
         # public, as in ai-runner: go-livepeer reads them when it adopts a runner, without a token
-        routes.add("GET", _alias, _handler, role=Role.PUBLIC, tag="livepeer", summary=_summary,
-                   hidden=_alias.endswith("/"))
+        routes.add(
+            "GET", _alias, _handler, role=Role.PUBLIC, tag="livepeer", summary=_summary, hidden=_alias.endswith("/")
+        )

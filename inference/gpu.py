@@ -138,8 +138,11 @@ class TorchProbe(MemoryProbe):
     def read(self) -> MemoryReading:
         free, total = self._torch.cuda.mem_get_info(self._device)
         return MemoryReading(
-            total_mb=total / MIB, free_mb=free / MIB, used_mb=(total - free) / MIB,
-            device_name=self._device_name, source=self.name,
+            total_mb=total / MIB,
+            free_mb=free / MIB,
+            used_mb=(total - free) / MIB,
+            device_name=self._device_name,
+            source=self.name,
         )
 
 
@@ -191,8 +194,12 @@ class _ManagedModel:
             loaded = bool(self.loaded())
         except Exception:
             loaded = False
-        entry: dict[str, Any] = {"name": self.name, "loaded": loaded, "unloadable": self.unload is not None,
-                                 "unloads": self.unloads}
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "loaded": loaded,
+            "unloadable": self.unload is not None,
+            "unloads": self.unloads,
+        }
         if self.unload is None:
             entry["pinned"] = self.pinned_reason
         return entry
@@ -272,16 +279,24 @@ class GpuMemoryManager:
             return True, "GPU memory unreadable; admitting"
         if reading.free_mb < self.settings.min_free_mb:
             self.refusals += 1
-            reason = (f"GPU {self.settings.device_index} has {reading.free_mb:.0f} MiB free, "
-                      f"below min_free_mb={self.settings.min_free_mb}")
+            reason = (
+                f"GPU {self.settings.device_index} has {reading.free_mb:.0f} MiB free, "
+                f"below min_free_mb={self.settings.min_free_mb}"
+            )
             self._decide("refuse_stream", "", reading.free_mb, reason)
             return False, reason
         return True, f"{reading.free_mb:.0f} MiB free"
 
     # -- model registry and pressure relief --------------------------------------------------------
 
-    def track_model(self, name: str, loaded: Callable[[], bool], unload: UnloadCallback | None = None,
-                    is_idle: Callable[[], bool] = lambda: True, pinned_reason: str = "") -> None:
+    def track_model(
+        self,
+        name: str,
+        loaded: Callable[[], bool],
+        unload: UnloadCallback | None = None,
+        is_idle: Callable[[], bool] = lambda: True,
+        pinned_reason: str = "",
+    ) -> None:
         """Track a model the server loads on this device. `loaded` says whether it holds device
         memory now; `unload` (sync, run in a thread, or async) gives it back — None pins the model
         (it is reported with `pinned_reason`, never unloaded); `is_idle` says whether unloading now
@@ -296,8 +311,13 @@ class GpuMemoryManager:
             self._models.pop(name, None)
 
     def _decide(self, action: str, model: str, free_mb: float, detail: str) -> None:
-        entry = {"time": round(time.time(), 3), "action": action, "model": model,
-                 "free_mb": round(free_mb, 1), "detail": detail}
+        entry = {
+            "time": round(time.time(), 3),
+            "action": action,
+            "model": model,
+            "free_mb": round(free_mb, 1),
+            "detail": detail,
+        }
         self.decisions.append(entry)
         log.warning("GPU memory decision: %s %s (%.0f MiB free): %s", action, model or "-", free_mb, detail)
 
@@ -325,7 +345,11 @@ class GpuMemoryManager:
                 if now - model.last_unload < self.settings.unload_cooldown:
                     continue
                 model.last_unload = now
-                result = model.unload() if inspect.iscoroutinefunction(model.unload) else await asyncio.to_thread(model.unload)
+                result = (
+                    model.unload()
+                    if inspect.iscoroutinefunction(model.unload)
+                    else await asyncio.to_thread(model.unload)
+                )
                 if inspect.isawaitable(result):
                     await result
                 model.unloads += 1

@@ -47,8 +47,14 @@ class TransientOpenAIError(OpenAIError):
 
     retryable = True
 
-    def __init__(self, message: str, *, code: str = "backend_unavailable", http_status: int = 503,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "backend_unavailable",
+        http_status: int = 503,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, code=code, http_status=http_status)
         self.retry_after = retry_after
 
@@ -127,8 +133,9 @@ def parse_completion(body: bytes, label: str) -> Completion:
     try:
         message = data["choices"][0]["message"]
     except (KeyError, IndexError, TypeError):
-        raise OpenAIError(f"{label} answer is not a chat completion (no choices[0].message)",
-                          code="bad_backend_response") from None
+        raise OpenAIError(
+            f"{label} answer is not a chat completion (no choices[0].message)", code="bad_backend_response"
+        ) from None
     content = message.get("content") if isinstance(message, dict) else None
     if isinstance(content, list):
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
@@ -176,8 +183,9 @@ class OpenAIClient:
     argument for each URL (the server's TlsPolicy: system CAs + TLS_CA_FILE, False only for hosts
     in TLS_INSECURE_HOSTS); without it TLS is verified against the system CAs."""
 
-    def __init__(self, *, ssl_for: SslFor | None = None, max_connections: int = 256,
-                 session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self, *, ssl_for: SslFor | None = None, max_connections: int = 256, session: aiohttp.ClientSession | None = None
+    ) -> None:
         self._ssl_for = ssl_for
         self.max_connections = max(1, max_connections)
         self._session = session
@@ -203,27 +211,41 @@ class OpenAIClient:
             headers["Authorization"] = f"Bearer {api_key}"
         return headers
 
-    async def chat(self, url: str, payload: Mapping[str, Any], *, api_key: str | None = None,
-                   timeout: float = 30.0, label: str = "model server") -> Completion:
+    async def chat(
+        self,
+        url: str,
+        payload: Mapping[str, Any],
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        label: str = "model server",
+    ) -> Completion:
         """POST one chat completion to `url` (a chat_completions_url). Raises TransientOpenAIError
         (retry may help) or OpenAIError; `label` names the server in error messages."""
         session = await self.session()
         started = time.perf_counter()
         try:
-            async with session.post(url, json=dict(payload), headers=self._headers(api_key), ssl=self._ssl(url),
-                                    timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            async with session.post(
+                url,
+                json=dict(payload),
+                headers=self._headers(api_key),
+                ssl=self._ssl(url),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
                 body = await response.read()
         except TimeoutError:  # aiohttp's timeouts subclass TimeoutError
-            raise TransientOpenAIError(f"{label}: timeout, no answer within {timeout:g} s", code="backend_timeout",
-                                       http_status=504) from None
+            raise TransientOpenAIError(
+                f"{label}: timeout, no answer within {timeout:g} s", code="backend_timeout", http_status=504
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise TransientOpenAIError(f"cannot reach {label}: {exc.__class__.__name__}: {exc}") from None
         detail = error_detail(body)
         if status == 429:
-            raise TransientOpenAIError(f"{label} is overloaded (429){detail}", code="backend_overloaded",
-                                       retry_after=retry_after)
+            raise TransientOpenAIError(
+                f"{label} is overloaded (429){detail}", code="backend_overloaded", retry_after=retry_after
+            )
         if status >= 500:
             raise TransientOpenAIError(f"{label} failed with HTTP {status}{detail}", code="backend_error")
         if status >= 300:
@@ -235,8 +257,9 @@ class OpenAIClient:
         TransientOpenAIError."""
         session = await self.session()
         try:
-            async with session.get(url, headers=self._headers(api_key), ssl=self._ssl(url),
-                                   timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            async with session.get(
+                url, headers=self._headers(api_key), ssl=self._ssl(url), timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
                 return response.status, await response.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransientOpenAIError(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None

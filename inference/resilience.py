@@ -136,9 +136,7 @@ class CircuitBreaker:
             self._opened_at = self._clock()
             self._half_open_in_flight = 0
 
-    async def call(
-        self, fn: Callable[[], Awaitable[T]], is_failure: Callable[[Exception], bool] | None = None
-    ) -> T:
+    async def call(self, fn: Callable[[], Awaitable[T]], is_failure: Callable[[Exception], bool] | None = None) -> T:
         """Run `fn` if the breaker allows. An exception counts as a failure unless `is_failure`
         says otherwise (e.g. a "bad request" answer proves the backend is up): then it is
         recorded as a success and still raised."""

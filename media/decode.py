@@ -157,8 +157,14 @@ class DecoderOptions:
 class MediaDecoder(threading.Thread):
     """Reads MPEG-TS from a `BytePipe` until EOF and hands decoded frames to a `DecodeSink`."""
 
-    def __init__(self, pipe: BytePipe, sink: DecodeSink, name: str, options: DecoderOptions | None = None,
-                 on_exit: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        pipe: BytePipe,
+        sink: DecodeSink,
+        name: str,
+        options: DecoderOptions | None = None,
+        on_exit: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.pipe = pipe
         self.sink = sink

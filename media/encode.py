@@ -173,8 +173,10 @@ class TsSegmentEncoder:
         if self._last_video_pts is not None and pts <= self._last_video_pts:
             self.frames_skipped += 1
             return False
-        if (frame.width, frame.height) != (self.width, self.height) and \
-                even_size(frame.width, frame.height) == (self.width, self.height):
+        if (frame.width, frame.height) != (self.width, self.height) and even_size(frame.width, frame.height) == (
+            self.width,
+            self.height,
+        ):
             frame = crop_to_even(frame)  # an odd input size loses its last column/row, no rescale
         if frame.width != self.width or frame.height != self.height or frame.format.name != "yuv420p":
             frame = reformat(frame, "yuv420p", self.width, self.height)

@@ -144,7 +144,7 @@ class Subscription:
             return None
         try:
             event = await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         if event is None:
             self.closed = True

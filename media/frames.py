@@ -153,6 +153,7 @@ def rgb_array(frame: av.VideoFrame, width: int | None = None, height: int | None
 
 # -- frame geometry: any size from 16x16 up, odd or even ------------------------------------------
 
+
 def plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
     """A writable (rows, width) uint8 view of one plane of a planar 8-bit frame, skipping the
     line padding. Works for odd sizes, where PyAV's `to_ndarray` refuses yuv420p."""

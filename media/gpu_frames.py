@@ -134,7 +134,12 @@ class GpuFrameQueue:
         return self._queue.dropped
 
     def stats(self) -> dict[str, Any]:
-        return {"queued": len(self._queue), "maxsize": self._queue.maxsize, "put": self._queue.put_count, "dropped": self.dropped}
+        return {
+            "queued": len(self._queue),
+            "maxsize": self._queue.maxsize,
+            "put": self._queue.put_count,
+            "dropped": self.dropped,
+        }
 
 
 class _PinnedSlot:
@@ -149,7 +154,9 @@ class GpuFrameUploader:
     """Uploads frames to one CUDA device on its own thread. `offer` never blocks (decode thread);
     `upload` is the synchronous core, usable directly by code that already runs in a worker."""
 
-    def __init__(self, queue: GpuFrameQueue, device_index: int = 0, inbox_size: int = 2, pinned_buffers: int = 2) -> None:
+    def __init__(
+        self, queue: GpuFrameQueue, device_index: int = 0, inbox_size: int = 2, pinned_buffers: int = 2
+    ) -> None:
         if not available():
             raise RuntimeError(f"GPU frame upload unavailable: {unavailable_reason()}")
         import torch
@@ -221,7 +228,9 @@ class GpuFrameUploader:
             slot.event.synchronize()  # its previous DMA must be done before we overwrite it
         return slot
 
-    def upload(self, frame: av.VideoFrame | np.ndarray, media_time: float = 0.0, seq: int = 0, ingest_time: float | None = None) -> GpuFrame:
+    def upload(
+        self, frame: av.VideoFrame | np.ndarray, media_time: float = 0.0, seq: int = 0, ingest_time: float | None = None
+    ) -> GpuFrame:
         torch = self._torch
         yuv = (
             isinstance(frame, av.VideoFrame)
@@ -255,9 +264,13 @@ class GpuFrameUploader:
             ready.record(self._stream)
         self.uploaded += 1
         return GpuFrame(
-            tensor=rgb, media_time=media_time, seq=seq,
+            tensor=rgb,
+            media_time=media_time,
+            seq=seq,
             ingest_time=time.perf_counter() if ingest_time is None else ingest_time,
-            ready=ready, width=width, height=height,
+            ready=ready,
+            width=width,
+            height=height,
         )
 
     def stats(self) -> dict[str, Any]:

@@ -39,7 +39,9 @@ def error_body(status: int, message: str, code: str | None = None) -> dict[str, 
     }
 
 
-def json_error(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+def json_error(
+    status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.json_response(error_body(status, message, code), status=status, headers=headers)
 
 

@@ -27,13 +27,13 @@ JSON = "application/json"
 class Role(StrEnum):
     """Who may call a route. Each non-public role has its own token setting (README "Security")."""
 
-    PUBLIC = "public"      # /health, /version, the demo pages and their static files
-    API = "api"            # stream lifecycle, translation, vision, analysis: API_TOKEN
+    PUBLIC = "public"  # /health, /version, the demo pages and their static files
+    API = "api"  # stream lifecycle, translation, vision, analysis: API_TOKEN
     LIVEPEER = "livepeer"  # BYOC / ai-runner routes: AUTH_TOKEN
-    INGEST = "ingest"      # WHIP publish: WHIP_TOKEN
-    VIEWER = "viewer"      # WHEP, SSE, WebVTT: WHEP_TOKEN or the stream's own viewer token
-    TRICKLE = "trickle"    # the built-in trickle server: TRICKLE_TOKEN
-    METRICS = "metrics"    # /metrics: METRICS_TOKEN
+    INGEST = "ingest"  # WHIP publish: WHIP_TOKEN
+    VIEWER = "viewer"  # WHEP, SSE, WebVTT: WHEP_TOKEN or the stream's own viewer token
+    TRICKLE = "trickle"  # the built-in trickle server: TRICKLE_TOKEN
+    METRICS = "metrics"  # /metrics: METRICS_TOKEN
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,15 @@ class RouteTable:
             registry.add(route, spec)
             if spec.path not in registry.options_paths:
                 registry.options_paths.add(spec.path)
-                options = RouteSpec(method="OPTIONS", path=spec.path, handler=_preflight, roles=(Role.PUBLIC,),
-                                    summary="CORS preflight", content_types=None, hidden=True)
+                options = RouteSpec(
+                    method="OPTIONS",
+                    path=spec.path,
+                    handler=_preflight,
+                    roles=(Role.PUBLIC,),
+                    summary="CORS preflight",
+                    content_types=None,
+                    hidden=True,
+                )
                 registry.add(app.router.add_route("OPTIONS", spec.path, _preflight), options)
 
 
@@ -171,5 +178,14 @@ def match_stream_id(key: str = "manifest_id") -> Callable[[web.Request], str | N
     return stream_of
 
 
-__all__ = ["Handler", "JSON", "Role", "RouteSpec", "RouteTable", "RouteRegistry", "registry_of",
-           "match_stream_id", "REGISTRY_KEY"]
+__all__ = [
+    "Handler",
+    "JSON",
+    "Role",
+    "RouteSpec",
+    "RouteTable",
+    "RouteRegistry",
+    "registry_of",
+    "match_stream_id",
+    "REGISTRY_KEY",
+]

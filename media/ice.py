@@ -93,8 +93,9 @@ class IceSettings:
     udp_port_max: int = 0
 
     @classmethod
-    def from_strings(cls, servers: str | None, host_addresses: str | None, port_min: int = 0,
-                     port_max: int = 0) -> IceSettings:
+    def from_strings(
+        cls, servers: str | None, host_addresses: str | None, port_min: int = 0, port_max: int = 0
+    ) -> IceSettings:
         if (port_min or port_max) and not (0 < port_min <= port_max <= 65535):
             raise IceConfigError("webrtc_udp_port_min/max must satisfy 0 < min <= max <= 65535 (or both 0)")
         return cls(parse_ice_servers(servers), parse_host_addresses(host_addresses), port_min, port_max)
@@ -117,6 +118,7 @@ class IceSettings:
 
 
 # -- remote candidates and the outbound policy ----------------------------------------------------
+
 
 class CandidateGuard:
     """The outbound policy's verdict on the remote ICE candidates of a service's peers.
@@ -156,6 +158,7 @@ _candidate_guard: ContextVar[CandidateGuard | None] = ContextVar("streamlens_can
 
 # -- STUN binding requests without PRIORITY ---------------------------------------------------------
 
+
 class PriorityTolerantConnection(aioice.Connection):
     """An aioice `Connection` that accepts an authenticated binding request without PRIORITY.
 
@@ -186,8 +189,12 @@ class PriorityTolerantConnection(aioice.Connection):
             component = protocol.local_candidate.component
             message.attributes["PRIORITY"] = candidate_priority(component, "prflx")
             if PriorityTolerantConnection.missing_priority_requests == 0:
-                log.info("ICE: binding request from %s:%s without PRIORITY (FFmpeg WHIP?); using the "
-                         "peer-reflexive priority", addr[0], addr[1])
+                log.info(
+                    "ICE: binding request from %s:%s without PRIORITY (FFmpeg WHIP?); using the "
+                    "peer-reflexive priority",
+                    addr[0],
+                    addr[1],
+                )
             PriorityTolerantConnection.missing_priority_requests += 1
         super().check_incoming(message, addr, protocol)
 
@@ -198,6 +205,7 @@ aiortc.rtcicetransport.Connection = PriorityTolerantConnection
 
 
 # -- process-wide aioice settings -----------------------------------------------------------------
+
 
 class _Override:
     """Replaces one module attribute while at least one holder wants it (reference counted)."""
@@ -247,15 +255,15 @@ def use_host_addresses(addresses: list[str]) -> Callable[[], None]:
         return [a for a in chosen if (use_ipv4 if ipaddress.ip_address(a).version == 4 else use_ipv6)]
 
     get_host_addresses.addresses = chosen  # type: ignore[attr-defined]
-    return _host_override.acquire(
-        get_host_addresses, lambda current: getattr(current, "addresses", None) == chosen)
+    return _host_override.acquire(get_host_addresses, lambda current: getattr(current, "addresses", None) == chosen)
 
 
 def use_udp_port_range(port_min: int, port_max: int) -> Callable[[], None]:
     """Bind every ICE host candidate of every new peer connection inside [port_min, port_max]."""
     connection_class = port_range_connection(port_min, port_max)
     return _connection_override.acquire(
-        connection_class, lambda current: getattr(current, "port_range", None) == (port_min, port_max))
+        connection_class, lambda current: getattr(current, "port_range", None) == (port_min, port_max)
+    )
 
 
 def apply_ice_settings(settings: IceSettings) -> Callable[[], None]:
@@ -287,8 +295,9 @@ def port_range_connection(port_min: int, port_max: int) -> type[PriorityTolerant
     class PortRangeConnection(PriorityTolerantConnection):
         port_range = (port_min, port_max)
 
-        async def get_component_candidates(self, component: int, addresses: list[str],
-                                           timeout: int = 5) -> list[Candidate]:
+        async def get_component_candidates(
+            self, component: int, addresses: list[str], timeout: int = 5
+        ) -> list[Candidate]:
             loop = asyncio.get_running_loop()
             candidates: list[Candidate] = []
             host_protocols = []
@@ -299,8 +308,12 @@ def port_range_connection(port_min: int, port_max: int) -> type[PriorityTolerant
                 sockname = protocol.transport.get_extra_info("sockname")
                 protocol.local_candidate = Candidate(
                     foundation=candidate_foundation("host", "udp", sockname[0]),
-                    component=component, transport="udp", priority=candidate_priority(component, "host"),
-                    host=sockname[0], port=sockname[1], type="host",
+                    component=component,
+                    transport="udp",
+                    priority=candidate_priority(component, "host"),
+                    host=sockname[0],
+                    port=sockname[1],
+                    type="host",
                 )
                 candidates.append(protocol.local_candidate)
                 host_protocols.append(protocol)
@@ -309,8 +322,9 @@ def port_range_connection(port_min: int, port_max: int) -> type[PriorityTolerant
             if self.stun_server:
                 for protocol in host_protocols:
                     if ipaddress.ip_address(protocol.local_candidate.host).version == 4:
-                        tasks.append(asyncio.create_task(
-                            aioice.ice.server_reflexive_candidate(protocol, self.stun_server)))
+                        tasks.append(
+                            asyncio.create_task(aioice.ice.server_reflexive_candidate(protocol, self.stun_server))
+                        )
             # aioice itself handles TURN (no host addresses left for it to bind)
             relay_task = asyncio.create_task(super().get_component_candidates(component, [], timeout))
             if tasks:
@@ -326,14 +340,16 @@ def port_range_connection(port_min: int, port_max: int) -> type[PriorityTolerant
     return PortRangeConnection
 
 
-async def _bind_in_range(loop: asyncio.AbstractEventLoop, connection: aioice.Connection, address: str,
-                         port_min: int, port_max: int):
+async def _bind_in_range(
+    loop: asyncio.AbstractEventLoop, connection: aioice.Connection, address: str, port_min: int, port_max: int
+):
     ports = range(port_min, port_max + 1)
     tries = random.sample(ports, min(len(ports), PORT_BIND_ATTEMPTS))
     for port in tries:
         try:
             transport, protocol = await loop.create_datagram_endpoint(
-                lambda: aioice.ice.StunProtocol(connection), local_addr=(address, port))
+                lambda: aioice.ice.StunProtocol(connection), local_addr=(address, port)
+            )
         except OSError:
             continue
         sock = transport.get_extra_info("socket")

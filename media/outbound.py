@@ -201,8 +201,10 @@ class TlsPolicy:
             return None
         if parts.scheme == "http" and is_loopback_host(host):
             return None
-        return (f"{safe_url(url)} is plain {parts.scheme or 'unknown-scheme'} to a host that is not loopback: "
-                "use https, or list the host in TLS_INSECURE_HOSTS to send the secret unverified")
+        return (
+            f"{safe_url(url)} is plain {parts.scheme or 'unknown-scheme'} to a host that is not loopback: "
+            "use https, or list the host in TLS_INSECURE_HOSTS to send the secret unverified"
+        )
 
 
 def is_loopback_host(host: str) -> bool:
@@ -219,16 +221,20 @@ def is_loopback_host(host: str) -> bool:
 class OutboundPolicy:
     """Allow/deny lists for caller-given URLs, applied at request time and at connect time."""
 
-    def __init__(self, deny: str | None = DEFAULT_OUTBOUND_DENY, allow: str | None = "",
-                 tls: TlsPolicy | None = None) -> None:
+    def __init__(
+        self, deny: str | None = DEFAULT_OUTBOUND_DENY, allow: str | None = "", tls: TlsPolicy | None = None
+    ) -> None:
         self.deny = AddressRules(deny)
         self.allow = AddressRules(allow)
         self.tls = tls or TlsPolicy()
 
     @classmethod
     def from_settings(cls, settings: Any) -> OutboundPolicy:
-        return cls(deny=getattr(settings, "outbound_deny", DEFAULT_OUTBOUND_DENY),
-                   allow=getattr(settings, "outbound_allow", ""), tls=TlsPolicy.from_settings(settings))
+        return cls(
+            deny=getattr(settings, "outbound_deny", DEFAULT_OUTBOUND_DENY),
+            allow=getattr(settings, "outbound_allow", ""),
+            tls=TlsPolicy.from_settings(settings),
+        )
 
     def ssl_for(self, url: str) -> ssl.SSLContext | bool:
         return self.tls.ssl_for(url)
@@ -348,8 +354,9 @@ class ConnectGuard(AbstractResolver):
         # addresses approved because OUTBOUND_ALLOW names their host (literal IPs have no name)
         self._approved: OrderedDict[IPAddress, None] = OrderedDict()
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         reason = self.policy.name_verdict(host)
         if reason is not None:
             self._refuse(f"host {host} {reason}")

@@ -19,8 +19,18 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "[redacted]"
 SECRET_NAMES = frozenset({"sig", "key", "auth", "pass", "pwd", "jwt", "code", "session", "sessionid", "otp"})
-SECRET_NAME_PARTS = ("token", "secret", "signature", "password", "passwd", "credential", "apikey", "api_key",
-                     "api-key", "auth")
+SECRET_NAME_PARTS = (
+    "token",
+    "secret",
+    "signature",
+    "password",
+    "passwd",
+    "credential",
+    "apikey",
+    "api_key",
+    "api-key",
+    "auth",
+)
 # the names a `key`-like suffix makes secret: accesskey, x-api-key, sharedKey, private_key ...
 SECRET_NAME_SUFFIXES = ("key",)
 # percent-decoding rounds for a parameter name (`%2574oken` → `%74oken` → `token`)
@@ -44,8 +54,9 @@ def _decoded_name(name: str) -> str:
 def is_secret_name(name: str) -> bool:
     """True when a query parameter called `name` (raw, possibly percent-encoded) may hold a secret."""
     name = _decoded_name(name)
-    return (name in SECRET_NAMES or any(part in name for part in SECRET_NAME_PARTS)
-            or name.endswith(SECRET_NAME_SUFFIXES))
+    return (
+        name in SECRET_NAMES or any(part in name for part in SECRET_NAME_PARTS) or name.endswith(SECRET_NAME_SUFFIXES)
+    )
 
 
 def _redact_param(match: re.Match[str]) -> str:

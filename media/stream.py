@@ -13,9 +13,10 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import av
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 DECODE_ERROR_REPORT_INTERVAL = 5.0
 
 
-class StreamState(str, enum.Enum):
+class StreamState(str, enum.Enum):  # noqa: UP042 - str() of a member stays "StreamState.X"
     LOADING = "LOADING"
     ONLINE = "ONLINE"
     DEGRADED_INPUT = "DEGRADED_INPUT"
@@ -124,7 +125,7 @@ class Stream:
         self.config = config or StreamConfig()
         self.metadata = metadata or {}
         self.log = StreamLog(log, {"manifest_id": manifest_id})
-        self.created_at = datetime.now(timezone.utc)
+        self.created_at = datetime.now(UTC)
         self._created_mono = time.monotonic()
         self.state = StreamState.LOADING
         self.state_changed_at = time.time()
@@ -182,8 +183,12 @@ class Stream:
         except BaseException as exc:
             await self.stop(f"start failed: {exc}", error=True)
             raise
-        self.log.info("stream started (source=%s, sinks=%s, stages=%s)", self.source and self.source.name,
-                      [s.name for s in self.sinks], [s.name for s in self.stages])
+        self.log.info(
+            "stream started (source=%s, sinks=%s, stages=%s)",
+            self.source and self.source.name,
+            [s.name for s in self.sinks],
+            [s.name for s in self.stages],
+        )
 
     def on_stop(self, callback: Callable[[Stream], Any]) -> None:
         self._stop_callbacks.append(callback)

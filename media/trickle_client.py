@@ -25,7 +25,7 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -142,8 +142,13 @@ def _cancelled_from_outside() -> bool:
 class TrickleSegment:
     """One segment being received; `read()` returns bytes as the server trickles them."""
 
-    def __init__(self, response: aiohttp.ClientResponse, seq: int, read_timeout: float | None = None,
-                 on_stall: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        seq: int,
+        read_timeout: float | None = None,
+        on_stall: Callable[[], None] | None = None,
+    ) -> None:
         self.seq = seq
         self.read_timeout = read_timeout
         self._on_stall = on_stall
@@ -234,7 +239,7 @@ class TrickleSubscriber:
         self._segments: deque[TrickleSegment] = deque()
         self._lock = asyncio.Lock()
 
-    async def __aenter__(self) -> "TrickleSubscriber":
+    async def __aenter__(self) -> TrickleSubscriber:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -309,13 +314,20 @@ class TrickleSubscriber:
                 return None
             try:
                 response = await session.get(
-                    url, headers=_headers(self.policy, url), ssl=self.policy.ssl_for(url), allow_redirects=False,
+                    url,
+                    headers=_headers(self.policy, url),
+                    ssl=self.policy.ssl_for(url),
+                    allow_redirects=False,
                     timeout=_timeout(self.connect_timeout),
                 )
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 self.errors += 1
-                log.warning("trickle subscriber GET %s failed (try %d): %s", redact_url(url), attempt + 1,
-                            redact_text(repr(exc)))
+                log.warning(
+                    "trickle subscriber GET %s failed (try %d): %s",
+                    redact_url(url),
+                    attempt + 1,
+                    redact_text(repr(exc)),
+                )
             else:
                 if response.status == 200:
                     return response
@@ -332,8 +344,9 @@ class TrickleSubscriber:
                     continue
                 self.errors += 1
                 body = await self._short_body(response)
-                log.warning("trickle subscriber GET %s status %d: %s", redact_url(url), response.status,
-                            redact_text(body))
+                log.warning(
+                    "trickle subscriber GET %s status %d: %s", redact_url(url), response.status, redact_text(body)
+                )
             if attempt < self.max_retries - 1:
                 await asyncio.sleep(self.retry_delay)
         self._end("retries_exhausted")
@@ -343,7 +356,7 @@ class TrickleSubscriber:
     async def _short_body(response: aiohttp.ClientResponse) -> str:
         try:
             return (await response.content.read(512)).decode("utf-8", "replace")
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return ""
         finally:
             response.close()
@@ -383,7 +396,7 @@ class TrickleSubscriber:
 class SegmentWriter:
     """One segment's chunked POST. `write()` feeds a bounded queue the request body drains."""
 
-    def __init__(self, publisher: "TricklePublisher", seq: int, queue_chunks: int, reset: bool) -> None:
+    def __init__(self, publisher: TricklePublisher, seq: int, queue_chunks: int, reset: bool) -> None:
         self.seq = seq
         self.status: int | None = None
         self.error: str | None = None
@@ -441,7 +454,7 @@ class SegmentWriter:
         except asyncio.CancelledError:
             self.error = self.error or "aborted"
             raise
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self.error = redact_text(repr(exc))
             log.warning("trickle publisher POST %s failed: %s", redact_url(url), self.error)
         finally:
@@ -552,7 +565,7 @@ class TricklePublisher:
         self._lock = asyncio.Lock()
         self._closing = False
 
-    async def __aenter__(self) -> "TricklePublisher":
+    async def __aenter__(self) -> TricklePublisher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -579,8 +592,7 @@ class TricklePublisher:
     def _preconnect(self, seq: int) -> SegmentWriter:
         while len(self._open) >= MAX_OPEN_WRITERS:
             oldest = self._open.pop(next(iter(self._open)))
-            log.warning("trickle publisher url=%s too many open segments, aborting seq=%d", self.shown_url,
-                        oldest.seq)
+            log.warning("trickle publisher url=%s too many open segments, aborting seq=%d", self.shown_url, oldest.seq)
             oldest.cancel()
         writer = SegmentWriter(self, seq, self.write_queue_chunks, self._reset_next)
         self._reset_next = False
@@ -639,5 +651,5 @@ class TricklePublisher:
             ) as response:
                 if response.status >= 400:
                     log.info("trickle publisher DELETE %s: status %d", self.shown_url, response.status)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("trickle publisher DELETE %s failed: %s", self.shown_url, redact_text(repr(exc)))

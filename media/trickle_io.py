@@ -34,9 +34,16 @@ class TrickleSource(MediaSource):
 
     name = "trickle"
 
-    def __init__(self, url: str, label: str, session: aiohttp.ClientSession | None = None,
-                 decoder_options: DecoderOptions | None = None, pipe_chunks: int = 64,
-                 policy: OutboundPolicy | None = None, read_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        label: str,
+        session: aiohttp.ClientSession | None = None,
+        decoder_options: DecoderOptions | None = None,
+        pipe_chunks: int = 64,
+        policy: OutboundPolicy | None = None,
+        read_timeout: float = 30.0,
+    ) -> None:
         self.url = url
         self.policy = policy  # None: the built-in outbound policy
         self.read_timeout = read_timeout
@@ -55,10 +62,12 @@ class TrickleSource(MediaSource):
 
     async def start(self, ingest: Ingest) -> None:
         self._ingest = ingest
-        self._subscriber = TrickleSubscriber(self.url, session=self._session, policy=self.policy,
-                                             read_timeout=self.read_timeout)
-        self._decoder = MediaDecoder(self._pipe, ingest, name=f"decode-{self.label}",
-                                     options=self._decoder_options, on_exit=self._decoder_exited)
+        self._subscriber = TrickleSubscriber(
+            self.url, session=self._session, policy=self.policy, read_timeout=self.read_timeout
+        )
+        self._decoder = MediaDecoder(
+            self._pipe, ingest, name=f"decode-{self.label}", options=self._decoder_options, on_exit=self._decoder_exited
+        )
         self._decoder.start()
         self._task = asyncio.create_task(self._pump(), name=f"trickle-in-{self.label}")
 
@@ -84,7 +93,8 @@ class TrickleSource(MediaSource):
                     self.damaged_segments += 1
                     self._ingest.on_decode_error(
                         f"input segment {segment.seq}: {checker.bad_packets} of {checker.packets} MPEG-TS packets "
-                        "out of sync (garbage bytes); the decoder resyncs at the next keyframe")
+                        "out of sync (garbage bytes); the decoder resyncs at the next keyframe"
+                    )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # network errors beyond the subscriber's retries
@@ -140,11 +150,20 @@ class TrickleSink(MediaSink):
 
     name = "trickle"
 
-    def __init__(self, url: str, label: str, encoder_settings: EncoderSettings,
-                 session: aiohttp.ClientSession | None = None, size: tuple[int, int] | None = None,
-                 queue_items: int = 120, max_backlog_bytes: int = 2 << 20, max_lag_seconds: float = 1.0,
-                 max_unacknowledged_segments: int = 2, stall_timeout: float = LOOP_WAIT_SECONDS,
-                 policy: OutboundPolicy | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        label: str,
+        encoder_settings: EncoderSettings,
+        session: aiohttp.ClientSession | None = None,
+        size: tuple[int, int] | None = None,
+        queue_items: int = 120,
+        max_backlog_bytes: int = 2 << 20,
+        max_lag_seconds: float = 1.0,
+        max_unacknowledged_segments: int = 2,
+        stall_timeout: float = LOOP_WAIT_SECONDS,
+        policy: OutboundPolicy | None = None,
+    ) -> None:
         self.url = url
         self.policy = policy  # None: the built-in outbound policy
         self.label = label
@@ -256,8 +275,10 @@ class TrickleSink(MediaSink):
     def _report_lagging(self) -> None:
         on_lagging = getattr(self.host, "on_output_lagging", None)
         if on_lagging is not None:
-            on_lagging(self.name, f"trickle output {redact_url(self.url)} is slower than the stream: "
-                                  f"{self.video_dropped} frames dropped")
+            on_lagging(
+                self.name,
+                f"trickle output {redact_url(self.url)} is slower than the stream: {self.video_dropped} frames dropped",
+            )
 
     # SegmentSink, called by the encoder on the encoding thread: hand over, never wait
     def begin_segment(self) -> None:

@@ -130,8 +130,19 @@ class _Segment:
     copied on every resize and leaves the allocator fragmented, so the process would hold far
     more than the budget counts. Readers get zero-copy views of the pieces."""
 
-    __slots__ = ("idx", "pieces", "ends", "tail", "size", "closed", "evicted", "closed_event", "readers",
-                 "_wake", "_budget")
+    __slots__ = (
+        "idx",
+        "pieces",
+        "ends",
+        "tail",
+        "size",
+        "closed",
+        "evicted",
+        "closed_event",
+        "readers",
+        "_wake",
+        "_budget",
+    )
 
     def __init__(self, idx: int, budget: _Budget) -> None:
         self.idx = idx
@@ -329,8 +340,11 @@ class TrickleServer:
         max_subscribers_per_channel: int = 16,
         max_subscribers: int = 512,
     ) -> None:
-        if min(window, max_channels, max_segment_bytes, max_total_bytes, max_subscribers_per_channel,
-               max_subscribers) < 1 or body_timeout <= 0:
+        if (
+            min(window, max_channels, max_segment_bytes, max_total_bytes, max_subscribers_per_channel, max_subscribers)
+            < 1
+            or body_timeout <= 0
+        ):
             raise ValueError("window, max_channels, byte limits, subscriber caps and body_timeout must be positive")
         self.autocreate = autocreate
         self.idle_timeout = idle_timeout
@@ -420,13 +434,29 @@ class TrickleServer:
         # segment bodies are streamed by the handlers (no pre-read, any Content-Type).
         table = RouteTable()
         # response bodies: the channel's own MIME type (GET), nothing (the rest)
-        opts = dict(role=Role.TRICKLE, content_types=None, stream_body=True, tag="trickle", response_type="",
-                    errors=(400, 404, 408, 413, 470, 503))
+        opts = dict(
+            role=Role.TRICKLE,
+            content_types=None,
+            stream_body=True,
+            tag="trickle",
+            response_type="",
+            errors=(400, 404, 408, 413, 470, 503),
+        )
         table.add("GET", base + "{channel}/next", self._handle_next, summary="Index of the next segment", **opts)
-        table.add("GET", base + "{channel}/{seq}", self._handle_get, **{**opts, "response_type": "*/*"},
-                  summary="Read a segment as it is written (-1 next, -2 current)")
-        table.add("POST", base + "{channel}/{seq}", self._handle_post,
-                  summary="Publish a segment (chunked body, streamed to readers)", **opts)
+        table.add(
+            "GET",
+            base + "{channel}/{seq}",
+            self._handle_get,
+            **{**opts, "response_type": "*/*"},
+            summary="Read a segment as it is written (-1 next, -2 current)",
+        )
+        table.add(
+            "POST",
+            base + "{channel}/{seq}",
+            self._handle_post,
+            summary="Publish a segment (chunked body, streamed to readers)",
+            **opts,
+        )
         table.add("DELETE", base + "{channel}/{seq}", self._handle_delete_segment, summary="Close a segment", **opts)
         table.add("POST", base + "{channel}", self._handle_create, summary="Create a channel", **opts)
         table.add("DELETE", base + "{channel}", self._handle_delete_channel, summary="Close a channel", **opts)
@@ -593,7 +623,10 @@ class TrickleServer:
         self._counters["bytes_published"] += total
         log.debug(
             "trickle channel=%s POST completed seq=%d bytes=%d took=%.3fs",
-            name, segment.idx, total, time.monotonic() - started,
+            name,
+            segment.idx,
+            total,
+            time.monotonic() - started,
         )
         return web.Response(status=200, headers={HEADER_SEQ: str(segment.idx)})
 
@@ -645,12 +678,16 @@ class TrickleServer:
         self._counters["rejected_budget"] += 1
         log.warning(
             "trickle channel=%s POST seq=%d refused after %d bytes: memory budget of %d bytes is full",
-            channel.name, segment.idx, total, self._budget.limit,
+            channel.name,
+            segment.idx,
+            total,
+            self._budget.limit,
         )
         response = _error(
-            503, "trickle_budget_full",
-            f"trickle server memory budget full ({self._budget.held} of {self._budget.limit} bytes held); "
-            "retry later", headers={HEADER_SEQ: str(segment.idx), "Retry-After": "1"},
+            503,
+            "trickle_budget_full",
+            f"trickle server memory budget full ({self._budget.held} of {self._budget.limit} bytes held); retry later",
+            headers={HEADER_SEQ: str(segment.idx), "Retry-After": "1"},
         )
         response.force_close()  # the rest of the body is not read
         return response
@@ -658,10 +695,16 @@ class TrickleServer:
     def _post_stalled(self, channel: TrickleChannel, segment: _Segment, total: int) -> web.Response:
         segment.close()  # readers see the segment end rather than wait on a stalled publisher
         self._counters["post_body_timeouts"] += 1
-        log.info("trickle channel=%s POST seq=%d body stalled for %.1fs after %d bytes, segment closed",
-                 channel.name, segment.idx, self.body_timeout, total)
-        response = _error(408, "body_timeout", f"no segment data for {self.body_timeout:g} s",
-                          headers={HEADER_SEQ: str(segment.idx)})
+        log.info(
+            "trickle channel=%s POST seq=%d body stalled for %.1fs after %d bytes, segment closed",
+            channel.name,
+            segment.idx,
+            self.body_timeout,
+            total,
+        )
+        response = _error(
+            408, "body_timeout", f"no segment data for {self.body_timeout:g} s", headers={HEADER_SEQ: str(segment.idx)}
+        )
         response.force_close()
         return response
 
@@ -670,10 +713,15 @@ class TrickleServer:
         self._counters["rejected_oversize"] += 1
         log.warning(
             "trickle channel=%s POST seq=%d over %d bytes, segment closed at %d bytes",
-            channel.name, segment.idx, self.max_segment_bytes, total,
+            channel.name,
+            segment.idx,
+            self.max_segment_bytes,
+            total,
         )
         response = _error(
-            413, "segment_too_large", f"segment body exceeds {self.max_segment_bytes} bytes",
+            413,
+            "segment_too_large",
+            f"segment body exceeds {self.max_segment_bytes} bytes",
             headers={HEADER_SEQ: str(segment.idx)},
         )
         response.force_close()  # the rest of the body is not read
@@ -712,14 +760,21 @@ class TrickleServer:
         if self._subscribers >= self.max_subscribers:
             self._counters["rejected_subscribers_total"] += 1
             log.info("trickle channel=%s GET refused: %d readers on the server", channel.name, self._subscribers)
-            return _error(503, "too_many_subscribers",
-                          f"trickle server reader limit reached ({self.max_subscribers})", headers={"Retry-After": "1"})
+            return _error(
+                503,
+                "too_many_subscribers",
+                f"trickle server reader limit reached ({self.max_subscribers})",
+                headers={"Retry-After": "1"},
+            )
         if channel.subscribers >= self.max_subscribers_per_channel:
             self._counters["rejected_subscribers_channel"] += 1
             log.info("trickle channel=%s GET refused: %d readers on the channel", channel.name, channel.subscribers)
-            return _error(503, "too_many_subscribers",
-                          f"trickle channel reader limit reached ({self.max_subscribers_per_channel})",
-                          headers={"Retry-After": "1"})
+            return _error(
+                503,
+                "too_many_subscribers",
+                f"trickle channel reader limit reached ({self.max_subscribers_per_channel})",
+                headers={"Retry-After": "1"},
+            )
         return None
 
     async def _serve_get(self, request: web.Request, channel: TrickleChannel, idx: int) -> web.StreamResponse:
@@ -760,7 +815,9 @@ class TrickleServer:
             log.debug("trickle channel=%s GET seq=%d client went away while waiting", name, segment.idx)
             return response or web.Response(status=499)
         except (ConnectionError, OSError) as exc:
-            log.debug("trickle channel=%s GET seq=%d client write failed after %d bytes: %r", name, segment.idx, pos, exc)
+            log.debug(
+                "trickle channel=%s GET seq=%d client write failed after %d bytes: %r", name, segment.idx, pos, exc
+            )
             return response or web.Response(status=499)
         finally:
             segment.readers -= 1
@@ -790,4 +847,3 @@ class TrickleServer:
                     await wake.wait()
             except TimeoutError:
                 pass
-

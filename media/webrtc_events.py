@@ -47,8 +47,14 @@ def status_message(stream: Stream) -> dict[str, Any]:
 class EventChannel:
     """Bridges one data channel to one stream until either closes."""
 
-    def __init__(self, channel: RTCDataChannel, stream: Stream, allow_control: bool = True,
-                 status_interval: float = 1.0, queue_size: int = 256) -> None:
+    def __init__(
+        self,
+        channel: RTCDataChannel,
+        stream: Stream,
+        allow_control: bool = True,
+        status_interval: float = 1.0,
+        queue_size: int = 256,
+    ) -> None:
         self.channel = channel
         self.stream = stream
         self.allow_control = allow_control
@@ -86,8 +92,13 @@ class EventChannel:
         text = json.dumps(message, default=str, ensure_ascii=False)
         if len(text.encode()) > MAX_MESSAGE_BYTES:
             self.dropped += 1
-            log.info("[%s] %s message of %d bytes not sent (limit %d)", self.stream.manifest_id,
-                     message.get("type"), len(text.encode()), MAX_MESSAGE_BYTES)
+            log.info(
+                "[%s] %s message of %d bytes not sent (limit %d)",
+                self.stream.manifest_id,
+                message.get("type"),
+                len(text.encode()),
+                MAX_MESSAGE_BYTES,
+            )
             return False
         if self.channel.bufferedAmount > MAX_BUFFERED_BYTES:
             self.dropped += 1

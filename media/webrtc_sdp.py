@@ -63,8 +63,10 @@ def parse_offer(text: str, max_per_kind: int = 1) -> OfferSummary:
         raise OfferError("the offer has no audio or video m-line", status=422 if has_data else 400)
     for kind in ("audio", "video"):
         if kinds.count(kind) > max_per_kind:
-            raise OfferError(f"at most {max_per_kind} {kind} track(s) per session (simulcast and "
-                             "multiple tracks are not supported)", status=422)
+            raise OfferError(
+                f"at most {max_per_kind} {kind} track(s) per session (simulcast and multiple tracks are not supported)",
+                status=422,
+            )
     if any(line.startswith(("a=simulcast:", "a=rid:")) for line in text.splitlines()):
         raise OfferError("simulcast is not supported (turn it off in the publisher)", status=422)
     first = description.media[0] if description.media else None
@@ -86,8 +88,9 @@ def video_codec_preferences(preferred: str) -> list:
     return sorted(codecs, key=lambda c: 0 if c.mimeType.lower() == wanted else 1)
 
 
-def add_transceivers(pc: RTCPeerConnection, offer: OfferSummary, direction: str,
-                     preferred_video: str) -> dict[str, RTCRtpTransceiver]:
+def add_transceivers(
+    pc: RTCPeerConnection, offer: OfferSummary, direction: str, preferred_video: str
+) -> dict[str, RTCRtpTransceiver]:
     """Create our transceivers before the offer is applied so that our direction and codec order
     are used (aiortc matches them to the offer's m-lines in order)."""
     transceivers: dict[str, RTCRtpTransceiver] = {}
@@ -140,7 +143,7 @@ def parse_sdpfrag(text: str, default_mid: str | None) -> SdpFragment:
             mid = line.split(":", 1)[1]
         elif line.startswith("a=candidate:"):
             try:
-                candidate = candidate_from_sdp(line[len("a=candidate:"):])
+                candidate = candidate_from_sdp(line[len("a=candidate:") :])
             except (ValueError, IndexError, AssertionError) as exc:  # aiortc asserts the field count
                 raise OfferError(f"malformed candidate line {line!r}: {exc}") from None
             candidate.sdpMid = mid

@@ -70,13 +70,19 @@ def normalize_codec(name: str) -> str:
 
 # -- per-peer tracks ---------------------------------------------------------------------------------
 
+
 class PacketTrack(MediaStreamTrack):
     """An outgoing track that yields pre-encoded `av.Packet`s from a shared encoder.
 
     Lives on the event loop: `put` is called there by the encoder's delivery callback."""
 
-    def __init__(self, kind: str, max_packets: int, on_stop: Callable[[PacketTrack], None] | None = None,
-                 request_keyframe: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        max_packets: int,
+        on_stop: Callable[[PacketTrack], None] | None = None,
+        request_keyframe: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__()
         self.kind = kind
         self._queue: deque[av.Packet] = deque(maxlen=max_packets)  # overflow is handled in put()
@@ -139,8 +145,14 @@ class PacketTrack(MediaStreamTrack):
             self._on_stop(self)
 
     def stats(self) -> dict[str, Any]:
-        return {"kind": self.kind, "packets_in": self.packets_in, "packets_out": self.packets_out,
-                "dropped": self.dropped, "resyncs": self.resyncs, "keyframe_requests": self.keyframe_requests}
+        return {
+            "kind": self.kind,
+            "packets_in": self.packets_in,
+            "packets_out": self.packets_out,
+            "dropped": self.dropped,
+            "resyncs": self.resyncs,
+            "keyframe_requests": self.keyframe_requests,
+        }
 
 
 def forward_keyframe_requests(sender: Any, track: PacketTrack) -> None:
@@ -158,6 +170,7 @@ def forward_keyframe_requests(sender: Any, track: PacketTrack) -> None:
 
 
 # -- shared encoders ---------------------------------------------------------------------------------
+
 
 class _SharedEncoder:
     """One encoding thread and the peers' tracks it feeds."""
@@ -298,16 +311,30 @@ class SharedVideoEncoder(_SharedEncoder):
         if self.codec == "H264":
             ctx = av.CodecContext.create("libx264", "w")
             ctx.profile = "Baseline"  # constrained baseline: what every WebRTC H.264 peer decodes
-            options = {"preset": cfg.h264_preset, "tune": "zerolatency", "bf": "0",
-                       "maxrate": str(cfg.video_bitrate), "bufsize": str(cfg.video_bitrate // 2)}
+            options = {
+                "preset": cfg.h264_preset,
+                "tune": "zerolatency",
+                "bf": "0",
+                "maxrate": str(cfg.video_bitrate),
+                "bufsize": str(cfg.video_bitrate // 2),
+            }
         else:
             ctx = av.CodecContext.create("libvpx", "w")
             ctx.qmin, ctx.qmax = 2, 56
             # aiortc's realtime CBR settings
-            options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0",
-                       "minrate": str(cfg.video_bitrate), "maxrate": str(cfg.video_bitrate),
-                       "bufsize": str(cfg.video_bitrate), "static-thresh": "1", "noise-sensitivity": "4",
-                       "undershoot-pct": "100", "overshoot-pct": "15", "partitions": "0"}
+            options = {
+                "deadline": "realtime",
+                "cpu-used": "-6",
+                "lag-in-frames": "0",
+                "minrate": str(cfg.video_bitrate),
+                "maxrate": str(cfg.video_bitrate),
+                "bufsize": str(cfg.video_bitrate),
+                "static-thresh": "1",
+                "noise-sensitivity": "4",
+                "undershoot-pct": "100",
+                "overshoot-pct": "15",
+                "partitions": "0",
+            }
         ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
         ctx.bit_rate = cfg.video_bitrate
         ctx.time_base = VIDEO_TIME_BASE
@@ -337,7 +364,8 @@ class SharedVideoEncoder(_SharedEncoder):
         now = time.monotonic()
         since_keyframe = now - self._last_keyframe
         force = since_keyframe >= self.config.keyframe_interval or (
-            self._keyframe_wanted and since_keyframe >= self.config.min_keyframe_gap)
+            self._keyframe_wanted and since_keyframe >= self.config.min_keyframe_gap
+        )
         frame.pict_type = PictureType.I if force else PictureType.NONE
         packets = list(ctx.encode(frame))
         for packet in packets:
@@ -366,8 +394,9 @@ class SharedAudioEncoder(_SharedEncoder):
 
     kind = "audio"
 
-    def __init__(self, label: str, config: WebRTCEncoderConfig, loop: asyncio.AbstractEventLoop,
-                 queue_frames: int = 50) -> None:
+    def __init__(
+        self, label: str, config: WebRTCEncoderConfig, loop: asyncio.AbstractEventLoop, queue_frames: int = 50
+    ) -> None:
         super().__init__(label, config, loop)
         self._input: DropOldestQueue[AudioItem] = DropOldestQueue(queue_frames)
         self._resampler = self._new_resampler()
@@ -449,6 +478,7 @@ class SharedAudioEncoder(_SharedEncoder):
 
 # -- the sink ------------------------------------------------------------------------------------------
 
+
 class WebRTCOutput(MediaSink):
     """The stream's WebRTC output: hands processed frames to the shared encoders and creates one
     `PacketTrack` per peer (the browser's return path, WHEP viewers)."""
@@ -491,8 +521,9 @@ class WebRTCOutput(MediaSink):
         encoder = self._video.get(codec)
         if encoder is None:
             encoder = self._video[codec] = SharedVideoEncoder(self.label, codec, self.config, self._loop())
-        track = PacketTrack("video", self.config.video_queue_packets, on_stop=self._detach,
-                            request_keyframe=encoder.request_keyframe)
+        track = PacketTrack(
+            "video", self.config.video_queue_packets, on_stop=self._detach, request_keyframe=encoder.request_keyframe
+        )
         track.encoder = encoder  # type: ignore[attr-defined]
         encoder.add_consumer(track)
         encoder.request_keyframe()  # a new peer can only start decoding at a keyframe

@@ -27,8 +27,15 @@ log = logging.getLogger(__name__)
 class WebRTCSource(MediaSource):
     name = "webrtc"
 
-    def __init__(self, label: str, video: MediaStreamTrack | None, audio: MediaStreamTrack | None,
-                 connect_timeout: float = 20.0, media_timeout: float = 10.0, peer: str = "webrtc") -> None:
+    def __init__(
+        self,
+        label: str,
+        video: MediaStreamTrack | None,
+        audio: MediaStreamTrack | None,
+        connect_timeout: float = 20.0,
+        media_timeout: float = 10.0,
+        peer: str = "webrtc",
+    ) -> None:
         if video is None and audio is None:
             raise ValueError("a WebRTC source needs a video or an audio track")
         self.label = label
@@ -52,9 +59,13 @@ class WebRTCSource(MediaSource):
         self._started_at = time.monotonic()
         ingest.on_streams(self.video is not None, self.audio is not None)
         if self.video is not None:
-            self._tasks.append(asyncio.create_task(self._drain(self.video, self._on_video), name=f"rtc-video-{self.label}"))
+            self._tasks.append(
+                asyncio.create_task(self._drain(self.video, self._on_video), name=f"rtc-video-{self.label}")
+            )
         if self.audio is not None:
-            self._tasks.append(asyncio.create_task(self._drain(self.audio, self._on_audio), name=f"rtc-audio-{self.label}"))
+            self._tasks.append(
+                asyncio.create_task(self._drain(self.audio, self._on_audio), name=f"rtc-audio-{self.label}")
+            )
         self._tasks.append(asyncio.create_task(self._watchdog(), name=f"rtc-watchdog-{self.label}"))
 
     def _on_video(self, frame) -> None:

@@ -66,8 +66,14 @@ def _labels_of(family, collectors: dict[str, tuple[str, ...]]) -> tuple[str, ...
 
 def collect() -> list[tuple[str, str, tuple[str, ...], str, str]]:
     """(name, type, labels, help, when) of every family, in registry order, then CONDITIONAL."""
-    app = create_app(Settings(asr_preload=False, orch_url="https://orch.invalid:8935", orch_secret=SecretStr("unused"),
-                              capability_url="http://worker.invalid:8000"))
+    app = create_app(
+        Settings(
+            asr_preload=False,
+            orch_url="https://orch.invalid:8935",
+            orch_secret=SecretStr("unused"),
+            capability_url="http://worker.invalid:8000",
+        )
+    )
     registry = app["metrics"].registry
     # Counter/Histogram objects keep their label names; the registry maps each to its names
     collectors: dict[str, tuple[str, ...]] = {}

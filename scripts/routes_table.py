@@ -1,8 +1,8 @@
 """Write docs/reference/routes.md from the route declarations (so docs and code agree).
 
-    .venv/bin/python scripts/routes_table.py           # rewrite docs/reference/routes.md
-    .venv/bin/python scripts/routes_table.py --check   # exit 1 when the file is stale
-    .venv/bin/python scripts/routes_table.py --stdout  # print the table only
+.venv/bin/python scripts/routes_table.py           # rewrite docs/reference/routes.md
+.venv/bin/python scripts/routes_table.py --check   # exit 1 when the file is stale
+.venv/bin/python scripts/routes_table.py --stdout  # print the table only
 """
 
 from __future__ import annotations

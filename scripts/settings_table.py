@@ -110,7 +110,7 @@ def meaning(name: str, description: str | None) -> str:
     match = re.match(rf"^{re.escape(name)}(?: \((?P<kind>[^)]*)\))?:?\s*", text)
     if match:
         kind = match.group("kind")
-        text = (f"{kind}: " if kind else "") + text[match.end():]
+        text = (f"{kind}: " if kind else "") + text[match.end() :]
     return text or FALLBACK_MEANINGS.get(name, "-")
 
 

@@ -27,11 +27,10 @@ import weakref
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from byoc.mount import secret_value
 from media.http_json import JSONBodyError, json_error, loads_limited
-from media.http_routes import JSON, RouteSpec, Role, registry_of
+from media.http_routes import JSON, Role, RouteSpec, registry_of
 from media.redact import redact_text
 
 log = logging.getLogger(__name__)
@@ -60,20 +59,23 @@ class AccessPolicy:
         self.open = not any(tokens.values())
         fallback = tokens["api_token"] or tokens["auth_token"]
         self.role_tokens: dict[Role, str | None] = {
-            role: tokens[name] or fallback for role, name in ROLE_TOKEN_SETTING.items()}
+            role: tokens[name] or fallback for role, name in ROLE_TOKEN_SETTING.items()
+        }
         # tokens set by the server itself, not by settings (server/self_trust.py: its own trickle clients)
         self.internal_tokens: dict[Role, str] = {}
         self.cors_origins = {o.strip() for o in (settings.cors_origins or "").split(",") if o.strip()}
         # a `?token=` rides in URLs (logs, history, Referer): only WHEP_TOKEN itself, never its API fallback
         self.query_viewer_token = tokens["whep_token"]
-        self.allowed_hosts = {_bare_host(h) for h in (getattr(settings, "allowed_hosts", "") or "").split(",")
-                              if h.strip()}
+        self.allowed_hosts = {
+            _bare_host(h) for h in (getattr(settings, "allowed_hosts", "") or "").split(",") if h.strip()
+        }
         # open mode answers only to loopback names (a DNS-rebinding page is refused); with tokens the
         # Host is checked only when ALLOWED_HOSTS is set
         self.check_host = "*" not in self.allowed_hosts and (self.open or bool(self.allowed_hosts))
 
-    def allows(self, spec: RouteSpec, presented: str | None, viewer_token: str | None = None, *,
-               from_query: bool = False) -> bool:
+    def allows(
+        self, spec: RouteSpec, presented: str | None, viewer_token: str | None = None, *, from_query: bool = False
+    ) -> bool:
         if spec.public or self.open:
             return True
         if not presented or not _encodable(presented):  # undecodable header bytes never match a token
@@ -81,13 +83,17 @@ class AccessPolicy:
         if from_query:
             return Role.VIEWER in spec.roles and any(
                 token and hmac.compare_digest(presented.encode(), token.encode())
-                for token in (self.query_viewer_token, viewer_token))
+                for token in (self.query_viewer_token, viewer_token)
+            )
         for role in spec.roles:
             for token in (self.role_tokens.get(role), self.internal_tokens.get(role)):
                 if token and hmac.compare_digest(presented.encode(), token.encode()):
                     return True
-        return bool(viewer_token) and Role.VIEWER in spec.roles and hmac.compare_digest(
-            presented.encode(), viewer_token.encode())
+        return (
+            bool(viewer_token)
+            and Role.VIEWER in spec.roles
+            and hmac.compare_digest(presented.encode(), viewer_token.encode())
+        )
 
     def cors_origin(self, origin: str | None) -> str | None:
         if not origin or not self.cors_origins:
@@ -161,8 +167,11 @@ async def _check_every_route_declared(app: web.Application) -> None:
 
 def undeclared_routes(app: web.Application) -> list[str]:
     registry = registry_of(app)
-    return [f"{route.method} {route.resource.canonical if route.resource else '?'}"
-            for route in app.router.routes() if registry.spec_for(route) is None]
+    return [
+        f"{route.method} {route.resource.canonical if route.resource else '?'}"
+        for route in app.router.routes()
+        if registry.spec_for(route) is None
+    ]
 
 
 def presented_token(request: web.Request, spec: RouteSpec) -> tuple[str | None, bool]:
@@ -203,8 +212,12 @@ def preflight_response(request: web.Request) -> web.Response | None:
     if not specs:
         return None
     methods = sorted({s.method for s in specs} | {"OPTIONS"})
-    headers = {"Allow": ", ".join(methods), "Access-Control-Allow-Methods": ", ".join(methods),
-               "Access-Control-Allow-Headers": ALLOWED_HEADERS, "Access-Control-Max-Age": "600"}
+    headers = {
+        "Allow": ", ".join(methods),
+        "Access-Control-Allow-Methods": ", ".join(methods),
+        "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+        "Access-Control-Max-Age": "600",
+    }
     for spec in specs:
         headers.update(spec.preflight_headers)
     return web.Response(status=204, headers=headers)
@@ -227,18 +240,21 @@ async def _read_body(request: web.Request, spec: RouteSpec) -> web.Request:
     limit = getattr(settings, spec.max_body) if isinstance(spec.max_body, str) else spec.max_body
     limit = limit or settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length,
-                                            reason=f"request body too large (limit {limit} bytes)")
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=limit, actual_size=request.content_length, reason=f"request body too large (limit {limit} bytes)"
+        )
     sized = request.clone(client_max_size=limit) if limit != request.client_max_size else request
     try:
         async with asyncio.timeout(settings.body_read_timeout):
             await sized.read()
     except TimeoutError:
         raise web.HTTPRequestTimeout(
-            reason=f"request body not received within {settings.body_read_timeout:g} s") from None
+            reason=f"request body not received within {settings.body_read_timeout:g} s"
+        ) from None
     except web.HTTPRequestEntityTooLarge:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=limit + 1,
-                                            reason=f"request body too large (limit {limit} bytes)") from None
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=limit, actual_size=limit + 1, reason=f"request body too large (limit {limit} bytes)"
+        ) from None
     return sized
 
 
@@ -296,18 +312,28 @@ def edge_refusal(request: web.Request, policy: AccessPolicy) -> web.Response | N
     if policy.check_host and host_header is not None:  # every browser sends one; an HTTP/1.0 tool may not
         host = _split_host(host_header)
         if host is None or not policy.host_allowed(host[0]):
-            why = ("with no token set this server answers only to localhost, 127.0.0.0/8 and [::1]"
-                   if policy.open else "it is not in ALLOWED_HOSTS")
+            why = (
+                "with no token set this server answers only to localhost, 127.0.0.0/8 and [::1]"
+                if policy.open
+                else "it is not in ALLOWED_HOSTS"
+            )
             log.info("%s %s → 403: Host %r refused", request.method, request.path, host_header)
-            return json_error(403, f"Host {host_header!r} is not served: {why}; add the name to ALLOWED_HOSTS"
-                              + (" (or set API_TOKEN)" if policy.open else ""), code="host_not_allowed")
+            return json_error(
+                403,
+                f"Host {host_header!r} is not served: {why}; add the name to ALLOWED_HOSTS"
+                + (" (or set API_TOKEN)" if policy.open else ""),
+                code="host_not_allowed",
+            )
     origin = request.headers.get("Origin")
     changes_state = request.method not in SAFE_METHODS or _is_websocket(request)
     if origin and changes_state and not same_origin(request, origin) and policy.cors_origin(origin) is None:
         log.info("%s %s → 403: cross-origin request from %r", request.method, request.path, origin)
-        return json_error(403, f"cross-origin {'WebSocket' if _is_websocket(request) else request.method} "
-                          f"from {origin!r} refused: list the origin in CORS_ORIGINS to allow it",
-                          code="origin_not_allowed")
+        return json_error(
+            403,
+            f"cross-origin {'WebSocket' if _is_websocket(request) else request.method} "
+            f"from {origin!r} refused: list the origin in CORS_ORIGINS to allow it",
+            code="origin_not_allowed",
+        )
     return None
 
 
@@ -331,11 +357,13 @@ async def access_middleware(request: web.Request, handler):
     presented, from_query = presented_token(request, spec)
     if not policy.allows(spec, presented, _viewer_token_for(request, spec), from_query=from_query):
         log.info("%s %s → 401: missing or wrong bearer token", request.method, request.path)
-        raise web.HTTPUnauthorized(reason=INVALID_TOKEN_MESSAGE,
-                                   headers={"WWW-Authenticate": "Bearer", **_cors_headers(request)})
+        raise web.HTTPUnauthorized(
+            reason=INVALID_TOKEN_MESSAGE, headers={"WWW-Authenticate": "Bearer", **_cors_headers(request)}
+        )
     if spec.content_types is not None and _has_body(request) and request.content_type not in spec.content_types:
         raise web.HTTPUnsupportedMediaType(
-            reason=f"Content-Type must be {' or '.join(spec.content_types)}, got '{request.content_type}'")
+            reason=f"Content-Type must be {' or '.join(spec.content_types)}, got '{request.content_type}'"
+        )
     if not spec.stream_body and _has_body(request):
         request = await _read_body(request, spec)
         if request.content_type == JSON:
@@ -377,8 +405,10 @@ def startup_warnings(settings: Any) -> list[str]:
     warnings = []
     policy = AccessPolicy(settings)
     if policy.open and not is_loopback_host(settings.host):
-        warnings.append(f"LISTENING ON {settings.host} WITH NO TOKEN SET: every route is open to anyone who can "
-                        "reach this address. Set API_TOKEN (and AUTH_TOKEN for Livepeer) — README \"Security\".")
+        warnings.append(
+            f"LISTENING ON {settings.host} WITH NO TOKEN SET: every route is open to anyone who can "
+            'reach this address. Set API_TOKEN (and AUTH_TOKEN for Livepeer) — README "Security".'
+        )
     if "*" in policy.cors_origins:
         warnings.append("CORS_ORIGINS contains '*': any web site may call this server from a browser")
     if policy.open and "*" in policy.allowed_hosts:
@@ -409,6 +439,20 @@ def install_log_redaction() -> None:
         access.addFilter(RedactTokens())
 
 
-__all__ = ["AccessPolicy", "ViewerTokens", "install_access", "access_middleware", "undeclared_routes",
-           "parse_json", "startup_warnings", "cors_headers", "JSON_KEY", "BODY_KEY", "POLICY_KEY",
-           "VIEWER_TOKENS_KEY", "INVALID_TOKEN_MESSAGE", "install_log_redaction", "redact"]
+__all__ = [
+    "AccessPolicy",
+    "ViewerTokens",
+    "install_access",
+    "access_middleware",
+    "undeclared_routes",
+    "parse_json",
+    "startup_warnings",
+    "cors_headers",
+    "JSON_KEY",
+    "BODY_KEY",
+    "POLICY_KEY",
+    "VIEWER_TOKENS_KEY",
+    "INVALID_TOKEN_MESSAGE",
+    "install_log_redaction",
+    "redact",
+]

@@ -25,11 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="TCP port (PORT)")
     serve.add_argument("--max-streams", type=int, help="streams run at once (MAX_STREAMS)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (LOG_LEVEL)")
-    serve.add_argument("--api-token", help="bearer token of the api role (API_TOKEN); prefer the variable: "
-                       "command lines are visible to every user of the machine")
+    serve.add_argument(
+        "--api-token",
+        help="bearer token of the api role (API_TOKEN); prefer the variable: "
+        "command lines are visible to every user of the machine",
+    )
     serve.add_argument("--auth-token", help="bearer token of the livepeer role (AUTH_TOKEN); as above")
-    serve.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                       help="any other setting, e.g. --set encoder_preset=veryfast (repeatable)")
+    serve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other setting, e.g. --set encoder_preset=veryfast (repeatable)",
+    )
     add_analyze_parser(sub)  # `streamlens analyze FILE_OR_URL ...` (analysis/cli.py)
     return parser
 
@@ -97,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
     if pin_mmap_threshold(settings.malloc_mmap_threshold):
-        log.info("heap blocks >= %d bytes are mapped on their own (MALLOC_MMAP_THRESHOLD)", settings.malloc_mmap_threshold)
+        log.info(
+            "heap blocks >= %d bytes are mapped on their own (MALLOC_MMAP_THRESHOLD)", settings.malloc_mmap_threshold
+        )
     asyncio.run(serve(settings))
 
 

@@ -19,6 +19,7 @@ from server.access import BODY_KEY, JSON_KEY, parse_json
 
 log = logging.getLogger(__name__)
 
+
 async def read_json(request: web.Request, allow_empty: bool = False) -> dict | None:
     """The request body as a JSON object (parsed once, depth-limited, by the access middleware),
     or a 400 with a clear message."""
@@ -49,8 +50,11 @@ async def error_middleware(request: web.Request, handler):
             raise
         message = exc.reason if exc.text in (None, "", f"{exc.status}: {exc.reason}") else exc.text
         if exc.status == 413:  # aiohttp's own text names no limit; ours (server/access.py) does
-            message = exc.reason if "limit" in (exc.reason or "") else \
-                f"request body too large (limit {request.app['settings'].max_body_bytes} bytes)"
+            message = (
+                exc.reason
+                if "limit" in (exc.reason or "")
+                else f"request body too large (limit {request.app['settings'].max_body_bytes} bytes)"
+            )
         log.info("%s %s → %d: %s", request.method, request.path, exc.status, message)
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return json_error(exc.status, message, headers=headers)

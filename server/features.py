@@ -12,14 +12,14 @@ import logging
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 
+from byoc.capabilities import CapabilityError
 from inference.asr.metrics import asr_metrics
 from inference.asr.model import AsrModelPool, AsrSettings, shared_pool
 from inference.asr.stage import CaptionStage
 from inference.gpu import GpuMemoryManager, GpuSettings
+from inference.translate.base import TranslationError
 from inference.translate.service import TranslateSettings, TranslationService
 from inference.vision.stage import VisionBackends, VisionParams, VisionSettings, VisionStage
-from byoc.capabilities import CapabilityError
-from inference.translate.base import TranslationError
 from media.outbound import OUTBOUND_POLICY_KEY
 from server.routes_analysis import install_analysis
 from server.routes_translate import add_translate_routes, translate_capability
@@ -36,7 +36,9 @@ ASR_KEY = web.AppKey("asr_pool", AsrModelPool)
 
 
 def install_translation(app: web.Application) -> TranslationService:
-    service = TranslationService(TranslateSettings(), ssl_for=app[OUTBOUND_POLICY_KEY].tls.ssl_for)  # a BaseSettings: reads TRANSLATE_* and the VLLM_*/APERTIUM_* names
+    service = TranslationService(
+        TranslateSettings(), ssl_for=app[OUTBOUND_POLICY_KEY].tls.ssl_for
+    )  # a BaseSettings: reads TRANSLATE_* and the VLLM_*/APERTIUM_* names
     app[TRANSLATION_KEY] = service
     add_translate_routes(app, service)
     app["health_details"]["translation"] = lambda: {"backend": service.backend, "model": service.model_info}
@@ -80,8 +82,9 @@ def install_vision(app: web.Application, settings: Settings) -> VisionBackends:
         except DescribeError as exc:
             raise CapabilityError(exc.status, exc.message) from None
 
-    app["capabilities"].register("describe", describe,
-                                 "Tag or describe an image: {image (base64/data URI), mode, tag_list, threshold}")
+    app["capabilities"].register(
+        "describe", describe, "Tag or describe an image: {image (base64/data URI), mode, tag_list, threshold}"
+    )
     return backends
 
 
@@ -130,16 +133,24 @@ def track_gpu_models(app: web.Application, gpu: GpuMemoryManager) -> None:
     caption stream shares it, and it offers no unload)."""
     backends = app.get(VISION_KEY)
     if backends is not None:
+
         def tensorrt_idle() -> bool:
             engine = backends.loaded("tensorrt")
             return engine is None or getattr(engine, "idle", True)
 
-        gpu.track_model("vision:tensorrt", loaded=lambda: backends.loaded("tensorrt") is not None,
-                        unload=lambda: backends.unload("tensorrt"), is_idle=tensorrt_idle)
+        gpu.track_model(
+            "vision:tensorrt",
+            loaded=lambda: backends.loaded("tensorrt") is not None,
+            unload=lambda: backends.unload("tensorrt"),
+            is_idle=tensorrt_idle,
+        )
     pool = app.get(ASR_KEY)
     if pool is not None:
-        gpu.track_model("asr", loaded=lambda: pool.loaded and pool.device == "cuda",
-                        pinned_reason="shared by every live caption stream")
+        gpu.track_model(
+            "asr",
+            loaded=lambda: pool.loaded and pool.device == "cuda",
+            pinned_reason="shared by every live caption stream",
+        )
 
 
 def install_asr(app: web.Application, settings: Settings, translation: TranslationService) -> AsrModelPool:
@@ -162,7 +173,11 @@ def install_asr(app: web.Application, settings: Settings, translation: Translati
 
     app["health_probes"].append(probe)
     app["health_details"]["asr"] = lambda: {
-        "model": asr_settings.model, "loaded": pool.loaded, "loading": pool.loading, "load_error": pool.load_error}
+        "model": asr_settings.model,
+        "loaded": pool.loaded,
+        "loading": pool.loading,
+        "load_error": pool.load_error,
+    }
 
     async def preload(_app: web.Application) -> None:
         if settings.asr_preload:

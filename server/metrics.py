@@ -27,11 +27,16 @@ class StreamCollector(Collector):
         capacity = GaugeMetricFamily("streamlens_streams_capacity", "Streams the server accepts at once")
         capacity.add_metric([], self.manager.capacity)
         yield capacity
-        frames = CounterMetricFamily("streamlens_frames", "Video frames per stream", labels=["manifest_id", "direction"])
+        frames = CounterMetricFamily(
+            "streamlens_frames", "Video frames per stream", labels=["manifest_id", "direction"]
+        )
         fps = GaugeMetricFamily("streamlens_fps", "Frames per second per stream", labels=["manifest_id", "direction"])
-        state = GaugeMetricFamily("streamlens_stream_state", "1 for the stream's current state", labels=["manifest_id", "state"])
-        events_dropped = CounterMetricFamily("streamlens_events_dropped", "Events dropped by slow consumers",
-                                             labels=["manifest_id"])
+        state = GaugeMetricFamily(
+            "streamlens_stream_state", "1 for the stream's current state", labels=["manifest_id", "state"]
+        )
+        events_dropped = CounterMetricFamily(
+            "streamlens_events_dropped", "Events dropped by slow consumers", labels=["manifest_id"]
+        )
         for s in streams:
             mid = s.manifest_id
             frames.add_metric([mid, "in"], s.frames_in)
@@ -61,8 +66,12 @@ class Metrics:
             registry=self.registry,
         )
         self.streams_started = Counter("streamlens_streams_started", "Streams started", registry=self.registry)
-        self.streams_rejected = Counter("streamlens_streams_rejected", "Stream starts refused (capacity or bad input)",
-                                        ["reason"], registry=self.registry)
+        self.streams_rejected = Counter(
+            "streamlens_streams_rejected",
+            "Stream starts refused (capacity or bad input)",
+            ["reason"],
+            registry=self.registry,
+        )
 
     def add_source(self, source: Callable[[], Iterable]) -> None:
         """Register a callable yielding extra metric families at scrape time."""

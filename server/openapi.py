@@ -21,19 +21,42 @@ ROLE_DESCRIPTIONS = {
     Role.TRICKLE: "TRICKLE_TOKEN (else API_TOKEN, then AUTH_TOKEN): the built-in trickle server",
     Role.METRICS: "METRICS_TOKEN (else API_TOKEN, then AUTH_TOKEN): Prometheus metrics",
 }
-STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad request", 401: "Missing or wrong token",
-               403: "Forbidden", 404: "Not found", 405: "Method not allowed", 408: "Body too slow",
-               409: "Conflict", 412: "Precondition failed", 413: "Body too large", 415: "Wrong Content-Type",
-               422: "Unprocessable", 428: "Precondition required", 500: "Internal error", 502: "Bad upstream answer",
-               503: "Unavailable or at capacity", 504: "Timed out"}
+STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    400: "Bad request",
+    401: "Missing or wrong token",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    408: "Body too slow",
+    409: "Conflict",
+    412: "Precondition failed",
+    413: "Body too large",
+    415: "Wrong Content-Type",
+    422: "Unprocessable",
+    428: "Precondition required",
+    500: "Internal error",
+    502: "Bad upstream answer",
+    503: "Unavailable or at capacity",
+    504: "Timed out",
+}
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
     "properties": {
-        "error": {"type": "object", "required": ["code", "message"],
-                  "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
-        "detail": {"type": "object", "properties": {"msg": {"type": "string"}},
-                   "description": "ai-runner's shape of the same message (Livepeer components read it)"},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "detail": {
+            "type": "object",
+            "properties": {"msg": {"type": "string"}},
+            "description": "ai-runner's shape of the same message (Livepeer components read it)",
+        },
         "success": {"type": "boolean"},
         "status": {"type": "string"},
     },
@@ -59,8 +82,12 @@ def _operation_id(spec: RouteSpec, used: set[str]) -> str:
 
 
 def _operation(spec: RouteSpec, components: dict[str, Any], used: set[str]) -> dict[str, Any]:
-    op: dict[str, Any] = {"operationId": _operation_id(spec, used), "summary": spec.summary or spec.path,
-                          "tags": [spec.tag or "other"], "x-role": [r.value for r in spec.roles]}
+    op: dict[str, Any] = {
+        "operationId": _operation_id(spec, used),
+        "summary": spec.summary or spec.path,
+        "tags": [spec.tag or "other"],
+        "x-role": [r.value for r in spec.roles],
+    }
     if spec.query_token:
         op["description"] = "Browsers that cannot send headers (EventSource, <track>) may pass ?token=."
     if spec.public:
@@ -70,8 +97,10 @@ def _operation(spec: RouteSpec, components: dict[str, Any], used: set[str]) -> d
         if spec.query_token:
             op["security"].append({"viewer_query": []})
     statuses = set(spec.errors)
-    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-              for name in _PARAM.findall(spec.path)]
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PARAM.findall(spec.path)
+    ]
     if params:
         op["parameters"] = params
         statuses.add(404)  # an unknown id or name
@@ -82,12 +111,19 @@ def _operation(spec: RouteSpec, components: dict[str, Any], used: set[str]) -> d
             op["requestBody"] = {"required": True, "content": {JSON: {"schema": _schema_of(spec.body, components)}}}
             statuses.update((400, 415))
         elif spec.content_types:
-            op["requestBody"] = {"required": False, "content": {
-                ct: {"schema": {"type": "object"} if ct == JSON else {"type": "string", "format": "binary"}}
-                for ct in spec.content_types}}
+            op["requestBody"] = {
+                "required": False,
+                "content": {
+                    ct: {"schema": {"type": "object"} if ct == JSON else {"type": "string", "format": "binary"}}
+                    for ct in spec.content_types
+                },
+            }
             statuses.update((400, 415) if JSON in spec.content_types else (415,))
         else:
-            op["requestBody"] = {"required": False, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
+            op["requestBody"] = {
+                "required": False,
+                "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            }
         if not spec.stream_body:
             statuses.update((408, 413))
     success: dict[str, Any] = {"description": STATUS_TEXT.get(spec.status, "OK")}
@@ -117,22 +153,35 @@ def openapi_document(app: web.Application) -> dict[str, Any]:
         statuses.update(int(s) for s in op["responses"] if int(s) >= 400)
         paths.setdefault(spec.path, {})[spec.method.lower()] = op
     security_schemes: dict[str, Any] = {
-        role.value: {"type": "http", "scheme": "bearer", "description": text} for role, text in ROLE_DESCRIPTIONS.items()}
-    security_schemes["viewer_query"] = {"type": "apiKey", "in": "query", "name": "token",
-                                        "description": "A viewer token in the query string (viewer routes only)"}
+        role.value: {"type": "http", "scheme": "bearer", "description": text}
+        for role, text in ROLE_DESCRIPTIONS.items()
+    }
+    security_schemes["viewer_query"] = {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "A viewer token in the query string (viewer routes only)",
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "streamlens", "version": __version__,
-                 "description": "Real-time AI media server: live captions, translation and vision on WebRTC and "
-                                "Livepeer trickle streams, and analysis of recorded video. Every route has one "
-                                "role (x-role); each role is a bearer security scheme."},
+        "info": {
+            "title": "streamlens",
+            "version": __version__,
+            "description": "Real-time AI media server: live captions, translation and vision on WebRTC and "
+            "Livepeer trickle streams, and analysis of recorded video. Every route has one "
+            "role (x-role); each role is a bearer security scheme.",
+        },
         "paths": paths,
         "components": {
             "schemas": components,
             "securitySchemes": security_schemes,
-            "responses": {f"E{s}": {"description": STATUS_TEXT.get(s, "Error"),
-                                    "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
-                          for s in sorted(statuses)},
+            "responses": {
+                f"E{s}": {
+                    "description": STATUS_TEXT.get(s, "Error"),
+                    "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+                }
+                for s in sorted(statuses)
+            },
         },
     }
 
@@ -154,8 +203,15 @@ async def get_docs(request: web.Request) -> web.FileResponse:
     return web.FileResponse(static_dir(request.app["settings"]) / "docs.html", headers={"Cache-Control": "no-cache"})
 
 
-routes.add("GET", "/docs", get_docs, role=Role.PUBLIC, tag="system", response_type="text/html",
-           summary="The API described by /openapi.json, rendered")
+routes.add(
+    "GET",
+    "/docs",
+    get_docs,
+    role=Role.PUBLIC,
+    tag="system",
+    response_type="text/html",
+    summary="The API described by /openapi.json, rendered",
+)
 
 OPENAPI_KEY = web.AppKey("openapi_document", dict)
 

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from media.encode import EncoderSettings
 from media.endpoints import MediaSink, MediaSource
+from media.outbound import OutboundPolicy
 from media.stage import Stage
 from media.stream import Stream, StreamConfig, StreamThresholds
-from media.outbound import OutboundPolicy
 from media.trickle_io import TrickleSink, TrickleSource
 from server.settings import Settings
 from server.start_request import StreamSpec
@@ -22,8 +22,12 @@ StageProvider = Callable[[StreamSpec], Stage | None]
 
 
 class StreamFactory:
-    def __init__(self, settings: Settings, on_frame_latency: Callable[[float], None] | None = None,
-                 outbound: OutboundPolicy | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_frame_latency: Callable[[float], None] | None = None,
+        outbound: OutboundPolicy | None = None,
+    ) -> None:
         self.settings = settings
         self.on_frame_latency = on_frame_latency
         # caller-given trickle URLs connect only through the outbound policy (checked at connect time)
@@ -32,7 +36,9 @@ class StreamFactory:
 
     def encoder_settings(self) -> EncoderSettings:
         s = self.settings
-        return EncoderSettings(preset=s.encoder_preset, tune=s.encoder_tune, crf=s.encoder_crf, gop_seconds=s.gop_seconds)
+        return EncoderSettings(
+            preset=s.encoder_preset, tune=s.encoder_tune, crf=s.encoder_crf, gop_seconds=s.gop_seconds
+        )
 
     def stream_config(self, video_queue_size: int | None = None) -> StreamConfig:
         s = self.settings
@@ -57,8 +63,13 @@ class StreamFactory:
             return int(spec.params["width"]), int(spec.params["height"])
         return None
 
-    def build(self, spec: StreamSpec, source: MediaSource | None = None, sinks: list[MediaSink] | None = None,
-              video_queue_size: int | None = None) -> Stream:
+    def build(
+        self,
+        spec: StreamSpec,
+        source: MediaSource | None = None,
+        sinks: list[MediaSink] | None = None,
+        video_queue_size: int | None = None,
+    ) -> Stream:
         """A stream for `spec`: trickle in/out from its URLs unless a source/sinks are given (WebRTC).
         `video_queue_size` overrides the setting (WebRTC keeps only a few frames: a live peer must
         never wait behind stale ones)."""
@@ -68,8 +79,15 @@ class StreamFactory:
         if sinks is None:
             sinks = []
             if spec.publish_url:
-                sinks.append(TrickleSink(spec.publish_url, label, self.encoder_settings(), size=self.output_size(spec),
-                                         policy=self.outbound))
+                sinks.append(
+                    TrickleSink(
+                        spec.publish_url,
+                        label,
+                        self.encoder_settings(),
+                        size=self.output_size(spec),
+                        policy=self.outbound,
+                    )
+                )
         return Stream(
             spec.manifest_id,
             source=source,

@@ -80,20 +80,35 @@ def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
 
 def _job_view(job: dict[str, Any]) -> dict[str, Any]:
     view = {
-        "id": job["id"], "kind": job["kind"], "status": job["status"], "created_at": job["created_at"],
-        "started_at": job.get("started_at"), "finished_at": job.get("finished_at"),
-        "progress": {"fraction": job.get("progress") or 0.0, "frames_done": job.get("frames_done") or 0,
-                     "frames_planned": job.get("frames_planned"), "eta_seconds": job.get("eta_seconds"),
-                     "phase": job.get("phase")},
-        "request": job.get("request") or {}, "input_name": job.get("input_name"),
-        "result": job.get("result"), "error": job.get("error"), "attempts": job.get("attempts") or 0,
+        "id": job["id"],
+        "kind": job["kind"],
+        "status": job["status"],
+        "created_at": job["created_at"],
+        "started_at": job.get("started_at"),
+        "finished_at": job.get("finished_at"),
+        "progress": {
+            "fraction": job.get("progress") or 0.0,
+            "frames_done": job.get("frames_done") or 0,
+            "frames_planned": job.get("frames_planned"),
+            "eta_seconds": job.get("eta_seconds"),
+            "phase": job.get("phase"),
+        },
+        "request": job.get("request") or {},
+        "input_name": job.get("input_name"),
+        "result": job.get("result"),
+        "error": job.get("error"),
+        "attempts": job.get("attempts") or 0,
     }
     return view
 
 
 def _accepted(job: dict[str, Any]) -> web.Response:
-    body = {"job_id": job["id"], "status": job["status"], "status_url": f"/v1/jobs/{job['id']}",
-            "events_url": f"/v1/jobs/{job['id']}/events"}
+    body = {
+        "job_id": job["id"],
+        "status": job["status"],
+        "status_url": f"/v1/jobs/{job['id']}",
+        "events_url": f"/v1/jobs/{job['id']}/events",
+    }
     return web.json_response(body, status=202, headers={"Location": body["status_url"]})
 
 
@@ -108,7 +123,8 @@ def _require_vlm(runner: JobRunner) -> None:
     if not runner.services.vlm_configured():
         raise web.HTTPServiceUnavailable(
             reason="no VLM is configured: set VISION_VLM_ENDPOINT (or VISION_VLM_ENDPOINTS) to an "
-                   "OpenAI-compatible server")
+            "OpenAI-compatible server"
+        )
 
 
 def _require_asr(runner: JobRunner) -> None:
@@ -141,9 +157,13 @@ async def _upload(request: web.Request, runner: JobRunner) -> tuple[str, Any, st
     try:
         # the budget is given back on every way out: done, refused, timed out, client gone, cancelled
         with runner.transfer_budget() as cap:
-            filename, fields = await save_upload(request, path, max_bytes=cap,
-                                                 idle_timeout=settings.upload_idle_timeout,
-                                                 total_timeout=settings.upload_timeout)
+            filename, fields = await save_upload(
+                request,
+                path,
+                max_bytes=cap,
+                idle_timeout=settings.upload_idle_timeout,
+                total_timeout=settings.upload_timeout,
+            )
     except InputError as exc:
         log.info("upload refused: %s", exc.message)
         raise _http_error(exc.status, exc.message) from None
@@ -151,9 +171,14 @@ async def _upload(request: web.Request, runner: JobRunner) -> tuple[str, Any, st
 
 
 def _http_error(status: int, message: str) -> web.HTTPException:
-    classes = {400: web.HTTPBadRequest, 408: web.HTTPRequestTimeout, 413: web.HTTPRequestEntityTooLarge,
-               415: web.HTTPUnsupportedMediaType,
-               500: web.HTTPInternalServerError, 507: web.HTTPInsufficientStorage}
+    classes = {
+        400: web.HTTPBadRequest,
+        408: web.HTTPRequestTimeout,
+        413: web.HTTPRequestEntityTooLarge,
+        415: web.HTTPUnsupportedMediaType,
+        500: web.HTTPInternalServerError,
+        507: web.HTTPInsufficientStorage,
+    }
     cls = classes.get(status, web.HTTPBadRequest)
     if cls is web.HTTPRequestEntityTooLarge:
         # the error middleware keeps a 413 message that names the limit
@@ -192,9 +217,15 @@ async def _wait_answer(runner: JobRunner, job: dict[str, Any], request: web.Requ
 # -- prompt answers (TRU) ------------------------------------------------------------------------------
 
 
-@table.post("/v1/inference/url", role=Role.API, body=InferenceUrlRequest, response=InferenceAnswer, tag="analysis",
-            errors=(400, 413, 415, 422, 502, 503),
-            summary="Video URL + prompt → the VLM's answer (?async=true → 202 job)")
+@table.post(
+    "/v1/inference/url",
+    role=Role.API,
+    body=InferenceUrlRequest,
+    response=InferenceAnswer,
+    tag="analysis",
+    errors=(400, 413, 415, 422, 502, 503),
+    summary="Video URL + prompt → the VLM's answer (?async=true → 202 job)",
+)
 async def inference_url(request: web.Request) -> web.Response:
     runner = _runner(request)
     body = _validate(InferenceUrlRequest, await read_json(request))
@@ -203,17 +234,26 @@ async def inference_url(request: web.Request) -> web.Response:
     return await _wait_answer(runner, job, request)
 
 
-@table.post("/v1/inference/upload", role=Role.API, stream_body=True, content_types=(MULTIPART,), tag="analysis",
-            response=InferenceAnswer, errors=(400, 408, 413, 415, 422, 502, 503, 507),
-            summary="Multipart `video` + `prompt` (+ fps, max_frames, max_tokens, temperature) → the VLM's answer")
+@table.post(
+    "/v1/inference/upload",
+    role=Role.API,
+    stream_body=True,
+    content_types=(MULTIPART,),
+    tag="analysis",
+    response=InferenceAnswer,
+    errors=(400, 408, 413, 415, 422, 502, 503, 507),
+    summary="Multipart `video` + `prompt` (+ fps, max_frames, max_tokens, temperature) → the VLM's answer",
+)
 async def inference_upload(request: web.Request) -> web.Response:
     runner = _runner(request)
     job_id, path, filename, fields = await _upload(request, runner)
     try:
         video = {k: fields[k] for k in VideoParams.model_fields if k in fields}
         generation = {k: fields[k] for k in GenerationParams.model_fields if k in fields}
-        options = _validate(InferenceOptions, {"prompt": fields.get("prompt", ""), "video_params": video,
-                                               "generation_params": generation})
+        options = _validate(
+            InferenceOptions,
+            {"prompt": fields.get("prompt", ""), "video_params": video, "generation_params": generation},
+        )
         _require_vlm(runner)  # after the body is known good: a bad request is a 400 either way
     except BaseException:
         remove_quietly(path)
@@ -225,8 +265,9 @@ async def inference_upload(request: web.Request) -> web.Response:
 # -- tags and transcripts (jobs) ---------------------------------------------------------------------------
 
 
-async def _json_or_upload(request: web.Request, runner: JobRunner, kind: str, url_model: type[BaseModel],
-                          options_model: type[BaseModel]) -> web.Response:
+async def _json_or_upload(
+    request: web.Request, runner: JobRunner, kind: str, url_model: type[BaseModel], options_model: type[BaseModel]
+) -> web.Response:
     if request.content_type == MULTIPART:
         job_id, path, filename, fields = await _upload(request, runner)
         try:
@@ -250,22 +291,43 @@ def _check_backends(runner: JobRunner, options: BaseModel) -> None:
         _require_asr(runner)
 
 
-@table.post("/v1/analyze", role=Role.API, stream_body=True, content_types=(JSON, MULTIPART), status=202,
-            response=JobAccepted, errors=(400, 408, 413, 503, 507), tag="analysis",
-            summary="Timed tags (and transcript) of a video: JSON with video_url, or multipart `video` + fields → 202 job")
+@table.post(
+    "/v1/analyze",
+    role=Role.API,
+    stream_body=True,
+    content_types=(JSON, MULTIPART),
+    status=202,
+    response=JobAccepted,
+    errors=(400, 408, 413, 503, 507),
+    tag="analysis",
+    summary="Timed tags (and transcript) of a video: JSON with video_url, or multipart `video` + fields → 202 job",
+)
 async def analyze(request: web.Request) -> web.Response:
     return await _json_or_upload(request, _runner(request), "analyze", AnalyzeRequest, AnalyzeOptions)
 
 
-@table.post("/v1/transcribe", role=Role.API, stream_body=True, content_types=(JSON, MULTIPART), status=202,
-            response=JobAccepted, errors=(400, 408, 413, 503, 507), tag="analysis",
-            summary="Transcript (+ translate_to) of a video's speech: JSON with video_url, or multipart `video` → 202 job")
+@table.post(
+    "/v1/transcribe",
+    role=Role.API,
+    stream_body=True,
+    content_types=(JSON, MULTIPART),
+    status=202,
+    response=JobAccepted,
+    errors=(400, 408, 413, 503, 507),
+    tag="analysis",
+    summary="Transcript (+ translate_to) of a video's speech: JSON with video_url, or multipart `video` → 202 job",
+)
 async def transcribe(request: web.Request) -> web.Response:
     return await _json_or_upload(request, _runner(request), "transcribe", TranscribeRequest, TranscribeOptions)
 
 
-@table.get("/v1/jobs", role=Role.API, response=JobList, tag="analysis",
-           summary="Analysis jobs, newest first (?limit=20&offset=0&status=); no results, long request values cut")
+@table.get(
+    "/v1/jobs",
+    role=Role.API,
+    response=JobList,
+    tag="analysis",
+    summary="Analysis jobs, newest first (?limit=20&offset=0&status=); no results, long request values cut",
+)
 async def list_jobs(request: web.Request) -> web.Response:
     try:
         limit = min(100, max(1, int(request.query.get("limit", "20"))))
@@ -274,8 +336,9 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(reason="limit and offset must be integers") from None
     status = request.query.get("status") or None
     jobs, total = await _runner(request).list(limit, offset, status)
-    return web.json_response({"jobs": [_job_summary(j) for j in jobs], "total": total, "limit": limit,
-                              "offset": offset})
+    return web.json_response(
+        {"jobs": [_job_summary(j) for j in jobs], "total": total, "limit": limit, "offset": offset}
+    )
 
 
 async def _job_or_404(request: web.Request) -> dict[str, Any]:
@@ -285,14 +348,25 @@ async def _job_or_404(request: web.Request) -> dict[str, Any]:
         raise web.HTTPNotFound(reason=f"no job {request.match_info['job_id']!r}") from None
 
 
-@table.get("/v1/jobs/{job_id}", role=Role.API, response=JobView, errors=(404,), tag="analysis",
-           summary="One job: status, progress, request and result")
+@table.get(
+    "/v1/jobs/{job_id}",
+    role=Role.API,
+    response=JobView,
+    errors=(404,),
+    tag="analysis",
+    summary="One job: status, progress, request and result",
+)
 async def get_job(request: web.Request) -> web.Response:
     return web.json_response(_job_view(await _job_or_404(request)))
 
 
-@table.delete("/v1/jobs/{job_id}", role=Role.API, errors=(404,), tag="analysis",
-              summary="Cancel a queued or running job (within a second), or delete a finished one")
+@table.delete(
+    "/v1/jobs/{job_id}",
+    role=Role.API,
+    errors=(404,),
+    tag="analysis",
+    summary="Cancel a queued or running job (within a second), or delete a finished one",
+)
 async def delete_job(request: web.Request) -> web.Response:
     try:
         outcome = await _runner(request).cancel_or_delete(request.match_info["job_id"])
@@ -301,8 +375,16 @@ async def delete_job(request: web.Request) -> web.Response:
     return web.json_response({"job_id": request.match_info["job_id"], "status": outcome})
 
 
-@table.post("/v1/jobs/{job_id}/retry", role=Role.API, content_types=None, response=JobAccepted, status=202,
-            errors=(404, 409, 503), tag="analysis", summary="Run an interrupted, failed or cancelled job again")
+@table.post(
+    "/v1/jobs/{job_id}/retry",
+    role=Role.API,
+    content_types=None,
+    response=JobAccepted,
+    status=202,
+    errors=(404, 409, 503),
+    tag="analysis",
+    summary="Run an interrupted, failed or cancelled job again",
+)
 async def retry_job(request: web.Request) -> web.Response:
     runner = _runner(request)
     try:
@@ -320,8 +402,14 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-@table.get("/v1/jobs/{job_id}/events", role=Role.API, response_type="text/event-stream",
-           errors=(404, 503), tag="analysis", summary="SSE: `progress` events, then `result` (the job), then `end`")
+@table.get(
+    "/v1/jobs/{job_id}/events",
+    role=Role.API,
+    response_type="text/event-stream",
+    errors=(404, 503),
+    tag="analysis",
+    summary="SSE: `progress` events, then `result` (the job), then `end`",
+)
 async def job_events(request: web.Request) -> web.StreamResponse:
     runner = _runner(request)
     job = await _job_or_404(request)
@@ -329,8 +417,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         queue = runner.subscribe(job["id"])
     except QueueFull as exc:
         raise web.HTTPServiceUnavailable(reason=str(exc)) from None
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           **_cors(request)})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **_cors(request)}
+    )
     # from here on the place is given back however the stream ends: prepare() itself raises when the
     # client already went away
     try:
@@ -387,14 +476,26 @@ async def _subtitles(request: web.Request, render, content_type: str) -> web.Res
     return web.Response(text=text, content_type=content_type, charset="utf-8")
 
 
-@table.get("/v1/jobs/{job_id}/transcript.vtt", role=Role.API, response_type="text/vtt",
-           errors=(404,), tag="analysis", summary="The job's transcript as WebVTT (?lang= a translation)")
+@table.get(
+    "/v1/jobs/{job_id}/transcript.vtt",
+    role=Role.API,
+    response_type="text/vtt",
+    errors=(404,),
+    tag="analysis",
+    summary="The job's transcript as WebVTT (?lang= a translation)",
+)
 async def transcript_vtt(request: web.Request) -> web.Response:
     return await _subtitles(request, to_vtt, "text/vtt")
 
 
-@table.get("/v1/jobs/{job_id}/transcript.srt", role=Role.API, response_type="application/x-subrip",
-           errors=(404,), tag="analysis", summary="The job's transcript as SRT (?lang= a translation)")
+@table.get(
+    "/v1/jobs/{job_id}/transcript.srt",
+    role=Role.API,
+    response_type="application/x-subrip",
+    errors=(404,),
+    tag="analysis",
+    summary="The job's transcript as SRT (?lang= a translation)",
+)
 async def transcript_srt(request: web.Request) -> web.Response:
     return await _subtitles(request, to_srt, "application/x-subrip")
 
@@ -413,8 +514,13 @@ async def health_basic(request: web.Request) -> web.Response:
     return web.json_response({"status": _status(request.app), "version": __version__})
 
 
-@table.get("/v1/health/detailed", role=Role.API, response=HealthDetailed, tag="analysis",
-           summary="Model backends, GPU and analysis queue")
+@table.get(
+    "/v1/health/detailed",
+    role=Role.API,
+    response=HealthDetailed,
+    tag="analysis",
+    summary="Model backends, GPU and analysis queue",
+)
 async def health_detailed(request: web.Request) -> web.Response:
     app = request.app
     runner = app[RUNNER_KEY]
@@ -425,22 +531,38 @@ async def health_detailed(request: web.Request) -> web.Response:
     if services.translation is not None:
         models["translation"] = {"backend": services.translation.backend, "model": services.translation.model_info}
     gpu = app["health_details"].get("gpu")
-    return web.json_response({"status": _status(app), "version": __version__, "models": models,
-                              "gpu": gpu() if callable(gpu) else {"available": False}, "jobs": runner.stats()})
+    return web.json_response(
+        {
+            "status": _status(app),
+            "version": __version__,
+            "models": models,
+            "gpu": gpu() if callable(gpu) else {"available": False},
+            "jobs": runner.stats(),
+        }
+    )
 
 
 # -- installation ----------------------------------------------------------------------------------------
 
 
-def install_analysis(app: web.Application, settings: Any, analysis_settings: AnalysisSettings | None = None) -> JobRunner:
+def install_analysis(
+    app: web.Application, settings: Any, analysis_settings: AnalysisSettings | None = None
+) -> JobRunner:
     from server.features import ASR_KEY, TRANSLATION_KEY, VISION_KEY  # installed before this feature
 
     config = analysis_settings or AnalysisSettings()
     services = AnalysisServices(
-        vision=app[VISION_KEY], asr=app.get(ASR_KEY), translation=app.get(TRANSLATION_KEY),
-        max_duration=config.max_duration, max_samples=config.max_samples, vlm_concurrency=config.vlm_concurrency,
-        transcript_window=config.transcript_window, face_max_side=config.face_max_side,
-        input_formats=config.input_formats, image_patch_size=config.image_patch_size)
+        vision=app[VISION_KEY],
+        asr=app.get(ASR_KEY),
+        translation=app.get(TRANSLATION_KEY),
+        max_duration=config.max_duration,
+        max_samples=config.max_samples,
+        vlm_concurrency=config.vlm_concurrency,
+        transcript_window=config.transcript_window,
+        face_max_side=config.face_max_side,
+        input_formats=config.input_formats,
+        image_patch_size=config.image_patch_size,
+    )
     policy = None
     try:
         from media.outbound import outbound_policy
@@ -470,22 +592,33 @@ def install_analysis(app: web.Application, settings: Any, analysis_settings: Ana
             raise CapabilityError(503, "no VLM is configured: set VISION_VLM_ENDPOINT")
         return await _capability(runner, "inference", InferenceUrlRequest, body, ctx)
 
-    app["capabilities"].register("analyze", analyze_capability,
-                                 "Timed tags / transcript of a video: {video_url, tag_list, frame_interval, "
-                                 "threshold, backend, transcript, translate_to}")
-    app["capabilities"].register("video-inference", inference_capability,
-                                 "A VLM's answer about a video: {video_url, prompt, video_params, generation_params}")
+    app["capabilities"].register(
+        "analyze",
+        analyze_capability,
+        "Timed tags / transcript of a video: {video_url, tag_list, frame_interval, "
+        "threshold, backend, transcript, translate_to}",
+    )
+    app["capabilities"].register(
+        "video-inference",
+        inference_capability,
+        "A VLM's answer about a video: {video_url, prompt, video_params, generation_params}",
+    )
     return runner
 
 
 # analysis/inputs.py's errors for a video_url that was contacted but not fetched (refused, timed out,
 # an HTTP error or redirect, a body over the cap); a policy refusal contacts nothing and stays as is
-URL_FETCH_FAILURES = ("video_url answered", "video_url could not be fetched", "downloading video_url",
-                      "the video is larger than")
+URL_FETCH_FAILURES = (
+    "video_url answered",
+    "video_url could not be fetched",
+    "downloading video_url",
+    "the video is larger than",
+)
 
 
-async def _capability(runner: JobRunner, kind: str, model: type[BaseModel], body: dict,
-                      ctx: CapabilityContext) -> dict | web.Response:
+async def _capability(
+    runner: JobRunner, kind: str, model: type[BaseModel], body: dict, ctx: CapabilityContext
+) -> dict | web.Response:
     """Run as a job; answer the result if it finishes within the Livepeer timeout (less a margin
     for the reply), else the job id and status URL (202)."""
     options = model.model_validate(body)  # ValidationError → 400
@@ -507,5 +640,6 @@ async def _capability(runner: JobRunner, kind: str, model: type[BaseModel], body
         if (job["error"] or "").startswith(URL_FETCH_FAILURES):  # how the URL's host answered: log only
             raise url_fetch_error(f"job {job['id']} failed: {job['error']}")
         raise CapabilityError(runner.error_status(job["id"]), f"job {job['id']} failed: {job['error']}")
-    return web.json_response({"job_id": job["id"], "status": job["status"], "status_url": f"/v1/jobs/{job['id']}"},
-                             status=202)
+    return web.json_response(
+        {"job_id": job["id"], "status": job["status"], "status_url": f"/v1/jobs/{job['id']}"}, status=202
+    )

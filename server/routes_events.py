@@ -30,8 +30,13 @@ log = logging.getLogger(__name__)
 routes = RouteTable()
 # Viewer routes: WHEP_TOKEN (every stream) or the stream's own viewer token; `?token=` too, since
 # EventSource and <track src> cannot send headers.
-VIEWER = {"role": Role.VIEWER, "query_token": True, "stream_of": match_stream_id(), "tag": "viewer",
-          "errors": (401, 404)}
+VIEWER = {
+    "role": Role.VIEWER,
+    "query_token": True,
+    "stream_of": match_stream_id(),
+    "tag": "viewer",
+    "errors": (401, 404),
+}
 
 KEEPALIVE_SECONDS = 15.0
 DISCONNECT_CHECK_SECONDS = 1.0
@@ -114,15 +119,19 @@ async def _serve_sse(request: web.Request, kinds: set[str] | None, name_of) -> w
     slots = request.app[SSE_OPEN_KEY]
     limit = request.app["settings"].sse_max_per_stream
     if not slots.take(stream, limit):
-        raise web.HTTPServiceUnavailable(reason=f"stream '{stream.manifest_id}' has its maximum of {limit} "
-                                                "event connections", headers={"Retry-After": "5"})
+        raise web.HTTPServiceUnavailable(
+            reason=f"stream '{stream.manifest_id}' has its maximum of {limit} event connections",
+            headers={"Retry-After": "5"},
+        )
     subscription = None
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream",
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-        **cors_headers(request),
-    })
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **cors_headers(request),
+        }
+    )
     try:  # from here on, every way out gives the place back
         try:
             subscription = stream.events.subscribe(maxsize=512, kinds=kinds, replay=replay)
@@ -159,22 +168,34 @@ async def _serve_sse(request: web.Request, kinds: set[str] | None, name_of) -> w
     return response
 
 
-@routes.get("/stream/{manifest_id}/events", summary="Every event of a stream (SSE); ?kinds=caption,tags",
-            response_type="text/event-stream", **VIEWER)
+@routes.get(
+    "/stream/{manifest_id}/events",
+    summary="Every event of a stream (SSE); ?kinds=caption,tags",
+    response_type="text/event-stream",
+    **VIEWER,
+)
 async def stream_events(request: web.Request) -> web.StreamResponse:
     kinds_param = request.query.get("kinds")
     kinds = {k.strip() for k in kinds_param.split(",") if k.strip()} if kinds_param else None
     return await _serve_sse(request, kinds, lambda event: event.kind)
 
 
-@routes.get("/stream/{manifest_id}/captions", summary="Caption events (SSE: partial / final / update)",
-            response_type="text/event-stream", **VIEWER)
+@routes.get(
+    "/stream/{manifest_id}/captions",
+    summary="Caption events (SSE: partial / final / update)",
+    response_type="text/event-stream",
+    **VIEWER,
+)
 async def stream_captions(request: web.Request) -> web.StreamResponse:
     return await _serve_sse(request, {"caption"}, lambda event: event.sse_event)
 
 
-@routes.get("/stream/{manifest_id}/captions.vtt", summary="Final captions as WebVTT (?lang= a translation)",
-            response_type="text/vtt", **VIEWER)
+@routes.get(
+    "/stream/{manifest_id}/captions.vtt",
+    summary="Final captions as WebVTT (?lang= a translation)",
+    response_type="text/vtt",
+    **VIEWER,
+)
 async def stream_captions_vtt(request: web.Request) -> web.Response:
     stream = _stream(request)
     text = stream.captions.to_webvtt(request.query.get("lang"))

@@ -104,10 +104,15 @@ async def start_from_body(app: web.Application, body: dict, stream_id_header: st
     return web.json_response(start_response(app, stream))
 
 
-@routes.post("/stream/start", role=(Role.API, Role.LIVEPEER), body=StartRequest, tag="streams",
-             summary="Start a stream: native {subscribe_url, publish_url} or the Livepeer gateway shape "
-                     "(X-Stream-Id, gateway_request_id, control/events/data URLs)",
-             errors=(400, 401, 409, 415, 503))
+@routes.post(
+    "/stream/start",
+    role=(Role.API, Role.LIVEPEER),
+    body=StartRequest,
+    tag="streams",
+    summary="Start a stream: native {subscribe_url, publish_url} or the Livepeer gateway shape "
+    "(X-Stream-Id, gateway_request_id, control/events/data URLs)",
+    errors=(400, 401, 409, 415, 503),
+)
 async def post_stream_start(request: web.Request) -> web.Response:
     return await start_from_body(request.app, await read_json(request), request.headers.get("X-Stream-Id"))
 
@@ -118,8 +123,12 @@ async def list_streams(request: web.Request) -> web.Response:
     for stream in manager_of(request).active():
         item = stream.summary()
         status = stream.status()
-        item.update({k: status[k] for k in ("state", "uptime_s", "frames_in", "frames_out", "frames_dropped",
-                                            "input_fps", "output_fps")})
+        item.update(
+            {
+                k: status[k]
+                for k in ("state", "uptime_s", "frames_in", "frames_out", "frames_dropped", "input_fps", "output_fps")
+            }
+        )
         streams.append(redact_payload(item))
     return web.json_response({"success": True, "streams": streams, "count": len(streams)})
 
@@ -133,8 +142,13 @@ def _stream_or_404(request: web.Request, active_only: bool = False):
     return stream
 
 
-@routes.get("/stream/{manifest_id}/status", role=Role.API, tag="streams", errors=(401, 404),
-            summary="One stream's status (running or recently stopped)")
+@routes.get(
+    "/stream/{manifest_id}/status",
+    role=Role.API,
+    tag="streams",
+    errors=(401, 404),
+    summary="One stream's status (running or recently stopped)",
+)
 async def stream_status(request: web.Request) -> web.Response:
     stream = _stream_or_404(request)
     return web.json_response({"success": True, **redact_payload(stream.status())})
@@ -144,9 +158,11 @@ async def stream_status(request: web.Request) -> web.Response:
 async def delete_stream(request: web.Request) -> web.Response:
     stream = _stream_or_404(request, active_only=True)
     await stream.stop("stopped by DELETE")
-    return web.json_response({
-        "success": True,
-        "manifest_id": stream.manifest_id,
-        "status": stream.state.value,
-        "end_reason": stream.end_reason,
-    })
+    return web.json_response(
+        {
+            "success": True,
+            "manifest_id": stream.manifest_id,
+            "status": stream.state.value,
+            "end_reason": stream.end_reason,
+        }
+    )

@@ -24,7 +24,9 @@ def health_status(app: web.Application) -> str:
     return "IDLE" if ok else "ERROR"
 
 
-@routes.get("/health", role=Role.PUBLIC, tag="system", summary="IDLE | OK | LOADING | ERROR, streams, capacity, feature details")
+@routes.get(
+    "/health", role=Role.PUBLIC, tag="system", summary="IDLE | OK | LOADING | ERROR, streams, capacity, feature details"
+)
 async def health(request: web.Request) -> web.Response:
     app = request.app
     manager = app["streams"]
@@ -36,11 +38,13 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get("/version", role=Role.PUBLIC, tag="system", summary="Pipeline, model id and version (ai-runner shape)")
 async def version(request: web.Request) -> web.Response:
-    return web.json_response({
-        "pipeline": request.app["settings"].pipeline_name,
-        "model_id": request.app["settings"].model_id,
-        "version": __version__,
-    })
+    return web.json_response(
+        {
+            "pipeline": request.app["settings"].pipeline_name,
+            "model_id": request.app["settings"].model_id,
+            "version": __version__,
+        }
+    )
 
 
 @routes.get("/metrics", role=Role.METRICS, tag="system", response_type="text/plain", summary="Prometheus metrics")

@@ -140,7 +140,9 @@ def translation_fields(result: TranslationResult) -> dict[str, Any]:
     }
 
 
-def single_response(result: TranslationResult, session_id: str | None = None, requested_source: str = "") -> dict[str, Any]:
+def single_response(
+    result: TranslationResult, session_id: str | None = None, requested_source: str = ""
+) -> dict[str, Any]:
     return {
         **translation_fields(result),
         "model_info": result.model_info,
@@ -186,8 +188,15 @@ def _error_response(request: web.Request, exc: TranslationError) -> web.Response
 routes = RouteTable()
 
 
-@routes.post("/translate", role=Role.API, tag="translate", summary="Translate one text",
-             body=TranslateRequest, response=TranslateResponse, errors=(400, 413, 503))
+@routes.post(
+    "/translate",
+    role=Role.API,
+    tag="translate",
+    summary="Translate one text",
+    body=TranslateRequest,
+    response=TranslateResponse,
+    errors=(400, 413, 503),
+)
 async def handle_translate(request: web.Request) -> web.StreamResponse:
     service = request.app[TRANSLATION_SERVICE_KEY]
     body = await read_json(request)
@@ -199,8 +208,15 @@ async def handle_translate(request: web.Request) -> web.StreamResponse:
     return web.json_response(single_response(result, single.session_id, single.source_lang))
 
 
-@routes.post("/translate/batch", role=Role.API, tag="translate", summary="Translate several texts, in order",
-             body=BatchTranslateRequest, response=BatchTranslateResponse, errors=(400, 413, 503))
+@routes.post(
+    "/translate/batch",
+    role=Role.API,
+    tag="translate",
+    summary="Translate several texts, in order",
+    body=BatchTranslateRequest,
+    response=BatchTranslateResponse,
+    errors=(400, 413, 503),
+)
 async def handle_translate_batch(request: web.Request) -> web.StreamResponse:
     service = request.app[TRANSLATION_SERVICE_KEY]
     body = await read_json(request)
@@ -212,14 +228,25 @@ async def handle_translate_batch(request: web.Request) -> web.StreamResponse:
     return web.json_response(batch_response(results, service.model_info, batch.session_id, batch.source_lang))
 
 
-@routes.get("/translate/languages", role=Role.API, tag="translate",
-            summary="The language pairs each translation backend can do", response=LanguagesResponse)
+@routes.get(
+    "/translate/languages",
+    role=Role.API,
+    tag="translate",
+    summary="The language pairs each translation backend can do",
+    response=LanguagesResponse,
+)
 async def handle_translate_languages(request: web.Request) -> web.StreamResponse:
     return web.json_response(await request.app[TRANSLATION_SERVICE_KEY].languages())
 
 
-@routes.get("/translate/sessions/{session_id}", role=Role.API, tag="translate",
-            summary="A translation session's history", response=SessionResponse, errors=(404,))
+@routes.get(
+    "/translate/sessions/{session_id}",
+    role=Role.API,
+    tag="translate",
+    summary="A translation session's history",
+    response=SessionResponse,
+    errors=(404,),
+)
 async def handle_get_session(request: web.Request) -> web.StreamResponse:
     session_id = request.match_info["session_id"]
     snapshot = request.app[TRANSLATION_SERVICE_KEY].session_snapshot(session_id)
@@ -228,8 +255,13 @@ async def handle_get_session(request: web.Request) -> web.StreamResponse:
     return web.json_response(snapshot)
 
 
-@routes.delete("/translate/sessions/{session_id}", role=Role.API, tag="translate",
-               summary="End a translation session", errors=(404,))
+@routes.delete(
+    "/translate/sessions/{session_id}",
+    role=Role.API,
+    tag="translate",
+    summary="End a translation session",
+    errors=(404,),
+)
 async def handle_delete_session(request: web.Request) -> web.StreamResponse:
     session_id = request.match_info["session_id"]
     if not request.app[TRANSLATION_SERVICE_KEY].end_session(session_id):
@@ -237,8 +269,7 @@ async def handle_delete_session(request: web.Request) -> web.StreamResponse:
     return web.json_response({"session_id": session_id, "ended": True})
 
 
-@routes.get("/translate/health", role=Role.API, tag="translate", summary="Translation backend health",
-            errors=(503,))
+@routes.get("/translate/health", role=Role.API, tag="translate", summary="Translation backend health", errors=(503,))
 async def handle_translate_health(request: web.Request) -> web.StreamResponse:
     report = await request.app[TRANSLATION_SERVICE_KEY].health()
     report["stream"] = request.app[STREAM_STATS_KEY].snapshot()
@@ -277,8 +308,13 @@ class _StreamConnection:
     so TCP pushes back on the client), and a writer that sends their replies in message order
     and closes the socket when the client stops reading."""
 
-    def __init__(self, ws: web.WebSocketResponse, service: TranslationService, stats: StreamStats,
-                 transport: asyncio.BaseTransport | None) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        service: TranslationService,
+        stats: StreamStats,
+        transport: asyncio.BaseTransport | None,
+    ) -> None:
         self.ws = ws
         self.service = service
         self.stats = stats
@@ -286,7 +322,9 @@ class _StreamConnection:
         settings = service.settings
         self.slots = asyncio.Semaphore(settings.ws_max_in_flight)
         # at most ws_max_in_flight replies (the semaphore) plus the end marker
-        self.replies: asyncio.Queue[asyncio.Future[dict[str, Any]] | None] = asyncio.Queue(settings.ws_max_in_flight + 1)
+        self.replies: asyncio.Queue[asyncio.Future[dict[str, Any]] | None] = asyncio.Queue(
+            settings.ws_max_in_flight + 1
+        )
         self.send_timeout = settings.ws_send_timeout_s
         self.max_bad = settings.ws_max_bad_messages
         self.bad_messages = 0
@@ -360,8 +398,9 @@ class _StreamConnection:
 
     async def _translate(self, reply_id: str | int, message: StreamMessage) -> dict[str, Any]:
         try:
-            result = await self.service.translate(message.text, message.source_lang, message.target_lang,
-                                                  message.session_id)
+            result = await self.service.translate(
+                message.text, message.source_lang, message.target_lang, message.session_id
+            )
         except TranslationError as exc:
             return {"id": reply_id, "error": {"code": exc.code, "message": str(exc)}}
         reply = {"id": reply_id, **translation_fields(result), "session_id": message.session_id}
@@ -397,7 +436,7 @@ class _StreamConnection:
                 continue
             try:
                 await asyncio.wait_for(self.ws.send_json(payload), self.send_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.stats.closed_slow_reader += 1
                 log.info("translate stream: client stopped reading for %.1f s; closing it", self.send_timeout)
                 self._abort()
@@ -406,9 +445,10 @@ class _StreamConnection:
                 return  # the client went away
         if self.close_code is not None and not self.ws.closed:
             try:
-                await asyncio.wait_for(self.ws.close(code=self.close_code, message=self.close_reason.encode()),
-                                       WS_CLOSE_TIMEOUT_S)
-            except asyncio.TimeoutError:
+                await asyncio.wait_for(
+                    self.ws.close(code=self.close_code, message=self.close_reason.encode()), WS_CLOSE_TIMEOUT_S
+                )
+            except TimeoutError:
                 self._abort()
 
     def _abort(self) -> None:
@@ -428,18 +468,23 @@ class _StreamConnection:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-@routes.get("/translate/stream", role=Role.API, tag="translate", content_types=None, stream_body=True,
-            summary="WebSocket: send {text, source_lang, target_lang, session_id?, id?} "
-            "messages, receive {id, translated_text, confidence, quality_flags, backend, ...} in order",
-            errors=(400, 503))
+@routes.get(
+    "/translate/stream",
+    role=Role.API,
+    tag="translate",
+    content_types=None,
+    stream_body=True,
+    summary="WebSocket: send {text, source_lang, target_lang, session_id?, id?} "
+    "messages, receive {id, translated_text, confidence, quality_flags, backend, ...} in order",
+    errors=(400, 503),
+)
 async def handle_translate_stream(request: web.Request) -> web.StreamResponse:
     service = request.app[TRANSLATION_SERVICE_KEY]
     stats = request.app[STREAM_STATS_KEY]
     if stats.open >= stats.max_connections:
         stats.refused += 1
         return json_error(503, f"too many translation streams open (limit {stats.max_connections})")
-    ws = web.WebSocketResponse(max_msg_size=service.settings.ws_max_message_bytes, heartbeat=30.0,
-                               autoping=True)
+    ws = web.WebSocketResponse(max_msg_size=service.settings.ws_max_message_bytes, heartbeat=30.0, autoping=True)
     if not ws.can_prepare(request).ok:
         return json_error(400, "GET /translate/stream is a WebSocket: send Connection: Upgrade and Upgrade: websocket")
     await ws.prepare(request)
@@ -452,7 +497,7 @@ async def handle_translate_stream(request: web.Request) -> web.StreamResponse:
         if not ws.closed:
             try:
                 await asyncio.wait_for(ws.close(), WS_CLOSE_TIMEOUT_S)
-            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            except (TimeoutError, ConnectionError, RuntimeError):
                 if request.transport is not None:
                     request.transport.abort()
     return ws

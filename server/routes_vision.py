@@ -35,9 +35,9 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from inference.vision.base import BackendUnavailable, VisionRequest
+from inference.vision.stage import VisionBackends
 from media.http_json import JSONBodyError, json_error, loads_limited
 from media.http_routes import Role, RouteTable
-from inference.vision.stage import VisionBackends
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +197,17 @@ async def handle_describe(request: web.Request) -> web.Response:
 
 
 routes = RouteTable()
-routes.add("POST", "/vision/describe", handle_describe, role=Role.API, content_types=("application/json", *RAW_IMAGE_TYPES),
-           max_body="max_image_bytes", tag="vision", errors=(400, 401, 413, 415, 502, 503),
-           summary="Tags or a description of one image (JSON with base64, or raw image bytes)")
+routes.add(
+    "POST",
+    "/vision/describe",
+    handle_describe,
+    role=Role.API,
+    content_types=("application/json", *RAW_IMAGE_TYPES),
+    max_body="max_image_bytes",
+    tag="vision",
+    errors=(400, 401, 413, 415, 502, 503),
+    summary="Tags or a description of one image (JSON with base64, or raw image bytes)",
+)
 
 
 def add_vision_routes(app: web.Application, backends: VisionBackends) -> None:

@@ -94,8 +94,15 @@ def _publish_failed(request: web.Request, exc: Exception) -> web.Response:
     return json_error(503, str(exc), code="at_capacity", headers={"Retry-After": "5"})
 
 
-@routes.post("/offer", role=Role.API, body=OfferBody, response=OfferAnswer, tag="webrtc", errors=(400, 401, 409, 503),
-             summary="Browser demo: an SDP offer in, the answer out; the stream's video comes back processed")
+@routes.post(
+    "/offer",
+    role=Role.API,
+    body=OfferBody,
+    response=OfferAnswer,
+    tag="webrtc",
+    errors=(400, 401, 409, 503),
+    summary="Browser demo: an SDP offer in, the answer out; the stream's video comes back processed",
+)
 async def post_offer(request: web.Request) -> web.Response:
     body: OfferBody = validated_body(request)
     if body is None:
@@ -107,13 +114,27 @@ async def post_offer(request: web.Request) -> web.Response:
         session, answer = await service_of(request).open_publisher("browser", body.sdp, manifest_id, body.params)
     except (OfferError, AdmissionError, SessionLimitError, DuplicateStreamError) as exc:
         return _publish_failed(request, exc)
-    return web.json_response({"sdp": answer, "type": "answer", "manifest_id": session.manifest_id,
-                              "session_id": session.id, "viewer_token": viewer_token(request.app, session.stream)})
+    return web.json_response(
+        {
+            "sdp": answer,
+            "type": "answer",
+            "manifest_id": session.manifest_id,
+            "session_id": session.id,
+            "viewer_token": viewer_token(request.app, session.stream),
+        }
+    )
 
 
-WHIP = dict(role=Role.INGEST, content_types=(SDP,), max_body="max_sdp_bytes", tag="webrtc", status=201,
-            response_type=SDP, errors=(400, 401, 409, 415, 422, 503),
-            preflight_headers={"Accept-Post": SDP})
+WHIP = dict(
+    role=Role.INGEST,
+    content_types=(SDP,),
+    max_body="max_sdp_bytes",
+    tag="webrtc",
+    status=201,
+    response_type=SDP,
+    errors=(400, 401, 409, 415, 422, 503),
+    preflight_headers={"Accept-Post": SDP},
+)
 
 
 async def post_whip(request: web.Request) -> web.Response:
@@ -138,14 +159,28 @@ async def post_whip(request: web.Request) -> web.Response:
 
 
 routes.add("POST", "/whip", post_whip, summary="WHIP publish (OBS, FFmpeg): SDP offer → 201 SDP answer", **WHIP)
-routes.add("POST", "/whip/{stream_key}", post_whip,
-           summary="WHIP publish with a stream key (the key becomes the manifest id)", **WHIP)
+routes.add(
+    "POST",
+    "/whip/{stream_key}",
+    post_whip,
+    summary="WHIP publish with a stream key (the key becomes the manifest id)",
+    **WHIP,
+)
 
 
-@routes.post("/whep/{manifest_id}", role=Role.VIEWER, stream_of=match_stream_id(), content_types=(SDP,),
-             max_body="max_sdp_bytes", tag="webrtc", status=201, response_type=SDP, errors=(400, 401, 404, 415, 503),
-             preflight_headers={"Accept-Post": SDP},
-             summary="WHEP playback of a stream's processed output: SDP offer → 201 SDP answer")
+@routes.post(
+    "/whep/{manifest_id}",
+    role=Role.VIEWER,
+    stream_of=match_stream_id(),
+    content_types=(SDP,),
+    max_body="max_sdp_bytes",
+    tag="webrtc",
+    status=201,
+    response_type=SDP,
+    errors=(400, 401, 404, 415, 503),
+    preflight_headers={"Accept-Post": SDP},
+    summary="WHEP playback of a stream's processed output: SDP offer → 201 SDP answer",
+)
 async def post_whep(request: web.Request) -> web.Response:
     offer = await _sdp_text(request)
     manifest_id = request.match_info["manifest_id"]
@@ -204,23 +239,64 @@ def _delete_handler(kinds: tuple[str, ...]):
     return delete_session
 
 
-SESSION_PATCH = dict(content_types=(SDPFRAG,), max_body="max_sdp_bytes", tag="webrtc", status=204,
-                     errors=(400, 401, 404, 412, 415, 422, 428), preflight_headers={"Accept-Patch": SDPFRAG})
-routes.add("PATCH", "/whip/sessions/{session_id}", _patch_handler("whip"), role=Role.INGEST,
-           summary="Trickle ICE candidates of a WHIP session", **SESSION_PATCH)
-routes.add("DELETE", "/whip/sessions/{session_id}", _delete_handler(("whip",)), role=Role.INGEST, tag="webrtc",
-           errors=(401, 404), summary="End a WHIP session (stops its stream)")
-routes.add("PATCH", "/whep/sessions/{session_id}", _patch_handler("whep"), role=Role.VIEWER,
-           stream_of=_session_stream, summary="Trickle ICE candidates of a WHEP session", **SESSION_PATCH)
-routes.add("DELETE", "/whep/sessions/{session_id}", _delete_handler(("whep",)), role=Role.VIEWER,
-           stream_of=_session_stream, tag="webrtc", errors=(401, 404), summary="End a WHEP session")
+SESSION_PATCH = dict(
+    content_types=(SDPFRAG,),
+    max_body="max_sdp_bytes",
+    tag="webrtc",
+    status=204,
+    errors=(400, 401, 404, 412, 415, 422, 428),
+    preflight_headers={"Accept-Patch": SDPFRAG},
+)
+routes.add(
+    "PATCH",
+    "/whip/sessions/{session_id}",
+    _patch_handler("whip"),
+    role=Role.INGEST,
+    summary="Trickle ICE candidates of a WHIP session",
+    **SESSION_PATCH,
+)
+routes.add(
+    "DELETE",
+    "/whip/sessions/{session_id}",
+    _delete_handler(("whip",)),
+    role=Role.INGEST,
+    tag="webrtc",
+    errors=(401, 404),
+    summary="End a WHIP session (stops its stream)",
+)
+routes.add(
+    "PATCH",
+    "/whep/sessions/{session_id}",
+    _patch_handler("whep"),
+    role=Role.VIEWER,
+    stream_of=_session_stream,
+    summary="Trickle ICE candidates of a WHEP session",
+    **SESSION_PATCH,
+)
+routes.add(
+    "DELETE",
+    "/whep/sessions/{session_id}",
+    _delete_handler(("whep",)),
+    role=Role.VIEWER,
+    stream_of=_session_stream,
+    tag="webrtc",
+    errors=(401, 404),
+    summary="End a WHEP session",
+)
 
 
-@routes.get("/webrtc/ice-servers", role=(Role.API, Role.INGEST, Role.VIEWER), stream_of=_query_stream, tag="webrtc",
-            summary="ICE servers for browsers (viewer pages add ?manifest_id= so the stream's token opens it)")
+@routes.get(
+    "/webrtc/ice-servers",
+    role=(Role.API, Role.INGEST, Role.VIEWER),
+    stream_of=_query_stream,
+    tag="webrtc",
+    summary="ICE servers for browsers (viewer pages add ?manifest_id= so the stream's token opens it)",
+)
 async def ice_servers(request: web.Request) -> web.Response:
-    servers = [{k: v for k, v in (("urls", srv.urls), ("username", srv.username), ("credential", srv.credential)) if v}
-               for srv in service_of(request).ice.servers]
+    servers = [
+        {k: v for k, v in (("urls", srv.urls), ("username", srv.username), ("credential", srv.credential)) if v}
+        for srv in service_of(request).ice.servers
+    ]
     return web.json_response({"iceServers": servers})
 
 
@@ -230,9 +306,15 @@ async def list_sessions(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "sessions": sessions, "count": len(sessions)})
 
 
-routes.add("DELETE", "/webrtc/sessions/{session_id}", _delete_handler(("browser", "whip", "whep")), role=Role.API,
-           tag="webrtc", errors=(401, 404),
-           summary="Close any peer (the demo page's Stop; closing the peer connection works too)")
+routes.add(
+    "DELETE",
+    "/webrtc/sessions/{session_id}",
+    _delete_handler(("browser", "whip", "whep")),
+    role=Role.API,
+    tag="webrtc",
+    errors=(401, 404),
+    summary="Close any peer (the demo page's Stop; closing the peer connection works too)",
+)
 
 
 def static_dir(settings) -> Path:
@@ -262,8 +344,15 @@ PAGE = dict(role=Role.PUBLIC, tag="demo", response_type="text/html")
 routes.add("GET", "/", _page("index.html"), summary="Demo page: camera → captions, tags, translation", **PAGE)
 routes.add("GET", "/whep.html", _page("whep.html"), summary="Viewer page (WHEP)", **PAGE)
 routes.add("GET", "/view/{manifest_id}", _page("whep.html"), summary="Viewer page of one stream", **PAGE)
-routes.add("GET", "/static/{filename}", static_file, role=Role.PUBLIC, tag="demo", response_type="*/*",
-           summary="Demo page assets (scripts, styles)")
+routes.add(
+    "GET",
+    "/static/{filename}",
+    static_file,
+    role=Role.PUBLIC,
+    tag="demo",
+    response_type="*/*",
+    summary="Demo page assets (scripts, styles)",
+)
 
 
 def add_webrtc_routes(app: web.Application) -> WebRTCService:

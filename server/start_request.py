@@ -136,7 +136,9 @@ def parse_start(body: dict[str, Any], stream_id_header: str | None = None) -> St
         raise ValueError("width and height must be given together")
     publish_url = req.publish_url or req.stream_url
     if livepeer:
-        manifest_id = stream_id_header or req.gateway_request_id or req.manifest_id or req.stream_id or new_manifest_id()
+        manifest_id = (
+            stream_id_header or req.gateway_request_id or req.manifest_id or req.stream_id or new_manifest_id()
+        )
     else:
         if not req.subscribe_url:
             raise ValueError("subscribe_url: field required (the trickle URL the input is read from)")

@@ -10,16 +10,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 # stats() counter → (metric name, help)
 COUNTERS = {
     "rejected_budget": ("streamlens_trickle_rejected_budget", "Segment writes refused: memory budget full (503)"),
-    "segments_evicted_budget": ("streamlens_trickle_segments_evicted_budget",
-                                "Segments given up early to stay under TRICKLE_MAX_TOTAL_BYTES"),
+    "segments_evicted_budget": (
+        "streamlens_trickle_segments_evicted_budget",
+        "Segments given up early to stay under TRICKLE_MAX_TOTAL_BYTES",
+    ),
     "post_body_timeouts": ("streamlens_trickle_post_body_timeouts", "Segment POST bodies closed after stalling (408)"),
-    "rejected_subscribers_channel": ("streamlens_trickle_rejected_subscribers_channel",
-                                     "Reads refused: the channel's reader cap (503)"),
-    "rejected_subscribers_total": ("streamlens_trickle_rejected_subscribers_server",
-                                   "Reads refused: the server's reader cap (503)"),
+    "rejected_subscribers_channel": (
+        "streamlens_trickle_rejected_subscribers_channel",
+        "Reads refused: the channel's reader cap (503)",
+    ),
+    "rejected_subscribers_total": (
+        "streamlens_trickle_rejected_subscribers_server",
+        "Reads refused: the server's reader cap (503)",
+    ),
     "rejected_oversize": ("streamlens_trickle_rejected_oversize", "Segments over TRICKLE_MAX_SEGMENT_BYTES (413)"),
-    "rejected_channel_limit": ("streamlens_trickle_rejected_channel_limit",
-                               "Channels refused: TRICKLE_MAX_CHANNELS reached (503)"),
+    "rejected_channel_limit": (
+        "streamlens_trickle_rejected_channel_limit",
+        "Channels refused: TRICKLE_MAX_CHANNELS reached (503)",
+    ),
     "segments_published": ("streamlens_trickle_segments_published", "Segments published to the built-in server"),
     "bytes_published": ("streamlens_trickle_bytes_published", "Bytes published to the built-in server"),
 }

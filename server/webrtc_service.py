@@ -86,14 +86,18 @@ class WebRTCService:
         self.app = app
         self.settings: Settings = app["settings"]
         s = self.settings
-        self.ice = IceSettings.from_strings(s.ice_servers, s.webrtc_host_addresses, s.webrtc_udp_port_min,
-                                            s.webrtc_udp_port_max)
+        self.ice = IceSettings.from_strings(
+            s.ice_servers, s.webrtc_host_addresses, s.webrtc_udp_port_min, s.webrtc_udp_port_max
+        )
         # remote ICE candidates (offers, trickle PATCH) pass the outbound policy's deny list
         self.candidate_guard = CandidateGuard(outbound_policy(app))
         self.encoder_config = WebRTCEncoderConfig(
-            video_bitrate=s.webrtc_video_bitrate, audio_bitrate=s.webrtc_audio_bitrate,
-            h264_preset=s.webrtc_h264_preset, keyframe_interval=s.webrtc_keyframe_interval,
-            encoder_threads=s.webrtc_encoder_threads)
+            video_bitrate=s.webrtc_video_bitrate,
+            audio_bitrate=s.webrtc_audio_bitrate,
+            h264_preset=s.webrtc_h264_preset,
+            keyframe_interval=s.webrtc_keyframe_interval,
+            encoder_threads=s.webrtc_encoder_threads,
+        )
         self.sessions: dict[str, PeerSession] = {}
         self.max_sessions = s.max_streams * (1 + s.whep_max_viewers)
         self._release_ice = None
@@ -125,8 +129,9 @@ class WebRTCService:
         if len(self.sessions) >= self.max_sessions:
             raise SessionLimitError(f"too many WebRTC peers ({len(self.sessions)} of {self.max_sessions})")
         pc = RTCPeerConnection(self.ice.rtc_configuration())
-        session = PeerSession(id=secrets.token_urlsafe(18), kind=kind, manifest_id=manifest_id, pc=pc,
-                              etag=f'"{secrets.token_hex(8)}"')
+        session = PeerSession(
+            id=secrets.token_urlsafe(18), kind=kind, manifest_id=manifest_id, pc=pc, etag=f'"{secrets.token_hex(8)}"'
+        )
         self.sessions[session.id] = session
 
         @pc.on("connectionstatechange")
@@ -144,15 +149,20 @@ class WebRTCService:
             if session.closing or stream is None or not stream.active or len(session.channels) >= MAX_CHANNELS_PER_PEER:
                 channel.close()
                 return
-            bridge = EventChannel(channel, stream, allow_control=session.kind == "browser",
-                                  status_interval=self.settings.webrtc_status_interval)
+            bridge = EventChannel(
+                channel,
+                stream,
+                allow_control=session.kind == "browser",
+                status_interval=self.settings.webrtc_status_interval,
+            )
             if bridge.start():
                 session.channels.append(bridge)
 
         return session
 
-    async def _negotiate(self, session: PeerSession, offer_text: str, direction: str,
-                         max_per_kind: int = 1) -> tuple[dict[str, RTCRtpTransceiver], str]:
+    async def _negotiate(
+        self, session: PeerSession, offer_text: str, direction: str, max_per_kind: int = 1
+    ) -> tuple[dict[str, RTCRtpTransceiver], str]:
         offer = parse_offer(offer_text, max_per_kind)
         session.remote_ufrag, session.first_mid = offer.ice_ufrag, offer.first_mid
         pc = session.pc
@@ -166,8 +176,9 @@ class WebRTCService:
                 raise OfferError(f"cannot negotiate this offer: {exc}") from None
         return transceivers, pc.localDescription.sdp
 
-    def _attach_outputs(self, session: PeerSession, transceivers: dict[str, RTCRtpTransceiver],
-                        output: WebRTCOutput, answer: str) -> None:
+    def _attach_outputs(
+        self, session: PeerSession, transceivers: dict[str, RTCRtpTransceiver], output: WebRTCOutput, answer: str
+    ) -> None:
         """Give the peer the stream's processed output on every m-line it receives."""
         for kind, transceiver in transceivers.items():
             if answer_direction(answer, kind) not in ("sendrecv", "sendonly"):
@@ -183,8 +194,9 @@ class WebRTCService:
             transceiver.sender.replaceTrack(track)
             session.tracks.append(track)
 
-    async def open_publisher(self, kind: str, offer_text: str, manifest_id: str,
-                             params: dict[str, Any]) -> tuple[PeerSession, str]:
+    async def open_publisher(
+        self, kind: str, offer_text: str, manifest_id: str, params: dict[str, Any]
+    ) -> tuple[PeerSession, str]:
         """A browser (`/offer`) or WHIP publisher: a new stream fed by the peer's tracks. The browser
         also gets the processed video and its audio back on the same connection."""
         manager: StreamManager = self.app["streams"]
@@ -201,14 +213,21 @@ class WebRTCService:
             if not remote:
                 raise OfferError("the offer sends no audio or video to the server", status=422)
             s = self.settings
-            source = WebRTCSource(manifest_id, remote.get("video"), remote.get("audio"),
-                                  connect_timeout=s.webrtc_connect_timeout, media_timeout=s.webrtc_media_timeout,
-                                  peer="OBS/WHIP" if kind == "whip" else kind)
+            source = WebRTCSource(
+                manifest_id,
+                remote.get("video"),
+                remote.get("audio"),
+                connect_timeout=s.webrtc_connect_timeout,
+                media_timeout=s.webrtc_media_timeout,
+                peer="OBS/WHIP" if kind == "whip" else kind,
+            )
             output = self.make_output(manifest_id)
-            spec = StreamSpec(manifest_id=manifest_id, mode="native", subscribe_url=None, publish_url=None,
-                              params=params)
-            stream = await start_stream(self.app, spec, source=source, sinks=[output],
-                                        video_queue_size=self.settings.webrtc_video_queue_size)
+            spec = StreamSpec(
+                manifest_id=manifest_id, mode="native", subscribe_url=None, publish_url=None, params=params
+            )
+            stream = await start_stream(
+                self.app, spec, source=source, sinks=[output], video_queue_size=self.settings.webrtc_video_queue_size
+            )
             session.stream = stream
             stream.metadata["transport"] = "whip" if kind == "whip" else "webrtc"
             stream.on_stop(self._on_stream_stopped)

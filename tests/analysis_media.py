@@ -42,8 +42,16 @@ def astronaut_card(width: int, height: int) -> np.ndarray:
 def text_card(width: int, height: int, words: str) -> np.ndarray:
     card = np.full((height, width, 3), 255, np.uint8)
     scale = width / 320
-    cv2.putText(card, words, (int(12 * scale), height // 2), cv2.FONT_HERSHEY_SIMPLEX, 1.1 * scale, (0, 0, 0),
-                max(2, int(3 * scale)), cv2.LINE_AA)
+    cv2.putText(
+        card,
+        words,
+        (int(12 * scale), height // 2),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        1.1 * scale,
+        (0, 0, 0),
+        max(2, int(3 * scale)),
+        cv2.LINE_AA,
+    )
     return card
 
 
@@ -118,7 +126,7 @@ class FileServer:
         self._runner = None
         self.port = 0
 
-    async def __aenter__(self) -> "FileServer":
+    async def __aenter__(self) -> FileServer:
         from aiohttp import web
 
         async def count(request, handler):
@@ -126,6 +134,7 @@ class FileServer:
             return await handler(request)
 
         app = web.Application(middlewares=[web.middleware(count)])
+
         async def redirect(_request):
             raise web.HTTPFound("/files/x")
 

@@ -29,11 +29,22 @@ from server.settings import Settings  # noqa: E402
 
 TOKEN_MODE = os.environ.get("STREAMLENS_TEST_TOKENS") == "1"
 # one distinct token per role setting, so a route that checks the wrong role fails in token mode
-TEST_TOKENS = {"api_token": "test-api-token", "auth_token": "test-livepeer-token",
-               "whip_token": "test-ingest-token", "whep_token": "test-viewer-token",
-               "trickle_token": "test-trickle-token", "metrics_token": "test-metrics-token"}
-ROLE_SETTING = {"api": "api_token", "livepeer": "auth_token", "ingest": "whip_token", "viewer": "whep_token",
-                "trickle": "trickle_token", "metrics": "metrics_token"}
+TEST_TOKENS = {
+    "api_token": "test-api-token",
+    "auth_token": "test-livepeer-token",
+    "whip_token": "test-ingest-token",
+    "whep_token": "test-viewer-token",
+    "trickle_token": "test-trickle-token",
+    "metrics_token": "test-metrics-token",
+}
+ROLE_SETTING = {
+    "api": "api_token",
+    "livepeer": "auth_token",
+    "ingest": "whip_token",
+    "viewer": "whep_token",
+    "trickle": "trickle_token",
+    "metrics": "metrics_token",
+}
 
 
 def with_test_tokens(settings: Settings) -> Settings:
@@ -66,15 +77,20 @@ async def route_roles(app: web.Application, method: str, path: str) -> tuple[str
 
 def bearer_middleware(app: web.Application, base_url: str):
     """A client middleware that presents the token of the route's role to this server only."""
+
     async def middleware(request: aiohttp.ClientRequest, handler):
-        if (str(request.url).startswith(base_url) and "Authorization" not in request.headers
-                and "token" not in request.url.query):
+        if (
+            str(request.url).startswith(base_url)
+            and "Authorization" not in request.headers
+            and "token" not in request.url.query
+        ):
             for role in await route_roles(app, request.method, request.url.path):
                 token = None if role == "public" else settings_token(app["settings"], role)
                 if token:
                     request.headers["Authorization"] = f"Bearer {token}"
                     break
         return await handler(request)
+
     return middleware
 
 
@@ -109,8 +125,9 @@ async def start_server(settings: Settings | None = None, app: web.Application | 
     await site.start()
     port = runner.addresses[0][1]
     base_url = f"http://127.0.0.1:{port}"
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
-                                    middlewares=(bearer_middleware(app, base_url),) if TOKEN_MODE else ())
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=60), middlewares=(bearer_middleware(app, base_url),) if TOKEN_MODE else ()
+    )
     # ready as a Livepeer orchestrator sees it: /health no longer LOADING (speech model loaded)
     await wait_until(lambda: health_status(app) != "LOADING", timeout=60, interval=0.05)
     return RunningServer(app, runner, base_url, session)

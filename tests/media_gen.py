@@ -93,7 +93,9 @@ def make_segments(
     for seg_start in range(0, total_frames, frames_per_segment):
         buf = io.BytesIO()
         container = av.open(buf, "w", format="mpegts")
-        video = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "tune": "zerolatency", "bf": "0"})
+        video = container.add_stream(
+            "libx264", rate=fps, options={"preset": "ultrafast", "tune": "zerolatency", "bf": "0"}
+        )
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.codec_context.gop_size = frames_per_segment
         video.time_base = Fraction(1, 90000)

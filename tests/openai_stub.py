@@ -37,7 +37,15 @@ from typing import Any
 from aiohttp import web
 
 FAILURE_MODES = (
-    "ok", "delay", "http_500", "http_503", "http_429", "http_400", "garbage", "empty_choices", "no_content",
+    "ok",
+    "delay",
+    "http_500",
+    "http_503",
+    "http_429",
+    "http_400",
+    "garbage",
+    "empty_choices",
+    "no_content",
     "disconnect",
 )
 
@@ -139,7 +147,7 @@ class OpenAIStub:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> "OpenAIStub":
+    async def start(self) -> OpenAIStub:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
@@ -157,7 +165,7 @@ class OpenAIStub:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "OpenAIStub":
+    async def __aenter__(self) -> OpenAIStub:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -179,7 +187,7 @@ class OpenAIStub:
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -223,8 +231,13 @@ class OpenAIStub:
         if body.get("model") != self.model:
             # vLLM's answer for an unknown model name
             return web.json_response(
-                {"object": "error", "message": f"The model `{body.get('model')}` does not exist.",
-                 "type": "NotFoundError", "param": None, "code": 404},
+                {
+                    "object": "error",
+                    "message": f"The model `{body.get('model')}` does not exist.",
+                    "type": "NotFoundError",
+                    "param": None,
+                    "code": 404,
+                },
                 status=404,
             )
         if mode == "empty_choices":
@@ -241,10 +254,12 @@ class OpenAIStub:
             del message["content"]
         logprobs = None
         if body.get("logprobs") and self.token_logprob is not None and reply:
-            logprobs = {"content": [
-                {"token": token, "logprob": self.token_logprob, "bytes": list(token.encode()), "top_logprobs": []}
-                for token in reply.split()
-            ]}
+            logprobs = {
+                "content": [
+                    {"token": token, "logprob": self.token_logprob, "bytes": list(token.encode()), "top_logprobs": []}
+                    for token in reply.split()
+                ]
+            }
         choices = [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": "stop"}]
         return {
             "id": f"chatcmpl-stub{next(self._ids)}",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from analysis.store import JobStore
-from server.settings import Settings
 from server.routes_analysis import RUNNER_KEY
+from server.settings import Settings
 from tests.analysis_media import FileServer, face_between, plain_card, text_between, video_form, wait_job, write_video
 from tests.conftest import start_server, stop_server
 from tests.sse import SseReader
@@ -89,8 +89,9 @@ async def test_face_span_matches_known_times_and_events_end_with_the_result(anal
 
 async def test_text_tags_carry_the_words(analysis_server, media):
     server = await analysis_server()
-    accepted = await submit_upload(server, media["text"], tag_list="text", frame_interval="0.5",
-                                   return_confidence="false")
+    accepted = await submit_upload(
+        server, media["text"], tag_list="text", frame_interval="0.5", return_confidence="false"
+    )
     job = await wait_job(server.session, server.base_url, accepted["job_id"])
     assert job["status"] == "completed", job
     spans = job["result"]["tags"]["text"]
@@ -104,16 +105,27 @@ async def test_url_input_and_bad_inputs_fail_with_clear_messages(analysis_server
     server = await analysis_server()
     (tmp_path / "junk.mp4").write_bytes(b"this is not a video at all " * 100)
     async with FileServer(str(Path(media["plain"]).parent)) as files, FileServer(str(tmp_path)) as junk:
-        ok = await (await server.session.post(server.url("/v1/analyze"), json={
-            "video_url": files.url("plain.mp4"), "tag_list": ["face"], "frame_interval": 1.0})).json()
-        missing = await (await server.session.post(server.url("/v1/analyze"), json={
-            "video_url": files.url("nothing-here.mp4")})).json()
-        redirect = await (await server.session.post(server.url("/v1/analyze"), json={
-            "video_url": f"http://127.0.0.1:{files.port}/redirect"})).json()
-        not_video = await (await server.session.post(server.url("/v1/analyze"), json={
-            "video_url": junk.url("junk.mp4")})).json()
-        jobs = {name: await wait_job(server.session, server.base_url, body["job_id"])
-                for name, body in (("ok", ok), ("missing", missing), ("redirect", redirect), ("junk", not_video))}
+        ok = await (
+            await server.session.post(
+                server.url("/v1/analyze"),
+                json={"video_url": files.url("plain.mp4"), "tag_list": ["face"], "frame_interval": 1.0},
+            )
+        ).json()
+        missing = await (
+            await server.session.post(server.url("/v1/analyze"), json={"video_url": files.url("nothing-here.mp4")})
+        ).json()
+        redirect = await (
+            await server.session.post(
+                server.url("/v1/analyze"), json={"video_url": f"http://127.0.0.1:{files.port}/redirect"}
+            )
+        ).json()
+        not_video = await (
+            await server.session.post(server.url("/v1/analyze"), json={"video_url": junk.url("junk.mp4")})
+        ).json()
+        jobs = {
+            name: await wait_job(server.session, server.base_url, body["job_id"])
+            for name, body in (("ok", ok), ("missing", missing), ("redirect", redirect), ("junk", not_video))
+        }
     assert jobs["ok"]["status"] == "completed" and jobs["ok"]["result"]["tags"] == {}, jobs["ok"]
     assert jobs["missing"]["status"] == "failed" and "HTTP 404" in jobs["missing"]["error"]
     assert jobs["redirect"]["status"] == "failed" and "redirect" in jobs["redirect"]["error"]
@@ -121,8 +133,11 @@ async def test_url_input_and_bad_inputs_fail_with_clear_messages(analysis_server
     # no temp file survives any of them
     assert not list(uploads(server).iterdir())
     # bad requests are 400s in the one error shape
-    for body in ({"video_url": "file:///etc/passwd"}, {"video_url": "http://x/v.mp4", "frame_interval": 0},
-                 {"video_url": "http://x/v.mp4", "backend": "nope"}):
+    for body in (
+        {"video_url": "file:///etc/passwd"},
+        {"video_url": "http://x/v.mp4", "frame_interval": 0},
+        {"video_url": "http://x/v.mp4", "backend": "nope"},
+    ):
         resp = await server.session.post(server.url("/v1/analyze"), json=body)
         assert resp.status == 400 and "message" in (await resp.json())["error"]
     resp = await server.session.post(server.url("/v1/analyze"), data=video_form(media["plain"], tag_list="unicorn"))
@@ -145,7 +160,9 @@ async def test_cancel_within_a_second_and_a_bounded_queue(analysis_server, media
     slow = dict(tag_list="text", frame_interval="0.2")  # OCR on 200 frames: many seconds
     first = await submit_upload(server, media["long"], **slow)
     deadline = time.monotonic() + 30
-    while (job := await wait_job(server.session, server.base_url, first["job_id"], timeout=0))["progress"]["frames_done"] < 2:
+    while (job := await wait_job(server.session, server.base_url, first["job_id"], timeout=0))["progress"][
+        "frames_done"
+    ] < 2:
         assert time.monotonic() < deadline and job["status"] in ("queued", "running"), job
         await asyncio.sleep(0.1)
     second = await submit_upload(server, media["long"], **slow)  # waits in the queue
@@ -158,7 +175,9 @@ async def test_cancel_within_a_second_and_a_bounded_queue(analysis_server, media
     job = await wait_job(server.session, server.base_url, first["job_id"], timeout=0)
     assert job["status"] == "cancelled" and job["progress"]["frames_done"] < 200
     # the queued one starts; cancel it too, then delete both rows
-    assert (await (await server.session.delete(server.url(f"/v1/jobs/{second['job_id']}"))).json())["status"] == "cancelled"
+    assert (await (await server.session.delete(server.url(f"/v1/jobs/{second['job_id']}"))).json())[
+        "status"
+    ] == "cancelled"
     for job_id in (first["job_id"], second["job_id"]):
         assert (await (await server.session.delete(server.url(f"/v1/jobs/{job_id}"))).json())["status"] == "deleted"
         assert (await server.session.get(server.url(f"/v1/jobs/{job_id}"))).status == 404
@@ -169,17 +188,29 @@ async def test_cancel_within_a_second_and_a_bounded_queue(analysis_server, media
 async def test_restart_keeps_results_marks_running_interrupted_and_retry_runs_it(analysis_server, media, tmp_path):
     async with FileServer(str(Path(media["face"]).parent)) as files:
         server = await analysis_server()
-        done = await (await server.session.post(server.url("/v1/analyze"), json={
-            "video_url": files.url("plain.mp4"), "tag_list": ["face"]})).json()
+        done = await (
+            await server.session.post(
+                server.url("/v1/analyze"), json={"video_url": files.url("plain.mp4"), "tag_list": ["face"]}
+            )
+        ).json()
         assert (await wait_job(server.session, server.base_url, done["job_id"]))["status"] == "completed"
         await stop_server(server)
         server.stopped = True
         # a process that died mid-job leaves its row "running"
         store = JobStore(tmp_path / "data" / "analysis.sqlite3")
         await store.open()
-        await store.insert({"id": "job_deadbeef00000000", "kind": "analyze", "status": "running",
-                            "created_at": time.time(), "started_at": time.time(), "progress": 0.4, "frames_done": 9,
-                            "request": {"video_url": files.url("face.mp4"), "tag_list": ["face"], "frame_interval": 1.0}})
+        await store.insert(
+            {
+                "id": "job_deadbeef00000000",
+                "kind": "analyze",
+                "status": "running",
+                "created_at": time.time(),
+                "started_at": time.time(),
+                "progress": 0.4,
+                "frames_done": 9,
+                "request": {"video_url": files.url("face.mp4"), "tag_list": ["face"], "frame_interval": 1.0},
+            }
+        )
         await store.close()
 
         server = await analysis_server()
@@ -208,14 +239,18 @@ async def test_health_routes_and_capability_answers_with_a_job_when_out_of_time(
     async with FileServer(str(Path(media["face"]).parent)) as files:
         from tests.test_feature_capabilities import livepeer_header
 
-        resp = await server.session.post(server.url("/process/request/analyze"),
-                                         json={"video_url": files.url("face.mp4"), "tag_list": ["face"]},
-                                         headers={"Livepeer": livepeer_header("analyze", timeout=60)})
+        resp = await server.session.post(
+            server.url("/process/request/analyze"),
+            json={"video_url": files.url("face.mp4"), "tag_list": ["face"]},
+            headers={"Livepeer": livepeer_header("analyze", timeout=60)},
+        )
         body = await resp.json()
         assert resp.status == 200 and body["status"] == "completed" and body["tags"]["face"], body
-        resp = await server.session.post(server.url("/process/request/analyze"),
-                                         json={"video_url": files.url("long.mp4"), "tag_list": ["text"]},
-                                         headers={"Livepeer": livepeer_header("analyze", timeout=1)})
+        resp = await server.session.post(
+            server.url("/process/request/analyze"),
+            json={"video_url": files.url("long.mp4"), "tag_list": ["text"]},
+            headers={"Livepeer": livepeer_header("analyze", timeout=1)},
+        )
         body = await resp.json()
         assert resp.status == 202 and body["status_url"] == f"/v1/jobs/{body['job_id']}", body
         await server.session.delete(server.url(body["status_url"]))
@@ -234,8 +269,9 @@ async def test_retention_and_row_cap_remove_old_finished_jobs(analysis_server, m
 
 async def test_denied_video_url_fails_without_a_connection(monkeypatch, tmp_path, media):
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    server = await start_server(Settings(host="127.0.0.1", port=0, asr_preload=False,
-                                         outbound_deny="127.0.0.2/32,169.254.0.0/16"))
+    server = await start_server(
+        Settings(host="127.0.0.1", port=0, asr_preload=False, outbound_deny="127.0.0.2/32,169.254.0.0/16")
+    )
     try:
         # a real origin on the denied address: reachable, so only the policy keeps the server away
         async with FileServer(str(Path(media["plain"]).parent), host="127.0.0.2") as files:

@@ -18,8 +18,15 @@ from tests.speech import build_track, speech_tools_available
 
 async def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.cli", "analyze", *args, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+        sys.executable,
+        "-m",
+        "server.cli",
+        "analyze",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
     except TimeoutError:
@@ -42,19 +49,29 @@ async def test_in_process_tags_to_json_with_plain_progress_lines(tmp_path):
     assert code != 0 and "VISION_VLM_ENDPOINT" in err
 
 
-@pytest.mark.skipif(not speech_tools_available(), reason="espeak-ng and sox are needed (scripts/install_system_deps.sh)")
+@pytest.mark.skipif(
+    not speech_tools_available(), reason="espeak-ng and sox are needed (scripts/install_system_deps.sh)"
+)
 async def test_against_a_server_with_transcript(monkeypatch, tmp_path):
     track = build_track(["Please send me the report before the end of the week."])
-    video = write_video(str(tmp_path / "talk.mp4"), track.duration, lambda t: plain_card(160, 120), fps=5,
-                        width=160, height=120, audio=track.audio)
+    video = write_video(
+        str(tmp_path / "talk.mp4"),
+        track.duration,
+        lambda t: plain_card(160, 120),
+        fps=5,
+        width=160,
+        height=120,
+        audio=track.audio,
+    )
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
     server = await start_server(Settings(host="127.0.0.1", port=0, asr_preload=False))
     try:
         vtt = tmp_path / "talk.vtt"
         # the token as a user gives it: API_TOKEN in the environment (empty in open mode)
         auth = {"API_TOKEN": server.token("api") or ""}
-        code, out, err = await run_cli(video, "--tags", "face", "--transcript", str(vtt), "--server", server.base_url,
-                                       env=auth)
+        code, out, err = await run_cli(
+            video, "--tags", "face", "--transcript", str(vtt), "--server", server.base_url, env=auth
+        )
         assert code == 0, err
         assert "no tags found" in out and "report" in out.lower(), out
         text = vtt.read_text()
@@ -74,8 +91,19 @@ async def test_progress_is_a_bar_on_a_terminal(tmp_path):
     leader, follower = pty.openpty()
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server.cli", "analyze", video, "--tags", "face", "--interval", "0.5",
-            stdout=asyncio.subprocess.PIPE, stderr=follower, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            sys.executable,
+            "-m",
+            "server.cli",
+            "analyze",
+            video,
+            "--tags",
+            "face",
+            "--interval",
+            "0.5",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=follower,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         out, _ = await asyncio.wait_for(process.communicate(), 120)
         os.close(follower)
         follower = -1

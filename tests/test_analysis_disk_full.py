@@ -39,10 +39,14 @@ def _limit_file_size() -> None:  # runs in the server's process before exec
 def cramped_server(tmp_path):
     port = _free_port()
     data_dir = tmp_path / "data"
-    env = dict(os.environ, ASR_PRELOAD="false", LOG_LEVEL="INFO", DATA_DIR=str(data_dir),
-               OUTBOUND_ALLOW="127.0.0.1/32")
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_limit_file_size)
+    env = dict(os.environ, ASR_PRELOAD="false", LOG_LEVEL="INFO", DATA_DIR=str(data_dir), OUTBOUND_ALLOW="127.0.0.1/32")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_limit_file_size,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -89,8 +93,9 @@ async def test_no_room_for_the_video_is_507_and_leaves_nothing(cramped_server, v
         assert _inputs(data_dir) == []
 
         async with FileServer(str(Path(videos["big"]).parent)) as files:
-            async with session.post(f"{base}/v1/analyze", json={"video_url": files.url("big.mp4"),
-                                                               "tag_list": ["face"]}) as resp:
+            async with session.post(
+                f"{base}/v1/analyze", json={"video_url": files.url("big.mp4"), "tag_list": ["face"]}
+            ) as resp:
                 submitted = await resp.json()
                 assert resp.status == 202, submitted
             job = await wait_job(session, base, submitted["job_id"])
@@ -98,8 +103,9 @@ async def test_no_room_for_the_video_is_507_and_leaves_nothing(cramped_server, v
         assert _inputs(data_dir) == []
 
         # the server carries on: a video that fits analyses as usual
-        async with session.post(f"{base}/v1/analyze", data=video_form(videos["small"], tag_list="face",
-                                                                      frame_interval="1.0")) as resp:
+        async with session.post(
+            f"{base}/v1/analyze", data=video_form(videos["small"], tag_list="face", frame_interval="1.0")
+        ) as resp:
             submitted = await resp.json()
             assert resp.status == 202, submitted
         job = await wait_job(session, base, submitted["job_id"])

@@ -49,7 +49,9 @@ async def vlm_server(monkeypatch, tmp_path):
 def sent_frames(request_json: dict) -> tuple[list[float], list[tuple[int, int]], str]:
     """(timestamps from the text parts, JPEG sizes of the image parts, the final prompt text)."""
     parts = request_json["messages"][-1]["content"]
-    stamps = [float(m.group(1)) for p in parts if p["type"] == "text" and (m := re.match(r"Frame at ([\d.]+) s", p["text"]))]
+    stamps = [
+        float(m.group(1)) for p in parts if p["type"] == "text" and (m := re.match(r"Frame at ([\d.]+) s", p["text"]))
+    ]
     sizes = []
     for url in image_urls(request_json):
         image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
@@ -64,10 +66,18 @@ async def test_url_route_samples_by_fps_and_pixel_budgets_and_returns_the_answer
     async with OpenAIStub(model="qwen-stub", responder=lambda req: "A person appears, then leaves.") as stub:
         server = await vlm_server(stub)
         async with FileServer(str(Path(clip).parent)) as files:
-            body = {"video_url": files.url("clip.mp4"), "prompt": "What happens?",
-                    "video_params": {"fps": 1.0, "max_frames": 768, "min_pixels": 4096, "max_pixels": 40000,
-                                     "total_pixels": 10 ** 7},
-                    "generation_params": {"max_tokens": 77, "temperature": 0.1}}
+            body = {
+                "video_url": files.url("clip.mp4"),
+                "prompt": "What happens?",
+                "video_params": {
+                    "fps": 1.0,
+                    "max_frames": 768,
+                    "min_pixels": 4096,
+                    "max_pixels": 40000,
+                    "total_pixels": 10**7,
+                },
+                "generation_params": {"max_tokens": 77, "temperature": 0.1},
+            }
             resp = await server.session.post(server.url("/v1/inference/url"), json=body)
             answer = await resp.json()
         assert resp.status == 200, answer
@@ -102,13 +112,15 @@ async def test_url_route_samples_by_fps_and_pixel_budgets_and_returns_the_answer
 async def test_upload_route_async_mode_and_vlm_faults(vlm_server, clip):
     async with OpenAIStub(model="qwen-stub", responder=lambda req: "It is a test clip.") as stub:
         server = await vlm_server(stub)
-        resp = await server.session.post(server.url("/v1/inference/upload"),
-                                         data=video_form(clip, prompt="Describe it", fps="0.5", max_tokens="32"))
+        resp = await server.session.post(
+            server.url("/v1/inference/upload"), data=video_form(clip, prompt="Describe it", fps="0.5", max_tokens="32")
+        )
         answer = await resp.json()
         assert resp.status == 200 and answer["text"] == "It is a test clip.", answer
         assert len(answer["frames"]) == 5 and stub.chat_requests[-1].json["max_tokens"] == 32
-        resp = await server.session.post(server.url("/v1/inference/upload?async=true"),
-                                         data=video_form(clip, prompt="Again"))
+        resp = await server.session.post(
+            server.url("/v1/inference/upload?async=true"), data=video_form(clip, prompt="Again")
+        )
         accepted = await resp.json()
         assert resp.status == 202, accepted
         job = await wait_job(server.session, server.base_url, accepted["job_id"])
@@ -128,8 +140,9 @@ async def test_vlm_tag_backend_per_sample_with_lenient_parsing(vlm_server, clip)
 
     async with OpenAIStub(model="qwen-stub", responder=answer) as stub:
         server = await vlm_server(stub)
-        resp = await server.session.post(server.url("/v1/analyze"), data=video_form(
-            clip, tag_list="person,car", frame_interval="2", backend="vlm"))
+        resp = await server.session.post(
+            server.url("/v1/analyze"), data=video_form(clip, tag_list="person,car", frame_interval="2", backend="vlm")
+        )
         job = await wait_job(server.session, server.base_url, (await resp.json())["job_id"])
         assert job["status"] == "completed", job
         assert len(stub.chat_requests) == 5  # 10 s, one sample every 2 s
@@ -140,11 +153,13 @@ async def test_vlm_tag_backend_per_sample_with_lenient_parsing(vlm_server, clip)
 async def test_no_vlm_configured_is_503_naming_the_setting(vlm_server, clip):
     server = await vlm_server(None)
     for resp in (
-        await server.session.post(server.url("/v1/inference/url"), json={"video_url": "http://127.0.0.1/x.mp4",
-                                                                          "prompt": "hi"}),
+        await server.session.post(
+            server.url("/v1/inference/url"), json={"video_url": "http://127.0.0.1/x.mp4", "prompt": "hi"}
+        ),
         await server.session.post(server.url("/v1/inference/upload"), data=video_form(clip, prompt="hi")),
-        await server.session.post(server.url("/v1/analyze"), json={"video_url": "http://127.0.0.1/x.mp4",
-                                                                   "backend": "vlm"}),
+        await server.session.post(
+            server.url("/v1/analyze"), json={"video_url": "http://127.0.0.1/x.mp4", "backend": "vlm"}
+        ),
     ):
         body = await resp.json()
         assert resp.status == 503 and "VISION_VLM_ENDPOINT" in body["error"]["message"], body
@@ -159,7 +174,8 @@ async def test_video_inference_capability_for_livepeer(vlm_server, clip):
             resp = await server.session.post(
                 server.url("/process/request/video-inference"),
                 json={"video_url": files.url("clip.mp4"), "prompt": "How many scenes?", "video_params": {"fps": 0.5}},
-                headers={"Livepeer": livepeer_header("video-inference", timeout=60)})
+                headers={"Livepeer": livepeer_header("video-inference", timeout=60)},
+            )
             body = await resp.json()
         assert resp.status == 200 and body["text"] == "Two scenes." and len(body["frames"]) == 5, body
         assert body["status"] == "completed" and body["job_id"].startswith("job_")

@@ -20,7 +20,8 @@ async def test_live_stream_text_tags_carry_the_words() -> None:
     sub = bus.subscribe(kinds={"tags"})
     feeder = Feeder(stage, seconds=2.5)
     feeder.frame = av.VideoFrame.from_ndarray(text_card(640, 360, "LIVE CAPTION"), format="rgb24").reformat(
-        format="yuv420p")
+        format="yuv420p"
+    )
     try:
         await feeder.run()
         # the first sample also loads the OCR models (a second or more on a busy machine)

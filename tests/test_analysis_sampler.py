@@ -109,8 +109,9 @@ def test_frame_sides_are_multiples_of_the_patch_size_merged_2x2(monkeypatch, env
     assert merge_factor(patch_size) == factor
     info = VideoInfo(duration=20.0, width=1280, height=720, fps=25.0, codec="h264", container="mp4", has_audio=False)
     for max_pixels, total in ((262144, 10**9), (40000, 10**9), (262144, 10 * 20000), (5000, 10**9)):
-        plan = video_plan(info, fps=1.0, max_frames=768, min_pixels=4096, max_pixels=max_pixels, total_pixels=total,
-                          factor=factor)
+        plan = video_plan(
+            info, fps=1.0, max_frames=768, min_pixels=4096, max_pixels=max_pixels, total_pixels=total, factor=factor
+        )
         assert plan.width % factor == 0 and plan.height % factor == 0, (factor, plan)
         assert plan.width * plan.height <= max(max_pixels, 4096) and plan.width > plan.height
     # min/max pixels count in units of the factor too: a frame is never below one merged token
@@ -127,14 +128,17 @@ def test_spans_merge_over_one_missed_sample_only():
     samples = [(i * 0.5, {"face": 0.9} if hit else {}) for i, hit in enumerate(hits)]
     samples[1][1]["face"] = 0.95
     spans = merge_spans(samples, 0.5, 4.5, threshold=0.5)
-    assert spans == {"face": [{"start": 0.0, "end": 2.5, "confidence": 0.95},
-                              {"start": 3.5, "end": 4.0, "confidence": 0.9}]}
+    assert spans == {
+        "face": [{"start": 0.0, "end": 2.5, "confidence": 0.95}, {"start": 3.5, "end": 4.0, "confidence": 0.9}]
+    }
     assert merge_spans([(0.0, {"face": 0.4})], 0.5, 1.0, threshold=0.5) == {}
 
 
 def test_vtt_and_srt_text():
-    segments = [{"start": 0.5, "end": 2.25, "text": "Hello there", "translations": {"es": "Hola"}},
-                {"start": 3661.0, "end": 3662.5, "text": "a --> b", "translations": {"es": "x"}}]
+    segments = [
+        {"start": 0.5, "end": 2.25, "text": "Hello there", "translations": {"es": "Hola"}},
+        {"start": 3661.0, "end": 3662.5, "text": "a --> b", "translations": {"es": "x"}},
+    ]
     vtt = to_vtt(segments)
     assert vtt.splitlines()[:4] == ["WEBVTT", "", "1", "00:00:00.500 --> 00:00:02.250"]
     assert "01:01:01.000 --> 01:01:02.500" in vtt and "a -> b" in vtt

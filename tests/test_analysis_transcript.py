@@ -14,7 +14,9 @@ from tests.analysis_media import plain_card, video_form, wait_job, write_video
 from tests.conftest import start_server, stop_server
 from tests.speech import DEFAULT_PHRASES, build_track, speech_tools_available, word_error_rate
 
-pytestmark = pytest.mark.skipif(not speech_tools_available(), reason="espeak-ng and sox are needed (scripts/install_system_deps.sh)")
+pytestmark = pytest.mark.skipif(
+    not speech_tools_available(), reason="espeak-ng and sox are needed (scripts/install_system_deps.sh)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +66,12 @@ async def test_transcript_matches_the_offline_model_and_exports_vtt_srt(monkeypa
         assert resp.status == 404
 
         # analyze can add the transcript to tags; a file without sound fails clearly
-        silent = write_video(str(tmp_path / "silent.mp4"), 2, lambda t: plain_card(160, 120), fps=5, width=160, height=120)
-        resp = await server.session.post(server.url("/v1/analyze"), data=video_form(silent, transcript="true",
-                                                                                    tag_list="face"))
+        silent = write_video(
+            str(tmp_path / "silent.mp4"), 2, lambda t: plain_card(160, 120), fps=5, width=160, height=120
+        )
+        resp = await server.session.post(
+            server.url("/v1/analyze"), data=video_form(silent, transcript="true", tag_list="face")
+        )
         job = await wait_job(server.session, server.base_url, (await resp.json())["job_id"])
         assert job["status"] == "failed" and "no audio" in job["error"]
     finally:

@@ -39,7 +39,9 @@ def test_clean_hypothesis_drops_no_speech_phrases_and_cuts_loops() -> None:
     text, looped = clean_hypothesis("We will go " + "to the park " * 6)
     assert looped and text == "We will go to the park"
     assert clean_hypothesis("The weather is sunny and the river is calm.") == (
-        "The weather is sunny and the river is calm.", False)
+        "The weather is sunny and the river is calm.",
+        False,
+    )
 
 
 def test_cut_repetition_keeps_the_first_occurrence() -> None:
@@ -72,11 +74,14 @@ def test_whisper_starting_the_utterance_over_is_cut() -> None:
     from inference.asr.decode import cut_restart
 
     assert cut_restart("We will meet at the library after lunch. We will meet at") == (
-        "We will meet at the library after lunch.")
+        "We will meet at the library after lunch."
+    )
     assert cut_restart("The train to the city leaves.") == "The train to the city leaves."
     # a replay that does not start with the same words (seen in the captions bench)
-    assert cut_restart("The bridge will open to traffic next spring. The new bridge will open to traffic next "
-                       "spring.") == "The bridge will open to traffic next spring."
+    assert (
+        cut_restart("The bridge will open to traffic next spring. The new bridge will open to traffic next spring.")
+        == "The bridge will open to traffic next spring."
+    )
     # two different sentences stay, even when they share words
     two = "Please send me the report. Please send the invoice to the office before noon."
     assert cut_restart(two) == two
@@ -89,7 +94,8 @@ def test_the_lead_read_again_is_dropped_and_new_words_stay() -> None:
     assert strip_lead_repeat("We will meet at the library after lunch.", lead) == ""
     # a near repeat (one word misheard) followed by the utterance's own words
     assert strip_lead_repeat("We will meet in the library after lunch. Please send the report.", lead) == (
-        "Please send the report.")
+        "Please send the report."
+    )
     # an utterance that only starts like the lead is its own speech
     own = "We will meet the new director tomorrow morning at nine."
     assert strip_lead_repeat(own, lead) == own

@@ -57,8 +57,9 @@ async def test_utterances_of_several_streams_share_one_model_call(pool: AsrModel
     busy = asyncio.create_task(pool.transcribe(long_audio(), beam_size=1))
     await wait_running(pool)
     batches_before = pool.counters.batches
-    results = await asyncio.gather(*(
-        pool.decode(synthesize(text), final=True, stream=f"s{i}") for i, text in enumerate(SENTENCES)))
+    results = await asyncio.gather(
+        *(pool.decode(synthesize(text), final=True, stream=f"s{i}") for i, text in enumerate(SENTENCES))
+    )
     assert (await busy) is not None
     # one model call decoded all three, each its own speech
     assert pool.counters.batches == batches_before + 1

@@ -140,7 +140,7 @@ def test_resampler_turns_48k_stereo_frames_into_16k_mono() -> None:
     mono = np.concatenate(out)
     assert mono.dtype == np.float32
     assert abs(len(mono) - 16000) < 200  # libswresample keeps a few samples of filter delay
-    spectrum = np.abs(np.fft.rfft(mono[:16000 - 200]))
+    spectrum = np.abs(np.fft.rfft(mono[: 16000 - 200]))
     peak_hz = np.argmax(spectrum) * SAMPLE_RATE / (16000 - 200)
     assert abs(peak_hz - 440) < 5
     assert 0.3 < np.abs(mono).max() < 0.6  # stereo downmix keeps the level
@@ -361,8 +361,12 @@ async def test_long_speech_without_pauses_is_cut_at_a_breath_and_loses_no_word(p
     track = build_track(PHRASES + PHRASES[:1], pause_seconds=0.2)
     transcriber, recorder = transcriber_for(pool, settings)
     open_sizes: list[float] = []
-    await drive(transcriber, list(audio_items(track.audio)), recorder,
-                on_second=lambda fed: open_sizes.append(transcriber.stats()["buffer_seconds"]))
+    await drive(
+        transcriber,
+        list(audio_items(track.audio)),
+        recorder,
+        on_second=lambda fed: open_sizes.append(transcriber.stats()["buffer_seconds"]),
+    )
     events = recorder.events
     assert max(open_sizes) <= settings.max_utterance_seconds + 1.0
     assert transcriber.forced_cuts >= 2
@@ -439,8 +443,10 @@ async def test_overloaded_model_still_gives_every_stream_its_finals(pool: AsrMod
     transcribers = [StreamingTranscriber(pool, on_event=r, name=f"busy{i}") for i, r in enumerate(recorders)]
     for t in transcribers:
         t.start()
-    feeders = [threading.Thread(target=feed_in_real_time, args=(t.feed, list(audio_items(track.audio)), 4.0))
-               for t, track in zip(transcribers, tracks)]
+    feeders = [
+        threading.Thread(target=feed_in_real_time, args=(t.feed, list(audio_items(track.audio)), 4.0))
+        for t, track in zip(transcribers, tracks)
+    ]
     for f in feeders:
         f.start()
     for f in feeders:
@@ -489,8 +495,11 @@ async def apertium_translate(text: str, source: str, target: str, session: str |
     if pair is None:
         return Translated((None, f"no Apertium pair for {source}-{target}"))
     proc = await asyncio.create_subprocess_exec(
-        "apertium", pair,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "apertium",
+        pair,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(text.encode()), 30)
     if proc.returncode:
@@ -529,7 +538,9 @@ async def test_caption_stage_publishes_events_translations_and_follows_params(po
     sub = bus.subscribe(kinds={"caption"})
     reported: list[str | None] = []
     ctx = StageContext(
-        "asr-stage-test", loop, bus,
+        "asr-stage-test",
+        loop,
+        bus,
         params={"captions": {"enabled": True, "language": "en", "translate_to": ["es"]}},
         report_error=reported.append,
     )

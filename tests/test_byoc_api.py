@@ -15,8 +15,7 @@ from tests.media_gen import decode_ts, make_segments
 from tests.trickle_helpers import OutputCollector, publish_realtime
 
 TOKEN = "byoc-api-token"
-FAST = dict(events_interval=0.5, data_flush_interval=0.1, data_keepalive_interval=1.0,
-            events_error_min_interval=1.0)
+FAST = dict(events_interval=0.5, data_flush_interval=0.1, data_keepalive_interval=1.0, events_error_min_interval=1.0)
 
 
 def bearer(token: str = TOKEN) -> dict[str, str]:
@@ -47,8 +46,11 @@ async def test_livepeer_routes_need_the_bearer_token(make_server):
         ("GET", "/process/capabilities", None),
     ]
     async with aiohttp.ClientSession() as bare:  # not server.session: in token mode it adds the token
-        for headers in ({"X-Stream-Id": "auth-1"}, {"X-Stream-Id": "auth-1", **bearer("wrong")},
-                        {"X-Stream-Id": "auth-1", "Authorization": TOKEN}):  # raw token, not Bearer
+        for headers in (
+            {"X-Stream-Id": "auth-1"},
+            {"X-Stream-Id": "auth-1", **bearer("wrong")},
+            {"X-Stream-Id": "auth-1", "Authorization": TOKEN},
+        ):  # raw token, not Bearer
             for method, path, body in calls:
                 resp = await bare.request(method, server.url(path), json=body, headers=headers)
                 assert resp.status == 401, (method, path, resp.status)
@@ -66,15 +68,20 @@ async def test_malformed_bodies_capacity_and_stop_lookup(make_server):
     server = await make_server(auth_token=TOKEN, max_streams=1, **FAST)
     headers = {"X-Stream-Id": "cap-1", **bearer()}
     for raw in (b"{not json", b"[1, 2]", b""):
-        resp = await server.session.post(server.url("/stream/start"), data=raw,
-                                         headers={**headers, "Content-Type": "application/json"})
+        resp = await server.session.post(
+            server.url("/stream/start"), data=raw, headers={**headers, "Content-Type": "application/json"}
+        )
         await assert_json_error(resp, 400)
     # a JSON route takes only JSON: a text/plain body (a cross-site form post) is refused
-    resp = await server.session.post(server.url("/stream/start"), data=b'{"gateway_request_id": "x"}',
-                                     headers={**headers, "Content-Type": "text/plain"})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        data=b'{"gateway_request_id": "x"}',
+        headers={**headers, "Content-Type": "text/plain"},
+    )
     await assert_json_error(resp, 415)
-    resp = await server.session.post(server.url("/stream/start"), headers=headers,
-                                     json={"gateway_request_id": "cap-1", "events_url": "ftp://nope"})
+    resp = await server.session.post(
+        server.url("/stream/start"), headers=headers, json={"gateway_request_id": "cap-1", "events_url": "ftp://nope"}
+    )
     await assert_json_error(resp, 400, "events_url")
 
     # a data-only stream (no video channels) fills the only slot ...
@@ -83,22 +90,28 @@ async def test_malformed_bodies_capacity_and_stop_lookup(make_server):
     assert resp.status == 200, await resp.text()
     # ... so the next start is refused with 503 (BYOC orchestrators do not cap load themselves)
     second = LivepeerGateway(server, "cap-2", video_in=False, video_out=False)
-    resp = await server.session.post(server.url("/stream/start"), json=second.body,
-                                     headers={"X-Stream-Id": "cap-2", **bearer()})
+    resp = await server.session.post(
+        server.url("/stream/start"), json=second.body, headers={"X-Stream-Id": "cap-2", **bearer()}
+    )
     await assert_json_error(resp, 503)
     health = await (await server.session.get(server.url("/health"))).json()
     assert health["status"] == "OK"  # never IDLE while a stream runs
 
     # params: bad bodies are 400, unknown ids 404; the body's `params` object is applied
     for raw in (b"", b"nope", b"[]", b'{"params": 5}'):
-        resp = await server.session.post(server.url("/stream/params"), data=raw,
-                                         headers={**headers, "Content-Type": "application/json"})
+        resp = await server.session.post(
+            server.url("/stream/params"), data=raw, headers={**headers, "Content-Type": "application/json"}
+        )
         await assert_json_error(resp, 400)
-    resp = await server.session.post(server.url("/stream/params"), json={"prompt": "x"},
-                                     headers={"X-Stream-Id": "nobody", **bearer()})
+    resp = await server.session.post(
+        server.url("/stream/params"), json={"prompt": "x"}, headers={"X-Stream-Id": "nobody", **bearer()}
+    )
     await assert_json_error(resp, 404, "nobody")
-    resp = await server.session.post(server.url("/stream/params"), headers=bearer(),  # id in the body
-                                     json={"stream_id": "cap-1", "params": json.dumps({"prompt": "from-string"})})
+    resp = await server.session.post(
+        server.url("/stream/params"),
+        headers=bearer(),  # id in the body
+        json={"stream_id": "cap-1", "params": json.dumps({"prompt": "from-string"})},
+    )
     assert resp.status == 200, await resp.text()
     assert server.app["streams"].get("cap-1").params == {"prompt": "from-string"}
     resp = await server.session.post(server.url("/stream/params"), headers=bearer(), json={"prompt": "only one"})
@@ -108,8 +121,9 @@ async def test_malformed_bodies_capacity_and_stop_lookup(make_server):
     # stop: empty body, no id → the only running stream; a repeated stop is harmless
     resp = await server.session.post(server.url("/stream/stop"), headers=bearer())
     assert resp.status == 200 and (await resp.json())["manifest_id"] == "cap-1"
-    resp = await server.session.post(server.url("/stream/stop"), data=b"\x00\xffnot json",
-                                     headers={"X-Stream-Id": "cap-1", **bearer()})
+    resp = await server.session.post(
+        server.url("/stream/stop"), data=b"\x00\xffnot json", headers={"X-Stream-Id": "cap-1", **bearer()}
+    )
     assert resp.status == 200 and (await resp.json())["message"] == "Stream already stopped"
     resp = await server.session.post(server.url("/stream/stop"), headers=bearer())
     await assert_json_error(resp, 400, "No active stream")
@@ -135,8 +149,7 @@ async def test_data_only_stream_events_and_data_lines(make_server):
     stream.events.publish(CaptionEvent(text="hello world", final=True, start=1.0, end=2.0))
     stream.events.publish(StatusEvent(state="ONLINE", detail={"note": "n"}))
     stream.events.publish(CaptionEvent(text="x" * 70_000, final=True))  # over the 64 KB line limit
-    resp = await server.session.post(server.url("/stream/params"), json={"prompt": "b"},
-                                     headers={"X-Stream-Id": mid})
+    resp = await server.session.post(server.url("/stream/params"), json={"prompt": "b"}, headers={"X-Stream-Id": mid})
     assert resp.status == 200
     lines = gateway.data.values
     assert await wait_until(lambda: any(d.get("type") == "dropped" for d in lines()), timeout=5)
@@ -157,10 +170,11 @@ async def test_data_only_stream_events_and_data_lines(make_server):
     assert statuses[0]["inference_status"]["last_params"] == {"prompt": "a"}
     with_b = [s for s in statuses if s["inference_status"]["last_params"] == {"prompt": "b"}]
     assert len(with_b) == 1
-    later = statuses[statuses.index(with_b[0]) + 1:]
+    later = statuses[statuses.index(with_b[0]) + 1 :]
     assert later and all(s["inference_status"]["last_params"] is None for s in later)
-    assert all(s["inference_status"]["last_params_hash"] == with_b[0]["inference_status"]["last_params_hash"]
-               for s in later)
+    assert all(
+        s["inference_status"]["last_params_hash"] == with_b[0]["inference_status"]["last_params_hash"] for s in later
+    )
 
     # errors: reported as error events, at most one per second, the newest winning
     for n in range(5):
@@ -170,6 +184,7 @@ async def test_data_only_stream_events_and_data_lines(make_server):
     assert len(errors) <= 2 and errors[0]["message"] in ("boom-0", "boom-4")
     assert set(errors[-1]) == {"type", "pipeline", "message", "time", "timestamp"}
     assert isinstance(errors[-1]["time"], float) and errors[-1]["pipeline"] == "streamlens"
+
     def last_error() -> str | None:
         return gateway.events.events("status")[-1]["inference_status"]["last_error"]
 
@@ -182,8 +197,9 @@ async def test_data_only_stream_events_and_data_lines(make_server):
     # stop: a final status, and the data/events channels are closed (DELETE)
     resp = await server.session.post(server.url("/stream/stop"), headers={"X-Stream-Id": mid})
     assert resp.status == 200
-    assert gateway.events.events("status")[-1]["state"] == "OFFLINE" or \
-        await wait_until(lambda: gateway.events.events("status")[-1]["state"] == "OFFLINE", 3)
+    assert gateway.events.events("status")[-1]["state"] == "OFFLINE" or await wait_until(
+        lambda: gateway.events.events("status")[-1]["state"] == "OFFLINE", 3
+    )
     await asyncio.wait_for(gateway.data.ended.wait(), 5)
     await asyncio.wait_for(gateway.events.ended.wait(), 5)
     trickle = server.app["trickle"]
@@ -211,8 +227,9 @@ async def test_stream_status_route(make_server):
     idle = await resp.json()
     assert resp.status == 200 and idle["state"] == "OFFLINE" and idle["client_active"] is False
     gateway = LivepeerGateway(server, "st-1", video_in=False, video_out=False, data=False)
-    await server.session.post(server.url("/stream/start"), json=dict(gateway.body, params={"k": 1}),
-                              headers=gateway.headers())
+    await server.session.post(
+        server.url("/stream/start"), json=dict(gateway.body, params={"k": 1}), headers=gateway.headers()
+    )
     status = await (await server.session.get(server.url("/stream/status"))).json()
     assert status["type"] == "status" and status["client_active"] is True and status["manifest_id"] == "st-1"
     assert status["stream"]["params"] == {"k": 1} and status["channels"]["events"]["url"].endswith("st-1-events")
@@ -237,14 +254,24 @@ async def test_live_video_to_video_ai_runner_body(make_server, orch_trickle):
     mid = "lv2v-1"
     gateway = LivepeerGateway(server, mid, data=False, trickle_host=orch_trickle).start_collectors()
     base = {k: v for k, v in gateway.body.items() if k != "gateway_request_id"}
-    ai_runner_body = dict(base, model_id="streamlens", manifest_id=mid, stream_id="str-9",
-                          gateway_request_id="gw-req-7", params={"width": 256, "height": 256})
+    ai_runner_body = dict(
+        base,
+        model_id="streamlens",
+        manifest_id=mid,
+        stream_id="str-9",
+        gateway_request_id="gw-req-7",
+        params={"width": 256, "height": 256},
+    )
 
-    resp = await server.session.post(server.url("/live-video-to-video"), headers=bearer(),
-                                     json=dict(ai_runner_body, model_id="other-model"))
+    resp = await server.session.post(
+        server.url("/live-video-to-video"), headers=bearer(), json=dict(ai_runner_body, model_id="other-model")
+    )
     await assert_json_error(resp, 400, "pipeline configured with streamlens but called with other-model.")
-    resp = await server.session.post(server.url("/live-video-to-video"), headers=bearer(),
-                                     json={k: v for k, v in ai_runner_body.items() if k != "publish_url"})
+    resp = await server.session.post(
+        server.url("/live-video-to-video"),
+        headers=bearer(),
+        json={k: v for k, v in ai_runner_body.items() if k != "publish_url"},
+    )
     await assert_json_error(resp, 400, "publish_url")
     assert not server.app["streams"].active()
 
@@ -258,8 +285,9 @@ async def test_live_video_to_video_ai_runner_body(make_server, orch_trickle):
     stream = server.app["streams"].get(mid)
     assert await wait_until(lambda: stream.frames_out > 30, timeout=10)
     assert gateway.events.events("status")
-    assert {"runner_receive_stream_request", "runner_receive_first_ingest_segment"} <= \
-        {t["type"] for t in gateway.events.events(queue="stream_trace")}
+    assert {"runner_receive_stream_request", "runner_receive_first_ingest_segment"} <= {
+        t["type"] for t in gateway.events.events(queue="stream_trace")
+    }
 
     # a new start for the same manifest replaces the running stream, as ai-runner does
     resp = await server.session.post(server.url("/live-video-to-video/"), json=ai_runner_body, headers=bearer())

@@ -28,12 +28,16 @@ async def test_text_reversal_with_and_without_livepeer_header(server):
     # the header from the BYOC documentation's curl example (request as a JSON string)
     doc_payload = {"request": json.dumps({"run": "echo"}), "capability": "text-reversal", "timeout_seconds": 30}
     doc_header = base64.b64encode(json.dumps(doc_payload).encode()).decode()
-    resp = await server.session.post(server.url("/process/request/text-reversal"), json={"text": TEXT},
-                                     headers={"Livepeer": doc_header})
+    resp = await server.session.post(
+        server.url("/process/request/text-reversal"), json={"text": TEXT}, headers={"Livepeer": doc_header}
+    )
     assert resp.status == 200 and await resp.json() == expected
     # the orchestrator forwards `/process/request/<path>` to `{registered url}/<path>`
-    resp = await server.session.post(server.url("/text-reversal"), json={"text": TEXT},
-                                     headers={"Livepeer": livepeer_header(capability="streamlens")})
+    resp = await server.session.post(
+        server.url("/text-reversal"),
+        json={"text": TEXT},
+        headers={"Livepeer": livepeer_header(capability="streamlens")},
+    )
     assert resp.status == 200 and await resp.json() == expected
 
 
@@ -42,11 +46,17 @@ async def test_batch_errors(server):
     assert resp.status == 404 and "text-reversal" in (await resp.json())["detail"]["msg"]
     resp = await server.session.post(server.url("/no-such-thing"), json={"text": "x"})
     assert resp.status == 404  # the bare path only serves registered capabilities
-    for bad in ("%%%not-base64%%%", base64.b64encode(b"not json").decode(), base64.b64encode(b"[1]").decode(),
-                livepeer_header(timeout_seconds=-1), livepeer_header(capability="someone-else"),
-                base64.b64encode(json.dumps({"request": "{broken"}).encode()).decode()):
-        resp = await server.session.post(server.url("/process/request/text-reversal"), json={"text": "x"},
-                                         headers={"Livepeer": bad})
+    for bad in (
+        "%%%not-base64%%%",
+        base64.b64encode(b"not json").decode(),
+        base64.b64encode(b"[1]").decode(),
+        livepeer_header(timeout_seconds=-1),
+        livepeer_header(capability="someone-else"),
+        base64.b64encode(json.dumps({"request": "{broken"}).encode()).decode(),
+    ):
+        resp = await server.session.post(
+            server.url("/process/request/text-reversal"), json={"text": "x"}, headers={"Livepeer": bad}
+        )
         assert resp.status == 400, bad
         assert (await resp.json())["error"]["code"] == "bad_request"
     resp = await server.session.post(server.url("/process/request/text-reversal"), json={"wrong": "field"})
@@ -83,16 +93,21 @@ async def test_timeouts_registry_and_listing(make_server):
 
     loop = asyncio.get_running_loop()
     started = loop.time()
-    resp = await server.session.post(server.url("/process/request/slow"), json={},
-                                     headers={"Livepeer": livepeer_header(capability="slow", timeout_seconds=0.2)})
+    resp = await server.session.post(
+        server.url("/process/request/slow"),
+        json={},
+        headers={"Livepeer": livepeer_header(capability="slow", timeout_seconds=0.2)},
+    )
     assert resp.status == 504 and "timed out" in (await resp.json())["detail"]["msg"]
     assert loop.time() - started < 3
     resp = await server.session.post(server.url("/slow"), json={})  # no header: the configured default
     assert resp.status == 504
 
-    resp = await server.session.post(server.url("/process/request/echo"), json={"a": 1},
-                                     headers={"Livepeer": livepeer_header(capability="echo", timeout_seconds=7,
-                                                                           request={"stream_id": "s1"})})
+    resp = await server.session.post(
+        server.url("/process/request/echo"),
+        json={"a": 1},
+        headers={"Livepeer": livepeer_header(capability="echo", timeout_seconds=7, request={"stream_id": "s1"})},
+    )
     echoed = await resp.json()
     assert echoed["body"] == {"a": 1} and echoed["timeout"] == 7
     assert echoed["header"]["request"] == {"stream_id": "s1"} and echoed["header"]["parameters"] == {}

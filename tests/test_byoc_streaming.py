@@ -19,10 +19,29 @@ from tests.trickle_helpers import OutputCollector, publish_realtime
 
 TOKEN = "byoc-test-token"
 
-STATUS_KEYS = {"type", "pipeline", "start_time", "state", "last_state_update_time", "input_status",
-               "inference_status", "last_status_timestamp", "timestamp"}
-INFERENCE_KEYS = {"last_output_time", "fps", "last_params_update_time", "last_params", "last_params_hash",
-                  "last_error_time", "last_error", "last_restart_time", "last_restart_logs", "restart_count"}
+STATUS_KEYS = {
+    "type",
+    "pipeline",
+    "start_time",
+    "state",
+    "last_state_update_time",
+    "input_status",
+    "inference_status",
+    "last_status_timestamp",
+    "timestamp",
+}
+INFERENCE_KEYS = {
+    "last_output_time",
+    "fps",
+    "last_params_update_time",
+    "last_params",
+    "last_params_hash",
+    "last_error_time",
+    "last_error",
+    "last_restart_time",
+    "last_restart_logs",
+    "restart_count",
+}
 STATES = {"LOADING", "OFFLINE", "ONLINE", "DEGRADED_INPUT", "DEGRADED_INFERENCE", "ERROR"}
 
 
@@ -66,7 +85,8 @@ async def test_byoc_stream_gateway_flow_at_real_cadence(make_server, orch_trickl
     assert reply["manifest_id"] == mid and reply["request_id"] == mid and reply["status"] == "success"
 
     publishing = asyncio.create_task(
-        publish_realtime(orch_trickle.trickle_url(mid), make_segments(6, 256, 256, fps=30)))
+        publish_realtime(orch_trickle.trickle_url(mid), make_segments(6, 256, 256, fps=30))
+    )
 
     # the first status arrives at once (well within the gateway's 12 s expectation)
     assert await wait_until(lambda: gateway.events.events("status"), timeout=12)
@@ -82,8 +102,9 @@ async def test_byoc_stream_gateway_flow_at_real_cadence(make_server, orch_trickl
     assert isinstance(traces[0]["timestamp"], int)
 
     # a mid-stream resolution change is refused
-    resp = await server.session.post(server.url("/stream/params"), headers=gateway.headers(TOKEN),
-                                     json={"width": 512, "height": 512, "prompt": "x"})
+    resp = await server.session.post(
+        server.url("/stream/params"), headers=gateway.headers(TOKEN), json={"width": 512, "height": 512, "prompt": "x"}
+    )
     assert resp.status == 400
     assert "width" in (await resp.json())["error"]["message"]
 
@@ -125,8 +146,9 @@ async def test_byoc_stream_gateway_flow_at_real_cadence(make_server, orch_trickl
 
     # stop: the body may be a gateway error string, not JSON
     stop_started = loop.time()
-    resp = await server.session.post(server.url("/stream/stop"), data=b"gateway error: input went away",
-                                     headers=gateway.headers(TOKEN))
+    resp = await server.session.post(
+        server.url("/stream/stop"), data=b"gateway error: input went away", headers=gateway.headers(TOKEN)
+    )
     print(f"POST /stream/stop took {loop.time() - stop_started:.2f} s")
     assert resp.status == 200, await resp.text()
     stopped = await resp.json()

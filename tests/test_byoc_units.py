@@ -65,18 +65,32 @@ def test_normalize_params_body():
 
 def test_livepeer_header_decoding():
     assert parse_livepeer_header(None) is None and parse_livepeer_header("  ") is None
-    value = encode_livepeer_header({"request": {"stream_id": "s"}, "parameters": {"enable_video_ingress": True},
-                                    "capability": "cap", "timeout_seconds": 12, "id": "job-1", "sig": "0xabc"})
+    value = encode_livepeer_header(
+        {
+            "request": {"stream_id": "s"},
+            "parameters": {"enable_video_ingress": True},
+            "capability": "cap",
+            "timeout_seconds": 12,
+            "id": "job-1",
+            "sig": "0xabc",
+        }
+    )
     header = parse_livepeer_header(value)
     assert header.request == {"stream_id": "s"} and header.parameters == {"enable_video_ingress": True}
     assert header.capability == "cap" and header.timeout_seconds == 12.0 and header.id == "job-1"
     assert "sig" not in header.to_dict()
     # URL-safe alphabet and stripped padding are tolerated
-    raw = json.dumps({"capability": "c", "request": "{\"q\": \"??>>\"}"}).encode()
+    raw = json.dumps({"capability": "c", "request": '{"q": "??>>"}'}).encode()
     assert parse_livepeer_header(base64.urlsafe_b64encode(raw).decode().rstrip("=")).request == {"q": "??>>"}
-    for bad in ("***", base64.b64encode(b"\xff\xfe").decode(), base64.b64encode(b'"s"').decode(),
-                encode_livepeer_header({"timeout_seconds": "10"}), encode_livepeer_header({"timeout_seconds": True}),
-                encode_livepeer_header({"capability": 5}), "A" * 70_000):
+    for bad in (
+        "***",
+        base64.b64encode(b"\xff\xfe").decode(),
+        base64.b64encode(b'"s"').decode(),
+        encode_livepeer_header({"timeout_seconds": "10"}),
+        encode_livepeer_header({"timeout_seconds": True}),
+        encode_livepeer_header({"capability": 5}),
+        "A" * 70_000,
+    ):
         with pytest.raises(LivepeerHeaderError):
             parse_livepeer_header(bad)
 
@@ -92,8 +106,7 @@ def test_data_lines_are_single_json_lines():
 
 
 async def test_status_of_a_real_stream():
-    stream = Stream("unit-1", source=None, sinks=[], stages=[], params={"prompt": "a"},
-                    loop=asyncio.get_running_loop())
+    stream = Stream("unit-1", source=None, sinks=[], stages=[], params={"prompt": "a"}, loop=asyncio.get_running_loop())
     tracker = StreamStatusTracker(stream, "streamlens")
     first = tracker.snapshot(clear_transient=True)
     assert first["state"] == "LOADING" and first["inference_status"]["last_params"] == {"prompt": "a"}

@@ -38,10 +38,13 @@ async def test_every_concurrent_stream_gets_its_own_finals(server):
         track = build_track(sentences, pause_seconds=0.8, lead_seconds=0.5 + 0.3 * k, tail_seconds=1.5)
         segments = make_segments(int(np.ceil(track.duration)), 192, 192, audio_samples=to_48k_int16(track.audio))
         trickle.create_channel(f"talk{k}")
-        resp = await server.session.post(server.url("/stream/start"), json={
-            "subscribe_url": server.trickle_url(f"talk{k}"),
-            "params": {"captions": {"enabled": True, "language": "en", "burn_in": False}},
-        })
+        resp = await server.session.post(
+            server.url("/stream/start"),
+            json={
+                "subscribe_url": server.trickle_url(f"talk{k}"),
+                "params": {"captions": {"enabled": True, "language": "en", "burn_in": False}},
+            },
+        )
         body = await resp.json()
         assert resp.status == 200, body
         reader = SseReader(server.session, server.url(f"/stream/{body['manifest_id']}/captions")).start()
@@ -49,22 +52,33 @@ async def test_every_concurrent_stream_gets_its_own_finals(server):
     for _, _, _, reader in streams:
         await asyncio.wait_for(reader.connected.wait(), 5)
     batches_before = pool.counters.batches
-    await asyncio.gather(*(publish_realtime(server.trickle_url(f"talk{k}"), segments, token=server.token("trickle"))
-                           for k, (_, _, segments, _) in enumerate(streams)))
+    await asyncio.gather(
+        *(
+            publish_realtime(server.trickle_url(f"talk{k}"), segments, token=server.token("trickle"))
+            for k, (_, _, segments, _) in enumerate(streams)
+        )
+    )
 
     def finals(reader):
         return [m.data for m in reader.of("final") if m.data["text"]]
 
-    assert await wait_until(lambda: all(len(finals(r)) >= 2 for *_, r in streams), timeout=30), \
-        [[f["text"] for f in finals(r)] for *_, r in streams]
+    assert await wait_until(lambda: all(len(finals(r)) >= 2 for *_, r in streams), timeout=30), [
+        [f["text"] for f in finals(r)] for *_, r in streams
+    ]
 
     metrics = await (await server.session.get(server.url("/metrics"))).text()
     for manifest_id, sentences, _, reader in streams:
         # its own words, nobody else's
         heard = normalize_text(" ".join(f["text"] for f in finals(reader)))
         own = {w for s in sentences for w in normalize_text(s).split() if len(w) > 5}
-        others = {w for other in SPEECH if other is not sentences for s in other
-                  for w in normalize_text(s).split() if len(w) > 5} - own
+        others = {
+            w
+            for other in SPEECH
+            if other is not sentences
+            for s in other
+            for w in normalize_text(s).split()
+            if len(w) > 5
+        } - own
         assert len([w for w in own if w in heard]) >= len(own) - 1, (sentences, heard)
         assert not [w for w in others if w in heard], heard
         # one final per caption id; lag travels on every caption event
@@ -77,7 +91,7 @@ async def test_every_concurrent_stream_gets_its_own_finals(server):
         assert f'streamlens_asr_lag_seconds{{manifest_id="{manifest_id}"}}' in metrics
     assert "streamlens_asr_batches_total" in metrics and "streamlens_asr_partials_skipped_total" in metrics
     assert pool.counters.batches > batches_before
-    for manifest_id, *_ , reader in streams:
+    for manifest_id, *_, reader in streams:
         await server.session.delete(server.url(f"/stream/{manifest_id}"))
         await reader.stop()
     assert await wait_until(lambda: not pool.streams, timeout=10)  # stopped streams leave /metrics

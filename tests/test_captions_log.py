@@ -13,8 +13,15 @@ def test_one_cue_per_final_and_updates_replace_it() -> None:
     log.on_event(CaptionEvent(id=7, text="We will", final=False, start=1.0, end=2.0))  # partials: no cue
     log.on_event(first)
     log.on_event(second)
-    update = CaptionEvent(id=7, text=first.text, final=True, start=1.0, end=3.0, revision=1,
-                          translations={"es": "Nos vemos en la biblioteca."})
+    update = CaptionEvent(
+        id=7,
+        text=first.text,
+        final=True,
+        start=1.0,
+        end=3.0,
+        revision=1,
+        translations={"es": "Nos vemos en la biblioteca."},
+    )
     log.on_event(update)
     log.on_event(first)  # a late copy of the older revision does not undo the update
     assert [c.id for c in log.finals()] == [7, 8]

@@ -11,7 +11,6 @@ import av
 import numpy as np
 
 from inference.asr.audio import Resampler16k
-
 from server.features import ASR_KEY
 from tests.conftest import wait_until
 from tests.media_gen import decode_ts, make_segments, read_frame_id, synthetic_picture
@@ -50,11 +49,14 @@ async def test_captions_from_a_live_trickle_stream(server):
     trickle.create_channel("talk")
     trickle.create_channel("talk-out")
 
-    resp = await server.session.post(server.url("/stream/start"), json={
-        "subscribe_url": server.trickle_url("talk"),
-        "publish_url": server.trickle_url("talk-out"),
-        "params": {"captions": {"enabled": True, "language": "en", "translate_to": ["es"], "burn_in": True}},
-    })
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        json={
+            "subscribe_url": server.trickle_url("talk"),
+            "publish_url": server.trickle_url("talk-out"),
+            "params": {"captions": {"enabled": True, "language": "en", "translate_to": ["es"], "burn_in": True}},
+        },
+    )
     body = await resp.json()
     assert resp.status == 200, body
     manifest_id = body["manifest_id"]
@@ -83,7 +85,8 @@ async def test_captions_from_a_live_trickle_stream(server):
     # audio track as the server decodes it)
     heard = received_audio(segments)
     segments_offline, _ = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: pool.model.transcribe(heard, language="en", beam_size=pool.settings.beam_size))
+        None, lambda: pool.model.transcribe(heard, language="en", beam_size=pool.settings.beam_size)
+    )
     offline = " ".join(s.text.strip() for s in segments_offline)
     unique_finals = {f["id"]: f for f in finals()}
     translated = {u["id"]: u for u in updates()}

@@ -40,8 +40,19 @@ async def test_serve_and_graceful_shutdown(sig):
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", MAX_STREAMS="9")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--max-streams", "2",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-streams",
+        "2",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -64,8 +75,10 @@ async def test_serve_and_graceful_shutdown(sig):
                 assert resp.status == 200
             async with session.post(base + "/ai/trickle/sig-out/0", data=b"") as resp:
                 assert resp.status == 200
-            async with session.post(base + "/stream/start", json={"subscribe_url": base + "/ai/trickle/sig-in",
-                                                                  "publish_url": base + "/ai/trickle/sig-out"}) as resp:
+            async with session.post(
+                base + "/stream/start",
+                json={"subscribe_url": base + "/ai/trickle/sig-in", "publish_url": base + "/ai/trickle/sig-out"},
+            ) as resp:
                 assert resp.status == 200
                 manifest_id = (await resp.json())["manifest_id"]
             async with session.get(base + "/health") as resp:
@@ -77,7 +90,7 @@ async def test_serve_and_graceful_shutdown(sig):
         log = output.decode()
         assert "stopping 1 stream(s): server shutting down" in log
         assert f"[{manifest_id}] state LOADING → STOPPED" in log
-        assert "DELETE /ai/trickle/sig-out HTTP/1.1\" 200" in log  # the output channel was closed
+        assert 'DELETE /ai/trickle/sig-out HTTP/1.1" 200' in log  # the output channel was closed
         assert "failed" not in log
     finally:
         if proc.returncode is None:

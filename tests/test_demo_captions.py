@@ -43,7 +43,8 @@ async def test_captions_are_shown_once_and_updated_in_place(make_server, tmp_pat
         await page.wait_for_function(
             "(() => { const v = document.getElementById('remote');"
             " return v.readyState >= 2 && v.currentTime > 0.5 && (window.streamlensMessages || 0) >= 1; })()",
-            timeout=30_000)
+            timeout=30_000,
+        )
         assert await wait_until(lambda: stream.params.get("captions", {}).get("burn_in") is False, timeout=10)
 
         # each caption: partials, its final, then its translation as an update (same id)
@@ -55,12 +56,21 @@ async def test_captions_are_shown_once_and_updated_in_place(make_server, tmp_pat
             for k in (2, len(words) // 2, len(words)):
                 stream.events.publish(CaptionEvent(id=first.id, text=" ".join(words[:k]), final=False))
             stream.events.publish(CaptionEvent(id=first.id, text=sentence, final=True))
-            stream.events.publish(CaptionEvent(
-                id=first.id, text=sentence, final=True, revision=1, translations={"es": f"frase {n} traducida"},
-                translation_confidence={"es": 0.3 if n == 1 else 0.9}))
+            stream.events.publish(
+                CaptionEvent(
+                    id=first.id,
+                    text=sentence,
+                    final=True,
+                    revision=1,
+                    translations={"es": f"frase {n} traducida"},
+                    translation_confidence={"es": 0.3 if n == 1 else 0.9},
+                )
+            )
             await page.wait_for_function(
                 f"(() => {{ const li = document.querySelector('#captions li[data-caption-id=\"{first.id}\"]');"
-                f" return li && li.textContent.includes('traducida'); }})()", timeout=10_000)
+                f" return li && li.textContent.includes('traducida'); }})()",
+                timeout=10_000,
+            )
             cues = await page.evaluate(CUES)
             # one cue over the video, at most two lines, and it is this caption's
             assert len(cues) <= 1, cues
@@ -72,9 +82,11 @@ async def test_captions_are_shown_once_and_updated_in_place(make_server, tmp_pat
         last = await page.evaluate(CUES)
         assert last and "traducida" in last[0]
         unsure = await page.evaluate(
-            f"document.querySelector('#captions li[data-caption-id=\"{ids[1]}\"] .translation').className")
+            f"document.querySelector('#captions li[data-caption-id=\"{ids[1]}\"] .translation').className"
+        )
         sure = await page.evaluate(
-            f"document.querySelector('#captions li[data-caption-id=\"{ids[2]}\"] .translation').className")
+            f"document.querySelector('#captions li[data-caption-id=\"{ids[2]}\"] .translation').className"
+        )
         assert "unsure" in unsure and "unsure" not in sure
 
         # burned into the video: the page draws no cue of its own (one rendition only)
@@ -83,7 +95,8 @@ async def test_captions_are_shown_once_and_updated_in_place(make_server, tmp_pat
         burned = CaptionEvent(text="this caption is in the picture", final=True, burned_in=True)
         stream.events.publish(burned)
         await page.wait_for_function(
-            f"document.querySelector('#captions li[data-caption-id=\"{burned.id}\"]') !== null", timeout=10_000)
+            f"document.querySelector('#captions li[data-caption-id=\"{burned.id}\"]') !== null", timeout=10_000
+        )
         assert await page.evaluate(CUES) == []
         await page.screenshot(path=str(tmp_path / "captions.png"))
         await page.click("#stop")
@@ -123,9 +136,9 @@ async def test_spoken_sentence_pair_reaches_the_page_whole_and_once(make_server,
         await page.wait_for_function(
             "(() => { const t = Array.from(document.querySelectorAll('#captions li')).map(li => li.textContent)"
             ".join(' ').toLowerCase(); return t.includes('river') && t.includes('browser'); })()",
-            timeout=60_000)
-        texts = await page.evaluate(
-            "Array.from(document.querySelectorAll('#captions li')).map(li => li.textContent)")
+            timeout=60_000,
+        )
+        texts = await page.evaluate("Array.from(document.querySelectorAll('#captions li')).map(li => li.textContent)")
         entries = await page.evaluate(ENTRIES)
         assert len(entries) == len(set(entries))  # one entry per caption
         heard = " ".join(texts).lower()

@@ -20,9 +20,7 @@ from PIL import Image
 
 from media.events import CaptionEvent
 from tests.conftest import wait_until
-from tests.webrtc_helpers import loopback_settings
-
-from tests.webrtc_helpers import BASE_FLAGS, CHROMIUM, enter_token  # noqa: E402
+from tests.webrtc_helpers import BASE_FLAGS, CHROMIUM, enter_token, loopback_settings  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed")
 
@@ -62,8 +60,11 @@ async def fake_camera_browser(tmp_path: Path, audio: Path | None = None):
     from playwright.async_api import async_playwright
 
     y4m = write_grey_y4m(tmp_path / "grey.y4m")
-    flags = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-             f"--use-file-for-fake-video-capture={y4m}"]
+    flags = [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={y4m}",
+    ]
     if audio is not None:
         flags.append(f"--use-file-for-fake-audio-capture={audio}")
     async with async_playwright() as playwright:
@@ -90,29 +91,40 @@ async def test_demo_page_shows_processed_video_and_events(make_server, tmp_path)
         await page.wait_for_function(
             "(() => { const v = document.getElementById('remote');"
             " return v.readyState >= 2 && v.currentTime > 1 && (window.streamlensMessages || 0) >= 2; })()",
-            timeout=30_000)
+            timeout=30_000,
+        )
 
         # parameter controls send {"type": "params"} over the data channel
         await page.select_option("#target-lang", "es")
         await page.check("#vision-enabled")
-        assert await wait_until(lambda: stream.params.get("captions", {}).get("translate_to") == ["es"]
-                                and stream.params.get("vision", {}).get("enabled") is True, timeout=10)
+        assert await wait_until(
+            lambda: (
+                stream.params.get("captions", {}).get("translate_to") == ["es"]
+                and stream.params.get("vision", {}).get("enabled") is True
+            ),
+            timeout=10,
+        )
 
         # captions from the stream's bus: panel + native text-track cue, translation shown
         stream.events.publish(CaptionEvent(text="hello browser", final=True, translations={"es": "hola navegador"}))
         await page.wait_for_function(
             "document.querySelector('#captions li') && "
-            "document.querySelector('#captions li').textContent.includes('hello browser')", timeout=10_000)
+            "document.querySelector('#captions li').textContent.includes('hello browser')",
+            timeout=10_000,
+        )
         assert await page.text_content("#captions li .translation") == "hola navegador"
         cues = await page.evaluate(
-            "Array.from(document.getElementById('remote').textTracks[0].cues || []).map(c => c.text)")
+            "Array.from(document.getElementById('remote').textTracks[0].cues || []).map(c => c.text)"
+        )
         assert any("hello browser" in cue and "hola navegador" in cue for cue in cues)
 
         # stats: getStats (fps, round trip) and the server's status messages (state, drops)
         await page.wait_for_function(
             "document.getElementById('stat-rtt').textContent.endsWith('ms') && "
             "document.getElementById('stat-fps').textContent !== '–' && "
-            "document.getElementById('stat-dropped').textContent !== '–'", timeout=15_000)
+            "document.getElementById('stat-dropped').textContent !== '–'",
+            timeout=15_000,
+        )
         assert await page.text_content("#stat-state") in ("ONLINE", "DEGRADED_INPUT", "DEGRADED_INFERENCE", "LOADING")
         assert (await page.text_content("#stat-dropped")).isdigit()
 
@@ -135,7 +147,8 @@ async def test_demo_page_shows_processed_video_and_events(make_server, tmp_path)
         await viewer.wait_for_function(
             "(() => { const v = document.getElementById('remote');"
             " return v.readyState >= 2 && v.currentTime > 0.5 && (window.streamlensMessages || 0) >= 1; })()",
-            timeout=30_000)
+            timeout=30_000,
+        )
         assert server.app["webrtc"].count("whep") == 1
         await viewer.locator("#remote").screenshot(path=str(tmp_path / "viewer.png"))
         watched = band(tmp_path / "viewer.png")

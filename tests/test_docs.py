@@ -43,11 +43,15 @@ def _markdown_files() -> list[Path]:
 
 # -- the generated references ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("script, output", [
-    ("routes_table", "routes.md"),
-    ("settings_table", "settings.md"),
-    ("metrics_table", "metrics.md"),
-])
+
+@pytest.mark.parametrize(
+    "script, output",
+    [
+        ("routes_table", "routes.md"),
+        ("settings_table", "settings.md"),
+        ("metrics_table", "metrics.md"),
+    ],
+)
 def test_generated_reference_is_fresh(script, output):
     """Each generated file equals what its script writes now, and says which script writes it."""
     module = _script(script)
@@ -113,6 +117,7 @@ def test_params_reference_names_every_params_field():
 
 # -- the README and the links ---------------------------------------------------------------------
 
+
 def test_readme_is_an_introduction():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) < 200, f"README.md has {len(lines)} lines; move detail into docs/"
@@ -166,16 +171,29 @@ def test_every_relative_link_resolves():
 # (The pattern is assembled from pieces so that this file does not match itself.)
 _SHARED = re.compile(r"(?<![\w.-])(?:\.\./)+shared/|(?<![\w/.-])shared" + "/reference|/work/" + "shared")
 _SOURCE_SUFFIXES = {".md", ".py", ".js", ".html", ".css", ".sh", ".toml", ".yml", ".yaml", ".txt", ".in"}
-_SKIP_DIRS = {".git", "node_modules", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis",
-              "data", "shared", "out"}
+_SKIP_DIRS = {
+    ".git",
+    "node_modules",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".hypothesis",
+    "data",
+    "shared",
+    "out",
+}
 
 
 def _repository_files() -> list[Path]:
     files = []
     for folder, subfolders, names in os.walk(ROOT):
         subfolders[:] = [d for d in subfolders if d not in _SKIP_DIRS and not d.startswith(".venv")]
-        files += [Path(folder) / name for name in names
-                  if Path(name).suffix in _SOURCE_SUFFIXES or name in ("Makefile", "Dockerfile")]
+        files += [
+            Path(folder) / name
+            for name in names
+            if Path(name).suffix in _SOURCE_SUFFIXES or name in ("Makefile", "Dockerfile")
+        ]
     return files
 
 

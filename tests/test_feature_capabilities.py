@@ -12,21 +12,28 @@ from skimage import data as skdata
 
 
 def livepeer_header(capability: str, timeout: int = 30) -> str:
-    payload = {"request": json.dumps({}), "parameters": json.dumps({}), "capability": capability,
-               "timeout_seconds": timeout}
+    payload = {
+        "request": json.dumps({}),
+        "parameters": json.dumps({}),
+        "capability": capability,
+        "timeout_seconds": timeout,
+    }
     return base64.b64encode(json.dumps(payload).encode()).decode()
 
 
 async def test_translate_capability(server):
-    resp = await server.session.post(server.url("/process/request/translate"),
-                                     json={"text": "The cat is black", "source_lang": "en", "target_lang": "es"},
-                                     headers={"Livepeer": livepeer_header("translate")})
+    resp = await server.session.post(
+        server.url("/process/request/translate"),
+        json={"text": "The cat is black", "source_lang": "en", "target_lang": "es"},
+        headers={"Livepeer": livepeer_header("translate")},
+    )
     body = await resp.json()
     assert resp.status == 200, body
     assert "gato" in body["translated_text"].lower()
     # the orchestrator forwards to the bare path when the registered URL ends in /process/request
-    resp = await server.session.post(server.url("/translate"),
-                                     json={"text": "Hello", "source_lang": "en", "target_lang": "xx"})
+    resp = await server.session.post(
+        server.url("/translate"), json={"text": "Hello", "source_lang": "en", "target_lang": "xx"}
+    )
     assert resp.status == 400
     caps = await (await server.session.get(server.url("/process/capabilities"))).json()
     names = json.dumps(caps)

@@ -52,8 +52,10 @@ def test_conversions_reuse_this_threads_context() -> None:
 
 
 def test_results_are_independent_frames_and_scale() -> None:
-    dark, light = (reformat(av.VideoFrame.from_ndarray(np.full((240, 320, 3), v, np.uint8), format="rgb24"),
-                            "yuv420p") for v in (20, 220))
+    dark, light = (
+        reformat(av.VideoFrame.from_ndarray(np.full((240, 320, 3), v, np.uint8), format="rgb24"), "yuv420p")
+        for v in (20, 220)
+    )
     a, b = rgb_array(dark), rgb_array(light)
     assert not np.shares_memory(a, b)
     assert abs(int(a[0, 0, 0]) - 20) <= 3 and abs(int(b[0, 0, 0]) - 220) <= 3

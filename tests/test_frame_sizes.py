@@ -28,8 +28,9 @@ from tests.webrtc_helpers import WhepViewer, loopback_settings
 SECONDS = 3
 
 
-def odd_size_segments(width: int, height: int, codec: str, pix_fmt: str, seconds: int = SECONDS,
-                      fps: int = 30) -> list[bytes]:
+def odd_size_segments(
+    width: int, height: int, codec: str, pix_fmt: str, seconds: int = SECONDS, fps: int = 30
+) -> list[bytes]:
     """One-second MPEG-TS segments of a moving bar at any size, with a 440 Hz AAC tone."""
     segments = []
     for second in range(seconds):
@@ -65,9 +66,14 @@ async def run_trickle_stream(server, name: str, segments: list[bytes], viewer: W
     trickle = server.app["trickle"]
     trickle.create_channel(f"{name}-in")
     trickle.create_channel(f"{name}-out")
-    resp = await server.session.post(server.url("/stream/start"), json={
-        "subscribe_url": server.trickle_url(f"{name}-in"), "publish_url": server.trickle_url(f"{name}-out"),
-        "params": {"captions": {"burn_in": True}}})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        json={
+            "subscribe_url": server.trickle_url(f"{name}-in"),
+            "publish_url": server.trickle_url(f"{name}-out"),
+            "params": {"captions": {"burn_in": True}},
+        },
+    )
     body = await resp.json()
     assert resp.status == 200, body
     stream = server.app["streams"].get_active(body["manifest_id"])
@@ -75,8 +81,9 @@ async def run_trickle_stream(server, name: str, segments: list[bytes], viewer: W
     stream.events.publish(CaptionEvent(text="odd sizes are fine", final=True))
     stream.events.publish(VisionEvent(kind="tags", tags=[Tag("bar", 0.9, (1, 1, 5, 5))], frame_size=(17, 17)))
     collector = OutputCollector(server.trickle_url(f"{name}-out"), token=server.token("trickle")).start()
-    publishing = asyncio.create_task(publish_realtime(server.trickle_url(f"{name}-in"), segments,
-                                                      token=server.token("trickle")))
+    publishing = asyncio.create_task(
+        publish_realtime(server.trickle_url(f"{name}-in"), segments, token=server.token("trickle"))
+    )
     try:
         if viewer is not None:
             assert await wait_until(lambda: stream.frames_out > 5, timeout=20)
@@ -102,7 +109,8 @@ async def test_853x480_input_runs_through_every_stage_and_plays_over_whep(make_s
     viewer = WhepViewer()
     try:
         status, collector = await run_trickle_stream(
-            server, "odd853", odd_size_segments(853, 480, "mpeg2video", "yuv420p"), viewer)
+            server, "odd853", odd_size_segments(853, 480, "mpeg2video", "yuv420p"), viewer
+        )
         assert await wait_until(lambda: len(viewer.received.video) >= 10, timeout=20)
         assert {(v.width, v.height) for v in viewer.received.video} == {(852, 480)}
     finally:
@@ -136,8 +144,14 @@ def test_every_stage_accepts_the_size(size):
         plane_array(plane)[:] = 128 if number else 100
     state = OverlayState()
     state.on_event(CaptionEvent(text="a caption on any size", final=True))
-    state.on_event(VisionEvent(kind="tags", tags=[Tag("thing", 0.8, (0, 0, 8, 8)), Tag("loose", 0.7)],
-                               frame_size=(width, height), text="on-screen text"))
+    state.on_event(
+        VisionEvent(
+            kind="tags",
+            tags=[Tag("thing", 0.8, (0, 0, 8, 8)), Tag("loose", 0.7)],
+            frame_size=(width, height),
+            text="on-screen text",
+        )
+    )
     drawn = Overlay("size-test", state).draw(frame, 1.0)
     assert (drawn.width, drawn.height) == (width, height)
     luma = plane_array(drawn.planes[0])

@@ -69,8 +69,19 @@ def test_build_engine_cli_explains_missing_tensorrt(tmp_path: Path) -> None:
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"\x08\x07")
     proc = subprocess.run(
-        [sys.executable, "-m", "inference.vision.build_engine", "--onnx", str(onnx), "--out", str(tmp_path / "m.engine")],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "inference.vision.build_engine",
+            "--onnx",
+            str(onnx),
+            "--out",
+            str(tmp_path / "m.engine"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2 and "tensorrt" in proc.stderr
 
@@ -100,7 +111,10 @@ def test_uploader_refuses_without_cuda() -> None:
 def test_gpu_frame_queue_is_bounded_drop_oldest() -> None:
     # the queue only holds references, so its policy is testable anywhere
     queue = GpuFrameQueue(maxsize=3)
-    frames = [GpuFrame(tensor=None, media_time=i / 30, seq=i, ingest_time=0.0, ready=None, width=2, height=2) for i in range(10)]
+    frames = [
+        GpuFrame(tensor=None, media_time=i / 30, seq=i, ingest_time=0.0, ready=None, width=2, height=2)
+        for i in range(10)
+    ]
     for frame in frames:
         queue.put(frame)
     assert len(queue) == 3 and queue.dropped == 7
@@ -137,7 +151,9 @@ class Clock:
 
 async def test_memory_manager_admission_and_pressure_decisions() -> None:
     probe, clock = FixedProbe(free_mb=8000), Clock()
-    manager = GpuMemoryManager(GpuSettings(min_free_mb=2000, pressure_free_mb=1000, unload_cooldown=30), probe=probe, clock=clock)
+    manager = GpuMemoryManager(
+        GpuSettings(min_free_mb=2000, pressure_free_mb=1000, unload_cooldown=30), probe=probe, clock=clock
+    )
     unloaded: list[str] = []
     loaded = {"translator": True, "engine-a": True, "engine-b": True, "asr": True, "gone": False}
 
@@ -146,6 +162,7 @@ async def test_memory_manager_admission_and_pressure_decisions() -> None:
             unloaded.append(name)
             loaded[name] = False
             probe.free_mb += gives_back
+
         return unload
 
     async def unload_b() -> None:
@@ -154,8 +171,9 @@ async def test_memory_manager_admission_and_pressure_decisions() -> None:
         probe.free_mb += 600
 
     busy = {"translator": True}
-    manager.track_model("translator", lambda: loaded["translator"], unloader("translator", 100),
-                        is_idle=lambda: not busy["translator"])
+    manager.track_model(
+        "translator", lambda: loaded["translator"], unloader("translator", 100), is_idle=lambda: not busy["translator"]
+    )
     manager.track_model("asr", lambda: loaded["asr"], pinned_reason="shared by every live caption stream")
     manager.track_model("engine-a", lambda: loaded["engine-a"], unloader("engine-a", 600))
     manager.track_model("engine-b", lambda: loaded["engine-b"], unload_b)
@@ -181,12 +199,20 @@ async def test_memory_manager_admission_and_pressure_decisions() -> None:
     assert snapshot["available"] is True and snapshot["device_name"] == "test-gpu"
     assert snapshot["free_mb"] == 1500 and snapshot["under_pressure"] is False and snapshot["unloads"] == 2
     decisions = [(d["action"], d["model"], d["detail"].split(":")[0]) for d in snapshot["decisions"]]
-    assert decisions[1:] == [("keep", "translator", "busy"), ("keep", "asr", "pinned"),
-                             ("unload", "engine-a", "idle under pressure; 900 MiB free after"),
-                             ("unload", "engine-b", "idle under pressure; 1500 MiB free after")]
+    assert decisions[1:] == [
+        ("keep", "translator", "busy"),
+        ("keep", "asr", "pinned"),
+        ("unload", "engine-a", "idle under pressure; 900 MiB free after"),
+        ("unload", "engine-b", "idle under pressure; 1500 MiB free after"),
+    ]
     models = {m["name"]: m for m in snapshot["models"]}
-    assert models["asr"] == {"name": "asr", "loaded": True, "unloadable": False, "unloads": 0,
-                             "pinned": "shared by every live caption stream"}
+    assert models["asr"] == {
+        "name": "asr",
+        "loaded": True,
+        "unloadable": False,
+        "unloads": 0,
+        "pinned": "shared by every live caption stream",
+    }
     assert models["engine-a"]["loaded"] is False and models["engine-a"]["unloads"] == 1
 
     probe.free_mb = 100  # pressure again: the unloaded engines are not loaded, so not asked again
@@ -306,7 +332,9 @@ def test_uploader_thread_never_blocks_the_decoder() -> None:
 def test_memory_manager_reads_the_real_device() -> None:
     manager = GpuMemoryManager(GpuSettings(min_free_mb=1, pressure_free_mb=0))
     snapshot = manager.snapshot()
-    assert snapshot["available"] is True and snapshot["total_mb"] > 0 and 0 < snapshot["free_mb"] <= snapshot["total_mb"]
+    assert (
+        snapshot["available"] is True and snapshot["total_mb"] > 0 and 0 < snapshot["free_mb"] <= snapshot["total_mb"]
+    )
     assert manager.can_accept_stream()[0] is True
     manager.close()
 
@@ -331,8 +359,9 @@ async def test_tensorrt_engine_classifies_on_gpu(tmp_path: Path) -> None:
     engine_path = build_engine(onnx_path, tmp_path / "brightest.engine")
     labels = tmp_path / "labels.txt"
     labels.write_text("red\ngreen\nblue\n")
-    backend = TensorRtBackend(TensorRtConfig(engine_path=str(engine_path), labels_path=str(labels), top_k=3,
-                                             mean=(0, 0, 0), std=(1, 1, 1)))
+    backend = TensorRtBackend(
+        TensorRtConfig(engine_path=str(engine_path), labels_path=str(labels), top_k=3, mean=(0, 0, 0), std=(1, 1, 1))
+    )
     try:
         blue = np.zeros((120, 160, 3), np.uint8)
         blue[..., 2] = 255
@@ -378,7 +407,9 @@ async def test_tensorrt_vision_stage_takes_frames_through_the_gpu_queue() -> Non
     loop = asyncio.get_running_loop()
     bus = EventBus(loop)
     await stage.start(StageContext("gpu-path", loop, bus, {"vision": {"backend": "tensorrt", "interval": 0.1}}))
-    frame = av.VideoFrame.from_ndarray(skimage.data.astronaut()[:240, :320].copy(), format="rgb24").reformat(format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(skimage.data.astronaut()[:240, :320].copy(), format="rgb24").reformat(
+        format="yuv420p"
+    )
     try:
         for seq in range(30):
             stage.on_video(VideoItem(frame, seq / 30, seq=seq))

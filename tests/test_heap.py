@@ -33,8 +33,9 @@ print(rss() - base)
 
 
 def retained_mib(mode: str) -> float:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=REPO, capture_output=True, text=True, timeout=60,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
     return float(out.stdout.strip())
 
 

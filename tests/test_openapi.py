@@ -25,10 +25,22 @@ from server.openapi import openapi_document
 from server.settings import Settings
 
 # every role's token set, each different: an operation is called with the token of its declared role
-TOKENS = {"api": "fuzz-api-token", "livepeer": "fuzz-livepeer-token", "ingest": "fuzz-ingest-token",
-          "viewer": "fuzz-viewer-token", "trickle": "fuzz-trickle-token", "metrics": "fuzz-metrics-token"}
-TOKEN_ENV = {"API_TOKEN": TOKENS["api"], "AUTH_TOKEN": TOKENS["livepeer"], "WHIP_TOKEN": TOKENS["ingest"],
-             "WHEP_TOKEN": TOKENS["viewer"], "TRICKLE_TOKEN": TOKENS["trickle"], "METRICS_TOKEN": TOKENS["metrics"]}
+TOKENS = {
+    "api": "fuzz-api-token",
+    "livepeer": "fuzz-livepeer-token",
+    "ingest": "fuzz-ingest-token",
+    "viewer": "fuzz-viewer-token",
+    "trickle": "fuzz-trickle-token",
+    "metrics": "fuzz-metrics-token",
+}
+TOKEN_ENV = {
+    "API_TOKEN": TOKENS["api"],
+    "AUTH_TOKEN": TOKENS["livepeer"],
+    "WHIP_TOKEN": TOKENS["ingest"],
+    "WHEP_TOKEN": TOKENS["viewer"],
+    "TRICKLE_TOKEN": TOKENS["trickle"],
+    "METRICS_TOKEN": TOKENS["metrics"],
+}
 EXAMPLES_PER_OPERATION = int(os.environ.get("STREAMLENS_FUZZ_EXAMPLES", "8"))
 
 
@@ -66,10 +78,23 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def live_server():
     port = _free_port()
-    env = dict(os.environ, **TOKEN_ENV, ASR_PRELOAD="false", MAX_STREAMS="2", OUTBOUND_ALLOW="127.0.0.1/32",
-               INPUT_TIMEOUT="3", WEBRTC_CONNECT_TIMEOUT="2", LOG_LEVEL="WARNING", DATA_DIR=tempfile.mkdtemp(prefix="streamlens-fuzz-"))
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = dict(
+        os.environ,
+        **TOKEN_ENV,
+        ASR_PRELOAD="false",
+        MAX_STREAMS="2",
+        OUTBOUND_ALLOW="127.0.0.1/32",
+        INPUT_TIMEOUT="3",
+        WEBRTC_CONNECT_TIMEOUT="2",
+        LOG_LEVEL="WARNING",
+        DATA_DIR=tempfile.mkdtemp(prefix="streamlens-fuzz-"),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -103,8 +128,11 @@ def no_undeclared_server_error(ctx, response, case) -> bool | None:
     return None
 
 
-CHECKS = [schemathesis.checks.response_schema_conformance,
-          schemathesis.checks.status_code_conformance, schemathesis.checks.content_type_conformance]
+CHECKS = [
+    schemathesis.checks.response_schema_conformance,
+    schemathesis.checks.status_code_conformance,
+    schemathesis.checks.content_type_conformance,
+]
 
 
 def operation_headers(operation) -> dict[str, str]:
@@ -127,12 +155,18 @@ def test_fuzz_the_api_from_its_description(live_server):
         operations += 1
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate],
+        )
         def run(case):
             nonlocal examples
             examples += 1
-            response = case.call(headers=operation_headers(operation), timeout=30)
+            response = case.call(headers=operation_headers(operation), timeout=30)  # noqa: B023 - run() runs here
             no_undeclared_server_error(None, response, case)
             case.validate_response(response, checks=CHECKS)
 

@@ -46,8 +46,12 @@ def test_merge_patch_follows_rfc_7396(target, patch, expected):
 
 def test_composed_patches_act_like_applying_both():
     target = {"a": {"x": 1, "y": 2}, "b": 1, "c": [1]}
-    for first, second in [({"a": {"x": None}}, {"a": {"z": 3}}), ({"b": None}, {"b": 2}),
-                          ({"c": [2]}, {"a": {"y": None}, "d": 4}), ({"a": {"x": 9}}, {"a": None})]:
+    for first, second in [
+        ({"a": {"x": None}}, {"a": {"z": 3}}),
+        ({"b": None}, {"b": 2}),
+        ({"c": [2]}, {"a": {"y": None}, "d": 4}),
+        ({"a": {"x": 9}}, {"a": None}),
+    ]:
         assert merge_patch(target, compose_patches(first, second)) == merge_patch(merge_patch(target, first), second)
 
 
@@ -83,8 +87,11 @@ async def test_stream_params_route_and_control_channel_merge(make_server, orch_t
     mid = "merge-1"
     gateway = LivepeerGateway(server, mid, video_in=False, trickle_host=orch_trickle).start_collectors()
     try:
-        resp = await server.session.post(server.url("/stream/start"), headers=gateway.headers(TOKEN),
-                                         json=dict(gateway.body, params={"prompt": "one", "width": 256, "height": 256}))
+        resp = await server.session.post(
+            server.url("/stream/start"),
+            headers=gateway.headers(TOKEN),
+            json=dict(gateway.body, params={"prompt": "one", "width": 256, "height": 256}),
+        )
         assert resp.status == 200, await resp.text()
         stream = server.app["streams"].get_active(mid)
 
@@ -97,8 +104,14 @@ async def test_stream_params_route_and_control_channel_merge(make_server, orch_t
         # the sequence: an update about vision must not turn the header and captions back on
         await post({"overlay": {"enabled": False}, "captions": {"burn_in": False}})
         params = await post({"vision": {"enabled": False, "interval": 2}})
-        assert params == {"prompt": "one", "width": 256, "height": 256, "overlay": {"enabled": False},
-                          "captions": {"burn_in": False}, "vision": {"enabled": False, "interval": 2}}
+        assert params == {
+            "prompt": "one",
+            "width": 256,
+            "height": 256,
+            "overlay": {"enabled": False},
+            "captions": {"burn_in": False},
+            "vision": {"enabled": False, "interval": 2},
+        }
         assert stream.overlay.options.enabled is False and stream.overlay.options.captions is False
 
         # nested merge and null removal: the option is back to its default
@@ -108,8 +121,9 @@ async def test_stream_params_route_and_control_channel_merge(make_server, orch_t
         assert stream.overlay.options.enabled is False  # untouched
 
         # a mid-stream resolution change is still refused; removing width is a change too
-        resp = await server.session.post(server.url("/stream/params"), json={"width": None},
-                                         headers=gateway.headers(TOKEN))
+        resp = await server.session.post(
+            server.url("/stream/params"), json={"width": None}, headers=gateway.headers(TOKEN)
+        )
         assert resp.status == 400
         assert stream.params["width"] == 256
 
@@ -120,14 +134,18 @@ async def test_stream_params_route_and_control_channel_merge(make_server, orch_t
         assert await wait_until(lambda: stream.params.get("prompt") == "three", timeout=5)
         assert stream.params["overlay"] == {"clock": False} and stream.params["vision"] == {"enabled": False}
         assert stream.overlay.options.enabled is True and stream.overlay.options.clock is False
-        status = await (await server.session.get(server.url(f"/stream/{mid}/status"),
-                                                 headers={"Authorization": f"Bearer {TOKEN}"})).json()
+        status = await (
+            await server.session.get(server.url(f"/stream/{mid}/status"), headers={"Authorization": f"Bearer {TOKEN}"})
+        ).json()
         assert status["params"] == stream.params
 
         # the gateway re-sends /stream/start for the running id: its params are one more merge patch
         before = dict(stream.params)
-        resp = await server.session.post(server.url("/stream/start"), headers=gateway.headers(TOKEN),
-                                         json=dict(gateway.body, params={"overlay": {"enabled": False}}))
+        resp = await server.session.post(
+            server.url("/stream/start"),
+            headers=gateway.headers(TOKEN),
+            json=dict(gateway.body, params={"overlay": {"enabled": False}}),
+        )
         assert resp.status == 200, await resp.text()
         assert server.app["streams"].get_active(mid) is stream  # the same stream, not a restart
         assert stream.params == {**before, "overlay": {"enabled": False, "clock": False}}
@@ -145,8 +163,11 @@ async def test_data_channel_params_merge(make_server):
         peer.send({"type": "params", "id": 1, "captions": {"burn_in": False}})
         peer.send({"type": "params", "id": 2, "overlay": {"clock": False}})
         assert await wait_until(lambda: len(peer.messages_of("params_applied")) == 2, timeout=10)
-        assert stream.params == {"overlay": {"enabled": True, "clock": False}, "note": "x",
-                                 "captions": {"burn_in": False}}
+        assert stream.params == {
+            "overlay": {"enabled": True, "clock": False},
+            "note": "x",
+            "captions": {"burn_in": False},
+        }
         peer.send({"type": "params", "id": 3, "params": {"note": None}})
         assert await wait_until(lambda: len(peer.messages_of("params_applied")) == 3, timeout=10)
         assert "note" not in stream.params and stream.params["captions"] == {"burn_in": False}

@@ -44,8 +44,9 @@ REQUIREMENTS = ["torch==2.13.0", "av==14.2.0", "pytrickle==0.1.6"]
 CREATE_TIMEOUT_S = 900
 SCRIPT_TIMEOUT_S = 120
 
-pytestmark = pytest.mark.skipif(os.environ.get("STREAMLENS_SKIP_PYTRICKLE") == "1",
-                                reason="STREAMLENS_SKIP_PYTRICKLE=1")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("STREAMLENS_SKIP_PYTRICKLE") == "1", reason="STREAMLENS_SKIP_PYTRICKLE=1"
+)
 
 
 def _venv_python() -> Path:
@@ -56,8 +57,9 @@ def _venv_ready() -> bool:
     python = _venv_python()
     if not python.exists():
         return False
-    probe = subprocess.run([str(python), "-c", "import pytrickle, av; assert av.__version__ == '14.2.0'"],
-                           capture_output=True, timeout=120)
+    probe = subprocess.run(
+        [str(python), "-c", "import pytrickle, av; assert av.__version__ == '14.2.0'"], capture_output=True, timeout=120
+    )
     return probe.returncode == 0
 
 
@@ -69,13 +71,17 @@ def pytrickle_python() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _venv_ready():
             started = time.monotonic()
-            steps = [[sys.executable, "-m", "venv", "--clear", str(VENV)],
-                     [str(_venv_python()), "-m", "pip", "install", "--quiet", *REQUIREMENTS]]
+            steps = [
+                [sys.executable, "-m", "venv", "--clear", str(VENV)],
+                [str(_venv_python()), "-m", "pip", "install", "--quiet", *REQUIREMENTS],
+            ]
             for step in steps:
                 result = subprocess.run(step, capture_output=True, text=True, timeout=CREATE_TIMEOUT_S)
                 if result.returncode != 0:
-                    pytest.fail(f"could not build the pytrickle venv ({' '.join(step)}):\n"
-                                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+                    pytest.fail(
+                        f"could not build the pytrickle venv ({' '.join(step)}):\n"
+                        f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+                    )
             print(f"\npytrickle venv created in {time.monotonic() - started:.1f} s at {VENV}")
             assert _venv_ready(), "pytrickle venv built but `import pytrickle, av` fails"
     return _venv_python()
@@ -86,7 +92,8 @@ async def run_pytrickle(python: Path, *args: str, token: str | None = None) -> d
     in the environment."""
     env = {**os.environ, "STREAMLENS_TRICKLE_TOKEN": token or ""}
     process = await asyncio.create_subprocess_exec(
-        str(python), str(SCRIPT), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        str(python), str(SCRIPT), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), SCRIPT_TIMEOUT_S)
     except TimeoutError:
@@ -116,8 +123,9 @@ async def test_pytrickle_publisher_to_streamlens_subscriber(server, pytrickle_py
     received: list[bytes] = []
 
     async def read_three() -> None:
-        async with TrickleSubscriber(server.trickle_url("py-in"), policy=token_policy(server.token("trickle"))) \
-                as subscriber:
+        async with TrickleSubscriber(
+            server.trickle_url("py-in"), policy=token_policy(server.token("trickle"))
+        ) as subscriber:
             while len(received) < len(segments):
                 segment = await subscriber.next_segment()
                 if segment is None:
@@ -128,8 +136,13 @@ async def test_pytrickle_publisher_to_streamlens_subscriber(server, pytrickle_py
                 received.append(b"".join(parts))
 
     reader = asyncio.create_task(read_three())  # waiting on seq 0 before pytrickle publishes
-    result = await run_pytrickle(pytrickle_python, "publish", server.trickle_url("py-in"),
-                                 *write_segments(tmp_path, segments), token=server.token("trickle"))
+    result = await run_pytrickle(
+        pytrickle_python,
+        "publish",
+        server.trickle_url("py-in"),
+        *write_segments(tmp_path, segments),
+        token=server.token("trickle"),
+    )
     await asyncio.wait_for(reader, 10)
     assert result["pytrickle_version"] == "0.1.6"
     assert result["sent"] == [digest(s) for s in segments]
@@ -141,15 +154,22 @@ async def test_pytrickle_publisher_to_streamlens_subscriber(server, pytrickle_py
 async def test_streamlens_publisher_to_pytrickle_subscriber(server, pytrickle_python):
     server.app["trickle"].create_channel("py-out")
     segments = make_segments(3, 128, 128)
-    async with TricklePublisher(server.trickle_url("py-out"), policy=token_policy(server.token("trickle"))) \
-            as publisher:
+    async with TricklePublisher(
+        server.trickle_url("py-out"), policy=token_policy(server.token("trickle"))
+    ) as publisher:
         for data in segments:
             writer = await publisher.next_segment()
             await writer.write(data[: len(data) // 3])
             await writer.write(data[len(data) // 3 :])
             assert await writer.close() == 200
-        result = await run_pytrickle(pytrickle_python, "subscribe", server.trickle_url("py-out"),
-                                     str(len(segments)), "0", token=server.token("trickle"))
+        result = await run_pytrickle(
+            pytrickle_python,
+            "subscribe",
+            server.trickle_url("py-out"),
+            str(len(segments)),
+            "0",
+            token=server.token("trickle"),
+        )
     assert result["received"] == [digest(s) for s in segments]
 
 
@@ -162,8 +182,11 @@ async def test_pytrickle_plays_the_gateway_of_a_live_stream(make_server, pytrick
     resp = await server.session.post(server.url("/stream/start"), json=gateway.body, headers=gateway.headers())
     assert resp.status == 200, await resp.text()
     files = write_segments(tmp_path, make_segments(3, 256, 256))
-    script = asyncio.create_task(run_pytrickle(pytrickle_python, "gateway", server.trickle_url("").rstrip("/"),
-                                               mid, *files, token=server.token("trickle")))
+    script = asyncio.create_task(
+        run_pytrickle(
+            pytrickle_python, "gateway", server.trickle_url("").rstrip("/"), mid, *files, token=server.token("trickle")
+        )
+    )
     stream = server.app["streams"].get(mid)
     assert await wait_until(lambda: stream.frames_in >= 80 and stream.frames_out >= 80, timeout=30)
     await asyncio.sleep(1.5)  # the last output segment is published when the stream stops
@@ -176,6 +199,8 @@ async def test_pytrickle_plays_the_gateway_of_a_live_stream(make_server, pytrick
     assert result["first_segment_frames"] > 0
     types = {(e["queue_event_type"], e["type"]) for e in result["events"]}
     assert ("ai_stream_events", "status") in types
-    assert ("stream_trace", "runner_receive_stream_request") in types or \
-        ("stream_trace", "runner_receive_first_ingest_segment") in types
+    assert ("stream_trace", "runner_receive_stream_request") in types or (
+        "stream_trace",
+        "runner_receive_first_ingest_segment",
+    ) in types
     await gateway.close()

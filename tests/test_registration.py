@@ -78,9 +78,18 @@ async def orchestrator():
 
 
 def worker_settings(orch_url: str, **overrides) -> Settings:
-    values = dict(host="127.0.0.1", port=0, orch_url=orch_url, orch_secret=SECRET, auth_token="worker-token",
-                  capability_url="http://127.0.0.1:8935/", max_streams=3,
-                  register_retry_initial_delay=0.05, register_retry_max_delay=0.2, register_retry_attempts=10)
+    values = dict(
+        host="127.0.0.1",
+        port=0,
+        orch_url=orch_url,
+        orch_secret=SECRET,
+        auth_token="worker-token",
+        capability_url="http://127.0.0.1:8935/",
+        max_streams=3,
+        register_retry_initial_delay=0.05,
+        register_retry_max_delay=0.2,
+        register_retry_attempts=10,
+    )
     values.update(overrides)
     return Settings(**values)
 
@@ -113,8 +122,9 @@ async def test_registers_with_retries_and_unregisters_on_shutdown(orchestrator, 
         assert health["livepeer"]["registration"]["attempts"] == 3
 
         # answering the orchestrator with 401 makes it drop the capability: register again
-        resp = await server.session.post(server.url("/stream/params"), json={"a": 1},
-                                         headers={"Authorization": "Bearer stale-token"})
+        resp = await server.session.post(
+            server.url("/stream/params"), json={"a": 1}, headers={"Authorization": "Bearer stale-token"}
+        )
         assert resp.status == 401
         assert await wait_until(lambda: len(orchestrator.registers) == 4, timeout=5)
     finally:
@@ -133,19 +143,36 @@ async def test_registers_with_retries_and_unregisters_on_shutdown(orchestrator, 
 async def test_keeps_retrying_slowly_without_blocking(make_server):
     stand_in = await StandInOrchestrator(always_fail=True).start()
     try:
-        server = await make_server(orch_url=stand_in.url, orch_secret=SECRET, capability_url="http://w:1",
-                                   register_retry_initial_delay=0.02, register_retry_attempts=2,
-                                   register_retry_slow_interval=0.3, capability_name="slow-cap",
-                                   capability_capacity=2, capability_price_per_unit=7,
-                                   capability_price_scaling=3, capability_currency="eth",
-                                   capability_token="cap-token", capability_description="d")
+        server = await make_server(
+            orch_url=stand_in.url,
+            orch_secret=SECRET,
+            capability_url="http://w:1",
+            register_retry_initial_delay=0.02,
+            register_retry_attempts=2,
+            register_retry_slow_interval=0.3,
+            capability_name="slow-cap",
+            capability_capacity=2,
+            capability_price_per_unit=7,
+            capability_price_scaling=3,
+            capability_currency="eth",
+            capability_token="cap-token",
+            capability_description="d",
+        )
         assert await wait_until(lambda: len(stand_in.registers) >= 4, timeout=5)
         registrar = server.app["livepeer"].registrar
         assert registrar.state == "retrying" and "500" in registrar.last_error
         assert [registrar.retry.delay(n) for n in (1, 2, 3)] == [0.02, 0.3, 0.3]
         body = json.loads(stand_in.registers[0]["raw"])
-        assert body == {"name": "slow-cap", "description": "d", "url": "http://w:1", "capacity": 2,
-                        "price_per_unit": 7, "price_scaling": 3, "currency": "eth", "token": "cap-token"}
+        assert body == {
+            "name": "slow-cap",
+            "description": "d",
+            "url": "http://w:1",
+            "capacity": 2,
+            "price_per_unit": 7,
+            "price_scaling": 3,
+            "currency": "eth",
+            "token": "cap-token",
+        }
         assert (await server.session.get(server.url("/health"))).status == 200
     finally:
         await stand_in.stop()
@@ -166,8 +193,9 @@ async def test_wrong_secret_and_unreachable_orchestrator():
         await wrong.stop(unregister=False)
         await stand_in.stop()
     # nothing listens there any more: a connection error, retried, never raised
-    gone = OrchestratorRegistrar(stand_in.url, SECRET, registration,
-                                 retry=RetryPlan(initial_delay=0.01, fast_attempts=3))
+    gone = OrchestratorRegistrar(
+        stand_in.url, SECRET, registration, retry=RetryPlan(initial_delay=0.01, fast_attempts=3)
+    )
     gone.start()
     assert await wait_until(lambda: gone.attempts >= 3, timeout=5)
     assert gone.state == "retrying" and gone.last_error
@@ -189,13 +217,36 @@ async def test_self_signed_orchestrator_certificate_is_accepted_when_listed(tmp_
     """Orchestrators serve HTTPS with self-signed certificates; listed in TLS_INSECURE_HOSTS,
     registration works (unlisted, it is refused: tests/security/test_tls.py)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=orch",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=orch",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     stand_in = await StandInOrchestrator().start(ssl_context=context)
-    registrar = OrchestratorRegistrar(stand_in.url, SECRET, CapabilityRegistration(name="tls", url="http://w:1"),
-                                      tls=TlsPolicy(insecure_hosts=["127.0.0.1"]))
+    registrar = OrchestratorRegistrar(
+        stand_in.url,
+        SECRET,
+        CapabilityRegistration(name="tls", url="http://w:1"),
+        tls=TlsPolicy(insecure_hosts=["127.0.0.1"]),
+    )
     try:
         assert stand_in.url.startswith("https://")
         assert await registrar.register_once() is True, registrar.last_error

@@ -68,9 +68,14 @@ async def test_slow_output_drops_frames_and_never_stalls_decoding(server):
     try:
         trickle = server.app["trickle"]
         trickle.create_channel("slow-in")
-        resp = await server.session.post(server.url("/stream/start"), json={
-            "subscribe_url": server.trickle_url("slow-in"), "publish_url": slow.url,
-            "params": {"captions": {"enabled": True, "language": "en"}}})
+        resp = await server.session.post(
+            server.url("/stream/start"),
+            json={
+                "subscribe_url": server.trickle_url("slow-in"),
+                "publish_url": slow.url,
+                "params": {"captions": {"enabled": True, "language": "en"}},
+            },
+        )
         body = await resp.json()
         assert resp.status == 200, body
         stream = server.app["streams"].get_active(body["manifest_id"])

@@ -38,8 +38,9 @@ async def test_bad_requests_get_clear_errors(server):
     status, body = await start(server, subscribe_url=server.trickle_url("a"), width="wide", height=10)
     assert status == 400 and "width" in body["error"]["message"]
 
-    resp = await server.session.post(url, data=b'{"a": "' + b"x" * (2 << 20) + b'"}',
-                                     headers={"Content-Type": "application/json"})
+    resp = await server.session.post(
+        url, data=b'{"a": "' + b"x" * (2 << 20) + b'"}', headers={"Content-Type": "application/json"}
+    )
     assert resp.status == 413
     assert "too large" in (await resp.json())["error"]["message"]
 
@@ -73,7 +74,7 @@ def corrupt(segment: bytes) -> bytes:
     """Overwrite a stretch in the middle of a segment with garbage (keeps the length)."""
     middle = len(segment) // 2
     garbage = bytes((i * 37 + 11) % 256 for i in range(20_000))
-    return segment[:middle] + garbage + segment[middle + len(garbage):]
+    return segment[:middle] + garbage + segment[middle + len(garbage) :]
 
 
 async def test_garbage_in_a_segment_is_survived_and_other_streams_carry_on(server):
@@ -93,8 +94,9 @@ async def test_garbage_in_a_segment_is_survived_and_other_streams_carry_on(serve
     streams = server.app["streams"]
     bad_stream, good_stream = streams.get(bad["manifest_id"]), streams.get(good["manifest_id"])
     # every frame of the good stream is accounted for: encoded, or dropped under load and counted
-    ok = await wait_until(lambda: good_stream.frames_out + good_stream.frames_dropped >= good_stream.frames_in >= 147,
-                          timeout=10)
+    ok = await wait_until(
+        lambda: good_stream.frames_out + good_stream.frames_dropped >= good_stream.frames_in >= 147, timeout=10
+    )
     assert ok, (good_stream.frames_in, good_stream.frames_out, good_stream.frames_dropped)
     assert good_stream.frames_out >= 0.9 * good_stream.frames_in
     # the damaged stream is still running, decoded frames after the damage, and says what happened
@@ -122,13 +124,14 @@ async def test_stop_leaves_no_task_thread_socket_or_file(server):
         name = f"leak{round_}"
         trickle.create_channel(name)
         trickle.create_channel(f"{name}-out")
-        _, body = await start(server, subscribe_url=server.trickle_url(name),
-                              publish_url=server.trickle_url(f"{name}-out"))
+        _, body = await start(
+            server, subscribe_url=server.trickle_url(name), publish_url=server.trickle_url(f"{name}-out")
+        )
         manifest_id = body["manifest_id"]
         collector = OutputCollector(server.trickle_url(f"{name}-out"), token=server.token("trickle")).start()
         await publish_realtime(server.trickle_url(name), make_segments(2, 256, 256), token=server.token("trickle"))
         stream = server.app["streams"].get(manifest_id)
-        assert await wait_until(lambda: stream.frames_out > 30, timeout=10)
+        assert await wait_until(lambda: stream.frames_out > 30, timeout=10)  # noqa: B023 - awaited here
         assert stream_threads(manifest_id)
         resp = await server.session.delete(server.url(f"/stream/{manifest_id}"))
         assert resp.status == 200
@@ -152,9 +155,11 @@ async def test_stream_without_input_is_not_timed_out(make_server):
     """A data-only / output-only stream (no subscribe URL) has no input to wait for."""
     srv = await make_server(input_timeout=1.0)
     srv.app["trickle"].create_channel("nodata-data")
-    resp = await srv.session.post(srv.url("/stream/start"), headers={"X-Stream-Id": "nodata"},
-                                  json={"gateway_request_id": "nodata", "data_url": srv.trickle_url("nodata-data"),
-                                        "params": {}})
+    resp = await srv.session.post(
+        srv.url("/stream/start"),
+        headers={"X-Stream-Id": "nodata"},
+        json={"gateway_request_id": "nodata", "data_url": srv.trickle_url("nodata-data"), "params": {}},
+    )
     assert resp.status == 200, await resp.text()
     await asyncio.sleep(2.5)
     status = await (await srv.session.get(srv.url("/stream/nodata/status"))).json()

@@ -58,13 +58,15 @@ async def test_stopped_stream_status_and_captions_over_http(server):
     trickle = server.app["trickle"]
     trickle.create_channel("sum-in")
     trickle.create_channel("sum-out")
-    resp = await server.session.post(server.url("/stream/start"), json={
-        "subscribe_url": server.trickle_url("sum-in"), "publish_url": server.trickle_url("sum-out")})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        json={"subscribe_url": server.trickle_url("sum-in"), "publish_url": server.trickle_url("sum-out")},
+    )
     body = await resp.json()
     manifest_id = body["manifest_id"]
     await publish_realtime(server.trickle_url("sum-in"), make_segments(1, 128, 128), token=server.token("trickle"))
     stream = server.app["streams"].get_active(manifest_id)
-    assert await wait_until(lambda: stream.frames_out > 10, timeout=10)
+    assert await wait_until(lambda: stream.frames_out > 10, timeout=10)  # noqa: F821 - `del stream` comes later
     stream.events.publish(CaptionEvent(text="kept after stop", final=True))
     await asyncio.sleep(0.05)
     resp = await server.session.delete(server.url(f"/stream/{manifest_id}"))

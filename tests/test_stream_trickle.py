@@ -29,11 +29,14 @@ async def test_trickle_stream_end_to_end(server):
     trickle.create_channel("e2e-out")
     segments = make_segments(SECONDS, 512, 512, fps=30, segment_seconds=1.0)
 
-    resp = await server.session.post(server.url("/stream/start"), json={
-        "subscribe_url": server.trickle_url("e2e"),
-        "publish_url": server.trickle_url("e2e-out"),
-        "params": {"note": "e2e"},
-    })
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        json={
+            "subscribe_url": server.trickle_url("e2e"),
+            "publish_url": server.trickle_url("e2e-out"),
+            "params": {"note": "e2e"},
+        },
+    )
     body = await resp.json()
     assert resp.status == 200, body
     assert body["success"] is True
@@ -59,8 +62,13 @@ async def test_trickle_stream_end_to_end(server):
     assert listing["count"] == 1 and listing["streams"][0]["manifest_id"] == manifest_id
 
     metrics = await (await server.session.get(server.url("/metrics"))).text()
-    assert metric_value(metrics, "streamlens_frames_total", manifest_id=manifest_id, direction="in") == status["frames_in"]
-    assert metric_value(metrics, "streamlens_frames_total", manifest_id=manifest_id, direction="out") == status["frames_out"]
+    assert (
+        metric_value(metrics, "streamlens_frames_total", manifest_id=manifest_id, direction="in") == status["frames_in"]
+    )
+    assert (
+        metric_value(metrics, "streamlens_frames_total", manifest_id=manifest_id, direction="out")
+        == status["frames_out"]
+    )
     assert "streamlens_frame_latency_seconds_bucket" in metrics
     health = await (await server.session.get(server.url("/health"))).json()
     assert (health["status"], health["streams"], health["capacity"]) == ("OK", 1, 4)
@@ -102,8 +110,10 @@ async def test_input_channel_closed_stops_stream_and_closes_output(server):
     trickle = server.app["trickle"]
     trickle.create_channel("gone")
     trickle.create_channel("gone-out")
-    resp = await server.session.post(server.url("/stream/start"), json={
-        "subscribe_url": server.trickle_url("gone"), "publish_url": server.trickle_url("gone-out")})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        json={"subscribe_url": server.trickle_url("gone"), "publish_url": server.trickle_url("gone-out")},
+    )
     manifest_id = (await resp.json())["manifest_id"]
     await publish_realtime(server.trickle_url("gone"), make_segments(2, 256, 256), token=server.token("trickle"))
     stream = server.app["streams"].get(manifest_id)

@@ -134,10 +134,7 @@ async def test_timeout_kills_the_whole_pipeline(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     script = tmp_path / "apertium-hangs"
     script.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1" = "-l" ]; then echo "  eng-spa"; exit 0; fi\n'
-        f"sleep 30 & echo $! > {pidfile}\n"
-        "wait\n"
+        f'#!/bin/sh\nif [ "$1" = "-l" ]; then echo "  eng-spa"; exit 0; fi\nsleep 30 & echo $! > {pidfile}\nwait\n'
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     translator = ApertiumTranslator(binary=str(script), timeout=0.5)

@@ -34,8 +34,13 @@ async def stub() -> AsyncIterator[OpenAIStub]:
 
 def llm_settings(stub: OpenAIStub, backends: str = "openai", **overrides) -> TranslateSettings:
     values = dict(
-        backends=backends, vllm_endpoint=f"{stub.base_url}/v1", vllm_model="stub-translator", vllm_api_key="k",
-        vllm_max_retries=0, breaker_threshold=2, vllm_timeout_s=0.5,
+        backends=backends,
+        vllm_endpoint=f"{stub.base_url}/v1",
+        vllm_model="stub-translator",
+        vllm_api_key="k",
+        vllm_max_retries=0,
+        breaker_threshold=2,
+        vllm_timeout_s=0.5,
     )
     values.update(overrides)
     return TranslateSettings(**values)
@@ -54,7 +59,9 @@ async def openai_api(stub: OpenAIStub) -> AsyncIterator[TestClient]:
 
 
 async def test_translate_with_apertium(apertium_api: TestClient) -> None:
-    resp = await apertium_api.post("/translate", json={"text": "The cat is black", "source_lang": "en", "target_lang": "es"})
+    resp = await apertium_api.post(
+        "/translate", json={"text": "The cat is black", "source_lang": "en", "target_lang": "es"}
+    )
     assert resp.status == 200
     body = await resp.json()
     assert "gato" in body["translated_text"] and body["backend"] == "apertium"
@@ -66,7 +73,8 @@ async def test_translate_with_apertium(apertium_api: TestClient) -> None:
 
 async def test_batch_with_apertium(apertium_api: TestClient) -> None:
     resp = await apertium_api.post(
-        "/translate/batch", json={"texts": ["The cat is black", "Good morning"], "source_lang": "en", "target_lang": "es"}
+        "/translate/batch",
+        json={"texts": ["The cat is black", "Good morning"], "source_lang": "en", "target_lang": "es"},
     )
     assert resp.status == 200
     body = await resp.json()
@@ -109,8 +117,9 @@ async def test_request_errors(apertium_api: TestClient) -> None:
     await expect_error(resp, 400, "bad_request")
     resp = await apertium_api.post("/translate", json={"text": "Hi", "source_lang": "en; rm", "target_lang": "es"})
     assert "source_lang" in await expect_error(resp, 400, "bad_request")
-    resp = await apertium_api.post("/translate", json={"text": "Hi", "source_lang": "en", "target_lang": "es",
-                                                       "session_id": "bad id with spaces"})
+    resp = await apertium_api.post(
+        "/translate", json={"text": "Hi", "source_lang": "en", "target_lang": "es", "session_id": "bad id with spaces"}
+    )
     assert "session_id" in await expect_error(resp, 400, "bad_request")
     resp = await apertium_api.post("/translate", data=b"text=hi", headers={"Content-Type": "text/plain"})
     await expect_error(resp, 415, "unsupported_media_type")
@@ -119,15 +128,18 @@ async def test_request_errors(apertium_api: TestClient) -> None:
 async def test_size_limits(apertium_api: TestClient) -> None:
     resp = await apertium_api.post("/translate", json={"text": "a" * 201, "source_lang": "en", "target_lang": "es"})
     assert "200" in await expect_error(resp, 413, "text_too_long")
-    resp = await apertium_api.post("/translate/batch", json={"texts": ["a"] * 5, "source_lang": "en", "target_lang": "es"})
+    resp = await apertium_api.post(
+        "/translate/batch", json={"texts": ["a"] * 5, "source_lang": "en", "target_lang": "es"}
+    )
     await expect_error(resp, 413, "too_many_texts")
     resp = await apertium_api.post("/translate/batch", json={"texts": [], "source_lang": "en", "target_lang": "es"})
     assert "texts" in await expect_error(resp, 400, "bad_request")
 
 
 async def test_auto_detects_the_source_language(apertium_api: TestClient) -> None:
-    resp = await apertium_api.post("/translate", json={"text": "El gato es negro y la casa es grande.",
-                                                       "source_lang": "auto", "target_lang": "en"})
+    resp = await apertium_api.post(
+        "/translate", json={"text": "El gato es negro y la casa es grande.", "source_lang": "auto", "target_lang": "en"}
+    )
     assert resp.status == 200, await resp.text()
     body = await resp.json()
     assert body["detected_language"] == "es" and body["source_language"] == "es"
@@ -199,7 +211,9 @@ async def test_dead_llm_falls_back_to_apertium_and_names_it(stub: OpenAIStub) ->
     service = TranslationService(llm_settings(stub, backends="vllm,apertium", backend_timeout_s=0.3))
     client = await serve(service)
     try:
-        resp = await client.post("/translate", json={"text": "The cat is black", "source_lang": "en", "target_lang": "es"})
+        resp = await client.post(
+            "/translate", json={"text": "The cat is black", "source_lang": "en", "target_lang": "es"}
+        )
         body = await resp.json()
         assert resp.status == 200 and body["backend"] == "apertium" and "gato" in body["translated_text"]
         snapshot = {b["name"]: b for b in service.stats()["backends"]}
@@ -226,17 +240,24 @@ async def test_disabled_translation_answers_503() -> None:
 
 async def test_sessions_show_history_and_end(openai_api: TestClient, stub: OpenAIStub) -> None:
     for text in ("Maria bought a car.", "She drives it every day."):
-        resp = await openai_api.post("/translate", json={"text": text, "source_lang": "en", "target_lang": "es",
-                                                         "session_id": "talk-1"})
+        resp = await openai_api.post(
+            "/translate", json={"text": text, "source_lang": "en", "target_lang": "es", "session_id": "talk-1"}
+        )
         assert resp.status == 200 and (await resp.json())["session_id"] == "talk-1"
-    resp = await openai_api.post("/translate/batch", json={"texts": ["Third one."], "source_lang": "en",
-                                                           "target_lang": "es", "session_id": "talk-1"})
+    resp = await openai_api.post(
+        "/translate/batch",
+        json={"texts": ["Third one."], "source_lang": "en", "target_lang": "es", "session_id": "talk-1"},
+    )
     assert resp.status == 200
 
     resp = await openai_api.get("/translate/sessions/talk-1")
     assert resp.status == 200
     session = await resp.json()
-    assert [h["source"] for h in session["history"]] == ["Maria bought a car.", "She drives it every day.", "Third one."]
+    assert [h["source"] for h in session["history"]] == [
+        "Maria bought a car.",
+        "She drives it every day.",
+        "Third one.",
+    ]
     assert session["history"][0]["translation"] == "ES:Maria bought a car." and session["translations"] == 3
     # the second and third prompts carried the earlier sentences as prior turns
     assert "Maria bought a car." in [m["content"] for m in stub.chat_requests[1].json["messages"]]

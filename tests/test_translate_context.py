@@ -37,8 +37,13 @@ async def stub() -> AsyncIterator[OpenAIStub]:
 
 
 def llm_settings(stub: OpenAIStub, **overrides: Any) -> TranslateSettings:
-    values: dict[str, Any] = dict(backends="vllm", vllm_endpoint=stub.base_url, vllm_model="stub-translator",
-                                  vllm_max_retries=0, vllm_timeout_s=5.0)
+    values: dict[str, Any] = dict(
+        backends="vllm",
+        vllm_endpoint=stub.base_url,
+        vllm_model="stub-translator",
+        vllm_max_retries=0,
+        vllm_timeout_s=5.0,
+    )
     values.update(overrides)
     return TranslateSettings(**values)
 
@@ -79,7 +84,11 @@ async def test_context_is_the_last_n_complete_sentences_with_fragments_joined(st
     # "and then" + "he left." are joined into one sentence; "One." is past the limit of 2, and
     # "Half a" is a fragment still waiting for its end, so it is not context
     assert prompt_texts(stub.chat_requests[-1].json) == [
-        "Two.", "ES[Two.]", "and then he left.", "ES[and then] ES[he left.]", "Last.",
+        "Two.",
+        "ES[Two.]",
+        "and then he left.",
+        "ES[and then] ES[he left.]",
+        "Last.",
     ]
 
 
@@ -102,7 +111,7 @@ async def test_captions_of_a_stream_are_one_session_per_target_language(stub: Op
     try:
         first = await service.translate_for_captions("Maria bought a car.", "en", "es", session="stream-1")
         second = await service.translate_for_captions("She drives it every day.", "en", "es", session="stream-1")
-        other_stream = await service.translate_for_captions("She drives it every day.", "en", "fr", session="stream-2")
+        await service.translate_for_captions("She drives it every day.", "en", "fr", session="stream-2")
         legacy_text, legacy_error = await service.translate_for_captions("Hello world", "en", "es")  # old callers
     finally:
         await service.close()
@@ -186,8 +195,15 @@ async def test_breaker_skips_a_dead_backend_and_the_next_one_answers(stub: OpenA
     with socket.socket() as sock:  # a port nobody listens on: the first backend is dead
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = TranslateSettings(backends="vllm,ollama", vllm_endpoint=dead, vllm_model="m", vllm_max_retries=0,
-                                 ollama_endpoint=stub.base_url, ollama_model="stub-translator", breaker_threshold=2)
+    settings = TranslateSettings(
+        backends="vllm,ollama",
+        vllm_endpoint=dead,
+        vllm_model="m",
+        vllm_max_retries=0,
+        ollama_endpoint=stub.base_url,
+        ollama_model="stub-translator",
+        breaker_threshold=2,
+    )
     service = TranslationService(settings)
     try:
         results = [await service.translate(f"Hello world {i}", "en", "es") for i in range(4)]
@@ -250,7 +266,12 @@ def test_language_detection_model_ships_in_the_wheel() -> None:
         "from inference.translate.langdetect import detect_language_sync\n"
         "print(detect_language_sync('Hola, ¿cómo estás? Hoy hace buen tiempo.').code)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "es"

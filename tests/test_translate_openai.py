@@ -90,9 +90,7 @@ async def test_request_follows_the_chat_completions_shape(stub: OpenAIStub) -> N
 
 
 async def test_extra_body_and_max_tokens_cap(stub: OpenAIStub) -> None:
-    client = make_client(
-        stub, extra_body={"chat_template_kwargs": {"enable_thinking": False}}, max_output_tokens=64
-    )
+    client = make_client(stub, extra_body={"chat_template_kwargs": {"enable_thinking": False}}, max_output_tokens=64)
     try:
         await client.translate("word " * 200, "en", "es")
     finally:
@@ -148,7 +146,14 @@ async def test_batch_runs_concurrently_but_bounded(stub: OpenAIStub) -> None:
         results = await client.translate_batch(texts, "en", "es")
     finally:
         await client.close()
-    assert [r.text for r in results] == ["Hola mundo", "El gato es negro", "Buenos días", "ES[one]", "ES[two]", "ES[three]"]
+    assert [r.text for r in results] == [
+        "Hola mundo",
+        "El gato es negro",
+        "Buenos días",
+        "ES[one]",
+        "ES[two]",
+        "ES[three]",
+    ]
     assert stub.chat_count == 6
     assert stub.peak_in_flight == 2  # concurrent, and never past the limit
 
@@ -356,10 +361,15 @@ async def test_stub_accepts_content_parts_for_vision_requests(stub: OpenAIStub) 
     stub.responder = responder
     body = {
         "model": "stub-translator",
-        "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "What is in this image?"},
-            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}},
-        ]}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this image?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}},
+                ],
+            }
+        ],
     }
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{stub.base_url}/v1/chat/completions", json=body) as resp:

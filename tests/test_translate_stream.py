@@ -28,8 +28,14 @@ async def stub() -> AsyncIterator[OpenAIStub]:
 
 
 async def start(stub: OpenAIStub, **overrides: Any) -> tuple[TestClient, TranslationService]:
-    values: dict[str, Any] = dict(backends="vllm", vllm_endpoint=stub.base_url, vllm_model="stub-translator",
-                                  vllm_max_retries=0, ws_send_timeout_s=0.5, ws_max_in_flight=2)
+    values: dict[str, Any] = dict(
+        backends="vllm",
+        vllm_endpoint=stub.base_url,
+        vllm_model="stub-translator",
+        vllm_max_retries=0,
+        ws_send_timeout_s=0.5,
+        ws_max_in_flight=2,
+    )
     values.update(overrides)
     service = TranslationService(TranslateSettings(**values))
     return await serve(service), service
@@ -154,7 +160,7 @@ async def test_a_client_that_stops_reading_is_closed_and_others_carry_on(api: Te
             sent += 1
             try:
                 await asyncio.wait_for(writer.drain(), 0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await asyncio.sleep(0.1)  # the server stopped reading us: back-pressure
             except ConnectionError:
                 break

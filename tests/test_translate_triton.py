@@ -46,8 +46,9 @@ async def test_translates_over_kserve_v2(triton_url: str) -> None:
 
 
 async def test_service_routes_pairs_and_falls_back(triton_url: str) -> None:
-    settings = TranslateSettings(backends="triton,apertium", triton_url=triton_url, triton_model="translator",
-                                 triton_pairs="en-es,en-fr")
+    settings = TranslateSettings(
+        backends="triton,apertium", triton_url=triton_url, triton_model="translator", triton_pairs="en-es,en-fr"
+    )
     service = TranslationService(settings)
     try:
         en_es = await service.translate("The dog is white.", "en", "es")

@@ -7,8 +7,8 @@ middleware records every request the server sees, so preconnects and headers are
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import pytest
 from aiohttp import web

@@ -87,10 +87,14 @@ async def test_json_base64_image_gets_a_face_tag() -> None:
 async def test_raw_jpeg_body_with_query_options() -> None:
     async with Api(VisionBackends()) as api:
         headers = {"Content-Type": "image/jpeg"}
-        async with api.session.post(api.url, data=astronaut_jpeg(), headers=headers, params={"threshold": "0.5"}) as response:
+        async with api.session.post(
+            api.url, data=astronaut_jpeg(), headers=headers, params={"threshold": "0.5"}
+        ) as response:
             assert response.status == 200
             assert_astronaut_face(await response.json())
-        async with api.session.post(api.url, data=astronaut_jpeg(), headers=headers, params={"tag_list": "motion"}) as response:
+        async with api.session.post(
+            api.url, data=astronaut_jpeg(), headers=headers, params={"tag_list": "motion"}
+        ) as response:
             assert response.status == 200 and (await response.json())["tags"] == []
 
 
@@ -134,7 +138,9 @@ async def test_unavailable_backends_are_503() -> None:
 async def test_vlm_backend_through_the_api_and_malformed_output_is_502() -> None:
     replies = iter(['{"tags": [{"name": "astronaut", "confidence": 0.97}]}', "no idea, sorry"])
     async with OpenAIStub(responder=lambda req: next(replies)) as stub:
-        settings = VisionSettings(vlm=VlmConfig(model_id="stub-model", api_base_url=stub.base_url, tag_list=["astronaut", "cat"]))
+        settings = VisionSettings(
+            vlm=VlmConfig(model_id="stub-model", api_base_url=stub.base_url, tag_list=["astronaut", "cat"])
+        )
         async with Api(VisionBackends(settings)) as api:
             body = {"image": base64.b64encode(astronaut_jpeg()).decode(), "backend": "vlm"}
             async with api.session.post(api.url, json=body) as response:

@@ -130,7 +130,9 @@ async def test_pending_work_is_bounded() -> None:
     tagger = EmbeddedTagger(max_pending=1)
     try:
         image = skimage.data.astronaut()
-        results = await asyncio.gather(*(tagger.analyze(image, VisionRequest()) for _ in range(4)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(tagger.analyze(image, VisionRequest()) for _ in range(4)), return_exceptions=True
+        )
         busy = [r for r in results if isinstance(r, BackendBusy)]
         done = [r for r in results if not isinstance(r, BaseException)]
         assert busy and done

@@ -277,8 +277,17 @@ async def test_gpu_frame_queue_feeds_backends_that_accept_gpu_frames() -> None:
     try:
         for index in range(30):
             stage.on_video(VideoItem(frame=frame, media_time=index / FPS, seq=index))
-            queue.put(GpuFrame(tensor=rgb, media_time=100 + index / FPS, seq=index, ingest_time=0.0,
-                               ready=None, width=512, height=512))
+            queue.put(
+                GpuFrame(
+                    tensor=rgb,
+                    media_time=100 + index / FPS,
+                    seq=index,
+                    ingest_time=0.0,
+                    ready=None,
+                    width=512,
+                    height=512,
+                )
+            )
             await asyncio.sleep(1 / FPS)
         await asyncio.sleep(0.3)
     finally:

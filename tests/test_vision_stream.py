@@ -21,11 +21,14 @@ async def test_face_tags_flow_as_events_and_boxes_are_drawn(server):
     photo = skdata.astronaut()  # 512x512 RGB, a face in the upper middle
     segments = make_segments(4, 512, 512, picture=photo, stamp_ids=False)
 
-    resp = await server.session.post(server.url("/stream/start"), json={
-        "subscribe_url": server.trickle_url("astro"),
-        "publish_url": server.trickle_url("astro-out"),
-        "params": {"vision": {"enabled": True, "interval": 0.5, "backend": "embedded"}},
-    })
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        json={
+            "subscribe_url": server.trickle_url("astro"),
+            "publish_url": server.trickle_url("astro-out"),
+            "params": {"vision": {"enabled": True, "interval": 0.5, "backend": "embedded"}},
+        },
+    )
     body = await resp.json()
     assert resp.status == 200, body
     manifest_id = body["manifest_id"]
@@ -34,8 +37,9 @@ async def test_face_tags_flow_as_events_and_boxes_are_drawn(server):
     collector = OutputCollector(server.trickle_url("astro-out"), token=server.token("trickle")).start()
     await publish_realtime(server.trickle_url("astro"), segments, token=server.token("trickle"))
 
-    assert await wait_until(lambda: any(any(t["name"] == "face" for t in m.data["tags"]) for m in events.of("tags")),
-                            timeout=10)
+    assert await wait_until(
+        lambda: any(any(t["name"] == "face" for t in m.data["tags"]) for m in events.of("tags")), timeout=10
+    )
     tag_event = next(m for m in events.of("tags") if any(t["name"] == "face" for t in m.data["tags"]))
     face = next(t for t in tag_event.data["tags"] if t["name"] == "face")
     x, y, w, h = face["box"]

@@ -17,10 +17,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from inference.openai_client import chat_completions_url
 from inference.resilience import CircuitBreaker
 from inference.vision.base import BackendUnavailable, VisionRequest
 from inference.vision.multiplexer import VlmConfig, VlmMultiplexer
-from inference.openai_client import chat_completions_url
 from inference.vision.openai_vlm import (
     MalformedOutput,
     VlmEndpointConfig,
@@ -34,8 +34,15 @@ FRAME = np.ascontiguousarray(np.dstack([np.linspace(0, 255, 1280, dtype=np.uint8
 
 
 def tags_reply(_request: dict) -> str:
-    return json.dumps({"tags": [{"name": "person", "confidence": 0.9}, {"name": "dog", "confidence": 0.3},
-                                {"name": "unicorn", "confidence": 0.99}]})
+    return json.dumps(
+        {
+            "tags": [
+                {"name": "person", "confidence": 0.9},
+                {"name": "dog", "confidence": 0.3},
+                {"name": "unicorn", "confidence": 0.99},
+            ]
+        }
+    )
 
 
 class FakeClock:
@@ -53,8 +60,14 @@ def endpoint(stub: OpenAIStub, name: str, **overrides) -> VlmEndpointConfig:
 
 
 def config(*endpoints: VlmEndpointConfig, **overrides) -> VlmConfig:
-    values = {"model_id": "stub-model", "tag_list": TAGS, "multiplexer_endpoints": list(endpoints),
-              "retry_attempts": 1, "retry_base_delay": 0.01, "max_pixels": 320 * 240}
+    values = {
+        "model_id": "stub-model",
+        "tag_list": TAGS,
+        "multiplexer_endpoints": list(endpoints),
+        "retry_attempts": 1,
+        "retry_base_delay": 0.01,
+        "max_pixels": 320 * 240,
+    }
     values.update(overrides)
     return VlmConfig(**values)
 
@@ -156,7 +169,13 @@ def test_parsing_bare_names_free_tags_and_failures() -> None:
     free = parse_tag_output('{"tags": [{"name": "sunset", "confidence": 0.7}]}', [], 0.5)
     assert [(t.name, t.confidence) for t in free] == [("sunset", 0.7)]
     assert parse_tag_output('{"tags": []}', TAGS, 0.5) == []
-    for bad in ("", "I see a person and a dog.", '{"tags": "person"}', '{"tags": [{"confidence": 1}]}', "{'tags': [1, 2]}"):
+    for bad in (
+        "",
+        "I see a person and a dog.",
+        '{"tags": "person"}',
+        '{"tags": [{"confidence": 1}]}',
+        "{'tags': [1, 2]}",
+    ):
         with pytest.raises(MalformedOutput):
             parse_tag_output(bad, TAGS, 0.5)
 
@@ -182,8 +201,12 @@ async def test_malformed_model_output_is_counted_and_survived(stubs) -> None:
 async def test_weighted_spread_follows_weights(stubs) -> None:
     heavy, light, backup = await stubs(), await stubs(), await stubs()
     vlm = VlmMultiplexer(
-        config(endpoint(heavy, "heavy", weight=3, max_concurrent=8), endpoint(light, "light", weight=1, max_concurrent=8),
-               endpoint(backup, "backup", is_fallback=True), max_pixels=64 * 64),
+        config(
+            endpoint(heavy, "heavy", weight=3, max_concurrent=8),
+            endpoint(light, "light", weight=1, max_concurrent=8),
+            endpoint(backup, "backup", is_fallback=True),
+            max_pixels=64 * 64,
+        ),
         rng=random.Random(1),  # seeded: reproducible draws (std of the share is ~1.8 % at n=600)
     )
     small = np.ascontiguousarray(FRAME[:64, :64])
@@ -203,9 +226,15 @@ async def test_fallback_only_while_primaries_fail_then_breakers_recover(stubs) -
     a, b, backup = await stubs(), await stubs(), await stubs()
     clock = FakeClock()
     vlm = VlmMultiplexer(
-        config(endpoint(a, "a"), endpoint(b, "b"), endpoint(backup, "backup", is_fallback=True),
-               breaker_failure_threshold=2, breaker_reset_timeout=10.0),
-        rng=random.Random(1), clock=clock,
+        config(
+            endpoint(a, "a"),
+            endpoint(b, "b"),
+            endpoint(backup, "backup", is_fallback=True),
+            breaker_failure_threshold=2,
+            breaker_reset_timeout=10.0,
+        ),
+        rng=random.Random(1),
+        clock=clock,
     )
     try:
         # healthy primaries: the fallback stays idle
@@ -241,7 +270,9 @@ async def test_fallback_only_while_primaries_fail_then_breakers_recover(stubs) -
 async def test_breaker_opens_half_opens_and_closes(stubs) -> None:
     stub = await stubs()
     clock = FakeClock()
-    vlm = VlmMultiplexer(config(endpoint(stub, "only"), breaker_failure_threshold=2, breaker_reset_timeout=5.0), clock=clock)
+    vlm = VlmMultiplexer(
+        config(endpoint(stub, "only"), breaker_failure_threshold=2, breaker_reset_timeout=5.0), clock=clock
+    )
     breaker = vlm.endpoints[0].breaker
     try:
         stub.mode = "http_503"
@@ -272,7 +303,12 @@ async def test_breaker_opens_half_opens_and_closes(stubs) -> None:
 async def test_transient_errors_are_retried_with_backoff_but_client_errors_are_not(stubs) -> None:
     first, second = await stubs(), await stubs()
     vlm = VlmMultiplexer(
-        config(endpoint(first, "first"), endpoint(second, "second", is_fallback=True), retry_attempts=3, retry_base_delay=0.01)
+        config(
+            endpoint(first, "first"),
+            endpoint(second, "second", is_fallback=True),
+            retry_attempts=3,
+            retry_base_delay=0.01,
+        )
     )
     try:
         first.fail_next("http_500", times=1)

@@ -37,7 +37,9 @@ async def test_offer_round_trip_processed_media_and_events(make_server):
     server = await make_server(**loopback_settings())
     peer = BrowserPeer()
     try:
-        answer = await peer.connect(server.session, server.base_url, params={"note": "kept", "captions": {"lang": "en"}})
+        answer = await peer.connect(
+            server.session, server.base_url, params={"note": "kept", "captions": {"lang": "en"}}
+        )
         assert answer["type"] == "answer" and answer["sdp"].startswith("v=0")
         assert negotiated_codec(answer["sdp"], "video") == "VP8"  # the default preference
         manifest_id = peer.manifest_id
@@ -78,7 +80,9 @@ async def test_offer_round_trip_processed_media_and_events(make_server):
         assert caption["text"] == "hello from the bus" and caption["final"] is True and caption["kind"] == "caption"
 
         # ... and control messages: params merge into the stream's params
-        peer.send({"type": "params", "id": 7, "captions": {"enabled": True, "lang": "es"}, "vision": {"enabled": False}})
+        peer.send(
+            {"type": "params", "id": 7, "captions": {"enabled": True, "lang": "es"}, "vision": {"enabled": False}}
+        )
         assert await wait_until(lambda: peer.messages_of("params_applied"), timeout=10)
         assert peer.messages_of("params_applied")[0]["id"] == 7
         assert stream.params["captions"] == {"enabled": True, "lang": "es"}
@@ -170,8 +174,9 @@ async def test_slow_pipeline_drops_stale_frames_and_counts_them(make_server):
         assert await wait_until(lambda: len(peer.received.video) >= 50, timeout=40)
         status = stream.status()
         assert status["frames_dropped"] > 0 and status["frames_out"] < status["frames_in"]
-        assert await wait_until(lambda: peer.messages_of("status") and peer.messages_of("status")[-1]["frames_dropped"] > 0,
-                                timeout=10)
+        assert await wait_until(
+            lambda: peer.messages_of("status") and peer.messages_of("status")[-1]["frames_dropped"] > 0, timeout=10
+        )
         sent_at = peer.video_source.sent_at
         recent = list(peer.received.video)[-20:]
         lags = sorted(v.received_at - sent_at[v.frame_id] for v in recent if v.frame_id in sent_at)

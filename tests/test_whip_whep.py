@@ -51,11 +51,15 @@ async def test_whip_and_whep_refuse_bad_requests(make_server):
         await publisher.close()
     resp = await s.post(server.url("/whip"), data=sdp, headers={**bearer(), "Content-Type": "text/plain"})
     assert resp.status == 415
-    resp = await s.post(server.url("/whip"), data=b"v=0\r\nnot really sdp", headers={**bearer(), "Content-Type": "application/sdp"})
+    resp = await s.post(
+        server.url("/whip"), data=b"v=0\r\nnot really sdp", headers={**bearer(), "Content-Type": "application/sdp"}
+    )
     assert resp.status == 400
     resp = await s.post(server.url("/whip"), data=b"", headers={**bearer(), "Content-Type": "application/sdp"})
     assert resp.status == 400
-    resp = await s.post(server.url("/whip/bad%20key!"), data=sdp, headers={**bearer(), "Content-Type": "application/sdp"})
+    resp = await s.post(
+        server.url("/whip/bad%20key!"), data=sdp, headers={**bearer(), "Content-Type": "application/sdp"}
+    )
     assert resp.status == 400
 
     # two video tracks (e.g. simulcast-like layouts) are refused as a whole
@@ -64,8 +68,11 @@ async def test_whip_and_whep_refuse_bad_requests(make_server):
         pc.addTransceiver("video", direction="sendonly")
         pc.addTransceiver("video", direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
-        resp = await s.post(server.url("/whip"), data=pc.localDescription.sdp.encode(),
-                            headers={**bearer(), "Content-Type": "application/sdp"})
+        resp = await s.post(
+            server.url("/whip"),
+            data=pc.localDescription.sdp.encode(),
+            headers={**bearer(), "Content-Type": "application/sdp"},
+        )
         assert resp.status == 422
     finally:
         await pc.close()
@@ -84,9 +91,17 @@ async def test_whip_and_whep_refuse_bad_requests(make_server):
 
 
 async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_server):
-    server = await make_server(**loopback_settings(
-        whip_token=TOKEN, api_token=TOKEN, max_streams=1, whep_max_viewers=2, webrtc_video_codec="H264",
-        webrtc_udp_port_min=41000, webrtc_udp_port_max=41999))
+    server = await make_server(
+        **loopback_settings(
+            whip_token=TOKEN,
+            api_token=TOKEN,
+            max_streams=1,
+            whep_max_viewers=2,
+            webrtc_video_codec="H264",
+            webrtc_udp_port_min=41000,
+            webrtc_udp_port_max=41999,
+        )
+    )
     s = server.session
     publisher = WhipPublisher()
     viewers = [WhepViewer(data_channel=True), WhepViewer()]
@@ -107,8 +122,9 @@ async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_s
         assert publisher.manifest_id == "obs-stream-1"  # the stream key is the manifest id
 
         streams = server.app["streams"]
-        assert await wait_until(lambda: (st := streams.get_active("obs-stream-1")) is not None and st.frames_out > 15,
-                                timeout=30)
+        assert await wait_until(
+            lambda: (st := streams.get_active("obs-stream-1")) is not None and st.frames_out > 15, timeout=30
+        )
         stream = streams.get_active("obs-stream-1")
         listing = await (await s.get(server.url("/streams"), headers=bearer())).json()
         assert listing["streams"][0]["metadata"]["transport"] == "whip"
@@ -147,14 +163,18 @@ async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_s
 
         # the viewer's data channel carries the stream's events, read-only
         stream.events.publish(CaptionEvent(text="burned in and sent", final=True))
-        assert await wait_until(lambda: viewers[0].messages_of("caption") and viewers[0].messages_of("status"), timeout=15)
+        assert await wait_until(
+            lambda: viewers[0].messages_of("caption") and viewers[0].messages_of("status"), timeout=15
+        )
         viewers[0].channel.send('{"type": "params", "captions": {"enabled": false}}')
         assert await wait_until(lambda: viewers[0].messages_of("error"), timeout=10)
         assert viewers[0].messages_of("error")[0]["code"] == "forbidden"
 
         # trickle ICE PATCH (RFC 9725 §4.3)
         frag_headers = {**bearer(), "Content-Type": "application/trickle-ice-sdpfrag"}
-        ufrag = next(line.split(":", 1)[1] for line in publisher.offer_sdp.splitlines() if line.startswith("a=ice-ufrag:"))
+        ufrag = next(
+            line.split(":", 1)[1] for line in publisher.offer_sdp.splitlines() if line.startswith("a=ice-ufrag:")
+        )
         candidate = "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host"
         frag = f"a=ice-ufrag:{ufrag}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n{candidate}\r\n"
         patch_url = server.url(publisher.location)
@@ -167,15 +187,17 @@ async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_s
         restart = frag.replace(ufrag, "newU")
         resp = await s.patch(patch_url, data=restart, headers={**frag_headers, "If-Match": publisher.etag})
         assert resp.status == 422  # ICE restart is not supported
-        resp = await s.patch(patch_url, data=frag, headers={**bearer(), "Content-Type": "application/sdp",
-                                                             "If-Match": publisher.etag})
+        resp = await s.patch(
+            patch_url, data=frag, headers={**bearer(), "Content-Type": "application/sdp", "If-Match": publisher.etag}
+        )
         assert resp.status == 415
 
         # one viewer leaves with DELETE; the stream and the other viewer go on
         resp = await s.delete(server.url(viewers[1].location), headers=bearer())
         assert resp.status == 200
-        assert await wait_until(lambda: stream.status()["sinks"]["webrtc"]["video_encoders"]["H264"]["consumers"] == 1,
-                                timeout=10)
+        assert await wait_until(
+            lambda: stream.status()["sinks"]["webrtc"]["video_encoders"]["H264"]["consumers"] == 1, timeout=10
+        )
         assert stream.active
 
         # the publisher's DELETE ends the stream and every viewer
@@ -204,8 +226,17 @@ async def test_vanished_peers_are_reaped(make_server):
         await watched.connect(server.session, server.base_url, headers=bearer())
         assert await wait_until(lambda: len(watched.received.video) > 5, timeout=30)
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.webrtc_helpers", server.base_url, TOKEN, watched.manifest_id, "doomed-key",
-            cwd=REPO, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+            sys.executable,
+            "-m",
+            "tests.webrtc_helpers",
+            server.base_url,
+            TOKEN,
+            watched.manifest_id,
+            "doomed-key",
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         line = await asyncio.wait_for(child.stdout.readline(), 60)
         assert line.startswith(b"READY"), line
         sessions = server.app["webrtc"]
@@ -249,6 +280,7 @@ def test_ice_settings_parse_and_advertise():
 
 # -- real publishers: an offer exactly as OBS 30 sends it, and Chromium --------------------------------
 
+
 def obs30_offer(aiortc_sdp: str) -> str:
     """The offer OBS 30's WHIP output (libdatachannel) sends, byte for byte in layout: Opus at
     payload type 111 (mid 0) and H.264 at 96 (mid 1) with libdatachannel's default fmtp lines
@@ -264,22 +296,45 @@ def obs30_offer(aiortc_sdp: str) -> str:
     ssrcs: list[str] = []
     for index, line in enumerate(lines):
         if line.startswith("m="):
-            ssrc_line = next(x for x in lines[index + 1:] if x.startswith("a=ssrc:"))
+            ssrc_line = next(x for x in lines[index + 1 :] if x.startswith("a=ssrc:"))
             ssrcs.append(ssrc_line.split()[0].split(":")[1])
     audio_ssrc, video_ssrc = ssrcs  # aiortc lists audio first (added first), like OBS
     msid, cname = "ObsStreamId00001", "ObsCname00000001"
     sdp = [
-        "v=0", "o=rtc 2364541235 0 IN IP4 127.0.0.1", "s=-", "t=0 0",
-        "a=group:BUNDLE 0 1", "a=group:LS 0 1", "a=msid-semantic:WMS *", "a=setup:actpass",
-        first("a=ice-ufrag:"), first("a=ice-pwd:"), "a=ice-options:ice2,trickle", first("a=fingerprint:sha-256"),
-        "m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", "a=mid:0", "a=sendonly",
-        f"a=ssrc:{audio_ssrc} cname:{cname}", f"a=ssrc:{audio_ssrc} msid:{msid} {msid}-audio",
-        f"a=msid:{msid} {msid}-audio", "a=rtcp-mux", "a=rtpmap:111 opus/48000/2",
+        "v=0",
+        "o=rtc 2364541235 0 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0 1",
+        "a=group:LS 0 1",
+        "a=msid-semantic:WMS *",
+        "a=setup:actpass",
+        first("a=ice-ufrag:"),
+        first("a=ice-pwd:"),
+        "a=ice-options:ice2,trickle",
+        first("a=fingerprint:sha-256"),
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "c=IN IP4 0.0.0.0",
+        "a=mid:0",
+        "a=sendonly",
+        f"a=ssrc:{audio_ssrc} cname:{cname}",
+        f"a=ssrc:{audio_ssrc} msid:{msid} {msid}-audio",
+        f"a=msid:{msid} {msid}-audio",
+        "a=rtcp-mux",
+        "a=rtpmap:111 opus/48000/2",
         "a=fmtp:111 minptime=10;maxaveragebitrate=96000;stereo=1;sprop-stereo=1;useinbandfec=1",
-        "m=video 9 UDP/TLS/RTP/SAVPF 96", "c=IN IP4 0.0.0.0", "a=mid:1", "a=sendonly",
-        f"a=ssrc:{video_ssrc} cname:{cname}", f"a=ssrc:{video_ssrc} msid:{msid} {msid}-video",
-        f"a=msid:{msid} {msid}-video", "a=rtcp-mux", "a=rtpmap:96 H264/90000",
-        "a=rtcp-fb:96 nack", "a=rtcp-fb:96 nack pli", "a=rtcp-fb:96 goog-remb",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96",
+        "c=IN IP4 0.0.0.0",
+        "a=mid:1",
+        "a=sendonly",
+        f"a=ssrc:{video_ssrc} cname:{cname}",
+        f"a=ssrc:{video_ssrc} msid:{msid} {msid}-video",
+        f"a=msid:{msid} {msid}-video",
+        "a=rtcp-mux",
+        "a=rtpmap:96 H264/90000",
+        "a=rtcp-fb:96 nack",
+        "a=rtcp-fb:96 nack pli",
+        "a=rtcp-fb:96 goog-remb",
         "a=fmtp:96 profile-level-id=42e01f;packetization-mode=1;level-asymmetry-allowed=1",
     ]
     return "\r\n".join(sdp) + "\r\n"
@@ -297,8 +352,9 @@ async def test_offer_exactly_as_obs30_sends_it_publishes_and_plays_back(make_ser
     try:
         await publisher.pc.setLocalDescription(await publisher.pc.createOffer())
         offer = obs30_offer(publisher.pc.localDescription.sdp)
-        resp = await s.post(server.url("/whip/obs30-key"), data=offer.encode(),
-                            headers={**bearer(), "Content-Type": "application/sdp"})
+        resp = await s.post(
+            server.url("/whip/obs30-key"), data=offer.encode(), headers={**bearer(), "Content-Type": "application/sdp"}
+        )
         answer = await resp.text()
         assert resp.status == 201, answer
         viewer_token = resp.headers["X-Viewer-Token"]  # opens this stream's WHEP, nothing else
@@ -307,8 +363,9 @@ async def test_offer_exactly_as_obs30_sends_it_publishes_and_plays_back(make_ser
         assert answer_direction(answer, "video") == "recvonly"
         await publisher.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         streams = server.app["streams"]
-        assert await wait_until(lambda: (st := streams.get_active("obs30-key")) is not None and st.frames_in > 20,
-                                timeout=30)
+        assert await wait_until(
+            lambda: (st := streams.get_active("obs30-key")) is not None and st.frames_in > 20, timeout=30
+        )
         stream = streams.get_active("obs30-key")
         assert await wait_until(lambda: stream.audio_frames_in > 20, timeout=15)
         resp = await viewer.view(s, server.url("/whep/obs30-key"), viewer_token)
@@ -350,8 +407,10 @@ async def test_chromium_publishes_over_whip_and_whep_plays_it_back(make_server):
     viewer = WhepViewer()
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=BASE_FLAGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+            executable_path=CHROMIUM,
+            headless=True,
+            args=BASE_FLAGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
+        )
         try:
             page = await browser.new_page()
             await page.goto(server.url("/"))  # same origin: no CORS in the way of the fetch
@@ -359,7 +418,8 @@ async def test_chromium_publishes_over_whip_and_whep_plays_it_back(make_server):
             assert result["status"] == 201, result
             streams = server.app["streams"]
             assert await wait_until(
-                lambda: (st := streams.get_active("chromium-key")) is not None and st.frames_in > 20, timeout=30)
+                lambda: (st := streams.get_active("chromium-key")) is not None and st.frames_in > 20, timeout=30
+            )
             stream = streams.get_active("chromium-key")
             assert stream.metadata.get("transport") == "whip"
             assert await wait_until(lambda: stream.audio_frames_in > 20, timeout=15)

@@ -18,8 +18,14 @@ def token_policy(token: str | None) -> OutboundPolicy | None:
     return policy
 
 
-async def publish_realtime(url: str, segments: list[bytes], segment_seconds: float = 1.0,
-                           chunk: int = 8 * 1024, close_channel: bool = False, token: str | None = None) -> None:
+async def publish_realtime(
+    url: str,
+    segments: list[bytes],
+    segment_seconds: float = 1.0,
+    chunk: int = 8 * 1024,
+    close_channel: bool = False,
+    token: str | None = None,
+) -> None:
     """Publish each segment as one chunked POST, paced so segment i starts at i × duration.
     The bytes of a segment are spread over its duration, as a live remuxer would send them.
     `token`: the bearer the server's trickle routes need (`server.token("trickle")`)."""

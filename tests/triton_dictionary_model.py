@@ -24,11 +24,35 @@ from pytriton.model_config import ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
 EN_ES = {
-    "hello": "hola", "world": "mundo", "the": "el", "cat": "gato", "dog": "perro", "is": "es",
-    "black": "negro", "white": "blanco", "good": "buenos", "morning": "días", "house": "casa",
-    "big": "grande", "small": "pequeño", "and": "y", "i": "yo", "like": "me gusta", "red": "rojo",
-    "car": "coche", "a": "un", "she": "ella", "he": "él", "drives": "conduce", "it": "lo",
-    "every": "cada", "day": "día", "thank": "gracias", "you": "tú", "water": "agua", "today": "hoy",
+    "hello": "hola",
+    "world": "mundo",
+    "the": "el",
+    "cat": "gato",
+    "dog": "perro",
+    "is": "es",
+    "black": "negro",
+    "white": "blanco",
+    "good": "buenos",
+    "morning": "días",
+    "house": "casa",
+    "big": "grande",
+    "small": "pequeño",
+    "and": "y",
+    "i": "yo",
+    "like": "me gusta",
+    "red": "rojo",
+    "car": "coche",
+    "a": "un",
+    "she": "ella",
+    "he": "él",
+    "drives": "conduce",
+    "it": "lo",
+    "every": "cada",
+    "day": "día",
+    "thank": "gracias",
+    "you": "tú",
+    "water": "agua",
+    "today": "hoy",
 }
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
@@ -61,8 +85,7 @@ def infer(TEXT: np.ndarray, SOURCE_LANG: np.ndarray, TARGET_LANG: np.ndarray) ->
         translated, score = translate_words(text.decode("utf-8"))
         translations.append([translated.encode("utf-8")])
         scores.append([score])
-    return {"TRANSLATION": np.array(translations, dtype=np.object_),
-            "CONFIDENCE": np.array(scores, dtype=np.float32)}
+    return {"TRANSLATION": np.array(translations, dtype=np.object_), "CONFIDENCE": np.array(scores, dtype=np.float32)}
 
 
 def main() -> int:
@@ -72,17 +95,28 @@ def main() -> int:
     parser.add_argument("--model-name", default="translator")
     args = parser.parse_args()
     config = TritonConfig(
-        http_address="127.0.0.1", http_port=args.http_port, grpc_address="127.0.0.1", grpc_port=args.grpc_port,
-        allow_metrics=False, allow_gpu_metrics=False, allow_cpu_metrics=False, exit_timeout_secs=5,
+        http_address="127.0.0.1",
+        http_port=args.http_port,
+        grpc_address="127.0.0.1",
+        grpc_port=args.grpc_port,
+        allow_metrics=False,
+        allow_gpu_metrics=False,
+        allow_cpu_metrics=False,
+        exit_timeout_secs=5,
     )
     with Triton(config=config) as triton:
         triton.bind(
             model_name=args.model_name,
             infer_func=infer,
-            inputs=[Tensor(name="TEXT", dtype=bytes, shape=(1,)), Tensor(name="SOURCE_LANG", dtype=bytes, shape=(1,)),
-                    Tensor(name="TARGET_LANG", dtype=bytes, shape=(1,))],
-            outputs=[Tensor(name="TRANSLATION", dtype=bytes, shape=(1,)),
-                     Tensor(name="CONFIDENCE", dtype=np.float32, shape=(1,))],
+            inputs=[
+                Tensor(name="TEXT", dtype=bytes, shape=(1,)),
+                Tensor(name="SOURCE_LANG", dtype=bytes, shape=(1,)),
+                Tensor(name="TARGET_LANG", dtype=bytes, shape=(1,)),
+            ],
+            outputs=[
+                Tensor(name="TRANSLATION", dtype=bytes, shape=(1,)),
+                Tensor(name="CONFIDENCE", dtype=np.float32, shape=(1,)),
+            ],
             config=ModelConfig(max_batch_size=64),
             strict=True,
         )

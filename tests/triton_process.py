@@ -30,7 +30,10 @@ def start_triton_server() -> tuple[subprocess.Popen, str]:
     http_port, grpc_port = _free_port(), _free_port()
     proc = subprocess.Popen(
         [str(TRITON_PYTHON), str(MODEL_SCRIPT), "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     selector = selectors.DefaultSelector()
@@ -49,7 +52,7 @@ def start_triton_server() -> tuple[subprocess.Popen, str]:
         if line.rstrip().endswith(b"READY"):  # tritonserver's own log may share the line
             # keep draining its log (last lines kept) so a chatty server never blocks on a full pipe
             log_tail: deque[bytes] = deque(tail, maxlen=200)
-            threading.Thread(target=lambda: log_tail.extend(iter(proc.stdout.readline, b"")), daemon=True).start()
+            threading.Thread(target=lambda: log_tail.extend(iter(proc.stdout.readline, b"")), daemon=True).start()  # noqa: B023 - returns right after
             return proc, f"http://127.0.0.1:{http_port}"
     stop_triton_server(proc)
     raise RuntimeError("tritonserver did not start:\n" + b"".join(tail).decode("utf-8", "replace"))

@@ -172,8 +172,17 @@ class MediaCollector:
         frame_id = read_frame_id(frame)
         header = header_region(luma)
         expected = header_region(synthetic_picture(frame.width, frame.height, frame_id)[: frame.height])
-        self.video.append(ReceivedVideo(frame_id, frame.width, frame.height, float(header.mean()), int(header.max()),
-                                        float(expected.mean()), time.monotonic()))
+        self.video.append(
+            ReceivedVideo(
+                frame_id,
+                frame.width,
+                frame.height,
+                float(header.mean()),
+                int(header.max()),
+                float(expected.mean()),
+                time.monotonic(),
+            )
+        )
 
     def overlaid_frames(self) -> list[ReceivedVideo]:
         """Frames whose header region is darkened with bright text, unlike the input picture."""
@@ -187,8 +196,11 @@ class MediaCollector:
 
 def codec_capabilities(kind: str, mime: str, profile: str | None = None) -> list:
     codecs = RTCRtpSender.getCapabilities(kind).codecs
-    chosen = [c for c in codecs if c.mimeType.lower() == mime.lower()
-              and (profile is None or c.parameters.get("profile-level-id") == profile)]
+    chosen = [
+        c
+        for c in codecs
+        if c.mimeType.lower() == mime.lower() and (profile is None or c.parameters.get("profile-level-id") == profile)
+    ]
     assert chosen, f"aiortc has no {mime} codec"
     return chosen
 
@@ -239,8 +251,9 @@ class BrowserPeer:
         self.session_id: str | None = None
         self.answer_sdp: str | None = None
 
-    async def connect(self, session: aiohttp.ClientSession, base_url: str, params: dict | None = None,
-                      headers: dict | None = None) -> dict:
+    async def connect(
+        self, session: aiohttp.ClientSession, base_url: str, params: dict | None = None, headers: dict | None = None
+    ) -> dict:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
         if params is not None:

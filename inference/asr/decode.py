@@ -108,7 +108,10 @@ class ShortWindowDecoder:
         tok = self._tokenizers.get(key)
         if tok is None:
             tok = self._Tokenizer(
-                self.model.hf_tokenizer, self.multilingual, task="transcribe", language=key if self.multilingual else None
+                self.model.hf_tokenizer,
+                self.multilingual,
+                task="transcribe",
+                language=key if self.multilingual else None,
             )
             if len(self._tokenizers) < 16:  # bounded: a handful of languages per process
                 self._tokenizers[key] = tok
@@ -150,8 +153,14 @@ class ShortWindowDecoder:
         last = tok.timestamp_begin + min(1500, int(round(lead.seconds / TIME_PRECISION)))
         return [tok.timestamp_begin, *tok.encode(" " + lead.text.strip()), last, last]
 
-    def decode(self, audios: list[np.ndarray], language: str | None, beam_size: int,
-               contexts: list[list[int]] | None = None, leads: list[Lead | None] | None = None) -> list[Decoded]:
+    def decode(
+        self,
+        audios: list[np.ndarray],
+        language: str | None,
+        beam_size: int,
+        contexts: list[list[int]] | None = None,
+        leads: list[Lead | None] | None = None,
+    ) -> list[Decoded]:
         """Decode `audios` (each ≤ 29 s, a lead's audio included), in as few model calls as
         CTranslate2 allows. `contexts`: per utterance, tokens of what was said before it;
         `leads`: per utterance, the known audio in front of it (its segments' times are then
@@ -169,8 +178,14 @@ class ShortWindowDecoder:
             groups.setdefault((lang, len(context), len(prefix)), []).append(i)
         out: list[Decoded | None] = [None] * len(audios)
         for (lang, _, _), rows in groups.items():
-            decoded = self._decode_group([audios[i] for i in rows], lang, beam_size, [contexts[i] for i in rows],
-                                         [prefixes[i] for i in rows], [leads[i] for i in rows])
+            decoded = self._decode_group(
+                [audios[i] for i in rows],
+                lang,
+                beam_size,
+                [contexts[i] for i in rows],
+                [prefixes[i] for i in rows],
+                [leads[i] for i in rows],
+            )
             for i, result in zip(rows, decoded):
                 out[i] = result
         assert all(r is not None for r in out)
@@ -183,8 +198,15 @@ class ShortWindowDecoder:
             return [language] * len(audios)
         return [""] * len(audios)  # detected per call from the encoder output
 
-    def _decode_group(self, audios: list[np.ndarray], language: str, beam_size: int, contexts: list[list[int]],
-                      prefixes: list[list[int]], leads: list[Lead | None]) -> list[Decoded]:
+    def _decode_group(
+        self,
+        audios: list[np.ndarray],
+        language: str,
+        beam_size: int,
+        contexts: list[list[int]],
+        prefixes: list[list[int]],
+        leads: list[Lead | None],
+    ) -> list[Decoded]:
         """One encoder pass and one generate call for utterances whose prompts have one shape."""
         from faster_whisper.transcribe import get_ctranslate2_storage
 
@@ -212,11 +234,20 @@ class ShortWindowDecoder:
         for audio, lang, result, prefix, lead in zip(audios, languages, results, prefixes, leads):
             tokens = list(result.sequences_ids[0])
             if prefix and tokens[: len(prefix)] == prefix:  # the forced lead comes back first
-                tokens = tokens[len(prefix) - 1:]  # from the utterance's forced opening timestamp
+                tokens = tokens[len(prefix) - 1 :]  # from the utterance's forced opening timestamp
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else 0.0
             offset = lead.seconds if prefix and lead is not None else 0.0
-            out.append(self._parse(tokens, lang, len(audio) / SAMPLE_RATE, result.no_speech_prob, avg_logprob,
-                                   offset, lead.text if prefix and lead is not None else ""))
+            out.append(
+                self._parse(
+                    tokens,
+                    lang,
+                    len(audio) / SAMPLE_RATE,
+                    result.no_speech_prob,
+                    avg_logprob,
+                    offset,
+                    lead.text if prefix and lead is not None else "",
+                )
+            )
         return out
 
     def _languages(self, encoder_output: Any, language: str | None, n: int) -> list[str]:
@@ -227,8 +258,16 @@ class ShortWindowDecoder:
         detected = self.model.model.detect_language(encoder_output)
         return [langs[0][0].strip("<|>") for langs in detected]
 
-    def _parse(self, tokens: list[int], language: str, audio_seconds: float, no_speech: float,
-               avg_logprob: float, offset: float = 0.0, lead_text: str = "") -> Decoded:
+    def _parse(
+        self,
+        tokens: list[int],
+        language: str,
+        audio_seconds: float,
+        no_speech: float,
+        avg_logprob: float,
+        offset: float = 0.0,
+        lead_text: str = "",
+    ) -> Decoded:
         """Segments of one hypothesis; `offset`: seconds of lead audio before the utterance (its
         segments' times are returned from the utterance's start, and a segment that ends inside
         the lead, or words that repeat `lead_text`, are the lead read again, dropped)."""
@@ -301,7 +340,7 @@ def strip_lead_repeat(text: str, lead_text: str) -> str:
     words = text.split()
     head = _word_keys(words[: len(lead)])
     if difflib.SequenceMatcher(None, lead, head).ratio() >= RESTART_SIMILARITY:
-        return " ".join(words[len(lead):])
+        return " ".join(words[len(lead) :])
     return text
 
 

@@ -67,12 +67,16 @@ class AsrSettings(BaseSettings):
         1, ge=1, le=10, description="ASR_BEAM_SIZE: beam of partial decodes (and of ASR jobs' calls)"
     )
     final_beam_size: int = Field(
-        3, ge=0, le=10,
+        3,
+        ge=0,
+        le=10,
         description="ASR_FINAL_BEAM_SIZE: beam of the one decode that makes an utterance final; 0 = beam size",
     )
     workers: int = Field(1, ge=1, le=16, description="ASR_WORKERS: model calls run at once on the one shared model")
     max_pending: int = Field(
-        0, ge=0, description="ASR_MAX_PENDING: whole-file calls (jobs) queued or running; 0 = 2 x workers",
+        0,
+        ge=0,
+        description="ASR_MAX_PENDING: whole-file calls (jobs) queued or running; 0 = 2 x workers",
     )
     cpu_threads: int = Field(
         0, ge=0, description="ASR_CPU_THREADS: CTranslate2 threads per worker; 0 = cores / (2 x workers)"
@@ -81,15 +85,21 @@ class AsrSettings(BaseSettings):
         8, ge=1, le=32, description="ASR_BATCH_MAX: utterances of different streams decoded in one model call"
     )
     encoder_pad_seconds: float = Field(
-        1.0, ge=0.2, le=5.0,
+        1.0,
+        ge=0.2,
+        le=5.0,
         description="ASR_ENCODER_PAD_SECONDS: silence after an utterance in its encoder window (not 30 s of it)",
     )
     min_chunk_seconds: float = Field(
-        1.0, gt=0.05, le=10.0,
+        1.0,
+        gt=0.05,
+        le=10.0,
         description="ASR_MIN_CHUNK_SECONDS: new speech between two partial decodes when the model is idle",
     )
     max_partial_interval_seconds: float = Field(
-        4.0, ge=0.5, le=30.0,
+        4.0,
+        ge=0.5,
+        le=30.0,
         description="ASR_MAX_PARTIAL_INTERVAL_SECONDS: longest gap between partials under load (finals go first)",
     )
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="ASR_VAD_THRESHOLD: Silero speech probability")
@@ -100,15 +110,21 @@ class AsrSettings(BaseSettings):
         300, ge=0, le=1000, description="ASR_VAD_SPEECH_PAD_MS: audio kept before a speech start and after its end"
     )
     max_utterance_seconds: float = Field(
-        12.0, ge=3.0, le=28.0,
+        12.0,
+        ge=3.0,
+        le=28.0,
         description="ASR_MAX_UTTERANCE_SECONDS: speech without a pause is cut (at its quietest point) after this",
     )
     prompt_tokens: int = Field(
-        24, ge=0, le=100,
+        24,
+        ge=0,
+        le=100,
         description="ASR_PROMPT_TOKENS: tokens of the stream's previous captions given to each decode as context (0: off)",
     )
     no_speech_threshold: float = Field(
-        0.6, ge=0.0, le=1.0,
+        0.6,
+        ge=0.0,
+        le=1.0,
         description="ASR_NO_SPEECH_THRESHOLD: drop a decode whose no_speech_prob is above (and log-prob low)",
     )
     local_files_only: bool = Field(False, description="ASR_LOCAL_FILES_ONLY: never download, even a named hub model")
@@ -243,7 +259,7 @@ class _Request:
     def utterance_audio(self) -> np.ndarray:
         """The utterance alone, without its lead."""
         assert self.audio is not None
-        return self.audio[int(self.lead.seconds * SAMPLE_RATE):] if self.lead is not None else self.audio
+        return self.audio[int(self.lead.seconds * SAMPLE_RATE) :] if self.lead is not None else self.audio
 
 
 @dataclass
@@ -343,7 +359,11 @@ class AsrModelPool:
                 self.model_path = path
                 log.info(
                     "loading ASR model %s (device=%s compute_type=%s workers=%d threads=%d)",
-                    path, self.device, self.compute_type, self.settings.workers, self.settings.resolved_cpu_threads(),
+                    path,
+                    self.device,
+                    self.compute_type,
+                    self.settings.workers,
+                    self.settings.resolved_cpu_threads(),
                 )
                 model = WhisperModel(
                     path,
@@ -467,9 +487,16 @@ class AsrModelPool:
             self._withdraw(request)
             raise
 
-    async def decode(self, audio: np.ndarray, *, final: bool, stream: str = "",
-                     language: str | None = None, context: str = "", lead: Lead | None = None,
-                     ) -> UtteranceResult | None:
+    async def decode(
+        self,
+        audio: np.ndarray,
+        *,
+        final: bool,
+        stream: str = "",
+        language: str | None = None,
+        context: str = "",
+        lead: Lead | None = None,
+    ) -> UtteranceResult | None:
         """Decode one utterance (16 kHz mono float32, ≤ 28 s) in the next batch; `context` is
         the text of the stream's previous captions (its last `prompt_tokens` tokens are used).
         `lead`: `audio` starts with `lead.seconds` of audio whose transcript is `lead.text` (the
@@ -478,9 +505,16 @@ class AsrModelPool:
         `final`: the utterance is over, decode it once with the final beam; it is never dropped.
         Otherwise a partial: None when it was replaced by a newer partial of the same stream,
         went stale under load, or was refused."""
-        request = _Request("final" if final else "partial", stream, time.perf_counter(), Future(),
-                           audio=np.asarray(audio, dtype=np.float32), language=language, context=context,
-                           lead=lead)
+        request = _Request(
+            "final" if final else "partial",
+            stream,
+            time.perf_counter(),
+            Future(),
+            audio=np.asarray(audio, dtype=np.float32),
+            language=language,
+            context=context,
+            lead=lead,
+        )
         return await self._await(request)
 
     async def transcribe(self, audio: np.ndarray, **options: Any) -> AsrResult | None:
@@ -582,7 +616,8 @@ class AsrModelPool:
             for language, requests in groups.items():
                 contexts = [self._decoder.prompt_tokens(r.context, language, s.prompt_tokens) for r in requests]
                 results = self._decoder.decode(
-                    [r.audio for r in requests], language, beam, contexts, [r.lead for r in requests])
+                    [r.audio for r in requests], language, beam, contexts, [r.lead for r in requests]
+                )
                 for request, context, result in zip(requests, contexts, results):
                     if request.lead is not None and not result.text:
                         # the model closed the transcript right after the forced lead: hear the
@@ -611,10 +646,17 @@ class AsrModelPool:
             else:
                 c.partials += 1
             outcome = UtteranceResult(
-                text=result.text, segments=result.segments, language=result.language or (request.language or ""),
-                audio_seconds=audio_seconds, elapsed=elapsed, queued=began - request.submitted,
-                batch_size=len(batch), no_speech_prob=result.no_speech_prob, avg_logprob=result.avg_logprob,
-                fallback=fallback, dropped_segments=result.dropped_segments,
+                text=result.text,
+                segments=result.segments,
+                language=result.language or (request.language or ""),
+                audio_seconds=audio_seconds,
+                elapsed=elapsed,
+                queued=began - request.submitted,
+                batch_size=len(batch),
+                no_speech_prob=result.no_speech_prob,
+                avg_logprob=result.avg_logprob,
+                fallback=fallback,
+                dropped_segments=result.dropped_segments,
             )
             outcomes.append((request.future, outcome, None))
         c.last_call_at = time.time()
@@ -632,24 +674,33 @@ class AsrModelPool:
         self.counters.fallbacks += 1
         try:
             segments_iter, info = self.model.transcribe(
-                request.utterance_audio, language=self._language(request.language),
+                request.utterance_audio,
+                language=self._language(request.language),
                 beam_size=self.settings.resolved_final_beam(),
-                condition_on_previous_text=False, temperature=FALLBACK_TEMPERATURES, vad_filter=False,
+                condition_on_previous_text=False,
+                temperature=FALLBACK_TEMPERATURES,
+                vad_filter=False,
                 initial_prompt=" ".join(filter(None, (request.context, request.lead and request.lead.text))) or None,
             )
             segments = [s for s in segments_iter]
         except Exception as exc:
             self._count_error(exc)
             return short
-        kept = [s for s in segments if not (s.no_speech_prob > self.settings.no_speech_threshold
-                                            and s.avg_logprob < LOG_PROB_THRESHOLD)]
+        kept = [
+            s
+            for s in segments
+            if not (s.no_speech_prob > self.settings.no_speech_threshold and s.avg_logprob < LOG_PROB_THRESHOLD)
+        ]
         text = " ".join(s.text.strip() for s in kept).strip()
         if not text:
             return short
         return Decoded(
-            text, [DecodedSegment(s.start, s.end, s.text.strip()) for s in kept],
+            text,
+            [DecodedSegment(s.start, s.end, s.text.strip()) for s in kept],
             min((s.no_speech_prob for s in segments), default=0.0),
-            max((s.avg_logprob for s in segments), default=0.0), compression_ratio(text), info.language,
+            max((s.avg_logprob for s in segments), default=0.0),
+            compression_ratio(text),
+            info.language,
         )
 
     def _run_call(self, request: _Request, began: float) -> list[tuple[Future, Any, BaseException | None]]:
@@ -659,8 +710,9 @@ class AsrModelPool:
             return [(request.future, None, exc)]
         return [(request.future, result, None)]
 
-    def _transcribe_blocking(self, audio: np.ndarray, submitted: float, began: float,
-                             options: dict[str, Any]) -> AsrResult:
+    def _transcribe_blocking(
+        self, audio: np.ndarray, submitted: float, began: float, options: dict[str, Any]
+    ) -> AsrResult:
         try:
             model = self.load()
             language = options.pop("language", self.settings.language)
@@ -759,9 +811,18 @@ _MAX_SHARED_POOLS = 4
 def shared_pool(settings: AsrSettings | None = None) -> AsrModelPool:
     """The process-wide pool for these model settings (created on first use, not loaded)."""
     settings = settings or AsrSettings()
-    key = (settings.model, settings.device, settings.compute_type, settings.workers, settings.cpu_threads,
-           settings.batch_max, settings.encoder_pad_seconds, settings.beam_size, settings.final_beam_size,
-           settings.prompt_tokens)
+    key = (
+        settings.model,
+        settings.device,
+        settings.compute_type,
+        settings.workers,
+        settings.cpu_threads,
+        settings.batch_max,
+        settings.encoder_pad_seconds,
+        settings.beam_size,
+        settings.final_beam_size,
+        settings.prompt_tokens,
+    )
     with _shared_lock:
         pool = _shared_pools.get(key)
         if pool is None:

@@ -176,8 +176,9 @@ class CaptionStage(Stage):
 
     def _update(self, event: CaptionEvent, **changes: Any) -> CaptionEvent:
         """The next revision of a published final (same id, text and times)."""
-        return replace(event, revision=event.revision + 1, emitted_at=time.time(), burned_in=self._burned_in(),
-                       **changes)
+        return replace(
+            event, revision=event.revision + 1, emitted_at=time.time(), burned_in=self._burned_in(), **changes
+        )
 
     def _start_translation(self, event: CaptionEvent, targets: list[str]) -> None:
         if len(self._translation_tasks) >= self.max_translations_in_flight:
@@ -213,10 +214,15 @@ class CaptionStage(Stage):
                 self.translation_errors += 1
                 self.last_translation_error = error or "empty translation"
         if not self._stopped:
-            self.ctx.events.publish(self._update(
-                event, translations=translations, untranslated=untranslated,
-                translation_confidence=confidence, translation_flags=flags,
-            ))
+            self.ctx.events.publish(
+                self._update(
+                    event,
+                    translations=translations,
+                    untranslated=untranslated,
+                    translation_confidence=confidence,
+                    translation_flags=flags,
+                )
+            )
 
     async def _translate_one(self, text: str, source: str, target: str) -> tuple[str | None, str | None]:
         if target == source:
@@ -228,7 +234,7 @@ class CaptionStage(Stage):
             else:
                 call = self.translate(text, source, target)
             return await asyncio.wait_for(call, self.translate_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None, f"translation to {target} timed out after {self.translate_timeout:.0f}s"
         except Exception as exc:  # the translator is someone else's code: never let it stop captions
             return None, f"{type(exc).__name__}: {exc}"

@@ -185,7 +185,7 @@ class StreamingTranscriber:
         while not self.closed:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:
@@ -231,8 +231,11 @@ class StreamingTranscriber:
         end = ring_end if until is None else min(until, ring_end)
         if self._vad_pos < ring_start:
             # the ring overflowed before the VAD saw this audio (counted in dropped_samples)
-            log.warning("%s: %.1f s of audio dropped before it was decoded", self.name,
-                        (ring_start - self._vad_pos) / SAMPLE_RATE)
+            log.warning(
+                "%s: %.1f s of audio dropped before it was decoded",
+                self.name,
+                (ring_start - self._vad_pos) / SAMPLE_RATE,
+            )
             self._vad_pos = self._last_end = ring_start
             self._lead_span = None
             if self._vad is not None:
@@ -253,7 +256,11 @@ class StreamingTranscriber:
                     self._open(event.index)
                 else:
                     events += await self._close(min(event.index + self._pad, event.detected_at), event.index)
-            if self.in_speech and self._utt_start is not None and self._vad_pos - self._utt_start >= self._max_utterance:
+            if (
+                self.in_speech
+                and self._utt_start is not None
+                and self._vad_pos - self._utt_start >= self._max_utterance
+            ):
                 events += await self._cut_long_speech()
         if self.in_speech and self._utt_start is not None:
             self._maybe_partial(end)
@@ -358,7 +365,8 @@ class StreamingTranscriber:
         if end - start > self._max_utterance:
             return
         self._partial_task = asyncio.get_running_loop().create_task(
-            self._partial(self._utt_serial, start, end), name=f"asr-partial-{self.name}")
+            self._partial(self._utt_serial, start, end), name=f"asr-partial-{self.name}"
+        )
 
     async def _partial(self, serial: int, start: int, end: int) -> None:
         try:
@@ -412,8 +420,9 @@ class StreamingTranscriber:
             return None
         return lead_start, text
 
-    async def _decode(self, start: int, end: int, final: bool,
-                      lead: tuple[int, str] | None = None) -> UtteranceResult | None:
+    async def _decode(
+        self, start: int, end: int, final: bool, lead: tuple[int, str] | None = None
+    ) -> UtteranceResult | None:
         if end - start < SAMPLE_RATE // 10:
             return None
         context = self._context(start, skip_last=lead is not None)  # the lead's text is said in it
@@ -422,8 +431,9 @@ class StreamingTranscriber:
             lead_start, decode_lead = lead[0], Lead(lead[1], (start - lead[0]) / SAMPLE_RATE)
         audio = self.ring.read(lead_start, end)
         try:
-            result = await self.pool.decode(audio, final=final, stream=self.name, language=self.language,
-                                            context=context, lead=decode_lead)
+            result = await self.pool.decode(
+                audio, final=final, stream=self.name, language=self.language, context=context, lead=decode_lead
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -487,8 +497,14 @@ class StreamingTranscriber:
         lag = self.lag_seconds
         self.max_lag_seconds = max(self.max_lag_seconds, lag)
         event = CaptionEvent(
-            id=caption_id, text=text, final=final, start=media_start, end=media_end,
-            lang=self.caption_language, pts=media_start, lag=round(lag, 3),
+            id=caption_id,
+            text=text,
+            final=final,
+            start=media_start,
+            end=media_end,
+            lang=self.caption_language,
+            pts=media_start,
+            lag=round(lag, 3),
         )
         if self.on_event is not None:
             try:

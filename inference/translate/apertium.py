@@ -193,8 +193,7 @@ class ApertiumTranslator(Translator):
             if len(parts) != len(todo):
                 # Never guess an alignment: redo one text per call.
                 self.batch_split_fallbacks += 1
-                log.warning("apertium batch split gave %d parts for %d texts; retrying per text",
-                            len(parts), len(todo))
+                log.warning("apertium batch split gave %d parts for %d texts; retrying per text", len(parts), len(todo))
                 parts = await gather_all_or_cancel([self._translate_raw(mode, lines[i]) for i in todo])
             for i, part in zip(todo, parts):
                 outputs[i] = part
@@ -209,9 +208,7 @@ class ApertiumTranslator(Translator):
 
     async def _translate_raw(self, mode: str, text: str) -> str:
         self._require_binary()
-        out = await self._limiter.run(
-            lambda: self._run([*self._base_args(), mode], text.encode("utf-8"))
-        )
+        out = await self._limiter.run(lambda: self._run([*self._base_args(), mode], text.encode("utf-8")))
         return out.decode("utf-8", "replace")
 
     def _base_args(self) -> list[str]:
@@ -239,7 +236,7 @@ class ApertiumTranslator(Translator):
         timeout = self.timeout + len(stdin) / 50_000  # a big batch gets 1 s more per 50 kB
         try:
             stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        except (TimeoutError, asyncio.CancelledError) as exc:
             await _kill(proc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -250,9 +247,7 @@ class ApertiumTranslator(Translator):
         if proc.returncode != 0:
             self.failures += 1
             detail = stderr.decode("utf-8", "replace").strip()[:300]
-            raise TranslationError(
-                f"apertium exited with {proc.returncode}: {detail}", code="backend_error"
-            )
+            raise TranslationError(f"apertium exited with {proc.returncode}: {detail}", code="backend_error")
         return stdout
 
     # --- status --------------------------------------------------------------------------
@@ -292,5 +287,5 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
                 pass
     try:
         await asyncio.wait_for(proc.wait(), 2.0)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         pass

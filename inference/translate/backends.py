@@ -55,9 +55,15 @@ class BackendSlot:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "name": self.name, "model": self.translator.model_info, "breaker": self.breaker.snapshot(),
-            "answered": self.answered, "failed": self.failed, "skipped_open": self.skipped_open,
-            "unsupported": self.unsupported, "last_error": self.last_error, "timeout_s": self.timeout,
+            "name": self.name,
+            "model": self.translator.model_info,
+            "breaker": self.breaker.snapshot(),
+            "answered": self.answered,
+            "failed": self.failed,
+            "skipped_open": self.skipped_open,
+            "unsupported": self.unsupported,
+            "last_error": self.last_error,
+            "timeout_s": self.timeout,
         }
 
 
@@ -80,8 +86,13 @@ class BackendChain:
     ) -> None:
         self.slots = [
             BackendSlot(
-                t, CircuitBreaker(f"translate:{t.name}", failure_threshold=max(1, breaker_threshold),
-                                  reset_timeout=breaker_reset_s, clock=clock),
+                t,
+                CircuitBreaker(
+                    f"translate:{t.name}",
+                    failure_threshold=max(1, breaker_threshold),
+                    reset_timeout=breaker_reset_s,
+                    clock=clock,
+                ),
                 (timeouts or {}).get(t.name, timeout),
             )
             for t in translators
@@ -96,9 +107,7 @@ class BackendChain:
     def uses_context(self) -> bool:
         return any(s.translator.uses_context for s in self.slots)
 
-    async def translate(
-        self, text: str, source: str, target: str, context: Sequence[ContextTurn] = ()
-    ) -> ChainOutcome:
+    async def translate(self, text: str, source: str, target: str, context: Sequence[ContextTurn] = ()) -> ChainOutcome:
         return await self._run([text], source, target, context, single=True)
 
     async def translate_batch(self, texts: Sequence[str], source: str, target: str) -> ChainOutcome:
@@ -108,20 +117,31 @@ class BackendChain:
         self, texts: list[str], source: str, target: str, context: Sequence[ContextTurn], single: bool
     ) -> ChainOutcome:
         if not self.slots:
-            raise TranslationError("translation is disabled (TRANSLATE_BACKENDS=none)",
-                                   code="translation_disabled", http_status=503, retryable=False)
+            raise TranslationError(
+                "translation is disabled (TRANSLATE_BACKENDS=none)",
+                code="translation_disabled",
+                http_status=503,
+                retryable=False,
+            )
         tried: list[str] = []
         unsupported: list[Translator] = []
         errors: list[str] = []
         for slot in self.slots:
+
             async def attempt(slot: BackendSlot = slot) -> list[TranslationResult]:
-                call = (slot.translator.translate(texts[0], source, target, context) if single
-                        else slot.translator.translate_batch(texts, source, target))
+                call = (
+                    slot.translator.translate(texts[0], source, target, context)
+                    if single
+                    else slot.translator.translate_batch(texts, source, target)
+                )
                 try:
                     answer = await asyncio.wait_for(call, slot.timeout)
-                except asyncio.TimeoutError:
-                    raise TranslationError(f"{slot.name} did not answer within {slot.timeout:.1f} s",
-                                           code="backend_timeout", http_status=504) from None
+                except TimeoutError:
+                    raise TranslationError(
+                        f"{slot.name} did not answer within {slot.timeout:.1f} s",
+                        code="backend_timeout",
+                        http_status=504,
+                    ) from None
                 results = [answer] if single else list(answer)
                 _check_answer(slot.name, texts, results)
                 return results
@@ -160,8 +180,12 @@ class BackendChain:
         if len(unsupported) == len(self.slots):
             raise UnsupportedLanguagePairError(source, target, await self.available_pairs())
         self.fallbacks += 1
-        log.warning("every translation backend failed for %s->%s (%s); passing the source text through",
-                    source, target, "; ".join(errors))
+        log.warning(
+            "every translation backend failed for %s->%s (%s); passing the source text through",
+            source,
+            target,
+            "; ".join(errors),
+        )
         return ChainOutcome([untranslated_result(t, source, target) for t in texts], tried)
 
     async def available_pairs(self) -> list[str]:
@@ -209,9 +233,13 @@ class BackendChain:
 def _check_answer(name: str, texts: list[str], results: list[TranslationResult]) -> None:
     """An answer with the wrong count, or empty for a non-empty text, is garbage."""
     if len(results) != len(texts):
-        raise TranslationError(f"{name} answered {len(results)} translations for {len(texts)} texts",
-                               code="bad_backend_response", http_status=502)
+        raise TranslationError(
+            f"{name} answered {len(results)} translations for {len(texts)} texts",
+            code="bad_backend_response",
+            http_status=502,
+        )
     for text, result in zip(texts, results):
         if text.strip() and not result.text.strip():
-            raise TranslationError(f"{name} answered an empty translation", code="bad_backend_response",
-                                   http_status=502)
+            raise TranslationError(
+                f"{name} answered an empty translation", code="bad_backend_response", http_status=502
+            )

@@ -168,7 +168,9 @@ class OpenAICompatTranslator(Translator):
         for code in (source_lang, target_lang):
             base = to_iso639_1(code.split("-")[0].split("_")[0].lower())
             if not is_known_language(code) or (base not in allowed and code not in allowed):
-                raise UnsupportedLanguagePairError(source_lang, target_lang, [f"any pair of {', '.join(self.languages)}"])
+                raise UnsupportedLanguagePairError(
+                    source_lang, target_lang, [f"any pair of {', '.join(self.languages)}"]
+                )
 
     def max_tokens_for(self, text: str) -> int:
         # Room for expansion (CJK → Latin can double) but capped so a run-on answer stops early.
@@ -206,12 +208,21 @@ class OpenAICompatTranslator(Translator):
 
         def count_retry(attempt: int, exc: BaseException) -> None:
             self.retries += 1
-            log.info("translation attempt %d/%d failed (%s); retrying", attempt, self.retry_policy.attempts,
-                     getattr(exc, "code", type(exc).__name__))
+            log.info(
+                "translation attempt %d/%d failed (%s); retrying",
+                attempt,
+                self.retry_policy.attempts,
+                getattr(exc, "code", type(exc).__name__),
+            )
 
         try:
-            return await retry_async(lambda: self._post_once(messages, text), self.retry_policy,
-                                     retry_on=(TransientOpenAIError,), on_retry=count_retry, rng=self._rng)
+            return await retry_async(
+                lambda: self._post_once(messages, text),
+                self.retry_policy,
+                retry_on=(TransientOpenAIError,),
+                on_retry=count_retry,
+                rng=self._rng,
+            )
         except OpenAIError as exc:
             self.failures += 1
             raise _translation_error(exc) from exc
@@ -229,8 +240,9 @@ class OpenAICompatTranslator(Translator):
         if self.request_logprobs:
             payload["logprobs"] = True
         self.requests += 1
-        return await self._client.chat(self.chat_url, payload, api_key=self._api_key, timeout=self.timeout,
-                                       label="translation backend")
+        return await self._client.chat(
+            self.chat_url, payload, api_key=self._api_key, timeout=self.timeout, label="translation backend"
+        )
 
     async def _discover_model(self) -> str:
         """Use the first model the server lists when none was configured (a vLLM sidecar serves one)."""

@@ -56,7 +56,9 @@ def _normalized(text: str) -> str:
 def assess(result: TranslationResult, source_text: str) -> TranslationResult:
     """The result with `confidence` and `quality_flags` filled in."""
     if result.untranslated:
-        return replace(result, confidence=0.0, quality_flags=tuple(dict.fromkeys((*result.quality_flags, "untranslated"))))
+        return replace(
+            result, confidence=0.0, quality_flags=tuple(dict.fromkeys((*result.quality_flags, "untranslated")))
+        )
     flags: list[str] = list(result.quality_flags)
     source = source_text.strip()
     translated = result.text.strip()
@@ -87,12 +89,19 @@ def _has_words(normalized: str) -> bool:
     return len(words) >= 2
 
 
-def untranslated_result(text: str, source_lang: str, target_lang: str, reason_flags: Sequence[str] = ()) -> TranslationResult:
+def untranslated_result(
+    text: str, source_lang: str, target_lang: str, reason_flags: Sequence[str] = ()
+) -> TranslationResult:
     """The source text passed through, marked untranslated (every backend failed)."""
     return assess(
         TranslationResult(
-            text=text.strip(), source_language=source_lang, target_language=target_lang, model_info="none",
-            backend="none", untranslated=True, quality_flags=tuple(reason_flags),
+            text=text.strip(),
+            source_language=source_lang,
+            target_language=target_lang,
+            model_info="none",
+            backend="none",
+            untranslated=True,
+            quality_flags=tuple(reason_flags),
         ),
         text,
     )

@@ -61,11 +61,13 @@ def _env(*names: str) -> AliasChoices:
 class TranslateSettings(BaseSettings):
     """Translation settings; each description starts with its environment variable."""
 
-    model_config = SettingsConfigDict(env_prefix="TRANSLATE_", case_sensitive=False, extra="ignore",
-                                      populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="TRANSLATE_", case_sensitive=False, extra="ignore", populate_by_name=True
+    )
 
     backends: str = Field(
-        "", description="TRANSLATE_BACKENDS: ordered, comma-separated: vllm (= openai), ollama, triton, apertium; "
+        "",
+        description="TRANSLATE_BACKENDS: ordered, comma-separated: vllm (= openai), ollama, triton, apertium; "
         "each is tried when the ones before it fail. Unset → TRANSLATE_BACKEND, else vllm,apertium when "
         "VLLM_ENDPOINT is set, else apertium",
     )
@@ -77,20 +79,28 @@ class TranslateSettings(BaseSettings):
     max_batch_texts: int = Field(64, ge=1, description="TRANSLATE_MAX_BATCH_TEXTS: most texts in one batch")
     max_pending: int = Field(64, ge=0, description="TRANSLATE_MAX_PENDING: callers allowed to wait for a backend slot")
     partial_min_interval_s: float = Field(
-        0.5, ge=0, description="TRANSLATE_PARTIAL_MIN_INTERVAL_S: least time between translations of one partial segment"
+        0.5,
+        ge=0,
+        description="TRANSLATE_PARTIAL_MIN_INTERVAL_S: least time between translations of one partial segment",
     )
     latency_window: int = Field(512, ge=1, description="samples kept for latency percentiles")
     backend_timeout_s: float = Field(
-        10.0, gt=0, description="TRANSLATE_BACKEND_TIMEOUT_S: longest wait for one remote backend (vLLM, Ollama, "
-        "Triton) before the next is tried; Apertium uses APERTIUM_TIMEOUT_S"
+        10.0,
+        gt=0,
+        description="TRANSLATE_BACKEND_TIMEOUT_S: longest wait for one remote backend (vLLM, Ollama, "
+        "Triton) before the next is tried; Apertium uses APERTIUM_TIMEOUT_S",
     )
     breaker_threshold: int = Field(
-        5, ge=1, validation_alias=_env("TRANSLATE_BREAKER_THRESHOLD", "VLLM_BREAKER_THRESHOLD", "breaker_threshold"),
+        5,
+        ge=1,
+        validation_alias=_env("TRANSLATE_BREAKER_THRESHOLD", "VLLM_BREAKER_THRESHOLD", "breaker_threshold"),
         description="TRANSLATE_BREAKER_THRESHOLD: consecutive failures that open a backend's breaker "
         "(VLLM_BREAKER_THRESHOLD is read too)",
     )
     breaker_reset_s: float = Field(
-        30.0, gt=0, validation_alias=_env("TRANSLATE_BREAKER_RESET_S", "VLLM_BREAKER_RESET_S", "breaker_reset_s"),
+        30.0,
+        gt=0,
+        validation_alias=_env("TRANSLATE_BREAKER_RESET_S", "VLLM_BREAKER_RESET_S", "breaker_reset_s"),
         description="TRANSLATE_BREAKER_RESET_S: seconds a breaker stays open before a probe (VLLM_BREAKER_RESET_S is read too)",
     )
 
@@ -102,14 +112,20 @@ class TranslateSettings(BaseSettings):
         2000, ge=0, description="TRANSLATE_CONTEXT_MAX_CHARS: most characters of context (source + translation)"
     )
     session_ttl: float = Field(900.0, gt=0, description="TRANSLATE_SESSION_TTL: seconds an unused session is kept")
-    max_sessions: int = Field(1024, ge=1, description="TRANSLATE_MAX_SESSIONS: sessions kept; the least recently used goes first")
+    max_sessions: int = Field(
+        1024, ge=1, description="TRANSLATE_MAX_SESSIONS: sessions kept; the least recently used goes first"
+    )
     session_history: int = Field(50, ge=1, description="TRANSLATE_SESSION_HISTORY: translations kept per session")
     session_max_pending: int = Field(
-        16, ge=0, description="TRANSLATE_SESSION_MAX_PENDING: requests waiting on one session (its sentences go in order)"
+        16,
+        ge=0,
+        description="TRANSLATE_SESSION_MAX_PENDING: requests waiting on one session (its sentences go in order)",
     )
 
     # -- WebSocket /translate/stream
-    ws_max_in_flight: int = Field(8, ge=1, description="TRANSLATE_WS_MAX_IN_FLIGHT: messages one connection has in work")
+    ws_max_in_flight: int = Field(
+        8, ge=1, description="TRANSLATE_WS_MAX_IN_FLIGHT: messages one connection has in work"
+    )
     ws_send_timeout_s: float = Field(
         5.0, gt=0, description="TRANSLATE_WS_SEND_TIMEOUT_S: a client that does not read a reply this long is closed"
     )
@@ -117,72 +133,120 @@ class TranslateSettings(BaseSettings):
         3, ge=1, description="TRANSLATE_WS_MAX_BAD_MESSAGES: invalid messages before the connection is closed"
     )
     ws_max_message_bytes: int = Field(64 << 10, ge=1024, description="TRANSLATE_WS_MAX_MESSAGE_BYTES: largest message")
-    ws_max_connections: int = Field(64, ge=1, description="TRANSLATE_WS_MAX_CONNECTIONS: open /translate/stream sockets")
+    ws_max_connections: int = Field(
+        64, ge=1, description="TRANSLATE_WS_MAX_CONNECTIONS: open /translate/stream sockets"
+    )
 
     # -- Apertium
-    apertium_binary: str = Field("apertium", validation_alias=_env("APERTIUM_BINARY", "apertium_binary"),
-                                 description="APERTIUM_BINARY")
-    apertium_data_dir: str | None = Field(None, validation_alias=_env("APERTIUM_DATA_DIR", "apertium_data_dir"),
-                                          description="APERTIUM_DATA_DIR: passed as `apertium -d`")
-    apertium_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("APERTIUM_TIMEOUT_S", "apertium_timeout_s"),
-                                      description="APERTIUM_TIMEOUT_S")
+    apertium_binary: str = Field(
+        "apertium", validation_alias=_env("APERTIUM_BINARY", "apertium_binary"), description="APERTIUM_BINARY"
+    )
+    apertium_data_dir: str | None = Field(
+        None,
+        validation_alias=_env("APERTIUM_DATA_DIR", "apertium_data_dir"),
+        description="APERTIUM_DATA_DIR: passed as `apertium -d`",
+    )
+    apertium_timeout_s: float = Field(
+        10.0, gt=0, validation_alias=_env("APERTIUM_TIMEOUT_S", "apertium_timeout_s"), description="APERTIUM_TIMEOUT_S"
+    )
     apertium_max_concurrency: int = Field(
-        2, ge=1, validation_alias=_env("APERTIUM_MAX_CONCURRENCY", "apertium_max_concurrency"),
+        2,
+        ge=1,
+        validation_alias=_env("APERTIUM_MAX_CONCURRENCY", "apertium_max_concurrency"),
         description="APERTIUM_MAX_CONCURRENCY: subprocesses at once",
     )
 
     # -- vLLM / any OpenAI-compatible server
-    vllm_endpoint: str | None = Field(None, validation_alias=_env("VLLM_ENDPOINT", "vllm_endpoint"),
-                                      description="VLLM_ENDPOINT: base URL, with or without /v1")
-    vllm_model: str | None = Field(None, validation_alias=_env("VLLM_MODEL", "vllm_model"),
-                                   description="VLLM_MODEL: unset → first model of /v1/models")
-    vllm_api_key: str | None = Field(None, repr=False, validation_alias=_env("VLLM_API_KEY", "vllm_api_key"),
-                                     description="VLLM_API_KEY: sent as a Bearer token")
-    vllm_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("VLLM_TIMEOUT_S", "vllm_timeout_s"),
-                                  description="VLLM_TIMEOUT_S: per HTTP attempt")
-    vllm_max_retries: int = Field(2, ge=0, validation_alias=_env("VLLM_MAX_RETRIES", "vllm_max_retries"),
-                                  description="VLLM_MAX_RETRIES: retries after the first attempt")
+    vllm_endpoint: str | None = Field(
+        None,
+        validation_alias=_env("VLLM_ENDPOINT", "vllm_endpoint"),
+        description="VLLM_ENDPOINT: base URL, with or without /v1",
+    )
+    vllm_model: str | None = Field(
+        None,
+        validation_alias=_env("VLLM_MODEL", "vllm_model"),
+        description="VLLM_MODEL: unset → first model of /v1/models",
+    )
+    vllm_api_key: str | None = Field(
+        None,
+        repr=False,
+        validation_alias=_env("VLLM_API_KEY", "vllm_api_key"),
+        description="VLLM_API_KEY: sent as a Bearer token",
+    )
+    vllm_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("VLLM_TIMEOUT_S", "vllm_timeout_s"),
+        description="VLLM_TIMEOUT_S: per HTTP attempt",
+    )
+    vllm_max_retries: int = Field(
+        2,
+        ge=0,
+        validation_alias=_env("VLLM_MAX_RETRIES", "vllm_max_retries"),
+        description="VLLM_MAX_RETRIES: retries after the first attempt",
+    )
     vllm_retry_base_delay_s: float = Field(
-        0.25, ge=0, validation_alias=_env("VLLM_RETRY_BASE_DELAY_S", "vllm_retry_base_delay_s"),
+        0.25,
+        ge=0,
+        validation_alias=_env("VLLM_RETRY_BASE_DELAY_S", "vllm_retry_base_delay_s"),
         description="VLLM_RETRY_BASE_DELAY_S",
     )
     vllm_retry_max_delay_s: float = Field(
-        4.0, ge=0, validation_alias=_env("VLLM_RETRY_MAX_DELAY_S", "vllm_retry_max_delay_s"),
+        4.0,
+        ge=0,
+        validation_alias=_env("VLLM_RETRY_MAX_DELAY_S", "vllm_retry_max_delay_s"),
         description="VLLM_RETRY_MAX_DELAY_S",
     )
-    vllm_max_concurrency: int = Field(8, ge=1, validation_alias=_env("VLLM_MAX_CONCURRENCY", "vllm_max_concurrency"),
-                                      description="VLLM_MAX_CONCURRENCY: requests in flight")
+    vllm_max_concurrency: int = Field(
+        8,
+        ge=1,
+        validation_alias=_env("VLLM_MAX_CONCURRENCY", "vllm_max_concurrency"),
+        description="VLLM_MAX_CONCURRENCY: requests in flight",
+    )
     vllm_max_output_tokens: int = Field(
-        1024, ge=16, validation_alias=_env("VLLM_MAX_OUTPUT_TOKENS", "vllm_max_output_tokens"),
+        1024,
+        ge=16,
+        validation_alias=_env("VLLM_MAX_OUTPUT_TOKENS", "vllm_max_output_tokens"),
         description="VLLM_MAX_OUTPUT_TOKENS: cap on max_tokens",
     )
-    vllm_temperature: float = Field(0.0, ge=0, le=2, validation_alias=_env("VLLM_TEMPERATURE", "vllm_temperature"),
-                                    description="VLLM_TEMPERATURE")
+    vllm_temperature: float = Field(
+        0.0, ge=0, le=2, validation_alias=_env("VLLM_TEMPERATURE", "vllm_temperature"), description="VLLM_TEMPERATURE"
+    )
     vllm_system_prompt: str | None = Field(
-        None, validation_alias=_env("VLLM_SYSTEM_PROMPT", "vllm_system_prompt"),
+        None,
+        validation_alias=_env("VLLM_SYSTEM_PROMPT", "vllm_system_prompt"),
         description="VLLM_SYSTEM_PROMPT: template with {source} and {target} language names",
     )
     vllm_extra_body: dict[str, Any] = Field(
-        default_factory=dict, validation_alias=_env("VLLM_EXTRA_BODY", "vllm_extra_body"),
+        default_factory=dict,
+        validation_alias=_env("VLLM_EXTRA_BODY", "vllm_extra_body"),
         description='VLLM_EXTRA_BODY (JSON): extra request fields, e.g. {"chat_template_kwargs": {"enable_thinking": false}}',
     )
     vllm_logprobs: bool = Field(
-        True, validation_alias=_env("VLLM_LOGPROBS", "vllm_logprobs"),
+        True,
+        validation_alias=_env("VLLM_LOGPROBS", "vllm_logprobs"),
         description="VLLM_LOGPROBS: ask for token log-probabilities (the confidence evidence); off for servers that refuse it",
     )
     llm_languages: str = Field(
-        "", description="TRANSLATE_LLM_LANGUAGES: comma-separated codes the LLM backends may translate between "
+        "",
+        description="TRANSLATE_LLM_LANGUAGES: comma-separated codes the LLM backends may translate between "
         "(empty: every language streamlens names)",
     )
 
     # -- Ollama (its OpenAI-compatible /v1 API)
     ollama_endpoint: str = Field(DEFAULT_OLLAMA_ENDPOINT, description="TRANSLATE_OLLAMA_ENDPOINT: Ollama's base URL")
-    ollama_model: str | None = Field(None, description="TRANSLATE_OLLAMA_MODEL: model tag, e.g. qwen2.5:3b (required for ollama)")
+    ollama_model: str | None = Field(
+        None, description="TRANSLATE_OLLAMA_MODEL: model tag, e.g. qwen2.5:3b (required for ollama)"
+    )
 
     # -- Triton (KServe v2 HTTP)
     triton_url: str = Field("http://127.0.0.1:8000", description="TRANSLATE_TRITON_URL: Triton's HTTP endpoint")
-    triton_model: str = Field("translator", description="TRANSLATE_TRITON_MODEL: model name (see README for its tensors)")
-    triton_pairs: str = Field("en-es", description="TRANSLATE_TRITON_PAIRS: comma-separated pairs the model can do, e.g. en-es,es-en")
+    triton_model: str = Field(
+        "translator", description="TRANSLATE_TRITON_MODEL: model name (see README for its tensors)"
+    )
+    triton_pairs: str = Field(
+        "en-es", description="TRANSLATE_TRITON_PAIRS: comma-separated pairs the model can do, e.g. en-es,es-en"
+    )
 
     @field_validator("vllm_endpoint")
     @classmethod
@@ -257,16 +321,25 @@ def build_translator(name: str, settings: TranslateSettings, ssl_for: SslFor | N
         if not settings.vllm_endpoint:
             raise ValueError(f"translation backend {name} needs VLLM_ENDPOINT")
         return OpenAICompatTranslator(
-            settings.vllm_endpoint, settings.vllm_model, api_key=settings.vllm_api_key,
-            extra_body=settings.vllm_extra_body, name=name, ssl=ssl_of(settings.vllm_endpoint), **llm_options,
+            settings.vllm_endpoint,
+            settings.vllm_model,
+            api_key=settings.vllm_api_key,
+            extra_body=settings.vllm_extra_body,
+            name=name,
+            ssl=ssl_of(settings.vllm_endpoint),
+            **llm_options,
         )
     if name == "ollama":
-        return OllamaTranslator(settings.ollama_endpoint, settings.ollama_model, ssl=ssl_of(settings.ollama_endpoint),
-                                **llm_options)
+        return OllamaTranslator(
+            settings.ollama_endpoint, settings.ollama_model, ssl=ssl_of(settings.ollama_endpoint), **llm_options
+        )
     if name == "triton":
         return TritonTranslator(
-            settings.triton_url, settings.triton_model, pairs=parse_pairs(settings.triton_pairs),
-            timeout=settings.backend_timeout_s, max_concurrency=settings.vllm_max_concurrency,
+            settings.triton_url,
+            settings.triton_model,
+            pairs=parse_pairs(settings.triton_pairs),
+            timeout=settings.backend_timeout_s,
+            max_concurrency=settings.vllm_max_concurrency,
             max_pending=settings.max_pending,
         )
     raise ValueError(f"unknown translation backend {name!r}")
@@ -284,8 +357,15 @@ class CaptionTranslation(tuple):
     quality_flags: tuple[str, ...]
     backend: str
 
-    def __new__(cls, text: str | None, error: str | None, *, confidence: float | None = None,
-                quality_flags: Sequence[str] = (), backend: str = "") -> "CaptionTranslation":
+    def __new__(
+        cls,
+        text: str | None,
+        error: str | None,
+        *,
+        confidence: float | None = None,
+        quality_flags: Sequence[str] = (),
+        backend: str = "",
+    ) -> CaptionTranslation:
         self = super().__new__(cls, (text, error))
         self.confidence = confidence
         self.quality_flags = tuple(quality_flags)
@@ -355,16 +435,19 @@ class TranslationService:
         else:
             translators = list(translator)
         self.chain = BackendChain(
-            translators, timeout=self.settings.backend_timeout_s,
+            translators,
+            timeout=self.settings.backend_timeout_s,
             # Apertium is local: its own limit (it kills its pipeline on expiry) is the one that counts
             timeouts={"apertium": self.settings.apertium_timeout_s + 1.0},
             breaker_threshold=self.settings.breaker_threshold,
-            breaker_reset_s=self.settings.breaker_reset_s, clock=clock,
+            breaker_reset_s=self.settings.breaker_reset_s,
+            clock=clock,
         )
         self.translator = translators[0] if translators else None  # the first choice (older callers)
         self.backend = ",".join(self.chain.names) or "none"
-        self.sessions = SessionStore(self.settings.max_sessions, self.settings.session_history,
-                                     self.settings.session_ttl, clock=clock)
+        self.sessions = SessionStore(
+            self.settings.max_sessions, self.settings.session_history, self.settings.session_ttl, clock=clock
+        )
         self.cache: LRUCache[CacheKey, TranslationResult] = LRUCache(self.settings.cache_size)
         self.partials = PartialRateLimiter(self.settings.partial_min_interval_s)
         self.latency = LatencyWindow(self.settings.latency_window)
@@ -376,7 +459,7 @@ class TranslationService:
         self.errors_by_code: dict[str, int] = {}  # keys are a small fixed set of codes
 
     @classmethod
-    def from_settings(cls, settings: TranslateSettings) -> "TranslationService":
+    def from_settings(cls, settings: TranslateSettings) -> TranslationService:
         return cls(settings)
 
     @property
@@ -391,18 +474,26 @@ class TranslationService:
 
     def _check_input(self, texts: Sequence[str], source: str, target: str) -> None:
         if not self.chain.slots:
-            raise TranslationError("translation is disabled (TRANSLATE_BACKENDS=none)",
-                                   code="translation_disabled", http_status=503, retryable=False)
+            raise TranslationError(
+                "translation is disabled (TRANSLATE_BACKENDS=none)",
+                code="translation_disabled",
+                http_status=503,
+                retryable=False,
+            )
         if len(texts) > self.settings.max_batch_texts:
             raise TranslationError(
                 f"{len(texts)} texts in one batch; the limit is {self.settings.max_batch_texts}",
-                code="too_many_texts", http_status=413, retryable=False,
+                code="too_many_texts",
+                http_status=413,
+                retryable=False,
             )
         for text in texts:
             if len(text) > self.settings.max_text_chars:
                 raise TranslationError(
                     f"text has {len(text)} characters; the limit is {self.settings.max_text_chars}",
-                    code="text_too_long", http_status=413, retryable=False,
+                    code="text_too_long",
+                    http_status=413,
+                    retryable=False,
                 )
         if source != AUTO:
             split_language_code(source)  # validates both codes before any work
@@ -450,8 +541,12 @@ class TranslationService:
         detected = await detect_language(" ".join(texts))
         self.detections += 1
         if detected is None:
-            raise TranslationError("could not detect the source language; send source_lang",
-                                   code="language_not_detected", http_status=400, retryable=False)
+            raise TranslationError(
+                "could not detect the source language; send source_lang",
+                code="language_not_detected",
+                http_status=400,
+                retryable=False,
+            )
         return detected.code
 
     def _passthrough(self, text: str, source: str, target: str) -> TranslationResult | None:
@@ -498,8 +593,9 @@ class TranslationService:
         for text in texts:  # one by one: each sentence's prompt carries the ones before it
             result = self._passthrough(text, source, target)
             if result is None:
-                context = session.context(source, target, self.settings.context_sentences,
-                                          self.settings.context_max_chars)
+                context = session.context(
+                    source, target, self.settings.context_sentences, self.settings.context_max_chars
+                )
                 key = self._key(text, source, target, context)
                 hit = self.cache.get(key)
                 if hit is not None:
@@ -540,10 +636,16 @@ class TranslationService:
             log.warning("caption translation %s->%s failed: %s", source_lang, target_lang, exc)
             return CaptionTranslation(None, f"{exc.code}: {exc}", confidence=0.0, quality_flags=("untranslated",))
         if result.untranslated:
-            return CaptionTranslation(None, "untranslated: every translation backend failed", confidence=0.0,
-                                      quality_flags=result.quality_flags, backend="none")
-        return CaptionTranslation(result.text, None, confidence=result.confidence,
-                                  quality_flags=result.quality_flags, backend=result.backend)
+            return CaptionTranslation(
+                None,
+                "untranslated: every translation backend failed",
+                confidence=0.0,
+                quality_flags=result.quality_flags,
+                backend="none",
+            )
+        return CaptionTranslation(
+            result.text, None, confidence=result.confidence, quality_flags=result.quality_flags, backend=result.backend
+        )
 
     def should_translate_partial(self, segment_id: Hashable, now: float | None = None) -> bool:
         """True when a partial of `segment_id` may be translated now (at most one per
@@ -586,7 +688,10 @@ class TranslationService:
                 details = {**details, "status": "unhealthy", "error": "circuit open after repeated failures"}
             reports.append({"backend": slot.name, "breaker": slot.breaker.snapshot(), **details})
         if not reports:
-            first: dict[str, Any] = {"status": "unhealthy", "error": "translation is disabled (TRANSLATE_BACKENDS=none)"}
+            first: dict[str, Any] = {
+                "status": "unhealthy",
+                "error": "translation is disabled (TRANSLATE_BACKENDS=none)",
+            }
         else:
             first = reports[0]
         healthy = any(r.get("status") == "healthy" for r in reports)

@@ -33,7 +33,9 @@ def check_session_id(session_id: str) -> str:
     if not _SESSION_ID_RE.match(session_id):
         raise TranslationError(
             f"invalid session id {session_id[:40]!r}: 1-160 characters of letters, digits and ._:@-",
-            code="invalid_session_id", http_status=400, retryable=False,
+            code="invalid_session_id",
+            http_status=400,
+            retryable=False,
         )
     return session_id
 
@@ -65,11 +67,18 @@ class TranslationSession:
     gate: Any = None
 
     def add(self, result: TranslationResult, source_text: str) -> None:
-        self.entries.append(HistoryEntry(
-            source=" ".join(source_text.split()), translation=result.text,
-            source_lang=result.source_language, target_lang=result.target_language, backend=result.backend,
-            confidence=result.confidence, untranslated=result.untranslated, at=time.time(),
-        ))
+        self.entries.append(
+            HistoryEntry(
+                source=" ".join(source_text.split()),
+                translation=result.text,
+                source_lang=result.source_language,
+                target_lang=result.target_language,
+                backend=result.backend,
+                confidence=result.confidence,
+                untranslated=result.untranslated,
+                at=time.time(),
+            )
+        )
         while len(self.entries) > self.max_history:
             self.entries.popleft()
         self.translations += 1
@@ -170,5 +179,10 @@ class SessionStore:
 
     def stats(self) -> dict[str, int]:
         self._expire(self._clock())
-        return {"active": len(self._sessions), "max_sessions": self.max_sessions, "created": self.created,
-                "expired": self.expired, "evicted": self.evicted}
+        return {
+            "active": len(self._sessions),
+            "max_sessions": self.max_sessions,
+            "created": self.created,
+            "expired": self.expired,
+            "evicted": self.evicted,
+        }

@@ -56,9 +56,9 @@ def _host_port(url: str) -> tuple[str, bool]:
     """tritonclient wants 'host:port' plus an ssl flag, not a URL."""
     url = url.strip().rstrip("/")
     if url.startswith("https://"):
-        return url[len("https://"):], True
+        return url[len("https://") :], True
     if url.startswith("http://"):
-        return url[len("http://"):], False
+        return url[len("http://") :], False
     return url, False
 
 
@@ -100,7 +100,8 @@ class TritonTranslator(Translator):
             except ImportError as exc:  # the `triton` extra is not installed
                 raise TranslationError(
                     "the triton backend needs tritonclient: pip install 'streamlens[triton]'",
-                    code="backend_unavailable", retryable=False,
+                    code="backend_unavailable",
+                    retryable=False,
                 ) from exc
             self._client = InferenceServerClient(
                 self.host, ssl=self.ssl, conn_limit=self.max_concurrency + 1, conn_timeout=self.timeout
@@ -142,8 +143,11 @@ class TritonTranslator(Translator):
         client = self._get_client()
         count = len(texts)
         inputs = []
-        for name, values in ((INPUT_TEXT, texts), (INPUT_SOURCE, [source_lang] * count),
-                             (INPUT_TARGET, [target_lang] * count)):
+        for name, values in (
+            (INPUT_TEXT, texts),
+            (INPUT_SOURCE, [source_lang] * count),
+            (INPUT_TARGET, [target_lang] * count),
+        ):
             tensor = InferInput(name, [count, 1], "BYTES")
             tensor.set_data_from_numpy(np.array([[v.encode("utf-8")] for v in values], dtype=np.object_))
             inputs.append(tensor)
@@ -156,7 +160,7 @@ class TritonTranslator(Translator):
             result = await asyncio.wait_for(
                 client.infer(self.model, inputs, model_version=self.model_version, outputs=outputs), self.timeout
             )
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             self.failures += 1
             raise TranslationError(
                 f"triton did not answer within {self.timeout:.1f} s", code="backend_timeout", http_status=504
@@ -180,7 +184,8 @@ class TritonTranslator(Translator):
             if OUTPUT_TEXT not in names:
                 raise TranslationError(
                     f"triton model {self.model!r} has no {OUTPUT_TEXT} output (outputs: {sorted(names)})",
-                    code="bad_backend_response", http_status=502,
+                    code="bad_backend_response",
+                    http_status=502,
                 )
             self._has_confidence = OUTPUT_CONFIDENCE in names
         return self._has_confidence
@@ -194,7 +199,8 @@ class TritonTranslator(Translator):
             self.failures += 1
             raise TranslationError(
                 f"triton answered {0 if translated is None else translated.size} translations for {len(texts)} texts",
-                code="bad_backend_response", http_status=502,
+                code="bad_backend_response",
+                http_status=502,
             )
         results = []
         for i, raw in enumerate(translated.reshape(-1)):
@@ -203,10 +209,16 @@ class TritonTranslator(Translator):
             if scores is not None and scores.size == len(texts):
                 value = float(scores.reshape(-1)[i])
                 score = min(1.0, max(0.0, value)) if np.isfinite(value) else None
-            results.append(TranslationResult(
-                text=" ".join(text.split()), source_language=source_lang, target_language=target_lang,
-                model_info=self.model_info, backend=self.name, backend_score=score,
-            ))
+            results.append(
+                TranslationResult(
+                    text=" ".join(text.split()),
+                    source_language=source_lang,
+                    target_language=target_lang,
+                    model_info=self.model_info,
+                    backend=self.name,
+                    backend_score=score,
+                )
+            )
         return results
 
     async def health(self) -> dict[str, Any]:

@@ -92,11 +92,7 @@ def check_image(image: Any) -> np.ndarray:
 def filter_tags(tags: list[Tag], request: VisionRequest) -> list[Tag]:
     """Keep tags at or above the threshold (and in the request's list, when it names one)."""
     wanted = {t.lower() for t in request.tag_list}
-    return [
-        tag
-        for tag in tags
-        if tag.confidence >= request.threshold and (not wanted or tag.name.lower() in wanted)
-    ]
+    return [tag for tag in tags if tag.confidence >= request.threshold and (not wanted or tag.name.lower() in wanted)]
 
 
 class VisionBackend(abc.ABC):

@@ -83,7 +83,9 @@ def build_engine(
         profile = builder.create_optimization_profile()
         for tensor in dynamic_inputs:
             if len(input_shape) != len(tensor.shape):
-                raise RuntimeError(f"--input-shape has {len(input_shape)} dims, input {tensor.name} has {len(tensor.shape)}")
+                raise RuntimeError(
+                    f"--input-shape has {len(input_shape)} dims, input {tensor.name} has {len(tensor.shape)}"
+                )
             profile.set_shape(tensor.name, min_shape or input_shape, input_shape, max_shape or input_shape)
         config.add_optimization_profile(profile)
 
@@ -115,8 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         out = build_engine(
-            args.onnx, args.out, fp16=args.fp16, workspace_mb=args.workspace_mb,
-            input_shape=args.input_shape, min_shape=args.min_shape, max_shape=args.max_shape,
+            args.onnx,
+            args.out,
+            fp16=args.fp16,
+            workspace_mb=args.workspace_mb,
+            input_shape=args.input_shape,
+            min_shape=args.min_shape,
+            max_shape=args.max_shape,
         )
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -131,15 +131,17 @@ class TextReader:
                     from rapidocr import RapidOCR
                 except ImportError:
                     raise BackendUnavailable("on-screen text needs the 'rapidocr' package (see the README)") from None
-                self._engine = RapidOCR(params={
-                    "Global.log_level": "error",  # it warns on every frame without text otherwise
-                    "Global.use_cls": False,  # on-screen text is upright
-                    "Global.text_score": self.min_score,
-                    "Det.limit_side_len": self.max_side,
-                    "Det.limit_type": "max",  # shrink big frames; never enlarge small ones
-                    "EngineConfig.onnxruntime.intra_op_num_threads": 1,
-                    "EngineConfig.onnxruntime.inter_op_num_threads": 1,
-                })
+                self._engine = RapidOCR(
+                    params={
+                        "Global.log_level": "error",  # it warns on every frame without text otherwise
+                        "Global.use_cls": False,  # on-screen text is upright
+                        "Global.text_score": self.min_score,
+                        "Det.limit_side_len": self.max_side,
+                        "Det.limit_type": "max",  # shrink big frames; never enlarge small ones
+                        "EngineConfig.onnxruntime.intra_op_num_threads": 1,
+                        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+                    }
+                )
             return self._engine
 
     def read(self, rgb: np.ndarray) -> list[TextTag]:
@@ -216,8 +218,9 @@ class EmbeddedTagger(VisionBackend):
         self.motion_full_scale = motion_full_scale
         self.max_pending = max_pending
         self.max_sources = max_sources
-        self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="vision-embedded",
-                                            initializer=_lower_thread_priority)
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, workers), thread_name_prefix="vision-embedded", initializer=_lower_thread_priority
+        )
         self._local = threading.local()  # one CascadeClassifier per worker thread
         self._sources: OrderedDict[str, _SourceState] = OrderedDict()
         self._sources_lock = threading.Lock()
@@ -309,7 +312,9 @@ class EmbeddedTagger(VisionBackend):
         scale = min(1.0, self.detect_max_side / max(height, width))
         small = grey
         if scale < 1.0:
-            small = cv2.resize(grey, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+            small = cv2.resize(
+                grey, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+            )
         # no histogram equalisation: Haar windows are variance-normalised already, and a global
         # equalisation lets large flat borders (letterboxing) swing the scores
         min_side = max(8, round(self.min_face * scale))

@@ -200,7 +200,9 @@ class VlmMultiplexer(VisionBackend):
         if not order:
             self.unavailable += 1
             raise BackendUnavailable("every VLM endpoint's circuit breaker is open")
-        jpeg, _size = await asyncio.to_thread(encode_frame_jpeg, image, self.config.max_pixels, self.config.jpeg_quality)
+        jpeg, _size = await asyncio.to_thread(
+            encode_frame_jpeg, image, self.config.max_pixels, self.config.jpeg_quality
+        )
         messages = build_messages(request, jpeg_data_uri(jpeg), tag_list)
         errors: list[str] = []
         for endpoint in order:

@@ -122,8 +122,11 @@ class VlmEndpoint:
         """A concurrency slot; refuse (EndpointBusy) rather than queue without bound."""
         if self._semaphore.locked() and self.waiting >= self.max_waiting:
             self.busy_rejections += 1
-            raise EndpointBusy(f"endpoint {self.name} busy ({self.in_flight} in flight, {self.waiting} waiting)",
-                               code="backend_busy", http_status=503)
+            raise EndpointBusy(
+                f"endpoint {self.name} busy ({self.in_flight} in flight, {self.waiting} waiting)",
+                code="backend_busy",
+                http_status=503,
+            )
         self.waiting += 1
         try:
             await self._semaphore.acquire()
@@ -144,9 +147,15 @@ class VlmEndpoint:
         async def one_attempt() -> Completion:
             async with self.slot():
                 self.attempts += 1
-                return await self.breaker.call(lambda: client.chat(
-                    self.url, payload, api_key=self.config.api_key or None, timeout=self.config.timeout,
-                    label=f"VLM endpoint {self.name}"))
+                return await self.breaker.call(
+                    lambda: client.chat(
+                        self.url,
+                        payload,
+                        api_key=self.config.api_key or None,
+                        timeout=self.config.timeout,
+                        label=f"VLM endpoint {self.name}",
+                    )
+                )
 
         def count_retry(_attempt: int, exc: BaseException) -> None:
             self.retries += 1
@@ -235,7 +244,9 @@ def tagging_prompt(tag_list: list[str] | tuple[str, ...]) -> str:
     )
 
 
-def build_messages(request: VisionRequest, data_uri: str, tag_list: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+def build_messages(
+    request: VisionRequest, data_uri: str, tag_list: list[str] | tuple[str, ...]
+) -> list[dict[str, Any]]:
     if request.mode == "description":
         text = request.prompt or DEFAULT_DESCRIPTION_PROMPT
     else:
@@ -292,7 +303,10 @@ def _load_lenient(chunk: str) -> Any:
         return json.loads(chunk)
     except ValueError:
         pass
-    for candidate in (chunk, re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", chunk)))):
+    for candidate in (
+        chunk,
+        re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", chunk))),
+    ):
         try:
             return ast.literal_eval(candidate)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):

@@ -31,9 +31,9 @@ from inference.vision.base import BackendBusy, BackendUnavailable, VisionBackend
 from inference.vision.embedded import EmbeddedTagger
 from inference.vision.multiplexer import VlmConfig, VlmMultiplexer
 from inference.vision.tensorrt_backend import TensorRtConfig
+from media import gpu_frames as gpu_upload
 from media.events import VisionEvent
 from media.frames import LatestSlot, VideoItem, rgb_array
-from media import gpu_frames as gpu_upload
 from media.gpu_frames import GpuFrame, GpuFrameQueue
 from media.stage import Stage, StageContext
 from media.stats import LatencyWindow
@@ -56,8 +56,11 @@ class VisionSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VISION_", extra="forbid", populate_by_name=True)
 
-    default_backend: str = Field("embedded", validation_alias=AliasChoices("VISION_BACKEND", "default_backend"),
-                                 description="backend of streams whose params name none")
+    default_backend: str = Field(
+        "embedded",
+        validation_alias=AliasChoices("VISION_BACKEND", "default_backend"),
+        description="backend of streams whose params name none",
+    )
     interval: float = Field(1.0, ge=0.05, le=3600, description="seconds between sampled frames")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="minimum tag confidence")
     embedded_workers: int = Field(1, ge=1, le=16, description="threads of the embedded CPU tagger")
@@ -78,8 +81,12 @@ class VisionSettings(BaseSettings):
     def _backend_configs(self) -> VisionSettings:
         if self.vlm is None and (self.vlm_endpoint or self.vlm_endpoints):
             vlm: dict[str, Any] = {"api_base_url": self.vlm_endpoint}
-            for field_name, value in (("model_id", self.vlm_model), ("api_key", self.vlm_api_key),
-                                      ("timeout", self.vlm_timeout), ("max_pixels", self.vlm_max_pixels)):
+            for field_name, value in (
+                ("model_id", self.vlm_model),
+                ("api_key", self.vlm_api_key),
+                ("timeout", self.vlm_timeout),
+                ("max_pixels", self.vlm_max_pixels),
+            ):
                 if value is not None:
                     vlm[field_name] = value
             if self.vlm_tags:
@@ -99,8 +106,11 @@ class VisionSettings(BaseSettings):
         """The settings from the process environment; values in `environ` win over it (tests)."""
         if environ is None:
             return cls()
-        values = {key[len("VISION_"):].lower(): value for key, value in environ.items()
-                  if key.startswith("VISION_") and value}
+        values = {
+            key[len("VISION_") :].lower(): value
+            for key, value in environ.items()
+            if key.startswith("VISION_") and value
+        }
         if "backend" in values:
             values["default_backend"] = values.pop("backend")
         return cls.model_validate(values)
@@ -112,8 +122,12 @@ class VisionBackends:
     custom backend, or a test's). A backend that cannot be built raises `BackendUnavailable`;
     the reason is remembered for 30 s so a missing GPU is not probed on every frame."""
 
-    def __init__(self, settings: VisionSettings | None = None, backends: Mapping[str, VisionBackend] | None = None,
-                 ssl_for: Any = None) -> None:
+    def __init__(
+        self,
+        settings: VisionSettings | None = None,
+        backends: Mapping[str, VisionBackend] | None = None,
+        ssl_for: Any = None,
+    ) -> None:
         self.settings = settings or VisionSettings()
         self.ssl_for = ssl_for  # the server's TlsPolicy.ssl_for, for the VLM endpoints
         self._backends: dict[str, VisionBackend] = dict(backends or {})
@@ -157,7 +171,9 @@ class VisionBackends:
 
     async def _build(self, name: str) -> VisionBackend:
         if name == "embedded":
-            return EmbeddedTagger(workers=self.settings.embedded_workers, max_pending=self.settings.embedded_max_pending)
+            return EmbeddedTagger(
+                workers=self.settings.embedded_workers, max_pending=self.settings.embedded_max_pending
+            )
         if name == "vlm":
             if self.settings.vlm is None:
                 raise BackendUnavailable("no VLM endpoint configured (set VISION_VLM_ENDPOINT or vision.vlm settings)")
@@ -228,7 +244,9 @@ class VisionParams(BaseModel):
         return value
 
     @classmethod
-    def from_stream_params(cls, params: Mapping[str, Any] | None, settings: VisionSettings | None = None) -> VisionParams:
+    def from_stream_params(
+        cls, params: Mapping[str, Any] | None, settings: VisionSettings | None = None
+    ) -> VisionParams:
         """Validate ``params["vision"]`` over the server defaults. Raises ValueError when invalid."""
         settings = settings or VisionSettings()
         vision = (params or {}).get("vision") or {}

@@ -159,8 +159,12 @@ class TensorRtBackend(VisionBackend):
         self.latency = LatencyWindow(256)
         log.info(
             "TensorRT engine %s loaded: input %s %s (%s), output %s %s",
-            engine_file, self._input_name, self._input_shape, "NHWC" if self._nhwc else "NCHW",
-            self._output_name, self._output_shape,
+            engine_file,
+            self._input_name,
+            self._input_shape,
+            "NHWC" if self._nhwc else "NCHW",
+            self._output_name,
+            self._output_shape,
         )
 
     def _bind_tensors(self) -> None:
@@ -169,7 +173,9 @@ class TensorRtBackend(VisionBackend):
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1 or not outputs:
-            raise BackendUnavailable(f"expected one image input and at least one output, got inputs={inputs} outputs={outputs}")
+            raise BackendUnavailable(
+                f"expected one image input and at least one output, got inputs={inputs} outputs={outputs}"
+            )
         self._input_name = inputs[0]
         shape = list(engine.get_tensor_shape(self._input_name))
         if len(shape) != 4:
@@ -177,9 +183,19 @@ class TensorRtBackend(VisionBackend):
         self._nhwc = shape[3] == 3 and shape[1] != 3
         height, width = self.config.input_size
         if self._nhwc:
-            resolved = [1 if shape[0] < 0 else shape[0], height if shape[1] < 0 else shape[1], width if shape[2] < 0 else shape[2], 3]
+            resolved = [
+                1 if shape[0] < 0 else shape[0],
+                height if shape[1] < 0 else shape[1],
+                width if shape[2] < 0 else shape[2],
+                3,
+            ]
         else:
-            resolved = [1 if shape[0] < 0 else shape[0], 3, height if shape[2] < 0 else shape[2], width if shape[3] < 0 else shape[3]]
+            resolved = [
+                1 if shape[0] < 0 else shape[0],
+                3,
+                height if shape[2] < 0 else shape[2],
+                width if shape[3] < 0 else shape[3],
+            ]
         if -1 in shape:
             context.set_input_shape(self._input_name, resolved)
         self._input_shape = tuple(resolved)
@@ -268,8 +284,12 @@ class TensorRtBackend(VisionBackend):
         self.latency.add(time.perf_counter() - started)
         text = ""
         if request.mode == "description":
-            text = f"{self.model} (TensorRT classifier) top classes: " + ", ".join(f"{t.name} ({t.confidence:.2f})" for t in tags)
-        return VisionResult(tags=kept, text=text, model=self.model, measures={"input_w": float(width), "input_h": float(height)})
+            text = f"{self.model} (TensorRT classifier) top classes: " + ", ".join(
+                f"{t.name} ({t.confidence:.2f})" for t in tags
+            )
+        return VisionResult(
+            tags=kept, text=text, model=self.model, measures={"input_w": float(width), "input_h": float(height)}
+        )
 
     def _label(self, index: int) -> str:
         if 0 <= index < len(self.labels) and self.labels[index]:
@@ -295,7 +315,11 @@ class TensorRtBackend(VisionBackend):
             "name": self.name,
             "model": self.model,
             "device": str(self.device),
-            "input": {"name": self._input_name, "shape": list(self._input_shape), "layout": "NHWC" if self._nhwc else "NCHW"},
+            "input": {
+                "name": self._input_name,
+                "shape": list(self._input_shape),
+                "layout": "NHWC" if self._nhwc else "NCHW",
+            },
             "num_classes": self.num_classes,
             "calls": self.calls,
             "pending": self._pending,

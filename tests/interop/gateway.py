@@ -58,8 +58,11 @@ class JsonSegmentCollector:
                 if not data:
                     continue
                 self.raw_segments.append(data)
-                values = [json.loads(line) for line in data.splitlines() if line.strip()] if self.lines \
+                values = (
+                    [json.loads(line) for line in data.splitlines() if line.strip()]
+                    if self.lines
                     else [json.loads(data)]
+                )
                 for value in values:
                     self.items.append((loop.time(), value))
                 self.new_item.set()
@@ -120,8 +123,16 @@ class LivepeerGateway:
     """Channels `{mid}`, `{mid}-out`, `{mid}-control`, `{mid}-events`, `{mid}-data` on the server
     (or on `trickle_host`, an `OrchestratorTrickle`)."""
 
-    def __init__(self, server: Any, mid: str, *, video_in: bool = True, video_out: bool = True,
-                 data: bool = True, trickle_host: OrchestratorTrickle | None = None) -> None:
+    def __init__(
+        self,
+        server: Any,
+        mid: str,
+        *,
+        video_in: bool = True,
+        video_out: bool = True,
+        data: bool = True,
+        trickle_host: OrchestratorTrickle | None = None,
+    ) -> None:
         self.server = server
         self.mid = mid
         host = trickle_host or server
@@ -146,8 +157,11 @@ class LivepeerGateway:
             trickle.create_channel(f"{mid}-data", "application/jsonl")
             self.body["data_url"] = host.trickle_url(f"{mid}-data")
         self.events = EventsCollector(host.trickle_url(f"{mid}-events"), token=self.trickle_token)
-        self.data = JsonSegmentCollector(host.trickle_url(f"{mid}-data"), lines=True,
-                                         token=self.trickle_token) if data else None
+        self.data = (
+            JsonSegmentCollector(host.trickle_url(f"{mid}-data"), lines=True, token=self.trickle_token)
+            if data
+            else None
+        )
         self._control: TricklePublisher | None = None
 
     def start_collectors(self) -> LivepeerGateway:
@@ -165,8 +179,11 @@ class LivepeerGateway:
 
     async def send_control(self, message: dict[str, Any]) -> None:
         if self._control is None:
-            self._control = TricklePublisher(self.trickle_host.trickle_url(f"{self.mid}-control"),
-                                             mime="application/json", policy=token_policy(self.trickle_token))
+            self._control = TricklePublisher(
+                self.trickle_host.trickle_url(f"{self.mid}-control"),
+                mime="application/json",
+                policy=token_policy(self.trickle_token),
+            )
         writer = await self._control.next_segment()
         data = json.dumps(message).encode()
         # split in two writes: the worker must read a control segment to its end

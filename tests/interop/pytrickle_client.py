@@ -121,8 +121,14 @@ async def gateway(base: str, mid: str, files: list[str]) -> dict:
         "output_bytes": len(output),
         "decoded_frames": decode_frames(output) if output else 0,
         "first_segment_frames": decode_frames(out[0]) if out and out[0] else 0,
-        "events": [{"queue_event_type": p.get("queue_event_type"), "type": p.get("event", {}).get("type"),
-                    "state": p.get("event", {}).get("state")} for p in parsed],
+        "events": [
+            {
+                "queue_event_type": p.get("queue_event_type"),
+                "type": p.get("event", {}).get("type"),
+                "state": p.get("event", {}).get("state"),
+            }
+            for p in parsed
+        ],
     }
 
 

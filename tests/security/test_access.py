@@ -36,9 +36,21 @@ def test_every_route_of_the_app_has_a_declared_role():
         assert spec.roles and all(isinstance(r, Role) for r in spec.roles), spec.path
     public = {s.path for s in specs if s.public}
     # public is exactly the health/version probes, the demo pages and their assets (and ai-runner's hardware info)
-    assert public <= {"/health", "/version", "/", "/whep.html", "/view/{manifest_id}", "/static/{filename}",
-                      "/hardware/info", "/hardware/info/", "/hardware/stats", "/hardware/stats/", "/v1/health",
-                      "/openapi.json", "/docs"}, public
+    assert public <= {
+        "/health",
+        "/version",
+        "/",
+        "/whep.html",
+        "/view/{manifest_id}",
+        "/static/{filename}",
+        "/hardware/info",
+        "/hardware/info/",
+        "/hardware/stats",
+        "/hardware/stats/",
+        "/v1/health",
+        "/openapi.json",
+        "/docs",
+    }, public
 
 
 async def test_a_route_without_a_role_stops_the_server_from_starting():
@@ -52,8 +64,10 @@ async def test_a_route_without_a_role_stops_the_server_from_starting():
         await start_server(app=app)
 
 
-@pytest.mark.parametrize("tokens", [dict(api_token=API), dict(auth_token=AUTH), dict(api_token=API, auth_token=AUTH),
-                                    dict(metrics_token="m-only")])
+@pytest.mark.parametrize(
+    "tokens",
+    [dict(api_token=API), dict(auth_token=AUTH), dict(api_token=API, auth_token=AUTH), dict(metrics_token="m-only")],
+)
 async def test_every_non_public_route_is_401_without_its_token(tokens):
     server = await start_server(Settings(host="127.0.0.1", port=0, **tokens))
     bare = aiohttp.ClientSession()  # not server.session: in token mode it would add the right token
@@ -77,12 +91,13 @@ async def test_every_non_public_route_is_401_without_its_token(tokens):
 def test_token_fallbacks_and_unset_tokens_never_grant():
     spec_of = {role: type("S", (), {"roles": (role,), "public": False})() for role in Role if role != Role.PUBLIC}
     only_api = AccessPolicy(Settings(api_token=API))
-    for role, spec in spec_of.items():  # every role falls back to API_TOKEN
+    for spec in spec_of.values():  # every role falls back to API_TOKEN
         assert only_api.allows(spec, API) and not only_api.allows(spec, "nope") and not only_api.allows(spec, None)
     only_auth = AccessPolicy(Settings(auth_token=AUTH))
     assert all(only_auth.allows(spec, AUTH) for spec in spec_of.values())  # ... then AUTH_TOKEN
-    own = AccessPolicy(Settings(api_token=API, auth_token=AUTH, metrics_token="m", trickle_token="t",
-                                whip_token="w", whep_token="v"))
+    own = AccessPolicy(
+        Settings(api_token=API, auth_token=AUTH, metrics_token="m", trickle_token="t", whip_token="w", whep_token="v")
+    )
     assert own.allows(spec_of[Role.METRICS], "m") and not own.allows(spec_of[Role.METRICS], API)
     assert own.allows(spec_of[Role.LIVEPEER], AUTH) and not own.allows(spec_of[Role.LIVEPEER], API)
     assert own.allows(spec_of[Role.INGEST], "w") and not own.allows(spec_of[Role.INGEST], "v")
@@ -96,21 +111,27 @@ def test_token_fallbacks_and_unset_tokens_never_grant():
 async def test_the_request_never_chooses_the_token(make_server, orch_trickle):
     """The reported bypass: API_TOKEN set, AUTH_TOKEN unset, `X-Stream-Id` and no token → started."""
     server = await make_server(api_token=API)
-    gateway_body = {"gateway_request_id": "x", "subscribe_url": orch_trickle.trickle_url("x"),
-                    "publish_url": orch_trickle.trickle_url("x-out")}
+    gateway_body = {
+        "gateway_request_id": "x",
+        "subscribe_url": orch_trickle.trickle_url("x"),
+        "publish_url": orch_trickle.trickle_url("x-out"),
+    }
     async with aiohttp.ClientSession() as bare:  # no token added for the test
         for path in ("/stream/start", "/stream/stop", "/stream/params"):
             resp = await bare.post(server.url(path), json=gateway_body, headers={"X-Stream-Id": "x"})
             assert resp.status == 401, path
     # a text/plain body (no CORS preflight from a web page) is refused even with the right token
-    resp = await server.session.post(server.url("/stream/start"), data=b'{"gateway_request_id": "x"}',
-                                     headers={"X-Stream-Id": "x", "Content-Type": "text/plain",
-                                              "Authorization": f"Bearer {API}"})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        data=b'{"gateway_request_id": "x"}',
+        headers={"X-Stream-Id": "x", "Content-Type": "text/plain", "Authorization": f"Bearer {API}"},
+    )
     assert resp.status == 415 and "application/json" in (await resp.json())["error"]["message"]
     assert not server.app["streams"].active()
     # /stream/start serves two roles: a token valid for either opens it
-    resp = await server.session.post(server.url("/stream/start"), json=gateway_body,
-                                     headers={"X-Stream-Id": "x", "Authorization": f"Bearer {API}"})
+    resp = await server.session.post(
+        server.url("/stream/start"), json=gateway_body, headers={"X-Stream-Id": "x", "Authorization": f"Bearer {API}"}
+    )
     assert resp.status == 200, await resp.text()
     assert server.app["streams"].get_active("x") is not None
 
@@ -119,8 +140,9 @@ async def test_two_roles_accept_either_token_and_nothing_else(make_server, orch_
     server = await make_server(api_token=API, auth_token=AUTH)
     for i, token in enumerate((API, AUTH)):
         body = {"subscribe_url": orch_trickle.trickle_url(f"two-{i}"), "manifest_id": f"two-{i}"}
-        resp = await server.session.post(server.url("/stream/start"), json=body,
-                                         headers={"Authorization": f"Bearer {token}"})
+        resp = await server.session.post(
+            server.url("/stream/start"), json=body, headers={"Authorization": f"Bearer {token}"}
+        )
         assert resp.status == 200, await resp.text()
     # /streams is api only: AUTH_TOKEN does not open it
     assert (await server.session.get(server.url("/streams"), headers={"Authorization": f"Bearer {AUTH}"})).status == 401
@@ -133,14 +155,16 @@ async def test_cors_is_an_allow_list(make_server):
     closed = await make_server()
     resp = await closed.session.get(closed.url("/health"), headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in resp.headers  # no `*` by default
-    resp = await closed.session.options(closed.url("/stream/start"), headers={
-        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    resp = await closed.session.options(
+        closed.url("/stream/start"), headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert resp.status == 204 and "Access-Control-Allow-Origin" not in resp.headers
 
     allowed = await make_server(cors_origins="https://app.example, https://other.example")
     for origin, expected in (("https://app.example", "https://app.example"), ("https://evil.example", None)):
-        resp = await allowed.session.options(allowed.url("/whip"), headers={
-            "Origin": origin, "Access-Control-Request-Method": "POST"})
+        resp = await allowed.session.options(
+            allowed.url("/whip"), headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+        )
         assert resp.status == 204
         assert resp.headers.get("Access-Control-Allow-Origin") == expected
         assert "POST" in resp.headers["Access-Control-Allow-Methods"]

@@ -178,8 +178,10 @@ async def test_an_event_stream_whose_job_row_is_deleted_still_frees_its_place(an
 
 def _multipart_head(total_length: int) -> tuple[dict[str, str], bytes]:
     headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}", "Content-Length": str(total_length)}
-    part = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"video\"; filename=\"v.mp4\"\r\n"
-            "Content-Type: video/mp4\r\n\r\n").encode()
+    part = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n'
+        "Content-Type: video/mp4\r\n\r\n"
+    ).encode()
     return headers, part
 
 
@@ -195,8 +197,9 @@ async def _stalled_upload(server, path: str = "/v1/analyze", sent: int = 4000):
 async def _response_of(reader: asyncio.StreamReader) -> tuple[int, dict]:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
     status = int(head.split(b" ", 2)[1])
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
     body = await asyncio.wait_for(reader.readexactly(length), 15)
     return status, json.loads(body)
 
@@ -207,11 +210,12 @@ def _inputs(server) -> list[str]:
 
 async def test_stalled_uploads_give_the_disk_budget_back(analysis_server, plain_video):
     mib = 1024 * 1024
-    server = await analysis_server(ANALYSIS_UPLOAD_IDLE_TIMEOUT=3, ANALYSIS_DISK_BUDGET=4 * mib,
-                                   ANALYSIS_MAX_BYTES=mib)
+    server = await analysis_server(ANALYSIS_UPLOAD_IDLE_TIMEOUT=3, ANALYSIS_DISK_BUDGET=4 * mib, ANALYSIS_MAX_BYTES=mib)
     runner = server.app[RUNNER_KEY]
-    stalled = [await _stalled_upload(server, path) for path in
-               ("/v1/analyze", "/v1/transcribe", "/v1/inference/upload", "/v1/analyze")]
+    stalled = [
+        await _stalled_upload(server, path)
+        for path in ("/v1/analyze", "/v1/transcribe", "/v1/inference/upload", "/v1/analyze")
+    ]
     try:
         # four uploads that stopped sending hold the whole budget ...
         assert await wait_until(lambda: runner.reserved_bytes == 4 * mib, timeout=5), runner.reserved_bytes
@@ -221,8 +225,10 @@ async def test_stalled_uploads_give_the_disk_budget_back(analysis_server, plain_
         for reader, _writer in stalled:
             status, body = await _response_of(reader)
             assert status == 408 and "ANALYSIS_UPLOAD_IDLE_TIMEOUT" in body["error"]["message"], body
-        assert await wait_until(lambda: runner.reserved_bytes == 0 and not _inputs(server), timeout=10), \
-            (runner.reserved_bytes, _inputs(server))
+        assert await wait_until(lambda: runner.reserved_bytes == 0 and not _inputs(server), timeout=10), (
+            runner.reserved_bytes,
+            _inputs(server),
+        )
     finally:
         for _reader, writer in stalled:
             writer.transport.abort()
@@ -257,8 +263,10 @@ async def test_an_upload_whose_client_leaves_gives_the_budget_back(analysis_serv
     _reader, writer = await _stalled_upload(server)
     assert await wait_until(lambda: runner.reserved_bytes > 0 and _inputs(server), timeout=5)
     writer.transport.abort()
-    assert await wait_until(lambda: runner.reserved_bytes == 0 and not _inputs(server), timeout=5), \
-        (runner.reserved_bytes, _inputs(server))
+    assert await wait_until(lambda: runner.reserved_bytes == 0 and not _inputs(server), timeout=5), (
+        runner.reserved_bytes,
+        _inputs(server),
+    )
 
 
 # -- item 9: the jobs database ---------------------------------------------------------------------------
@@ -274,13 +282,15 @@ async def test_failed_jobs_with_large_requests_keep_the_database_and_the_list_sm
     async with FileServer(str(Path(plain_video).parent)) as files:
         url = files.url("plain.mp4")
         # the reviewer's request: ~1 MB of tag names (60 x 16,000 characters) is refused with a 400
-        resp = await server.session.post(server.url("/v1/analyze"),
-                                         json={"video_url": url, "tag_list": ["x" * 16_000] * 60})
+        resp = await server.session.post(
+            server.url("/v1/analyze"), json={"video_url": url, "tag_list": ["x" * 16_000] * 60}
+        )
         body = await resp.json()
         assert resp.status == 400 and "tag_list" in body["error"]["message"], body
         # valid items, but more options than ANALYSIS_MAX_REQUEST_BYTES: 413 at submission
-        resp = await server.session.post(server.url("/v1/analyze"),
-                                         json={"video_url": url, "tag_list": ["y" * 128] * 40})
+        resp = await server.session.post(
+            server.url("/v1/analyze"), json={"video_url": url, "tag_list": ["y" * 128] * 40}
+        )
         body = await resp.json()
         assert resp.status == 413 and "ANALYSIS_MAX_REQUEST_BYTES" in body["error"]["message"], body
         assert (await (await server.session.get(server.url("/v1/jobs"))).json())["total"] == 0
@@ -322,11 +332,20 @@ async def test_the_store_prunes_to_its_byte_budget_and_gives_the_pages_back(tmp_
         now = time.time()
         big = {"frames": ["f" * 1000] * 200}  # ~200 kB each
         for index in range(30):
-            await store.insert({"id": f"job_{index:02d}", "kind": "analyze", "status": "completed",
-                                "created_at": now + index, "finished_at": now + index, "request": {"n": index},
-                                "result": big})
-        await store.insert({"id": "job_running", "kind": "analyze", "status": "running", "created_at": now - 10,
-                            "request": {"n": -1}})
+            await store.insert(
+                {
+                    "id": f"job_{index:02d}",
+                    "kind": "analyze",
+                    "status": "completed",
+                    "created_at": now + index,
+                    "finished_at": now + index,
+                    "request": {"n": index},
+                    "result": big,
+                }
+            )
+        await store.insert(
+            {"id": "job_running", "kind": "analyze", "status": "running", "created_at": now - 10, "request": {"n": -1}}
+        )
         assert await store.file_bytes() > 5 * 1024 * 1024
         removed = await store.prune(max_rows=1000, max_bytes=1024 * 1024, keep=("job_00",))
         gone = {row["id"] for row in removed}
@@ -346,11 +365,13 @@ async def test_the_store_prunes_to_its_byte_budget_and_gives_the_pages_back(tmp_
 async def test_an_older_database_file_is_converted_to_incremental_vacuum(tmp_path):
     path = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, "
-                 "created_at REAL NOT NULL, started_at REAL, finished_at REAL, progress REAL NOT NULL DEFAULT 0, "
-                 "frames_done INTEGER NOT NULL DEFAULT 0, frames_planned INTEGER, eta_seconds REAL, phase TEXT, "
-                 "request TEXT NOT NULL, result TEXT, error TEXT, input_path TEXT, input_name TEXT, "
-                 "attempts INTEGER NOT NULL DEFAULT 0)")
+    conn.execute(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, "
+        "created_at REAL NOT NULL, started_at REAL, finished_at REAL, progress REAL NOT NULL DEFAULT 0, "
+        "frames_done INTEGER NOT NULL DEFAULT 0, frames_planned INTEGER, eta_seconds REAL, phase TEXT, "
+        "request TEXT NOT NULL, result TEXT, error TEXT, input_path TEXT, input_name TEXT, "
+        "attempts INTEGER NOT NULL DEFAULT 0)"
+    )
     conn.commit()
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
     conn.close()

@@ -72,8 +72,9 @@ async def test_an_uploaded_concat_script_is_refused_and_the_file_it_names_never_
     # the absolute path and the file: protocol are refused the same way
     inputs = server.app[RUNNER_KEY].settings.uploads_dir
     for line in (f"file '{inputs / SECRET}'", f"file 'file:{inputs / SECRET}'"):
-        resp = await server.session.post(server.url("/v1/analyze"),
-                                         data=_script_form(f"ffconcat version 1.0\n{line}\n", "x.txt"))
+        resp = await server.session.post(
+            server.url("/v1/analyze"), data=_script_form(f"ffconcat version 1.0\n{line}\n", "x.txt")
+        )
         await _failed_unsupported(server, resp)
     assert (inputs / SECRET).is_file()  # the other caller's input is untouched
 
@@ -84,8 +85,10 @@ async def test_a_concat_script_behind_a_video_url_is_refused(server, media, tmp_
     folder.mkdir()
     (folder / "clip.mp4").write_text(f"ffconcat version 1.0\nfile '{SECRET}'\n")
     async with FileServer(str(folder)) as files:
-        resp = await server.session.post(server.url("/v1/analyze"), json={
-            "video_url": files.url("clip.mp4"), "tag_list": ["face"], "frame_interval": 1.0})
+        resp = await server.session.post(
+            server.url("/v1/analyze"),
+            json={"video_url": files.url("clip.mp4"), "tag_list": ["face"], "frame_interval": 1.0},
+        )
         await _failed_unsupported(server, resp)
 
 
@@ -102,8 +105,9 @@ async def test_an_hls_playlist_naming_a_local_file_is_refused(server, media):
 
 async def test_real_containers_still_work(server, media):
     for name in ("mp4", "ts"):
-        resp = await server.session.post(server.url("/v1/analyze"),
-                                         data=video_form(media[name], tag_list="face", frame_interval="1.0"))
+        resp = await server.session.post(
+            server.url("/v1/analyze"), data=video_form(media[name], tag_list="face", frame_interval="1.0")
+        )
         body = await resp.json()
         assert resp.status == 202, body
         job = await wait_job(server.session, server.base_url, body["job_id"])

@@ -36,7 +36,8 @@ async def test_viewer_link_plays_with_the_stream_token_only(make_server, tmp_pat
         await viewer.goto(server.url(href))
         await viewer.wait_for_function(
             "(() => { const v = document.getElementById('remote'); return v.readyState >= 2 && v.currentTime > 0.5; })()",
-            timeout=30_000)
+            timeout=30_000,
+        )
         service = server.app["webrtc"]
         assert await wait_until(lambda: service.count("whep") == 1, timeout=10)
         await viewer.click("#stop")  # DELETE of its session, with the viewer token

@@ -26,9 +26,11 @@ async def start(server, orch_trickle, manifest_id: str) -> str:
     """A running stream (input channel on the orchestrator's trickle server, nothing published);
     its viewer token."""
     orch_trickle.trickle.create_channel(manifest_id)
-    resp = await server.session.post(server.url("/stream/start"), headers={"Authorization": f"Bearer {API}"},
-                                     json={"subscribe_url": orch_trickle.trickle_url(manifest_id),
-                                           "manifest_id": manifest_id})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        headers={"Authorization": f"Bearer {API}"},
+        json={"subscribe_url": orch_trickle.trickle_url(manifest_id), "manifest_id": manifest_id},
+    )
     assert resp.status == 200, await resp.text()
     return (await resp.json())["viewer_token"]
 
@@ -47,8 +49,9 @@ async def raw_get(port: int, path: str, headers: bytes = b"") -> tuple[int, byte
     """One HTTP/1.1 GET with raw header bytes (a non-ASCII header value as a client may send it)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                     + headers + b"\r\n")
+        writer.write(
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + headers + b"\r\n"
+        )
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         body = await asyncio.wait_for(reader.read(4096), 10)
@@ -88,8 +91,11 @@ async def test_a_good_last_event_id_skips_what_the_client_saw(orch_trickle, make
     for n in range(3):
         stream.events.publish(StatusEvent(state="ONLINE", detail={"n": n}))
     ids = [event.id for event in stream.events.history if event.kind == "status" and "n" in (event.detail or {})]
-    async with server.session.get(server.url("/stream/good-id/events"), params={"token": token, "kinds": "status"},
-                                  headers={"Last-Event-ID": str(ids[0])}) as resp:
+    async with server.session.get(
+        server.url("/stream/good-id/events"),
+        params={"token": token, "kinds": "status"},
+        headers={"Last-Event-ID": str(ids[0])},
+    ) as resp:
         assert resp.status == 200
         seen: list[str] = []
         while len(seen) < 2:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from media.decode import BytePipe, DecodeSink, DecoderOptions, MediaDecoder
+from media.decode import BytePipe, DecoderOptions, DecodeSink, MediaDecoder
 from media.http_json import JSONBodyError, loads_limited
 from media.params import compose_patches, merge_patch
 from media.webrtc_sdp import OfferError, parse_offer, parse_sdpfrag
@@ -26,13 +26,15 @@ from server.start_request import parse_start
 from tests.media_gen import make_segments
 
 EXAMPLES = int(os.environ.get("STREAMLENS_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=24)
+    max_leaves=24,
+)
 json_objects = st.dictionaries(st.text(max_size=12), json_values, max_size=6)
 
 
@@ -70,11 +72,18 @@ def test_merge_patch_is_total_and_idempotent(target, patch, later) -> None:
 
 # -- the stream start body ------------------------------------------------------------------------
 @FUZZ
-@given(body=json_objects | st.fixed_dictionaries(
-    {"subscribe_url": st.text(max_size=40), "publish_url": st.text(max_size=40)},
-    optional={"params": json_values | st.text(max_size=60), "gateway_request_id": json_values,
-              "manifest_id": st.text(max_size=20)}),
-    stream_id=st.none() | st.text(max_size=20))
+@given(
+    body=json_objects
+    | st.fixed_dictionaries(
+        {"subscribe_url": st.text(max_size=40), "publish_url": st.text(max_size=40)},
+        optional={
+            "params": json_values | st.text(max_size=60),
+            "gateway_request_id": json_values,
+            "manifest_id": st.text(max_size=20),
+        },
+    ),
+    stream_id=st.none() | st.text(max_size=20),
+)
 def test_start_bodies_parse_or_are_refused_with_a_reason(body, stream_id) -> None:
     try:
         parse_start(body, stream_id)
@@ -113,11 +122,26 @@ a=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f
 a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host
 """.replace("\n", "\r\n")
 OFFER_LINES = VALID_OFFER.split("\r\n")
-SDP_JUNK = st.sampled_from([
-    "a=rtpmap:", "m=video", "m=application 9 UDP/DTLS/SCTP webrtc-datachannel", "a=candidate:x",
-    "a=candidate:1 1 udp abc 1.2.3.4 x typ host", "a=fmtp:96 \x00", "a=ssrc:-1 cname:x", "c=IN IP6 ::",
-    "a=rid:h send", "a=simulcast:send h;l", "m=audio 0 RTP/AVP", "a=extmap:99999 urn:x", "o=", "a=fingerprint:",
-    "a=setup:", "a=mid:" + "m" * 300]) | st.text(max_size=40)
+SDP_JUNK = st.sampled_from(
+    [
+        "a=rtpmap:",
+        "m=video",
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+        "a=candidate:x",
+        "a=candidate:1 1 udp abc 1.2.3.4 x typ host",
+        "a=fmtp:96 \x00",
+        "a=ssrc:-1 cname:x",
+        "c=IN IP6 ::",
+        "a=rid:h send",
+        "a=simulcast:send h;l",
+        "m=audio 0 RTP/AVP",
+        "a=extmap:99999 urn:x",
+        "o=",
+        "a=fingerprint:",
+        "a=setup:",
+        "a=mid:" + "m" * 300,
+    ]
+) | st.text(max_size=40)
 
 
 @st.composite
@@ -151,9 +175,21 @@ def test_offers_parse_or_are_refused_with_a_status(text: str) -> None:
 
 
 @FUZZ
-@given(text=st.lists(SDP_JUNK | st.sampled_from(["a=ice-ufrag:x", "a=ice-pwd:y", "a=mid:0", "a=end-of-candidates",
-                                                 "a=candidate:1 1 udp 2130706431 ::1 50000 typ host"]),
-                     max_size=8).map("\r\n".join))
+@given(
+    text=st.lists(
+        SDP_JUNK
+        | st.sampled_from(
+            [
+                "a=ice-ufrag:x",
+                "a=ice-pwd:y",
+                "a=mid:0",
+                "a=end-of-candidates",
+                "a=candidate:1 1 udp 2130706431 ::1 50000 typ host",
+            ]
+        ),
+        max_size=8,
+    ).map("\r\n".join)
+)
 def test_ice_fragments_parse_or_are_refused(text: str) -> None:
     try:
         parse_sdpfrag(text, "0")
@@ -181,8 +217,13 @@ def segment() -> bytes:
     return make_segments(1.0, width=64, height=64, fps=10, audio=False)[0]
 
 
-@settings(max_examples=SEGMENT_EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=SEGMENT_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 @given(data=st.data())
 def test_damaged_segments_never_escape_the_decoder(segment: bytes, data) -> None:
     """Flipped, cut and inserted bytes: the decoder thread ends on its own with a reason, and no
@@ -194,7 +235,7 @@ def test_damaged_segments_never_escape_the_decoder(segment: bytes, data) -> None
         if kind == "flip":
             damaged[at] ^= data.draw(st.integers(1, 255))
         elif kind == "cut":
-            del damaged[at: at + data.draw(st.integers(1, 400))]
+            del damaged[at : at + data.draw(st.integers(1, 400))]
         else:
             damaged[at:at] = data.draw(st.binary(min_size=1, max_size=400))
         if not damaged:
@@ -202,8 +243,9 @@ def test_damaged_segments_never_escape_the_decoder(segment: bytes, data) -> None
     pipe = BytePipe()
     ended = threading.Event()
     escaped: list[BaseException] = []
-    decoder = MediaDecoder(pipe, CountingSink(), "fuzz-decoder", DecoderOptions(max_restarts=2),
-                           on_exit=lambda reason: ended.set())
+    decoder = MediaDecoder(
+        pipe, CountingSink(), "fuzz-decoder", DecoderOptions(max_restarts=2), on_exit=lambda reason: ended.set()
+    )
 
     def run() -> None:
         try:

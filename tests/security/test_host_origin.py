@@ -62,10 +62,21 @@ async def refused(resp: aiohttp.ClientResponse, code: str, names: str) -> None:
 async def test_open_mode_answers_only_loopback_hosts(open_server):
     server = await open_server()
     port = port_of(server)
-    for host in ("evil.example", f"evil.example:{port}", f"192.168.1.5:{port}", "127.0.0.1.evil.example",
-                 f"localhost.evil.example:{port}", "[fd00::1]:8000", "bad host"):
-        for method, path in (("GET", "/streams"), ("GET", "/health"), ("POST", "/stream/start"),
-                             ("GET", "/no/such/route")):
+    for host in (
+        "evil.example",
+        f"evil.example:{port}",
+        f"192.168.1.5:{port}",
+        "127.0.0.1.evil.example",
+        f"localhost.evil.example:{port}",
+        "[fd00::1]:8000",
+        "bad host",
+    ):
+        for method, path in (
+            ("GET", "/streams"),
+            ("GET", "/health"),
+            ("POST", "/stream/start"),
+            ("GET", "/no/such/route"),
+        ):
             resp = await server.session.request(method, server.url(path), json={}, headers={"Host": host})
             await refused(resp, "host_not_allowed", "ALLOWED_HOSTS")
     assert not server.app["streams"].active()
@@ -78,8 +89,11 @@ async def test_allowed_hosts_adds_names_and_star_allows_any(open_server):
     server = await open_server(allowed_hosts="media.example, [fd00::1]")
     for host in ("media.example", "MEDIA.example:8000", "[fd00::1]:8000", "localhost:1"):
         assert (await server.session.get(server.url("/streams"), headers={"Host": host})).status == 200, host
-    await refused(await server.session.get(server.url("/streams"), headers={"Host": "evil.example"}),
-                  "host_not_allowed", "ALLOWED_HOSTS")
+    await refused(
+        await server.session.get(server.url("/streams"), headers={"Host": "evil.example"}),
+        "host_not_allowed",
+        "ALLOWED_HOSTS",
+    )
     anyone = await open_server(allowed_hosts="*")
     assert (await anyone.session.get(anyone.url("/streams"), headers={"Host": "evil.example"})).status == 200
 
@@ -104,11 +118,20 @@ async def test_every_state_changing_route_refuses_a_foreign_origin(make_server):
     server = await make_server(asr_preload=False)
     specs = [s for s in registry_of(server.app).specs if s.method not in SAFE_METHODS]
     assert len(specs) > 30
-    for origin in (EVIL, "null", f"http://127.0.0.1:{port_of(server) + 1}", f"https://127.0.0.1:{port_of(server)}",
-                   f"http://localhost:{port_of(server)}"):
+    for origin in (
+        EVIL,
+        "null",
+        f"http://127.0.0.1:{port_of(server) + 1}",
+        f"https://127.0.0.1:{port_of(server)}",
+        f"http://localhost:{port_of(server)}",
+    ):
         for spec in specs:
-            resp = await server.session.request(spec.method, server.url(concrete(spec.path)), data=b"x",
-                                                headers={"Origin": origin, "Content-Type": "text/plain"})
+            resp = await server.session.request(
+                spec.method,
+                server.url(concrete(spec.path)),
+                data=b"x",
+                headers={"Origin": origin, "Content-Type": "text/plain"},
+            )
             await refused(resp, "origin_not_allowed", "CORS_ORIGINS")
     assert not server.app["streams"].active()
     # a read is not refused: a browser does not let the page read it without CORS anyway
@@ -119,8 +142,11 @@ async def test_every_state_changing_route_refuses_a_foreign_origin(make_server):
 async def test_text_plain_analyze_from_a_foreign_page_fetches_nothing(open_server):
     server = await open_server()
     async with CountingListener("127.0.0.1") as listener:
-        resp = await server.session.post(server.url("/analyze"), data=f'{{"video_url": "{listener.url("/v.mp4")}"}}',
-                                         headers={"Origin": EVIL, "Content-Type": "text/plain"})
+        resp = await server.session.post(
+            server.url("/analyze"),
+            data=f'{{"video_url": "{listener.url("/v.mp4")}"}}',
+            headers={"Origin": EVIL, "Content-Type": "text/plain"},
+        )
         await refused(resp, "origin_not_allowed", EVIL)
         assert listener.connections == 0
 
@@ -138,8 +164,11 @@ async def test_multipart_upload_from_a_foreign_page_is_refused(make_server, path
 async def test_stream_stop_and_trickle_post_from_a_foreign_page_are_refused(make_server, orch_trickle):
     server = await make_server(asr_preload=False)
     await start_stream(server, orch_trickle, "origin-1")
-    resp = await server.session.post(server.url("/stream/stop"), data="origin-1",
-                                     headers={"Origin": EVIL, "X-Stream-Id": "origin-1", "Content-Type": "text/plain"})
+    resp = await server.session.post(
+        server.url("/stream/stop"),
+        data="origin-1",
+        headers={"Origin": EVIL, "X-Stream-Id": "origin-1", "Content-Type": "text/plain"},
+    )
     await refused(resp, "origin_not_allowed", EVIL)
     assert server.app["streams"].get_active("origin-1") is not None
     resp = await server.session.post(server.trickle_url("planted/0"), data=b"<script>", headers={"Origin": EVIL})
@@ -149,8 +178,9 @@ async def test_stream_stop_and_trickle_post_from_a_foreign_page_are_refused(make
     own = server.base_url
     resp = await server.session.post(server.trickle_url("planted/0"), data=b"ok", headers={"Origin": own})
     assert resp.status == 200 and server.app["trickle"].has_channel("planted")
-    resp = await server.session.post(server.url("/stream/stop"), json={"manifest_id": "origin-1"},
-                                     headers={"Origin": own, "X-Stream-Id": "origin-1"})
+    resp = await server.session.post(
+        server.url("/stream/stop"), json={"manifest_id": "origin-1"}, headers={"Origin": own, "X-Stream-Id": "origin-1"}
+    )
     assert resp.status == 200, await resp.text()
     assert await wait_until(lambda: server.app["streams"].get_active("origin-1") is None, timeout=10)
 
@@ -166,15 +196,19 @@ async def test_same_origin_variants_and_cors_origins(make_server):
         ({"Origin": "https://app.example"}, "/stream/stop"),  # listed in CORS_ORIGINS
     ]
     for headers, path in accepted:
-        resp = await server.session.post(server.url(path), json={"manifest_id": "nope"},
-                                         headers={**headers, **server.auth_headers("livepeer")})
+        resp = await server.session.post(
+            server.url(path), json={"manifest_id": "nope"}, headers={**headers, **server.auth_headers("livepeer")}
+        )
         assert resp.status == 404, (headers, resp.status, await resp.text())  # reached the handler
     for origin in ("https://app.example.evil", "http://app.example", "null"):
         resp = await server.session.post(server.url("/stream/stop"), json={}, headers={"Origin": origin})
         await refused(resp, "origin_not_allowed", "CORS_ORIGINS")
     anyone = await make_server(asr_preload=False, cors_origins="*")
-    resp = await anyone.session.post(anyone.url("/stream/stop"), json={"manifest_id": "nope"},
-                                     headers={"Origin": EVIL, **anyone.auth_headers("livepeer")})
+    resp = await anyone.session.post(
+        anyone.url("/stream/stop"),
+        json={"manifest_id": "nope"},
+        headers={"Origin": EVIL, **anyone.auth_headers("livepeer")},
+    )
     assert resp.status == 404
 
 
@@ -211,6 +245,7 @@ async def test_chromium_on_a_foreign_page_cannot_drive_an_open_server(open_serve
 
     server = await open_server()
     await start_stream(server, orch_trickle, "victim")
+
     async def page_of_another_site(_request: web.Request) -> web.Response:
         return web.Response(text="<!doctype html><title>a page</title>", content_type="text/html")
 

@@ -65,8 +65,11 @@ async def test_a_deep_params_string_is_400_on_every_start_and_update_route(serve
     channel = orch_trickle.trickle_url(f"deep-in-{depth}")
     for path, body, headers in (
         ("/stream/start", {"subscribe_url": channel, "manifest_id": f"n-{depth}", "params": deep(depth)}, {}),
-        ("/stream/start", {"subscribe_url": channel, "gateway_request_id": f"g-{depth}", "params": deep(depth)},
-         {"X-Stream-Id": f"g-{depth}"}),
+        (
+            "/stream/start",
+            {"subscribe_url": channel, "gateway_request_id": f"g-{depth}", "params": deep(depth)},
+            {"X-Stream-Id": f"g-{depth}"},
+        ),
         ("/live-video-to-video", {"subscribe_url": channel, "manifest_id": f"l-{depth}", "params": deep(depth)}, {}),
         ("/stream/params", {"params": deep(depth)}, {"X-Stream-Id": f"deep-{depth}"}),
     ):
@@ -77,8 +80,9 @@ async def test_a_deep_params_string_is_400_on_every_start_and_update_route(serve
 
 @pytest.mark.parametrize("depth", (900, 1200))  # 1200 passes Python's recursion limit; longer URLs hit 8 KiB
 async def test_a_deep_whip_params_query_is_400(server, depth):
-    resp = await server.session.post(server.url("/whip"), params={"params": deep(depth)}, data="v=0\r\n",
-                                     headers={"Content-Type": "application/sdp"})
+    resp = await server.session.post(
+        server.url("/whip"), params={"params": deep(depth)}, data="v=0\r\n", headers={"Content-Type": "application/sdp"}
+    )
     await bad_request(resp, "params", "nested too deeply")
 
 
@@ -96,24 +100,28 @@ async def test_a_deep_multipart_field_is_400(make_server, depth):
 async def test_a_deep_livepeer_header_is_400(server):
     for payload in ({"request": deep(2000), "capability": "analyze"}, {"parameters": deep(900)}):
         header = base64.b64encode(json.dumps(payload).encode()).decode()
-        resp = await server.session.post(server.url("/process/request/analyze"), json={},
-                                         headers={"Livepeer": header})
+        resp = await server.session.post(server.url("/process/request/analyze"), json={}, headers={"Livepeer": header})
         await bad_request(resp, "Livepeer header")
 
 
 async def test_a_deep_stop_body_still_stops_the_stream(server, orch_trickle):
     """/stream/stop takes any body; a deep one is kept as text, not parsed into a 500."""
     await start(server, orch_trickle, "deep-stop")
-    resp = await server.session.post(server.url("/stream/stop"), data=deep(5000).encode(),
-                                     headers={"X-Stream-Id": "deep-stop", "Content-Type": "text/plain"})
+    resp = await server.session.post(
+        server.url("/stream/stop"),
+        data=deep(5000).encode(),
+        headers={"X-Stream-Id": "deep-stop", "Content-Type": "text/plain"},
+    )
     assert resp.status == 200, await resp.text()
     assert await wait_until(lambda: server.app["streams"].get_active("deep-stop") is None, timeout=10)
 
 
 async def test_a_deep_websocket_message_gets_an_error_reply(make_server):
     server = await make_server(asr_preload=False)
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-            server.url("/translate/stream"), headers=server.auth_headers("api")) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(server.url("/translate/stream"), headers=server.auth_headers("api")) as ws,
+    ):
         for depth in DEPTHS:
             await ws.send_str(deep(depth))
             reply = await asyncio.wait_for(ws.receive_json(), 10)
@@ -147,18 +155,29 @@ async def test_an_undecodable_authorization_header_is_401(make_server):
     server = await make_server(api_token=API)
     for path in (b"/streams", b"/stream/x1/captions.vtt", b"/ai/trickle/ch/next", b"/metrics"):
         for value in (b"Bearer \xff", b"Bearer \xff\xfe" + API.encode(), b"\xff"):
-            request = b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + value + \
-                b"\r\nConnection: close\r\n\r\n"
+            request = (
+                b"GET "
+                + path
+                + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
+                + value
+                + b"\r\nConnection: close\r\n\r\n"
+            )
             assert await raw_status(server, request) == 401, (path, value)
 
 
 async def test_a_manifest_id_with_a_trailing_newline_is_400(server, orch_trickle):
     channel = orch_trickle.trickle_url("nl-in")
-    resp = await server.session.post(server.url("/stream/start"), json={"subscribe_url": channel, "manifest_id": "abc\n"})
+    resp = await server.session.post(
+        server.url("/stream/start"), json={"subscribe_url": channel, "manifest_id": "abc\n"}
+    )
     await bad_request(resp, "manifest id")
-    resp = await server.session.post(server.url("/offer"), json={"sdp": "v=0\r\n", "type": "offer", "manifest_id": "abc\n"})
+    resp = await server.session.post(
+        server.url("/offer"), json={"sdp": "v=0\r\n", "type": "offer", "manifest_id": "abc\n"}
+    )
     await bad_request(resp, "manifest id")
-    resp = await server.session.post(server.url("/whip/abc%0A"), data="v=0\r\n", headers={"Content-Type": "application/sdp"})
+    resp = await server.session.post(
+        server.url("/whip/abc%0A"), data="v=0\r\n", headers={"Content-Type": "application/sdp"}
+    )
     await bad_request(resp, "stream key")
     assert not server.app["streams"].active()
     with pytest.raises(ValueError, match="invalid capability name"):

@@ -58,14 +58,19 @@ async def test_host_name_resolving_to_a_denied_address_is_refused(make_server):
 
 
 async def test_metadata_address_is_refused_by_default(server):
-    status, reply = await start(server, {"subscribe_url": server.trickle_url("in"),
-                                         "publish_url": "http://169.254.169.254/latest/meta-data"})
+    status, reply = await start(
+        server, {"subscribe_url": server.trickle_url("in"), "publish_url": "http://169.254.169.254/latest/meta-data"}
+    )
     assert status == 400
-    assert error_message(reply) == ("publish_url http://169.254.169.254/latest/meta-data resolves to "
-                                    "169.254.169.254, denied by OUTBOUND_DENY 169.254.0.0/16")
-    for url, rule in [("http://[fd00:ec2::254]/latest", "fd00:ec2::254/128"),
-                      ("http://metadata.google.internal/computeMetadata/v1/", "metadata.google.internal"),
-                      ("http://[::ffff:169.254.169.254]/", "169.254.0.0/16")]:
+    assert error_message(reply) == (
+        "publish_url http://169.254.169.254/latest/meta-data resolves to "
+        "169.254.169.254, denied by OUTBOUND_DENY 169.254.0.0/16"
+    )
+    for url, rule in [
+        ("http://[fd00:ec2::254]/latest", "fd00:ec2::254/128"),
+        ("http://metadata.google.internal/computeMetadata/v1/", "metadata.google.internal"),
+        ("http://[::ffff:169.254.169.254]/", "169.254.0.0/16"),
+    ]:
         status, reply = await start(server, {"subscribe_url": url})
         assert status == 400 and rule in error_message(reply), (url, reply)
 
@@ -74,8 +79,11 @@ async def test_livepeer_side_channel_urls_are_checked(make_server):
     server = await make_server(outbound_deny=f"{DENIED_HOST}/32")
     async with CountingListener(DENIED_HOST) as listener:
         for field in ("control_url", "events_url", "data_url"):
-            status, reply = await start(server, {field: listener.url(), "subscribe_url": server.trickle_url("in")},
-                                        headers={"X-Stream-Id": f"lp-{field}"})
+            status, reply = await start(
+                server,
+                {field: listener.url(), "subscribe_url": server.trickle_url("in")},
+                headers={"X-Stream-Id": f"lp-{field}"},
+            )
             assert status == 400 and error_message(reply).startswith(field), reply
         await asyncio.sleep(0.3)
         assert listener.connections == 0
@@ -96,8 +104,9 @@ async def test_outbound_allow_restricts_to_its_entries(make_server):
         assert "not in OUTBOUND_ALLOW (127.0.0.1/32)" in error_message(reply)
         assert listener.connections == 0
     # the allowed address still works: the server's own trickle channels
-    status, reply = await start(server, {"subscribe_url": server.trickle_url("in"),
-                                         "publish_url": server.trickle_url("out")})
+    status, reply = await start(
+        server, {"subscribe_url": server.trickle_url("in"), "publish_url": server.trickle_url("out")}
+    )
     assert status == 200, reply
 
 
@@ -163,6 +172,7 @@ async def test_redirects_are_not_followed():
     """A media URL answering 302 elsewhere: the client stops at the 302 (a redirect could point
     anywhere after the start-time check)."""
     async with CountingListener(DENIED_HOST) as listener:
+
         async def redirect(request: web.Request) -> web.Response:
             raise web.HTTPFound(listener.url())
 
@@ -175,8 +185,9 @@ async def test_redirects_are_not_followed():
         port = runner.addresses[0][1]
         try:
             policy = OutboundPolicy(deny="169.254.0.0/16")  # the listener's address is allowed here
-            subscriber = TrickleSubscriber(f"http://127.0.0.1:{port}/ai/trickle/ch", policy=policy,
-                                           max_retries=1, retry_delay=0.01)
+            subscriber = TrickleSubscriber(
+                f"http://127.0.0.1:{port}/ai/trickle/ch", policy=policy, max_retries=1, retry_delay=0.01
+            )
             assert await subscriber.next_segment() is None
             await subscriber.close()
         finally:
@@ -186,7 +197,6 @@ async def test_redirects_are_not_followed():
 
 async def test_check_spec_urls_reads_every_url_field():
     policy = OutboundPolicy(deny=f"{DENIED_HOST}/32")
-    spec = parse_start({"subscribe_url": "http://127.0.0.1:1/in", "data_url": f"http://{DENIED_HOST}:1/d"},
-                       "stream-1")
+    spec = parse_start({"subscribe_url": "http://127.0.0.1:1/in", "data_url": f"http://{DENIED_HOST}:1/d"}, "stream-1")
     with pytest.raises(OutboundDenied, match=r"^data_url http://127\.0\.0\.2:1/d resolves to 127\.0\.0\.2"):
         await check_spec_urls(policy, spec)

@@ -30,8 +30,9 @@ LOOPBACK_DENY = "127.0.0.0/8,::1/128"  # the defaults (0.0.0.0/8 among them) del
 def forms_of_loopback(port: int) -> dict[str, str]:
     """URLs that reach (or would reach, through a NAT64/6to4/Teredo relay) 127.0.0.1 or ::1."""
     teredo_client = int(ipaddress.ip_address("127.0.0.1")) ^ 0xFFFFFFFF  # Teredo obfuscates the client
-    teredo = ipaddress.ip_address((0x20010000 << 96) | (int(ipaddress.ip_address("65.54.227.120")) << 64)
-                                  | teredo_client)
+    teredo = ipaddress.ip_address(
+        (0x20010000 << 96) | (int(ipaddress.ip_address("65.54.227.120")) << 64) | teredo_client
+    )
     return {
         "unspecified-v6": f"http://[::]:{port}/ch",
         "unspecified-v6-long": f"http://[0:0:0:0:0:0:0:0]:{port}/ch",
@@ -111,7 +112,9 @@ async def test_unspecified_addresses_are_refused_whatever_the_lists_say(make_ser
 def test_embedded_ipv4_forms_are_judged_as_what_they_carry():
     policy = OutboundPolicy(deny="169.254.0.0/16,2002::/16")
     assert [str(f) for f in address_forms(ipaddress.ip_address("64:ff9b::a9fe:a9fe"))] == [
-        "64:ff9b::a9fe:a9fe", "169.254.169.254"]
+        "64:ff9b::a9fe:a9fe",
+        "169.254.169.254",
+    ]
     assert "it carries 169.254.169.254" in policy.address_verdict(ipaddress.ip_address("64:ff9b::a9fe:a9fe"))
     assert policy.address_verdict(ipaddress.ip_address("::a9fe:a9fe")) is not None
     # the IPv6 form itself is judged too: 2002::/16 denied, whatever IPv4 it carries
@@ -130,8 +133,9 @@ async def test_every_form_is_refused_by_the_connector_at_connect_time():
     """The same normalised verdict when a connection is opened (no start-time check here at all)."""
     policy = OutboundPolicy(deny=LOOPBACK_DENY)
     async with LoopbackListeners() as listeners:
-        async with aiohttp.ClientSession(connector=policy.connector(),
-                                         timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with aiohttp.ClientSession(
+            connector=policy.connector(), timeout=aiohttp.ClientTimeout(total=10)
+        ) as session:
             for form, url in forms_of_loopback(listeners.port).items():
                 with pytest.raises(aiohttp.ClientConnectorError, match="outbound policy") as caught:
                     await session.get(url, allow_redirects=False)
@@ -152,8 +156,7 @@ async def test_the_listeners_do_count_a_connection_the_policy_allows():
 
 # -- remote ICE candidates ---------------------------------------------------------------------
 def candidate(host: str, port: int, priority: int = 2130706431) -> Candidate:
-    return Candidate(foundation="1", component=1, transport="udp", priority=priority, host=host, port=port,
-                     type="host")
+    return Candidate(foundation="1", component=1, transport="udp", priority=priority, host=host, port=port, type="host")
 
 
 async def test_ice_connection_drops_a_denied_remote_candidate():
@@ -183,7 +186,8 @@ class DatagramCounter(asyncio.DatagramProtocol):
 
 async def udp_listener(host: str) -> tuple[asyncio.DatagramTransport, DatagramCounter, int]:
     transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-        DatagramCounter, local_addr=(host, 0))
+        DatagramCounter, local_addr=(host, 0)
+    )
     return transport, protocol, transport.get_extra_info("sockname")[1]
 
 
@@ -203,27 +207,44 @@ async def test_whip_offer_and_trickle_patch_candidates_with_denied_addresses_are
     candidate has the lowest priority, so a denied one, had it been kept, would be checked first."""
     server = await make_server(**loopback_settings(outbound_deny="127.0.0.2/32"))
     listeners = [await udp_listener(host) for host in ("127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.4")]
-    (_, denied, denied_port), (_, denied_patch, denied_patch_port), (_, offered, offered_port), \
-        (_, patched, patched_port) = listeners
+    (
+        (_, denied, denied_port),
+        (_, denied_patch, denied_patch_port),
+        (_, offered, offered_port),
+        (_, patched, patched_port),
+    ) = listeners
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         pc.addTransceiver(ToneTrack(), direction="sendonly").setCodecPreferences(
-            codec_capabilities("audio", "audio/opus"))
+            codec_capabilities("audio", "audio/opus")
+        )
         await pc.setLocalDescription(await pc.createOffer())
-        offer = with_candidates(obs_style_offer(pc.localDescription.sdp), [
-            f"a=candidate:1 1 udp 2130706431 127.0.0.2 {denied_port} typ host",
-            f"a=candidate:2 1 udp 1 127.0.0.3 {offered_port} typ host"])
+        offer = with_candidates(
+            obs_style_offer(pc.localDescription.sdp),
+            [
+                f"a=candidate:1 1 udp 2130706431 127.0.0.2 {denied_port} typ host",
+                f"a=candidate:2 1 udp 1 127.0.0.3 {offered_port} typ host",
+            ],
+        )
         headers = {**server.auth_headers("ingest"), "Content-Type": "application/sdp"}
         async with aiohttp.ClientSession() as session:
             resp = await session.post(server.url("/whip"), data=offer.encode(), headers=headers)
             assert resp.status == 201, await resp.text()
             ufrag = next(line.split(":", 1)[1] for line in offer.splitlines() if line.startswith("a=ice-ufrag:"))
-            frag = (f"a=ice-ufrag:{ufrag}\r\na=mid:0\r\n"
-                    f"a=candidate:3 1 udp 2130706431 127.0.0.2 {denied_patch_port} typ host\r\n"
-                    f"a=candidate:4 1 udp 1 127.0.0.4 {patched_port} typ host\r\n")
-            resp = await session.patch(server.url(resp.headers["Location"]), data=frag, headers={
-                **server.auth_headers("ingest"), "Content-Type": "application/trickle-ice-sdpfrag",
-                "If-Match": resp.headers["ETag"]})
+            frag = (
+                f"a=ice-ufrag:{ufrag}\r\na=mid:0\r\n"
+                f"a=candidate:3 1 udp 2130706431 127.0.0.2 {denied_patch_port} typ host\r\n"
+                f"a=candidate:4 1 udp 1 127.0.0.4 {patched_port} typ host\r\n"
+            )
+            resp = await session.patch(
+                server.url(resp.headers["Location"]),
+                data=frag,
+                headers={
+                    **server.auth_headers("ingest"),
+                    "Content-Type": "application/trickle-ice-sdpfrag",
+                    "If-Match": resp.headers["ETag"],
+                },
+            )
             assert resp.status == 204, await resp.text()
         assert await wait_until(lambda: offered.datagrams > 0 and patched.datagrams > 0, timeout=10)
         assert denied.datagrams == 0 and denied_patch.datagrams == 0

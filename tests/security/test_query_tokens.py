@@ -41,8 +41,16 @@ async def status_of(server, path: str, token: str) -> int:
 async def test_the_api_token_in_a_url_opens_nothing(make_server, orch_trickle):
     server = await make_server(api_token=API, whep_token=WHEP, asr_preload=False)
     viewer = await start(server, orch_trickle, "q-1")
-    for path in ("/streams", "/stream/q-1/status", "/stream/q-1/captions.vtt", "/stream/q-1/events",
-                 "/stream/q-1/captions", "/v1/jobs/x1/events", "/v1/jobs/x1/transcript.vtt", "/v1/jobs/x1/transcript.srt"):
+    for path in (
+        "/streams",
+        "/stream/q-1/status",
+        "/stream/q-1/captions.vtt",
+        "/stream/q-1/events",
+        "/stream/q-1/captions",
+        "/v1/jobs/x1/events",
+        "/v1/jobs/x1/transcript.vtt",
+        "/v1/jobs/x1/transcript.srt",
+    ):
         assert await status_of(server, path, API) == 401, path
     async with aiohttp.ClientSession() as bare:
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
@@ -89,8 +97,9 @@ async def test_the_analyse_tab_sends_the_token_in_headers_only(monkeypatch, tmp_
     the WebVTT download as a blob: URL; no request URL carries the token."""
     from playwright.async_api import async_playwright
 
-    video = write_video(str(tmp_path / "face.mp4"), 4, face_between(1.0, 3.0), fps=10,
-                        audio=np.zeros(16000 * 4, np.float32))
+    video = write_video(
+        str(tmp_path / "face.mp4"), 4, face_between(1.0, 3.0), fps=10, audio=np.zeros(16000 * 4, np.float32)
+    )
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
     server = await start_server(Settings(host="127.0.0.1", port=0, asr_preload=False, api_token=API))
     urls: list[str] = []
@@ -106,10 +115,12 @@ async def test_the_analyse_tab_sends_the_token_in_headers_only(monkeypatch, tmp_
                 await page.fill("#an-tags", "face")
                 await page.check("#an-transcript")
                 await page.click("#an-run")
-                await page.wait_for_function("document.getElementById('an-status').textContent === 'done'",
-                                             timeout=60_000)
-                await page.wait_for_function("(document.getElementById('an-vtt') || {}).href?.startsWith('blob:')",
-                                             timeout=30_000)
+                await page.wait_for_function(
+                    "document.getElementById('an-status').textContent === 'done'", timeout=60_000
+                )
+                await page.wait_for_function(
+                    "(document.getElementById('an-vtt') || {}).href?.startsWith('blob:')", timeout=30_000
+                )
                 vtt = await page.evaluate("fetch(document.getElementById('an-vtt').href).then((r) => r.text())")
                 assert vtt.startswith("WEBVTT"), vtt[:80]
             finally:

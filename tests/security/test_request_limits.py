@@ -16,34 +16,50 @@ def nested(depth: int) -> bytes:
 
 async def test_deep_json_is_400_not_500(make_server):
     server = await make_server(max_json_depth=32)
-    for path in ("/stream/start", "/stream/params", "/offer", "/translate", "/vision/describe",
-                 "/live-video-to-video", "/process/request/text-reversal"):
+    for path in (
+        "/stream/start",
+        "/stream/params",
+        "/offer",
+        "/translate",
+        "/vision/describe",
+        "/live-video-to-video",
+        "/process/request/text-reversal",
+    ):
         for depth in (40, 5000, 100_000):
-            resp = await server.session.post(server.url(path), data=nested(depth),
-                                             headers={"Content-Type": "application/json", "X-Stream-Id": "deep"})
+            resp = await server.session.post(
+                server.url(path),
+                data=nested(depth),
+                headers={"Content-Type": "application/json", "X-Stream-Id": "deep"},
+            )
             assert resp.status == 400, (path, depth, resp.status)
             assert "nested too deeply" in (await resp.json())["error"]["message"], path
     # within the limit it is an ordinary body
-    resp = await server.session.post(server.url("/stream/start"), data=nested(5),
-                                     headers={"Content-Type": "application/json"})
+    resp = await server.session.post(
+        server.url("/stream/start"), data=nested(5), headers={"Content-Type": "application/json"}
+    )
     assert resp.status == 400 and "subscribe_url" in (await resp.json())["error"]["message"]
 
 
 async def test_oversize_and_stalled_bodies(make_server):
     server = await make_server(max_body_bytes=4096, max_sdp_bytes=2048, body_read_timeout=1.0)
-    resp = await server.session.post(server.url("/stream/start"), data=b'{"a": "' + b"x" * 5000 + b'"}',
-                                     headers={"Content-Type": "application/json"})
+    resp = await server.session.post(
+        server.url("/stream/start"), data=b'{"a": "' + b"x" * 5000 + b'"}', headers={"Content-Type": "application/json"}
+    )
     assert resp.status == 413 and "4096" in (await resp.json())["error"]["message"]
-    resp = await server.session.post(server.url("/whip"), data=b"v=0\r\n" + b"a=x\r\n" * 1000,
-                                     headers={"Content-Type": "application/sdp"})
+    resp = await server.session.post(
+        server.url("/whip"), data=b"v=0\r\n" + b"a=x\r\n" * 1000, headers={"Content-Type": "application/sdp"}
+    )
     assert resp.status == 413 and "2048" in (await resp.json())["error"]["message"]
 
     # a body that never finishes: answered 408 within the timeout, the connection freed
     host, port = server.base_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     auth = "".join(f"{k}: {v}\r\n" for k, v in server.auth_headers("api").items()).encode()
-    writer.write(b"POST /stream/start HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + auth +
-                 b"Content-Length: 1000\r\n\r\n{\"subscribe_url\": ")
+    writer.write(
+        b"POST /stream/start HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + auth
+        + b'Content-Length: 1000\r\n\r\n{"subscribe_url": '
+    )
     await writer.drain()
     status_line = await asyncio.wait_for(reader.readline(), timeout=10)
     assert b" 408 " in status_line, status_line
@@ -53,19 +69,28 @@ async def test_oversize_and_stalled_bodies(make_server):
 async def test_bad_requests_leave_a_running_stream_alone(make_server):
     server = await make_server()
     server.app["trickle"].create_channel("calm")
-    resp = await server.session.post(server.url("/stream/start"),
-                                     json={"subscribe_url": server.trickle_url("calm"), "manifest_id": "calm"})
+    resp = await server.session.post(
+        server.url("/stream/start"), json={"subscribe_url": server.trickle_url("calm"), "manifest_id": "calm"}
+    )
     assert resp.status == 200
     stream = server.app["streams"].get_active("calm")
-    feeding = asyncio.create_task(publish_realtime(server.trickle_url("calm"), make_segments(3, 128, 128),
-                                                    token=server.token("trickle")))
+    feeding = asyncio.create_task(
+        publish_realtime(server.trickle_url("calm"), make_segments(3, 128, 128), token=server.token("trickle"))
+    )
     for _ in range(20):
-        await server.session.post(server.url("/stream/params"), data=nested(10_000),
-                                  headers={"Content-Type": "application/json", "X-Stream-Id": "calm"})
-        await server.session.post(server.url("/stream/start"), data=b"not json at all",
-                                  headers={"Content-Type": "text/plain"})
+        await server.session.post(
+            server.url("/stream/params"),
+            data=nested(10_000),
+            headers={"Content-Type": "application/json", "X-Stream-Id": "calm"},
+        )
+        await server.session.post(
+            server.url("/stream/start"), data=b"not json at all", headers={"Content-Type": "text/plain"}
+        )
     await feeding
-    assert await wait_until(lambda: stream.status()["frames_in"] > 60, timeout=20), (stream.status()["frames_in"], stream.end_reason)
+    assert await wait_until(lambda: stream.status()["frames_in"] > 60, timeout=20), (
+        stream.status()["frames_in"],
+        stream.end_reason,
+    )
     assert stream.active
 
 

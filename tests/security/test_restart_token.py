@@ -20,18 +20,25 @@ async def test_a_repeated_start_does_not_hand_out_the_viewer_token(orch_trickle,
     server = await make_server(api_token=API, auth_token=AUTH, whep_token=WHEP)
     orch_trickle.trickle.create_channel(MID)
     orch_trickle.trickle.create_channel(f"{MID}-out")
-    body = {"subscribe_url": orch_trickle.trickle_url(MID), "publish_url": orch_trickle.trickle_url(f"{MID}-out"),
-            "params": {"a": 1}}
-    resp = await server.session.post(server.url("/stream/start"), json=body,
-                                     headers={"X-Stream-Id": MID, **bearer(AUTH)})
+    body = {
+        "subscribe_url": orch_trickle.trickle_url(MID),
+        "publish_url": orch_trickle.trickle_url(f"{MID}-out"),
+        "params": {"a": 1},
+    }
+    resp = await server.session.post(
+        server.url("/stream/start"), json=body, headers={"X-Stream-Id": MID, **bearer(AUTH)}
+    )
     first = await resp.json()
     assert resp.status == 200, first
     token = first["viewer_token"]
     stream = server.app["streams"].get(MID)
     texts = []
     # the caller of the Livepeer routes, or of the API, repeats the start (the BYOC gateway does)
-    for caller, headers, params in ((AUTH, {"X-Stream-Id": MID}, {"b": 2}), (API, {"X-Stream-Id": MID}, {"c": 3}),
-                                    (API, {}, {"d": 4})):
+    for caller, headers, params in (
+        (AUTH, {"X-Stream-Id": MID}, {"b": 2}),
+        (API, {"X-Stream-Id": MID}, {"c": 3}),
+        (API, {}, {"d": 4}),
+    ):
         again = {**body, "params": params} if headers else {**body, "manifest_id": MID, "params": params}
         resp = await server.session.post(server.url("/stream/start"), json=again, headers={**headers, **bearer(caller)})
         text = await resp.text()
@@ -43,17 +50,25 @@ async def test_a_repeated_start_does_not_hand_out_the_viewer_token(orch_trickle,
         assert server.app["streams"].get(MID) is stream  # the same stream, its params merged
     assert stream.params == {"a": 1, "b": 2, "c": 3, "d": 4}
     # nothing else hands it out either
-    for path, headers in (("/stream/status", {"X-Stream-Id": MID, **bearer(AUTH)}),
-                          (f"/stream/{MID}/status", bearer(API)), ("/streams", bearer(API))):
+    for path, headers in (
+        ("/stream/status", {"X-Stream-Id": MID, **bearer(AUTH)}),
+        (f"/stream/{MID}/status", bearer(API)),
+        ("/streams", bearer(API)),
+    ):
         resp = await server.session.get(server.url(path), headers=headers)
         assert resp.status == 200 and token not in await resp.text()
     # the token the creator got still opens the stream's viewer routes
-    async with aiohttp.ClientSession() as viewer, \
-            viewer.get(server.url(f"/stream/{MID}/captions.vtt"), params={"token": token}) as resp:
+    async with (
+        aiohttp.ClientSession() as viewer,
+        viewer.get(server.url(f"/stream/{MID}/captions.vtt"), params={"token": token}) as resp,
+    ):
         assert resp.status == 200
     # a start for the same id with another publish_url is a conflict, not a restart
-    resp = await server.session.post(server.url("/stream/start"), headers={"X-Stream-Id": MID, **bearer(AUTH)},
-                                     json={**body, "publish_url": orch_trickle.trickle_url("elsewhere")})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        headers={"X-Stream-Id": MID, **bearer(AUTH)},
+        json={**body, "publish_url": orch_trickle.trickle_url("elsewhere")},
+    )
     answer = await resp.json()
     assert resp.status == 409 and "viewer_token" not in answer and token not in await resp.text()
 
@@ -69,6 +84,8 @@ async def test_a_new_stream_under_a_used_id_gets_a_new_token(orch_trickle, make_
     resp = await server.session.post(server.url("/stream/start"), json=body, headers=bearer(API))
     answer = await resp.json()
     assert resp.status == 200 and answer["viewer_token"] and answer["viewer_token"] != old
-    async with aiohttp.ClientSession() as viewer, \
-            viewer.get(server.url(f"/stream/{MID}/captions.vtt"), params={"token": old}) as resp:
+    async with (
+        aiohttp.ClientSession() as viewer,
+        viewer.get(server.url(f"/stream/{MID}/captions.vtt"), params={"token": old}) as resp,
+    ):
         assert resp.status == 401  # the old stream's token opens nothing of the new one

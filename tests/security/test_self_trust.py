@@ -86,8 +86,11 @@ async def test_a_stream_on_the_servers_own_trickle_server(make_server, tokens, c
     trickle = server.app["trickle"]
     trickle.create_channel(mid)
     trickle.create_channel(f"{mid}-out")
-    resp = await server.session.post(server.url("/stream/start"), headers={"X-Stream-Id": mid, **server.auth_headers(
-        caller)}, json={"subscribe_url": server.trickle_url(mid), "publish_url": server.trickle_url(f"{mid}-out")})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        headers={"X-Stream-Id": mid, **server.auth_headers(caller)},
+        json={"subscribe_url": server.trickle_url(mid), "publish_url": server.trickle_url(f"{mid}-out")},
+    )
     answer = await resp.text()
     assert resp.status == 200, answer
     stream = server.app["streams"].get(mid)
@@ -118,30 +121,38 @@ async def test_side_channels_on_the_servers_own_trickle_server(make_server):
     for name in ("control", "events", "data"):
         trickle.create_channel(f"{mid}-{name}", "application/json")
     body = {name + "_url": server.trickle_url(f"{mid}-{name}") for name in ("control", "events", "data")}
-    resp = await server.session.post(server.url("/stream/start"), json={**body, "params": {"p": 1}},
-                                     headers={"X-Stream-Id": mid, **server.auth_headers("api")})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        json={**body, "params": {"p": 1}},
+        headers={"X-Stream-Id": mid, **server.auth_headers("api")},
+    )
     assert resp.status == 200, await resp.text()
     stream = server.app["streams"].get(mid)
     events: list[Any] = []
     lines: list[Any] = []
     async with token_session(server, "trickle") as session:
-        readers = [asyncio.create_task(collect_json(server.trickle_url(f"{mid}-events"), session, events)),
-                   asyncio.create_task(collect_json(server.trickle_url(f"{mid}-data"), session, lines))]
+        readers = [
+            asyncio.create_task(collect_json(server.trickle_url(f"{mid}-events"), session, events)),
+            asyncio.create_task(collect_json(server.trickle_url(f"{mid}-data"), session, lines)),
+        ]
         # events channel (the server publishes): its status reports arrive
         assert await wait_until(lambda: any(e.get("event", e).get("type") == "status" for e in events), timeout=10)
         # control channel (the server subscribes): a params message reaches the stream
-        async with TricklePublisher(server.trickle_url(f"{mid}-control"), mime="application/json",
-                                    session=session) as control:
+        async with TricklePublisher(
+            server.trickle_url(f"{mid}-control"), mime="application/json", session=session
+        ) as control:
             writer = await control.next_segment()
             await writer.write(json.dumps({"params": {"p": 2}}).encode())
             assert await writer.close() == 200
             assert await wait_until(lambda: stream.params == {"p": 2}, timeout=10)
             # data channel (the server publishes JSON lines): the params change is announced
-            assert await wait_until(lambda: any(d.get("detail", {}).get("reason") == "params_updated"
-                                                for d in lines), timeout=10)
+            assert await wait_until(
+                lambda: any(d.get("detail", {}).get("reason") == "params_updated" for d in lines), timeout=10
+            )
             assert stream.active
-            resp = await server.session.post(server.url("/stream/stop"),
-                                             headers={"X-Stream-Id": mid, **server.auth_headers("api")})
+            resp = await server.session.post(
+                server.url("/stream/stop"), headers={"X-Stream-Id": mid, **server.auth_headers("api")}
+            )
             assert resp.status == 200
         await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True), 10)
     # the server's own DELETEs closed its output channels
@@ -200,13 +211,19 @@ class Recorder:
 async def test_the_own_token_goes_to_no_other_listener(make_server, where):
     server = await make_server(api_token=API, trickle_token=TRICKLE, **FAST)
     port = server.runner.addresses[0][1]
-    host, recorder_port = {"other_port": ("127.0.0.1", 0), "same_port_other_loopback_address": ("127.0.0.2", port),
-                           "same_port_ipv6_loopback": ("::1", port)}[where]
+    host, recorder_port = {
+        "other_port": ("127.0.0.1", 0),
+        "same_port_other_loopback_address": ("127.0.0.2", port),
+        "same_port_ipv6_loopback": ("::1", port),
+    }[where]
     async with Recorder(host, recorder_port) as recorder:
-        body = {name: recorder.url(f"x-{name}") for name in ("subscribe_url", "publish_url", "control_url",
-                                                              "events_url", "data_url")}
-        resp = await server.session.post(server.url("/stream/start"), json=body,
-                                         headers={"X-Stream-Id": "elsewhere", **server.auth_headers("api")})
+        body = {
+            name: recorder.url(f"x-{name}")
+            for name in ("subscribe_url", "publish_url", "control_url", "events_url", "data_url")
+        }
+        resp = await server.session.post(
+            server.url("/stream/start"), json=body, headers={"X-Stream-Id": "elsewhere", **server.auth_headers("api")}
+        )
         assert resp.status == 200, await resp.text()
 
         def methods() -> set[str]:
@@ -230,14 +247,25 @@ async def test_which_urls_are_the_servers_own():
 async def _check_own_urls(server) -> None:
     trust = server.app[SELF_TRUST_KEY]
     port = server.runner.addresses[0][1]
-    own = [f"http://127.0.0.1:{port}/ai/trickle/a", f"https://127.0.0.1:{port}/ai/trickle/a/0",
-           f"http://user@127.0.0.1:{port}/ai/trickle/a?x=1"]
-    foreign = [f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}/ai/trickle/a",  # another port
-               f"http://127.0.0.2:{port}/ai/trickle/a", f"http://[::1]:{port}/ai/trickle/a",  # not our socket
-               f"http://127.0.0.1:{port}/stream/start", f"http://127.0.0.1:{port}/ai/trickle",  # not trickle
-               f"http://127.0.0.1:{port}/ai/trickle/../stream/start", f"ftp://127.0.0.1:{port}/ai/trickle/a",
-               f"http://example.com:{port}/ai/trickle/a", f"http://127.0.0.1.nip.io:{port}/ai/trickle/a",
-               "http://127.0.0.1/ai/trickle/a", "not a url", f"http://127.0.0.1:{port}:9/ai/trickle/a"]
+    own = [
+        f"http://127.0.0.1:{port}/ai/trickle/a",
+        f"https://127.0.0.1:{port}/ai/trickle/a/0",
+        f"http://user@127.0.0.1:{port}/ai/trickle/a?x=1",
+    ]
+    foreign = [
+        f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}/ai/trickle/a",  # another port
+        f"http://127.0.0.2:{port}/ai/trickle/a",
+        f"http://[::1]:{port}/ai/trickle/a",  # not our socket
+        f"http://127.0.0.1:{port}/stream/start",
+        f"http://127.0.0.1:{port}/ai/trickle",  # not trickle
+        f"http://127.0.0.1:{port}/ai/trickle/../stream/start",
+        f"ftp://127.0.0.1:{port}/ai/trickle/a",
+        f"http://example.com:{port}/ai/trickle/a",
+        f"http://127.0.0.1.nip.io:{port}/ai/trickle/a",
+        "http://127.0.0.1/ai/trickle/a",
+        "not a url",
+        f"http://127.0.0.1:{port}:9/ai/trickle/a",
+    ]
     assert [url for url in own if trust.bearer_for(url) is None] == []
     assert [url for url in foreign if trust.bearer_for(url) is not None] == []
     # `localhost` counts only when every address it names is one this server listens on

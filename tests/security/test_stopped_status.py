@@ -18,9 +18,15 @@ async def start_and_stop(server, orch_trickle, manifest_id: str) -> str:
     trickle = orch_trickle.trickle
     trickle.create_channel(manifest_id)
     trickle.create_channel(f"{manifest_id}-events", "application/json")
-    resp = await server.session.post(server.url("/stream/start"), headers={"X-Stream-Id": manifest_id}, json={
-        "subscribe_url": orch_trickle.trickle_url(manifest_id),
-        "events_url": orch_trickle.trickle_url(f"{manifest_id}-events"), "params": {"k": 1}})
+    resp = await server.session.post(
+        server.url("/stream/start"),
+        headers={"X-Stream-Id": manifest_id},
+        json={
+            "subscribe_url": orch_trickle.trickle_url(manifest_id),
+            "events_url": orch_trickle.trickle_url(f"{manifest_id}-events"),
+            "params": {"k": 1},
+        },
+    )
     assert resp.status == 200, await resp.text()
     token = (await resp.json())["viewer_token"]
     resp = await server.session.delete(server.url(f"/stream/{manifest_id}"))

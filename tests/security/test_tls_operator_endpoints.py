@@ -20,9 +20,14 @@ def chat_app() -> web.Application:
     async def completions(request: web.Request) -> web.Response:
         body = await request.json()
         text = "hola" if body["messages"][-1]["role"] == "user" else "?"
-        return web.json_response({"id": "c1", "object": "chat.completion", "model": body.get("model", "m"),
-                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant", "content": text}}]})
+        return web.json_response(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "model": body.get("model", "m"),
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            }
+        )
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
@@ -37,15 +42,19 @@ async def https_llm(certificate):  # noqa: F811
 
 
 def translator(url: str, tls: TlsPolicy) -> TranslationService:
-    settings = TranslateSettings(backends="vllm", vllm_endpoint=url, vllm_model="m", vllm_max_retries=0,
-                                 vllm_logprobs=False)
+    settings = TranslateSettings(
+        backends="vllm", vllm_endpoint=url, vllm_model="m", vllm_max_retries=0, vllm_logprobs=False
+    )
     return TranslationService(settings, ssl_for=tls.ssl_for)
 
 
 @pytest.mark.parametrize("how", ["default", "ca_file", "insecure_host"])
 async def test_translation_endpoint_tls(https_llm, certificate, how):  # noqa: F811
-    tls = {"default": TlsPolicy(), "ca_file": TlsPolicy(ca_file=str(certificate[0])),
-           "insecure_host": TlsPolicy(insecure_hosts=["127.0.0.1"])}[how]
+    tls = {
+        "default": TlsPolicy(),
+        "ca_file": TlsPolicy(ca_file=str(certificate[0])),
+        "insecure_host": TlsPolicy(insecure_hosts=["127.0.0.1"]),
+    }[how]
     service = translator(https_llm.base_url, tls)
     try:
         result = await service.translate("hello", "en", "es")
@@ -68,7 +77,7 @@ async def test_vlm_endpoint_tls(https_llm, trusted):
             result = await vlm.analyze(frame, VisionRequest(mode="description"))
             assert result.text == "hola" and len(https_llm.requests) == 1
         else:
-            with pytest.raises(Exception):
+            with pytest.raises(Exception):  # noqa: B017 - aiohttp and ssl raise several kinds here
                 await vlm.analyze(frame, VisionRequest(mode="description"))
             assert not https_llm.requests  # no request got past the TLS handshake
     finally:

@@ -24,18 +24,21 @@ async def trickle_server_with(make_server, **settings):
     """A real server with these TRICKLE_* settings, failing at once if they did not reach it."""
     server = await make_server(**settings)
     trickle = server.app["trickle"]
-    applied = {"trickle_max_total_bytes": trickle.stats()["max_total_bytes"],
-               "trickle_body_timeout": trickle.body_timeout,
-               "trickle_max_subscribers_per_channel": trickle.max_subscribers_per_channel,
-               "trickle_max_subscribers": trickle.max_subscribers}
+    applied = {
+        "trickle_max_total_bytes": trickle.stats()["max_total_bytes"],
+        "trickle_body_timeout": trickle.body_timeout,
+        "trickle_max_subscribers_per_channel": trickle.max_subscribers_per_channel,
+        "trickle_max_subscribers": trickle.max_subscribers,
+    }
     for name, value in settings.items():
         if name in applied:
             assert applied[name] == value, f"create_app did not pass {name.upper()} to the TrickleServer"
     return server
 
 
-async def post_segment(session: aiohttp.ClientSession, url: str, data: bytes, chunk: int = 256 << 10,
-                       delay: float = 0.0) -> int:
+async def post_segment(
+    session: aiohttp.ClientSession, url: str, data: bytes, chunk: int = 256 << 10, delay: float = 0.0
+) -> int:
     async def body():
         for i in range(0, len(data), chunk):
             yield data[i : i + chunk]
@@ -131,8 +134,12 @@ async def test_stalled_post_body_is_closed_after_the_timeout(make_server):
     port = int(server.base_url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     auth = "".join(f"{k}: {v}\r\n" for k, v in server.auth_headers("trickle").items()).encode()
-    writer.write(b"POST /ai/trickle/stall/0 HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n" + auth +
-                 b"Content-Type: video/mp2t\r\n\r\n" + b"5\r\nhello\r\n")
+    writer.write(
+        b"POST /ai/trickle/stall/0 HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        + auth
+        + b"Content-Type: video/mp2t\r\n\r\n"
+        + b"5\r\nhello\r\n"
+    )
     await writer.drain()
     # a reader of that segment gets the bytes, then the end, once the server gives up on the body
     async with server.session.get(server.trickle_url("stall/0")) as response:
@@ -179,8 +186,10 @@ async def test_subscriber_read_timeout_ends_a_stalled_segment(server):
     url = server.trickle_url("slow")
     server.app["trickle"].create_channel("slow")
     policy = token_policy(server.token("trickle"))
-    async with TricklePublisher(url, policy=policy) as publisher, \
-            TrickleSubscriber(url, start_seq=0, read_timeout=0.5, policy=policy) as subscriber:
+    async with (
+        TricklePublisher(url, policy=policy) as publisher,
+        TrickleSubscriber(url, start_seq=0, read_timeout=0.5, policy=policy) as subscriber,
+    ):
         first = await publisher.next_segment()
         await first.write(b"part-one")  # ... and nothing more for a while
         segment = await subscriber.next_segment()

@@ -21,16 +21,24 @@ async def publish_and_read(server, channel: str, content_type: str | None, body:
 
 
 async def test_a_segment_is_never_served_as_the_publishers_html(server):
-    for channel, content_type in (("page", "text/html"), ("page2", "text/html; charset=utf-8"),
-                                  ("svg", "image/svg+xml"), ("xml", "application/xhtml+xml"), ("none", None)):
+    for channel, content_type in (
+        ("page", "text/html"),
+        ("page2", "text/html; charset=utf-8"),
+        ("svg", "image/svg+xml"),
+        ("xml", "application/xhtml+xml"),
+        ("none", None),
+    ):
         served, sniff, body = await publish_and_read(server, channel, content_type, HTML)
         assert (served, sniff, body) == ("application/octet-stream", "nosniff", HTML), channel
 
 
 async def test_trickle_media_types_are_kept_for_livepeer_clients(server):
-    for channel, content_type, expected in (("ts", "video/mp2t", "video/mp2t"), ("ts2", "video/MP2T", "video/mp2t"),
-                                            ("ev", "application/json", "application/json"),
-                                            ("data", "application/jsonl", "application/jsonl")):
+    for channel, content_type, expected in (
+        ("ts", "video/mp2t", "video/mp2t"),
+        ("ts2", "video/MP2T", "video/mp2t"),
+        ("ev", "application/json", "application/json"),
+        ("data", "application/jsonl", "application/jsonl"),
+    ):
         served, sniff, _ = await publish_and_read(server, channel, content_type, b"{}\n")
         assert (served, sniff) == (expected, "nosniff"), channel
     # a channel created by the server (the default type is go-livepeer's video/MP2T)

@@ -36,17 +36,24 @@ def logged(caplog) -> str:
 
 
 # -- the redaction functions ---------------------------------------------------------------------
-@pytest.mark.parametrize(("url", "shown"), [
-    ("http://user:abc@h:1/ch?token=abc&x=1", "http://h:1/ch?token=[redacted]&x=1"),
-    ("http://h/ch?%74oken=abc", "http://h/ch?%74oken=[redacted]"),
-    ("http://h/ch?%2574oken=abc", "http://h/ch?%2574oken=[redacted]"),
-    ("https://h/o?X-Amz-Credential=abc&X-Amz-Signature=abc&X-Amz-Expires=60",
-     "https://h/o?X-Amz-Credential=[redacted]&X-Amz-Signature=[redacted]&X-Amz-Expires=60"),
-    ("http://h/a?Access_Token=abc&sig=abc&api_key=abc&keyframes=2",
-     "http://h/a?Access_Token=[redacted]&sig=[redacted]&api_key=[redacted]&keyframes=2"),
-    ("http://[::1]:8/c?secret=abc#access_token=abc", "http://[::1]:8/c?secret=[redacted]#access_token=[redacted]"),
-    ("http://h/plain/path", "http://h/plain/path"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:abc@h:1/ch?token=abc&x=1", "http://h:1/ch?token=[redacted]&x=1"),
+        ("http://h/ch?%74oken=abc", "http://h/ch?%74oken=[redacted]"),
+        ("http://h/ch?%2574oken=abc", "http://h/ch?%2574oken=[redacted]"),
+        (
+            "https://h/o?X-Amz-Credential=abc&X-Amz-Signature=abc&X-Amz-Expires=60",
+            "https://h/o?X-Amz-Credential=[redacted]&X-Amz-Signature=[redacted]&X-Amz-Expires=60",
+        ),
+        (
+            "http://h/a?Access_Token=abc&sig=abc&api_key=abc&keyframes=2",
+            "http://h/a?Access_Token=[redacted]&sig=[redacted]&api_key=[redacted]&keyframes=2",
+        ),
+        ("http://[::1]:8/c?secret=abc#access_token=abc", "http://[::1]:8/c?secret=[redacted]#access_token=[redacted]"),
+        ("http://h/plain/path", "http://h/plain/path"),
+    ],
+)
 def test_redact_url(url, shown):
     assert redact_url(url) == shown
     assert redact_text(f"GET {url} failed: boom") == f"GET {shown} failed: boom"
@@ -54,12 +61,19 @@ def test_redact_url(url, shown):
 
 def test_access_log_redaction_decodes_parameter_names():
     """`?%74oken=` is `token` to the server (it authenticates): the access log hides it too."""
-    assert redact('"GET /stream/a/captions.vtt?%74oken=abc123 HTTP/1.1"') == \
-        '"GET /stream/a/captions.vtt?%74oken=[redacted] HTTP/1.1"'
-    assert redact('"GET /x?kinds=a&TOKEN=abc&sig=abc HTTP/1.1" 200') == \
-        '"GET /x?kinds=a&TOKEN=[redacted]&sig=[redacted] HTTP/1.1" 200'
-    assert redact_payload({"a": ["http://u:p@h/?token=abc"], "n": 1, "prompt": "what?"}) == \
-        {"a": ["http://h/?token=[redacted]"], "n": 1, "prompt": "what?"}
+    assert (
+        redact('"GET /stream/a/captions.vtt?%74oken=abc123 HTTP/1.1"')
+        == '"GET /stream/a/captions.vtt?%74oken=[redacted] HTTP/1.1"'
+    )
+    assert (
+        redact('"GET /x?kinds=a&TOKEN=abc&sig=abc HTTP/1.1" 200')
+        == '"GET /x?kinds=a&TOKEN=[redacted]&sig=[redacted] HTTP/1.1" 200'
+    )
+    assert redact_payload({"a": ["http://u:p@h/?token=abc"], "n": 1, "prompt": "what?"}) == {
+        "a": ["http://h/?token=[redacted]"],
+        "n": 1,
+        "prompt": "what?",
+    }
 
 
 async def test_percent_encoded_token_in_a_live_request_is_not_logged(server, caplog):
@@ -123,8 +137,7 @@ async def test_trickle_url_with_a_query_round_trips_and_its_secret_is_not_logged
     assert "POST /ai/trickle/q/0?token=abc-token-1" in seen
     assert "GET /ai/trickle/q/0?token=abc-token-1" in seen
     # a failing URL with credentials and a query: every warning names it without either
-    failing = TrickleSubscriber("http://user:abc-user-pw@127.0.0.1:9/ch?sig=abc-sig-2", max_retries=2,
-                                retry_delay=0.01)
+    failing = TrickleSubscriber("http://user:abc-user-pw@127.0.0.1:9/ch?sig=abc-sig-2", max_retries=2, retry_delay=0.01)
     assert await failing.next_segment() is None
     await failing.close()
     assert "127.0.0.1:9/ch/-2?sig=[redacted]" in logged(caplog)
@@ -141,8 +154,9 @@ async def test_stream_with_secret_urls_runs_and_no_answer_or_log_shows_them(make
     host = orch_trickle.base_url.removeprefix("http://")
     subscribe = f"http://user:abc-user-pw@{host}/ai/trickle/sec-in?token=abc-token-1"
     publish = f"{orch_trickle.trickle_url('sec-out')}?%74oken=abc-pct-3&sig=abc-sig-2"
-    resp = await server.session.post(server.url("/stream/start"), json={
-        "subscribe_url": subscribe, "publish_url": publish, "manifest_id": "sec"})
+    resp = await server.session.post(
+        server.url("/stream/start"), json={"subscribe_url": subscribe, "publish_url": publish, "manifest_id": "sec"}
+    )
     started = await resp.text()
     assert resp.status == 200, started
     assert_no_secret(started, "start answer")
@@ -158,8 +172,9 @@ async def test_stream_with_secret_urls_runs_and_no_answer_or_log_shows_them(make
     answers = {
         "status": await (await server.session.get(server.url("/stream/sec/status"))).text(),
         "listing": await (await server.session.get(server.url("/streams"))).text(),
-        "byoc status": await (await server.session.get(server.url("/stream/status"),
-                                                       headers={"X-Stream-Id": "sec"})).text(),
+        "byoc status": await (
+            await server.session.get(server.url("/stream/status"), headers={"X-Stream-Id": "sec"})
+        ).text(),
     }
     for where, text in answers.items():
         assert_no_secret(text, where)
@@ -172,8 +187,9 @@ async def test_stream_with_secret_urls_runs_and_no_answer_or_log_shows_them(make
 
 async def test_a_refused_url_is_not_echoed_with_its_secrets(server, caplog):
     caplog.set_level(logging.DEBUG)
-    resp = await server.session.post(server.url("/stream/start"), json={
-        "subscribe_url": "ftp://user:abc-user-pw@127.0.0.1/x?token=abc-token-1"})
+    resp = await server.session.post(
+        server.url("/stream/start"), json={"subscribe_url": "ftp://user:abc-user-pw@127.0.0.1/x?token=abc-token-1"}
+    )
     text = await resp.text()
     assert resp.status == 400 and "subscribe_url must be an http(s) URL" in text, text
     assert_no_secret(text, "400 answer")
@@ -201,8 +217,9 @@ async def test_batch_capability_answers_alike_for_a_refusing_and_a_failing_url(s
     answers = []
     try:
         for url in (refusing, answering):
-            resp = await server.session.post(server.url("/process/request/analyze"),
-                                             json={"video_url": url, "tag_list": ["face"]})
+            resp = await server.session.post(
+                server.url("/process/request/analyze"), json={"video_url": url, "tag_list": ["face"]}
+            )
             answers.append((resp.status, await resp.json()))
     finally:
         await runner.cleanup()

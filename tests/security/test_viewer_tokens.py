@@ -13,8 +13,7 @@ WHEP = "whep-secret-v"
 async def start(server, orch_trickle, manifest_id: str) -> dict:
     orch_trickle.trickle.create_channel(manifest_id)  # the orchestrator's input channel (nothing published)
     body = {"subscribe_url": orch_trickle.trickle_url(manifest_id), "manifest_id": manifest_id}
-    resp = await server.session.post(server.url("/stream/start"), json=body,
-                                     headers={"Authorization": f"Bearer {API}"})
+    resp = await server.session.post(server.url("/stream/start"), json=body, headers={"Authorization": f"Bearer {API}"})
     assert resp.status == 200, await resp.text()
     return await resp.json()
 
@@ -42,20 +41,29 @@ async def test_a_viewer_token_opens_its_own_stream_only(make_server, orch_trickl
         for kwargs in ({"headers": {"Authorization": f"Bearer {token}"}}, {"params": {"token": token}}):
             assert (await server.session.get(server.url(path), **kwargs)).status == 401, path
     # nothing but viewer routes: not the api, not the stream's own status or stop
-    for method, path in (("GET", "/streams"), ("GET", "/stream/view-1/status"), ("DELETE", "/stream/view-1"),
-                         ("GET", "/metrics"), ("POST", "/stream/stop")):
+    for method, path in (
+        ("GET", "/streams"),
+        ("GET", "/stream/view-1/status"),
+        ("DELETE", "/stream/view-1"),
+        ("GET", "/metrics"),
+        ("POST", "/stream/stop"),
+    ):
         resp = await server.session.request(method, server.url(path), headers={"Authorization": f"Bearer {token}"})
         assert resp.status == 401, (method, path)
     assert server.app["streams"].get_active("view-1") is not None
     # WHEP_TOKEN is the viewer role's own token: every stream's viewer routes
     for mid in ("view-1", "view-2"):
-        resp = await server.session.get(server.url(f"/stream/{mid}/captions.vtt"),
-                                        headers={"Authorization": f"Bearer {WHEP}"})
+        resp = await server.session.get(
+            server.url(f"/stream/{mid}/captions.vtt"), headers={"Authorization": f"Bearer {WHEP}"}
+        )
         assert resp.status == 200
     # the token is not listed anywhere a caller with the api token can read
-    listing = await (await server.session.get(server.url("/streams"), headers={"Authorization": f"Bearer {API}"})).text()
-    status = await (await server.session.get(server.url("/stream/view-1/status"),
-                                             headers={"Authorization": f"Bearer {API}"})).text()
+    listing = await (
+        await server.session.get(server.url("/streams"), headers={"Authorization": f"Bearer {API}"})
+    ).text()
+    status = await (
+        await server.session.get(server.url("/stream/view-1/status"), headers={"Authorization": f"Bearer {API}"})
+    ).text()
     assert token not in listing and token not in status
     # once stopped, the stream is kept as a small summary: its captions stay readable with its token
     resp = await server.session.delete(server.url("/stream/view-1"), headers={"Authorization": f"Bearer {API}"})
