@@ -1,3 +1,3 @@
 """Recorded video: jobs (SQLite under DATA_DIR), inputs, frame sampling, prompt answers, timed tags,
-transcripts. `server.routes_analysis.install_analysis` wires it into the app; `analysis.cli` is
+transcripts. `server.features.install_analysis` wires it into the app; `analysis.cli` is
 `streamlens analyze`."""

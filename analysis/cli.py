@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from analysis.subtitles import to_vtt
+from media.outbound import client_session
 
 
 def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -128,7 +129,7 @@ async def _run_local(
     from inference.vision.stage import VisionBackends, VisionSettings
 
     settings = AnalysisSettings()
-    vision = VisionBackends(VisionSettings.from_env())
+    vision = VisionBackends(VisionSettings())
     services = AnalysisServices(
         vision=vision,
         max_duration=settings.max_duration,
@@ -182,8 +183,8 @@ async def _run_remote(
     route = {"inference": "/v1/inference/url?async=true", "analyze": "/v1/analyze", "transcribe": "/v1/transcribe"}[
         kind
     ]
-    async with aiohttp.ClientSession(
-        headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)
+    async with client_session(
+        None, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)
     ) as session:
         if _is_url(args.source):
             async with session.post(base + route, json={"video_url": args.source, **options}) as resp:

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 from analysis.models import AnalyzeOptions, InferenceOptions, TranscribeOptions
 from analysis.sampler import (
     DEFAULT_IMAGE_PATCH_SIZE,
@@ -42,13 +44,14 @@ EMBEDDED_MAX_SIDE = 1280  # frames for the embedded taggers are scaled down to t
 
 
 class JobFailed(Exception):
-    """A clear, user-facing reason the job could not finish; `status` is what a synchronous
-    caller gets (422 the input, 502 the model's answer, 503 a backend unavailable)."""
+    """A clear, user-facing reason the job could not finish. `code`: "unprocessable" the input,
+    "bad_gateway" the model's answer, "unavailable" a backend; the edge maps it to an HTTP status
+    (media/http_errors.py)."""
 
-    def __init__(self, message: str, status: int = 422) -> None:
+    def __init__(self, message: str, code: str = "unprocessable") -> None:
         super().__init__(message)
         self.message = message
-        self.status = status
+        self.code = code
 
 
 class JobContext(Protocol):
@@ -106,7 +109,7 @@ async def _open(ctx: JobContext, services: AnalysisServices) -> FrameSampler:
     try:
         sampler = await ctx.call(FrameSampler, ctx.input_path, 2, services.input_formats)
     except UnsupportedFormat as exc:
-        raise JobFailed(str(exc), 415) from None
+        raise JobFailed(str(exc), code="unsupported_media_type") from None
     except NotAVideo as exc:
         raise JobFailed(f"not a video PyAV can decode: {exc}") from None
     if sampler.info.duration > services.max_duration:
@@ -143,7 +146,7 @@ async def run_inference(ctx: JobContext, services: AnalysisServices, options: In
     try:
         mux = await services.vision.get("vlm")
     except BackendUnavailable as exc:
-        raise JobFailed(str(exc), 503) from None
+        raise JobFailed(str(exc), code="unavailable") from None
     sampler = await _open(ctx, services)
     try:
         p = options.video_params
@@ -215,11 +218,11 @@ async def _ask_vlm(
             errors.append(f"{endpoint.name}: {exc}")
             continue
         if not completion.text.strip():
-            raise JobFailed(f"the VLM ({endpoint.name}) answered with no text", 502)
+            raise JobFailed(f"the VLM ({endpoint.name}) answered with no text", code="bad_gateway")
         return completion.text.strip(), completion.model or model, completion.usage
     if not errors:
-        raise JobFailed("every VLM endpoint's circuit breaker is open; try again later", 503)
-    raise JobFailed("no VLM endpoint answered: " + "; ".join(errors), 502)
+        raise JobFailed("every VLM endpoint's circuit breaker is open; try again later", code="unavailable")
+    raise JobFailed("no VLM endpoint answered: " + "; ".join(errors), code="bad_gateway")
 
 
 # -- timed tags (the VLM Engine shape) ---------------------------------------------------------------
@@ -315,7 +318,9 @@ async def _tag_video(
     if not samples and not failures:
         raise _no_frames(sampler)
     if failures and not samples:
-        raise JobFailed(f"the VLM failed on every sampled frame ({len(failures)}); first error: {failures[0]}", 502)
+        raise JobFailed(
+            f"the VLM failed on every sampled frame ({len(failures)}); first error: {failures[0]}", code="bad_gateway"
+        )
     per_sample = [(t, best_confidences((tag.name, tag.confidence) for tag in tags)) for t, tags in samples]
     spans = merge_spans(per_sample, options.frame_interval, info.duration, options.threshold)
     if not options.return_confidence:
@@ -403,7 +408,7 @@ async def _transcript(
     except NoAudio as exc:
         raise JobFailed(str(exc)) from None
     except UnsupportedFormat as exc:
-        raise JobFailed(str(exc), 415) from None
+        raise JobFailed(str(exc), code="unsupported_media_type") from None
     except NotAVideo as exc:
         raise JobFailed(f"not a media file PyAV can decode: {exc}") from None
     if translate_to:
@@ -431,5 +436,5 @@ async def run_job(ctx: JobContext, services: AnalysisServices, kind: str, reques
     raise JobFailed(f"unknown job kind {kind!r}")
 
 
-def _options(request: dict[str, Any], model: type) -> dict[str, Any]:
+def _options(request: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
     return {k: v for k, v in request.items() if k in model.model_fields}

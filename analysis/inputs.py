@@ -20,6 +20,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from media.outbound import OutboundPolicy, client_session
+
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
@@ -28,12 +30,14 @@ MAX_FIELDS = 32
 
 
 class InputError(Exception):
-    """The input could not be obtained; `status` is the HTTP status a synchronous caller gets."""
+    """The input could not be obtained. `code` says why, in the project's error-code vocabulary
+    ("payload_too_large", "insufficient_storage", ...); the edge maps it to an HTTP status
+    (media/http_errors.py)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, code: str = "bad_request") -> None:
         super().__init__(message)
         self.message = message
-        self.status = status
+        self.code = code
 
 
 def remove_quietly(path: str | os.PathLike | None) -> None:
@@ -53,28 +57,18 @@ _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 def _write_error(exc: OSError) -> InputError:
     if exc.errno in _NO_ROOM:
         return InputError(
-            f"the server has no room to store the video ({exc.strerror}); try again later or with a smaller file", 507
+            f"the server has no room to store the video ({exc.strerror}); try again later or with a smaller file",
+            code="insufficient_storage",
         )
-    return InputError(f"the video could not be stored: {exc.strerror or exc}", 500)
+    return InputError(f"the video could not be stored: {exc.strerror or exc}", code="internal_error")
 
 
 def _too_large(max_bytes: int) -> InputError:
     return InputError(
         f"the video is larger than the server's limit of {max_bytes} bytes "
         "(ANALYSIS_MAX_BYTES, within what ANALYSIS_DISK_BUDGET has left)",
-        413,
+        code="payload_too_large",
     )
-
-
-def _connector(policy: Any) -> tuple[aiohttp.BaseConnector | None, bool]:
-    """(connector, owned): the outbound policy's connector, which refuses denied addresses at
-    connect time; a plain one when there is no policy (the CLI's own local use)."""
-    make = getattr(policy, "connector", None) if policy is not None else None
-    if make is None:
-        return None, True
-    if isinstance(make, aiohttp.BaseConnector):
-        return make, False
-    return make(), True
 
 
 async def fetch_url(url: str, dest: Path, *, max_bytes: int, timeout: float, policy: Any = None) -> int:
@@ -84,14 +78,13 @@ async def fetch_url(url: str, dest: Path, *, max_bytes: int, timeout: float, pol
             await policy.check_url(url, what="video_url")
         except Exception as exc:
             if type(exc).__name__ == "OutboundDenied":
-                raise InputError(f"video_url refused by the outbound policy: {exc}", 403) from None
+                raise InputError(f"video_url refused by the outbound policy: {exc}", code="forbidden") from None
             raise
-    connector, owner = _connector(policy)
     written = 0
     try:
-        async with aiohttp.ClientSession(
-            connector=connector,
-            connector_owner=owner,
+        # the outbound policy's session refuses denied addresses at connect time too
+        async with client_session(
+            policy if isinstance(policy, OutboundPolicy) else None,
             timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 15)),
         ) as session:
             extra = {"ssl": policy.ssl_for(url)} if hasattr(policy, "ssl_for") else {}
@@ -101,10 +94,12 @@ async def fetch_url(url: str, dest: Path, *, max_bytes: int, timeout: float, pol
                     raise InputError(
                         f"video_url answered HTTP {response.status} (redirect to {location[:200]!r}); "
                         "redirects are not followed: give the final URL",
-                        400,
+                        code="bad_request",
                     )
                 if response.status >= 400:
-                    raise InputError(f"video_url answered HTTP {response.status} {response.reason or ''}".strip(), 400)
+                    raise InputError(
+                        f"video_url answered HTTP {response.status} {response.reason or ''}".strip(), code="bad_request"
+                    )
                 if response.content_length is not None and response.content_length > max_bytes:
                     raise _too_large(max_bytes)
                 try:
@@ -122,13 +117,13 @@ async def fetch_url(url: str, dest: Path, *, max_bytes: int, timeout: float, pol
     except TimeoutError:
         remove_quietly(dest)
         raise InputError(
-            f"downloading video_url took longer than {timeout:g} s (ANALYSIS_FETCH_TIMEOUT)", 504
+            f"downloading video_url took longer than {timeout:g} s (ANALYSIS_FETCH_TIMEOUT)", code="timeout"
         ) from None
     except aiohttp.ClientError as exc:
         remove_quietly(dest)
         if "outbound policy" in str(exc):  # the policy connector refused the resolved address
-            raise InputError(f"video_url refused by the outbound policy: {exc}", 403) from None
-        raise InputError(f"video_url could not be fetched: {exc}", 400) from None
+            raise InputError(f"video_url refused by the outbound policy: {exc}", code="forbidden") from None
+        raise InputError(f"video_url could not be fetched: {exc}", code="bad_request") from None
     except BaseException:
         remove_quietly(dest)
         raise
@@ -154,16 +149,16 @@ class _Deadline:
             async with asyncio.timeout(limit):
                 return await awaitable
         except ConnectionError as exc:  # the client went away mid-body: nobody is left to answer
-            raise InputError(f"the upload was interrupted: {exc}", 400) from None
+            raise InputError(f"the upload was interrupted: {exc}", code="bad_request") from None
         except TimeoutError:
             if hasattr(awaitable, "close"):
                 awaitable.close()  # a coroutine never started
             if limit < self.idle:
                 raise InputError(
-                    f"the upload took longer than {self.total:g} s (ANALYSIS_UPLOAD_TIMEOUT)", 408
+                    f"the upload took longer than {self.total:g} s (ANALYSIS_UPLOAD_TIMEOUT)", code="request_timeout"
                 ) from None
             raise InputError(
-                f"the upload sent nothing for {self.idle:g} s (ANALYSIS_UPLOAD_IDLE_TIMEOUT)", 408
+                f"the upload sent nothing for {self.idle:g} s (ANALYSIS_UPLOAD_IDLE_TIMEOUT)", code="request_timeout"
             ) from None
 
 
@@ -180,7 +175,7 @@ async def save_upload(
     Returns (file name, fields). Raises InputError (413 over the cap, 408 when the client stalls for
     `idle_timeout` or the whole body takes over `total_timeout`); the file is removed on every failure."""
     if not request.content_type.startswith("multipart/"):
-        raise InputError("expected a multipart/form-data body", 415)
+        raise InputError("expected a multipart/form-data body", code="unsupported_media_type")
     fields: dict[str, str] = {}
     filename: str | None = None
     got_file = False
@@ -192,10 +187,10 @@ async def save_upload(
             if part is None:
                 break
             if len(fields) >= MAX_FIELDS:
-                raise InputError(f"too many form fields (at most {MAX_FIELDS})", 400)
+                raise InputError(f"too many form fields (at most {MAX_FIELDS})", code="bad_request")
             if part.name == file_field:
                 if got_file:
-                    raise InputError(f"only one '{file_field}' part is allowed", 400)
+                    raise InputError(f"only one '{file_field}' part is allowed", code="bad_request")
                 got_file = True
                 filename = (part.filename or "")[:255] or None
                 written = 0
@@ -209,7 +204,7 @@ async def save_upload(
                 except OSError as exc:  # writing (reading errors are InputErrors by now)
                     raise _write_error(exc) from None
                 if written == 0:
-                    raise InputError(f"the '{file_field}' part is empty", 400)
+                    raise InputError(f"the '{file_field}' part is empty", code="bad_request")
             elif part.name:
                 fields[part.name] = await _read_field(part, clock)
     except InputError:
@@ -218,12 +213,14 @@ async def save_upload(
     except (ValueError, AssertionError, LookupError, aiohttp.ClientError, HttpProcessingError) as exc:
         remove_quietly(dest)
         reason = getattr(exc, "message", None) or str(exc)
-        raise InputError(f"unreadable multipart body: {' '.join(str(reason).split())[:200]}", 400) from None
+        raise InputError(
+            f"unreadable multipart body: {' '.join(str(reason).split())[:200]}", code="bad_request"
+        ) from None
     except BaseException:
         remove_quietly(dest)
         raise
     if not got_file:
-        raise InputError(f"the form has no '{file_field}' file part", 400)
+        raise InputError(f"the form has no '{file_field}' file part", code="bad_request")
     return filename, fields
 
 
@@ -233,8 +230,8 @@ async def _read_field(part: Any, clock: _Deadline) -> str:
     while chunk := await clock.read(part.read_chunk(MAX_FIELD_BYTES)):
         data += chunk
         if len(data) > MAX_FIELD_BYTES:
-            raise InputError(f"form field {part.name!r} is too long", 400)
+            raise InputError(f"form field {part.name!r} is too long", code="bad_request")
     text = bytes(part.decode(bytes(data)))  # a Content-Transfer-Encoding, as `read(decode=True)` did
     if len(text) > MAX_FIELD_BYTES:
-        raise InputError(f"form field {part.name!r} is too long", 400)
+        raise InputError(f"form field {part.name!r} is too long", code="bad_request")
     return text.decode("utf-8", errors="replace")

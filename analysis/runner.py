@@ -30,6 +30,7 @@ from analysis.engine import AnalysisServices, JobFailed, run_job
 from analysis.inputs import InputError, fetch_url, remove_quietly
 from analysis.settings import AnalysisSettings
 from analysis.store import FINISHED, JobStore, encode_json
+from media.mailbox import DropOldestMailbox
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,10 @@ class _LiveJob:
     task: asyncio.Task | None = None
     cancel_requested: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    subscribers: list[asyncio.Queue] = field(default_factory=list)
+    subscribers: list[DropOldestMailbox] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=dict)
     last_write: float = 0.0
-    error_status: int = 422  # HTTP status for a synchronous caller when the job failed
+    failure: Exception | None = None  # why the job failed: the edge answers a synchronous caller from it
 
 
 class _Context:
@@ -247,7 +248,7 @@ class JobRunner:
             raise InputError(
                 f"the analysis inputs fill their disk budget ({self.settings.disk_budget} bytes, "
                 "ANALYSIS_DISK_BUDGET); try again when queued jobs have finished",
-                507,
+                code="insufficient_storage",
             )
         self._reserved_bytes += cap
         try:
@@ -275,8 +276,9 @@ class JobRunner:
         except (QueueFull, RequestTooLarge):
             remove_quietly(input_path)
             raise
-        job = {
-            "id": job_id or self.new_id(),
+        job_id = job_id or self.new_id()
+        job: dict[str, Any] = {
+            "id": job_id,
             "kind": kind,
             "status": "queued",
             "created_at": time.time(),
@@ -291,9 +293,9 @@ class JobRunner:
         except BaseException:
             remove_quietly(input_path)
             raise
-        self._enqueue(job["id"])
-        await self._prune(keep=(job["id"],))
-        return await self.get(job["id"])
+        self._enqueue(job_id)
+        await self._prune(keep=(job_id,))
+        return await self.get(job_id)
 
     def _enqueue(self, job_id: str) -> None:
         self._live[job_id] = _LiveJob(job_id)
@@ -317,9 +319,10 @@ class JobRunner:
             )
         return job
 
-    def error_status(self, job_id: str) -> int:
+    def failure(self, job_id: str) -> Exception | None:
+        """Why a job failed, while it is still held (None once it is only on disk)."""
         live = self._live.get(job_id)
-        return live.error_status if live is not None else 422
+        return live.failure if live is not None else None
 
     async def list(self, limit: int, offset: int, status: str | None = None) -> tuple[list[dict[str, Any]], int]:
         return await self.store.list(limit, offset, status)
@@ -465,14 +468,14 @@ class JobRunner:
             status = "completed"
         except (JobFailed, InputError) as exc:
             error = getattr(exc, "message", None) or str(exc)
-            live.error_status = getattr(exc, "status", 422)
+            live.failure = exc
         except asyncio.CancelledError:
             status = "cancelled"
             raise
         except Exception as exc:  # a bug or an unexpected decoder error: this job fails, the server carries on
             log.exception("analysis job %s failed", job_id)
             error = f"internal error: {type(exc).__name__}: {exc}"
-            live.error_status = 500
+            live.failure = exc
         finally:
             self.running -= 1
             executor.shutdown(wait=False, cancel_futures=True)
@@ -544,7 +547,7 @@ class JobRunner:
 
     # -- events ----------------------------------------------------------------------------------------
 
-    def subscribe(self, job_id: str) -> asyncio.Queue | None:
+    def subscribe(self, job_id: str) -> DropOldestMailbox | None:
         """A queue of (event, data) for a job that is still queued/running (None when it is not
         live here). Raises QueueFull when ANALYSIS_MAX_SUBSCRIBERS streams are open."""
         live = self._live.get(job_id)
@@ -554,14 +557,14 @@ class JobRunner:
             raise QueueFull(
                 f"too many open job event streams (ANALYSIS_MAX_SUBSCRIBERS={self.settings.max_subscribers})"
             )
-        queue: asyncio.Queue = asyncio.Queue(maxsize=_SUBSCRIBER_QUEUE)
+        queue: DropOldestMailbox = DropOldestMailbox(_SUBSCRIBER_QUEUE)
         live.subscribers.append(queue)
         self._subscriptions.add(queue)
         if live.progress:
             queue.put_nowait(("progress", live.progress))
         return queue
 
-    def unsubscribe(self, job_id: str, queue: asyncio.Queue) -> None:
+    def unsubscribe(self, job_id: str, queue: DropOldestMailbox) -> None:
         """Release a stream's place; also when its job was deleted or forgotten meanwhile."""
         self._subscriptions.discard(queue)
         live = self._live.get(job_id)
@@ -569,13 +572,8 @@ class JobRunner:
             live.subscribers.remove(queue)
 
     @staticmethod
-    def _put(queue: asyncio.Queue, item: Any) -> None:
-        while True:
-            try:
-                queue.put_nowait(item)
-                return
-            except asyncio.QueueFull:  # a slow reader: drop its oldest progress, keep the newest
-                queue.get_nowait()
+    def _put(queue: DropOldestMailbox, item: Any) -> None:
+        queue.offer(item)  # a slow reader: drop its oldest progress, keep the newest
 
     def _publish(self, live: _LiveJob, event: str, data: Any) -> None:
         for queue in live.subscribers:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 
 import av
@@ -104,7 +104,9 @@ class FrameSampler:
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
         self.stream.codec_context.thread_count = max(1, decoder_threads)
-        self.time_base = self.stream.time_base
+        time_base = self.stream.time_base
+        assert time_base is not None  # the demuxer gives every stream a time base
+        self.time_base = time_base
         self.start = float(self.stream.start_time * self.time_base) if self.stream.start_time is not None else 0.0
         self.frames_decoded = 0
         self.seeks = 0
@@ -254,7 +256,7 @@ class FrameSampler:
 
     def frames(
         self, times: Iterable[float], width: int | None = None, height: int | None = None
-    ) -> Iterator[SampledFrame]:
+    ) -> Generator[SampledFrame, None, None]:
         """One RGB frame per time (in the order given). `width`/`height`: scale to this size;
         None keeps the source size."""
         previous_t = None

@@ -15,9 +15,14 @@ import asyncio
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+# `JobStore.list` shadows the builtin inside the class body
+JobRows = list[dict[str, Any]]
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
@@ -81,8 +86,15 @@ class JobStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analysis-db")
         self._conn: sqlite3.Connection | None = None
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("the job store is not open")
+        return conn
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -135,8 +147,10 @@ class JobStore:
 
     @staticmethod
     def _decode(row: sqlite3.Row | None) -> dict[str, Any] | None:
-        if row is None:
-            return None
+        return None if row is None else JobStore._decode_row(row)
+
+    @staticmethod
+    def _decode_row(row: sqlite3.Row) -> dict[str, Any]:
         job = dict(row)
         for key in _JSON_COLUMNS:
             if job.get(key) is not None:
@@ -148,7 +162,7 @@ class JobStore:
         names = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         await self._run(
-            lambda: self._conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(fields.values()))
+            lambda: self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(fields.values()))
         )
 
     async def update(self, job_id: str, **fields: Any) -> None:
@@ -157,57 +171,57 @@ class JobStore:
         encoded = self._encode(fields)
         assignments = ", ".join(f"{name}=?" for name in encoded)
         await self._run(
-            lambda: self._conn.execute(f"UPDATE jobs SET {assignments} WHERE id=?", (*encoded.values(), job_id))
+            lambda: self._db.execute(f"UPDATE jobs SET {assignments} WHERE id=?", (*encoded.values(), job_id))
         )
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         return await self._run(
-            lambda: self._decode(self._conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+            lambda: self._decode(self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
         )
 
     async def list(self, limit: int, offset: int, status: str | None = None) -> tuple[list[dict[str, Any]], int]:
         """Newest first, without the (possibly large) result column."""
 
-        def query():
+        def query() -> tuple[JobRows, int]:
             where, args = ("WHERE status=?", (status,)) if status else ("", ())
             columns = ", ".join(c for c in _COLUMNS if c != "result")
-            rows = self._conn.execute(
+            rows = self._db.execute(
                 f"SELECT {columns} FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
-            total = self._conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
-            return [self._decode(r) for r in rows], int(total)
+            total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+            return [self._decode_row(r) for r in rows], int(total)
 
         return await self._run(query)
 
     async def delete(self, job_id: str) -> bool:
-        return await self._run(lambda: self._conn.execute("DELETE FROM jobs WHERE id=?", (job_id,)).rowcount > 0)
+        return await self._run(lambda: self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,)).rowcount > 0)
 
-    async def expired(self, before: float) -> list[dict[str, Any]]:
+    async def expired(self, before: float) -> JobRows:
         """Finished jobs whose finish time is before `before` (for the retention sweep)."""
         marks = ", ".join("?" for _ in FINISHED)
         return await self._run(
             lambda: [
-                self._decode(r)
-                for r in self._conn.execute(
+                self._decode_row(r)
+                for r in self._db.execute(
                     f"SELECT id, input_path FROM jobs WHERE status IN ({marks}) AND finished_at < ? LIMIT 1000",
                     (*FINISHED, before),
                 ).fetchall()
             ]
         )
 
-    async def prune(self, max_rows: int, max_bytes: int, keep: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    async def prune(self, max_rows: int, max_bytes: int, keep: tuple[str, ...] = ()) -> JobRows:
         """Delete finished jobs, oldest first: those past the newest `max_rows` rows, then, when the
         file's pages in use are over `max_bytes`, enough more to be 10% under it; never those in `keep`.
         Returns the deleted rows' id and input_path (the caller removes the files); the freed pages go
         back to the file system."""
         return await self._run(self._prune, max_rows, max_bytes, keep)
 
-    def _prune(self, max_rows: int, max_bytes: int, keep: tuple[str, ...]) -> list[dict[str, Any]]:
-        conn = self._conn
+    def _prune(self, max_rows: int, max_bytes: int, keep: tuple[str, ...]) -> JobRows:
+        conn = self._db
         marks = ", ".join("?" for _ in FINISHED)
         spared = f"AND id NOT IN ({', '.join('?' for _ in keep)})" if keep else ""
-        doomed: list[dict[str, Any]] = []
+        doomed: JobRows = []
         newest = conn.execute(
             "SELECT created_at FROM jobs ORDER BY created_at DESC LIMIT 1 OFFSET ?", (max_rows - 1,)
         ).fetchone()
@@ -253,8 +267,8 @@ class JobStore:
         return doomed
 
     def _compact(self) -> None:
-        self._conn.executescript("PRAGMA incremental_vacuum;")  # run to the end (a cursor steps it once)
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        self._db.executescript("PRAGMA incremental_vacuum;")  # run to the end (a cursor steps it once)
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     async def file_bytes(self) -> int:
         """Bytes on disk: the database file and its WAL."""

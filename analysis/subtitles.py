@@ -5,36 +5,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
-def _clock(seconds: float, separator: str) -> str:
-    millis = max(0, round(seconds * 1000))
-    hours, rest = divmod(millis, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    secs, millis = divmod(rest, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+from media.captions import vtt_timestamp, webvtt_document
 
 
-def _text(segment: dict[str, Any], lang: str | None) -> str:
+def _raw_text(segment: dict[str, Any], lang: str | None) -> str:
     if lang:
         text = (segment.get("translations") or {}).get(lang)
         if text is None:
             raise KeyError(lang)
     else:
         text = segment.get("text", "")
-    # a blank line would end the cue; "-->" would start a new one
-    return " ".join(str(text).split()).replace("-->", "->")
+    return str(text)
+
+
+def _srt_text(segment: dict[str, Any], lang: str | None) -> str:
+    # a blank line would end the cue; "-->" would start a new one (SRT has no escaping)
+    return " ".join(_raw_text(segment, lang).split()).replace("-->", "->")
+
+
+def _srt_clock(seconds: float) -> str:
+    return vtt_timestamp(seconds).replace(".", ",")
 
 
 def to_vtt(segments: Sequence[dict[str, Any]], lang: str | None = None) -> str:
-    lines = ["WEBVTT", ""]
-    for index, segment in enumerate(segments, 1):
-        lines += [
-            str(index),
-            f"{_clock(segment['start'], '.')} --> {_clock(segment['end'], '.')}",
-            _text(segment, lang),
-            "",
-        ]
-    return "\n".join(lines)
+    """WebVTT through the one writer (media/captions.py), which escapes '&', '<' and '>'."""
+    cues = [
+        (index, segment["start"], segment["end"], _raw_text(segment, lang)) for index, segment in enumerate(segments, 1)
+    ]
+    return webvtt_document(cues)
 
 
 def to_srt(segments: Sequence[dict[str, Any]], lang: str | None = None) -> str:
@@ -42,8 +40,8 @@ def to_srt(segments: Sequence[dict[str, Any]], lang: str | None = None) -> str:
     for index, segment in enumerate(segments, 1):
         lines += [
             str(index),
-            f"{_clock(segment['start'], ',')} --> {_clock(segment['end'], ',')}",
-            _text(segment, lang),
+            f"{_srt_clock(segment['start'])} --> {_srt_clock(segment['end'])}",
+            _srt_text(segment, lang),
             "",
         ]
     return "\n".join(lines)

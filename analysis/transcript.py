@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import av
@@ -54,7 +54,7 @@ def _quietest_cut(samples: np.ndarray, search: int) -> int:
 
 def audio_windows(
     path: str, window_seconds: float, formats: str = INPUT_FORMATS
-) -> Iterator[tuple[float, np.ndarray, float]]:
+) -> Generator[tuple[float, np.ndarray, float], None, None]:
     """(offset seconds, 16 kHz mono float32 window, audio duration estimate) for the whole track.
     Blocking: iterate it on the job's thread. Raises NotAVideo (demuxers: `formats` only)."""
     container = open_media(path, formats)
@@ -62,7 +62,8 @@ def audio_windows(
         if not container.streams.audio:
             raise NoAudio("the file has no audio track to transcribe")
         stream = container.streams.audio[0]
-        total = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
+        time_base = stream.time_base
+        total = float(stream.duration * time_base) if stream.duration and time_base else (container.duration or 0) / 1e6
         resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
         window = int(window_seconds * RATE)
         search = int(min(_CUT_SEARCH, window_seconds / 2) * RATE)

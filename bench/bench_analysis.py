@@ -159,6 +159,37 @@ async def run_job(path: Path, interval: float, tags: list[str], niceness: int = 
     return {"elapsed": elapsed, "result": job["result"]}
 
 
+async def cancel_latency(path: Path, interval: float, tags: list[str]) -> dict:
+    """How long a cancel (DELETE /v1/jobs/{id}) of a running job takes to answer, and until the job
+    has wound down (tests/test_analysis_api.py checks that it cancels, this is how fast)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-analysis-cancel-", dir=OUT))
+    settings = AnalysisSettings(data_dir=data_dir)
+    runner = JobRunner(settings, AnalysisServices(vision=VisionBackends(), face_max_side=settings.face_max_side))
+    await runner.start()
+    try:
+        job_id = runner.new_id()
+        upload = runner.upload_path(job_id)
+        try:
+            os.link(path, upload)
+        except OSError:
+            shutil.copy(path, upload)
+        await runner.submit("analyze", {"tag_list": tags, "frame_interval": interval}, job_id=job_id, input_path=upload)
+        for _ in range(600):  # bounded: up to 60 s for the job to get going
+            if (await runner.get(job_id)).get("frames_done"):
+                break
+            await asyncio.sleep(0.1)
+        started = time.perf_counter()
+        status = await runner.cancel_or_delete(job_id)
+        answered = time.perf_counter() - started
+        await runner.wait(job_id, 30)
+        wound_down = time.perf_counter() - started
+    finally:
+        await runner.stop()
+        await runner.services.vision.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return {"status": status, "answered_s": answered, "wound_down_s": wound_down}
+
+
 def naive_run(path: Path, cap_bytes: int, interval: float, tags: list[str]) -> dict:
     """Decode every frame to RGB and keep them all (the known limit of loading the whole video
     into RAM), then tag one held frame per `interval` with the same tagger; stops decoding when the
@@ -333,6 +364,11 @@ async def main(args: argparse.Namespace) -> None:
         f"\nratio: the job is {naive_total / mine['elapsed']:.1f}x faster than the naive run and holds "
         f"{(rss_start + naive_bytes) / mine_rss.peak:.0f}x less memory; RSS at start {rss_start / MIB:.0f} MiB. "
         "Goals: >= 30x real time, peak RSS < 400 MiB."
+    )
+    cancel = await cancel_latency(path, args.interval, tags)
+    print(
+        f"cancel of a running job: {cancel['status']}, answered in {cancel['answered_s'] * 1000:.0f} ms, "
+        f"wound down in {cancel['wound_down_s'] * 1000:.0f} ms (goal: answered < 1 s)"
     )
     face = spans.get("face") or []
     print(

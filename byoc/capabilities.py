@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from byoc.livepeer_header import LivepeerHeader
+from media.http_errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,12 @@ class CapabilityContext:
 CapabilityHandler = Callable[[dict[str, Any], CapabilityContext], Awaitable[dict[str, Any] | web.StreamResponse]]
 
 
-class CapabilityError(Exception):
-    """A clean error answer: `message` (and `code`) go to the caller, `detail` only to the server log."""
+class CapabilityError(ApiError):
+    """The one edge error (`media.http_errors.ApiError`) for batch handlers: `message` (and `code`)
+    go to the caller, `detail` only to the server log."""
 
     def __init__(self, status: int, message: str, *, code: str | None = None, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
+        super().__init__(status, message, code=code)
         self.detail = detail
 
 

@@ -109,6 +109,7 @@ class ControlReader:
 
     async def _run(self) -> None:
         subscriber = self._subscriber
+        assert subscriber is not None  # made by start() before this task
         reason = "ended"
         try:
             while True:

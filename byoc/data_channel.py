@@ -26,6 +26,7 @@ import time
 from collections import deque
 from typing import Any
 
+from media.events import Subscription
 from media.outbound import OutboundPolicy
 from media.redact import redact_url
 from media.trickle_client import TrickleChannelClosedError, TricklePublisher
@@ -70,7 +71,7 @@ class DataPublisher:
         self._lines: deque[bytes] = deque(maxlen=max_lines)
         self._has_lines = asyncio.Event()
         self._publisher: TricklePublisher | None = None
-        self._subscription = None
+        self._subscription: Subscription | None = None
         self._collector: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
         self._last_sent = time.monotonic()
@@ -125,6 +126,7 @@ class DataPublisher:
         self._has_lines.set()
 
     async def _collect(self) -> None:
+        assert self._subscription is not None  # subscribed by start() before this task
         async for event in self._subscription:
             self.add_event(event)
 
@@ -145,6 +147,7 @@ class DataPublisher:
             self.failed += 1
             return
         publisher = self._publisher
+        assert publisher is not None  # made by start() before the flusher
         try:
             async with asyncio.timeout(SEGMENT_TIMEOUT_S):
                 writer = await publisher.next_segment()

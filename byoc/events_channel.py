@@ -25,6 +25,8 @@ import time
 from typing import Any
 
 from byoc.status import StreamStatusTracker, timestamp_ms
+from media.events import Subscription
+from media.mailbox import DropOldestMailbox
 from media.outbound import OutboundPolicy
 from media.redact import redact_url
 from media.trickle_client import TrickleChannelClosedError, TricklePublisher
@@ -57,19 +59,22 @@ class EventsReporter:
         self.interval = interval
         self.error_min_interval = error_min_interval
         self.label = stream.manifest_id
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_size)
+        self._queue: DropOldestMailbox[bytes | None] = DropOldestMailbox(queue_size)
         self._publisher: TricklePublisher | None = None
         self._sender: asyncio.Task | None = None
         self._status_loop: asyncio.Task | None = None
         self._error_loop: asyncio.Task | None = None
-        self._errors = None
+        self._errors: Subscription | None = None
         self._closing = False
         self._held_error: tuple[str, float] | None = None  # newest error waiting for the rate limit
         self.sent = 0
         self.failed = 0
-        self.dropped = 0
         self.errors_suppressed = 0
         self.channel_gone = False
+
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -128,16 +133,7 @@ class EventsReporter:
         self.emit({"type": "error", "pipeline": self.tracker.pipeline, "message": message, "time": when})
 
     def _enqueue(self, payload: bytes | None) -> None:
-        while True:
-            try:
-                self._queue.put_nowait(payload)
-                return
-            except asyncio.QueueFull:
-                try:
-                    self._queue.get_nowait()
-                    self.dropped += 1
-                except asyncio.QueueEmpty:  # pragma: no cover - raced with the sender
-                    pass
+        self._queue.offer(payload)
 
     # -- tasks ----------------------------------------------------------------------------------
     async def _report_loop(self) -> None:
@@ -147,6 +143,7 @@ class EventsReporter:
 
     async def _watch_errors(self) -> None:
         sub = self._errors
+        assert sub is not None  # subscribed by start() before this task
         last_sent = float("-inf")
         while True:
             wait = None
@@ -168,6 +165,7 @@ class EventsReporter:
 
     async def _send_loop(self) -> None:
         publisher = self._publisher
+        assert publisher is not None  # made by start() before this task
         while True:
             payload = await self._queue.get()
             if payload is None:

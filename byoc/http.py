@@ -1,35 +1,35 @@
 """HTTP helpers for the Livepeer routes: JSON errors and body parsing.
 
-The JSON error body and the depth-limited JSON parser are `media.http_json`'s, shared with
-`server`. Tokens are checked by the server's access policy from each route's declared role.
+The error path is `media.http_errors`'s and the depth-limited JSON parser `media.http_json`'s,
+shared with `server`. Tokens are checked by the server's access policy from each route's declared role.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal, overload
 
 from aiohttp import web
 
-from media.http_json import JSONBodyError, json_error, loads_limited
+from media.http_errors import ApiError
+from media.http_json import JSONBodyError, loads_limited
 
 log = logging.getLogger(__name__)
 
 
-class LivepeerHTTPError(Exception):
-    """Raised inside a handler; turned into a JSON error response by `error_response`."""
+class LivepeerHTTPError(ApiError):
+    """The Livepeer routes' `ApiError`: byoc's middleware (byoc/mount.py) also asks for
+    re-registration on its 401s; the body is the one error shape (`media.http_errors`)."""
 
-    def __init__(
-        self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.headers = headers
 
-    def response(self) -> web.Response:
-        return json_error(self.status, self.message, code=self.code, headers=self.headers)
+@overload
+def parse_json_object(
+    raw: bytes, *, allow_empty: Literal[False] = False, what: str = "request body"
+) -> dict[str, Any]: ...
+
+
+@overload
+def parse_json_object(raw: bytes, *, allow_empty: bool, what: str = "request body") -> dict[str, Any] | None: ...
 
 
 def parse_json_object(raw: bytes, *, allow_empty: bool = False, what: str = "request body") -> dict[str, Any] | None:

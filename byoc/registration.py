@@ -27,7 +27,8 @@ from typing import Any
 
 import aiohttp
 
-from media.outbound import TlsPolicy
+from inference.resilience import RetryPolicy
+from media.outbound import TlsPolicy, client_session
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,9 @@ class RetryPlan:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         if attempt < self.fast_attempts:
-            return min(self.max_delay, self.initial_delay * (2 ** (attempt - 1)))
+            # the capped exponential backoff of every remote call (inference/resilience.py), unjittered
+            backoff = RetryPolicy(base_delay=self.initial_delay, max_delay=self.max_delay, jitter=0.0)
+            return backoff.delay(attempt - 1)
         return self.slow_interval
 
 
@@ -116,10 +119,8 @@ class OrchestratorRegistrar:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.tls.ssl_for(self.orch_url)),
-                timeout=aiohttp.ClientTimeout(total=self.request_timeout),
-            )
+            # an operator-configured endpoint: verified TLS, no address rules
+            self._session = client_session(self.tls, timeout=aiohttp.ClientTimeout(total=self.request_timeout))
         return self._session
 
     # -- one request ----------------------------------------------------------------------------
@@ -130,7 +131,7 @@ class OrchestratorRegistrar:
         url = self.orch_url + REGISTER_PATH
         try:
             async with self._get_session().post(
-                url, json=self.registration.body(), headers=self._headers("application/json")
+                url, json=self.registration.body(), headers=self._headers("application/json"), ssl=self.tls.ssl_for(url)
             ) as response:
                 text = (await response.content.read(256)).decode("utf-8", "replace").strip()
                 if response.status == 200:
@@ -175,7 +176,10 @@ class OrchestratorRegistrar:
         url = self.orch_url + UNREGISTER_PATH
         try:
             async with self._get_session().post(
-                url, data=self.registration.name.encode(), headers=self._headers("text/plain")
+                url,
+                data=self.registration.name.encode(),
+                headers=self._headers("text/plain"),
+                ssl=self.tls.ssl_for(url),
             ) as response:
                 ok = response.status == 200
                 log.info(

@@ -28,12 +28,13 @@ from byoc.http import LivepeerHTTPError, parse_json_object, read_body
 from byoc.livepeer_header import HEADER_NAME, LivepeerHeaderError, parse_livepeer_header
 from byoc.params import normalize_params_body
 from byoc.status import StreamStatusTracker, idle_status
+from media.http_errors import ApiError
 from media.http_json import JSONBodyError, loads_limited, validation_message
 from media.http_routes import Role, RouteTable, registry_of
 from media.redact import redact_payload, redact_text
 
 if TYPE_CHECKING:
-    from byoc.mount import LivepeerService
+    from byoc.service import LivepeerService
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ async def live_video_to_video(request: web.Request) -> web.StreamResponse:
         except TimeoutError:
             raise LivepeerHTTPError(400, "Timeout stopping previous streamer") from None
 
-    forwarded = {
+    forwarded: dict[str, Any] = {
         key: value
         for key, value in {
             "subscribe_url": req.subscribe_url,
@@ -257,10 +258,13 @@ async def live_video_to_video(request: web.Request) -> web.StreamResponse:
     }
     forwarded["params"] = req.params
     response = await service.start_handler(request.app, forwarded, stream_id)
-    if response.status != 200 or not isinstance(response, web.Response) or response.body is None:
+    if response.status != 200 or not isinstance(response, web.Response):
+        return response
+    answer = response.body
+    if not isinstance(answer, bytes | bytearray):  # None, or a streamed payload: passed on as it is
         return response
     try:
-        started = json.loads(response.body)
+        started = json.loads(answer)
     except (TypeError, ValueError):
         return response
     # ai-runner answers {"publish_url": "", "subscribe_url": "", "control_url": ""} (unused)
@@ -288,7 +292,7 @@ async def run_capability(request: web.Request, name: str) -> web.StreamResponse:
     known = name in service.capabilities
     try:
         response = await _run_capability(service, request, name)
-    except LivepeerHTTPError as exc:
+    except ApiError as exc:  # LivepeerHTTPError, or an edge error raised by a capability's code
         service.capability_counter.add(name, exc.status, known)
         raise
     service.capability_counter.add(name, response.status, known)
@@ -322,7 +326,7 @@ async def _run_capability(service: LivepeerService, request: web.Request, name: 
         if exc.detail:  # what the caller is not told (e.g. how a URL's host answered), redacted
             log.warning("capability %s: %s: %s", name, exc.message, redact_text(exc.detail))
         raise LivepeerHTTPError(exc.status, exc.message, code=exc.code) from None
-    except (LivepeerHTTPError, web.HTTPException):
+    except (ApiError, web.HTTPException):
         raise
     except Exception:
         log.exception("capability %s failed", name)
@@ -332,7 +336,9 @@ async def _run_capability(service: LivepeerService, request: web.Request, name: 
     return web.json_response(result, dumps=lambda value: json.dumps(value, default=str))
 
 
-CAPABILITY = dict(role=Role.LIVEPEER, content_types=None, tag="livepeer", errors=(400, 401, 404, 413, 504))
+CAPABILITY: dict[str, Any] = dict(
+    role=Role.LIVEPEER, content_types=None, tag="livepeer", errors=(400, 401, 404, 413, 504)
+)
 
 
 @routes.post(

@@ -3,7 +3,7 @@
 The gateway stores the newest `type: "status"` event and serves it on
 `/live/video-to-video/{id}/status` and `/process/stream/{id}/status`. Shape and units follow
 ai-runner's `PipelineStatus` model: times are integer milliseconds since the epoch (None when the
-moment never happened), `last_params` and `last_restart_logs` are transient — sent once, then
+moment never happened), `last_params` is transient — sent once, then
 cleared — and `last_params_hash` is the md5 of the params as sorted-key JSON.
 """
 
@@ -55,7 +55,6 @@ class StreamStatusTracker:
         # the first report carries the start params, as ai-runner's does after a stream (re)start
         self._last_params: dict[str, Any] | None = dict(stream.params)
         self._last_params_hash = params_hash(stream.params)
-        self._last_restart_logs: list[str] | None = None
         self._last_status_time: float | None = None
         self.reports = 0
 
@@ -67,12 +66,9 @@ class StreamStatusTracker:
         self._last_params = dict(params)
         self._last_params_hash = params_hash(params)
 
-    def on_restart(self, logs: list[str]) -> None:
-        self._last_restart_logs = list(logs)[-100:]
-
     def snapshot(self, clear_transient: bool = False, now: float | None = None) -> dict[str, Any]:
-        """The status event; with `clear_transient` (a periodic report) `last_params` and
-        `last_restart_logs` are emptied afterwards and `last_status_timestamp` advances."""
+        """The status event; with `clear_transient` (a periodic report) `last_params` is emptied
+        afterwards and `last_status_timestamp` advances."""
         stream = self.stream
         now = time.time() if now is None else now
         mono = time.monotonic()
@@ -95,16 +91,16 @@ class StreamStatusTracker:
                 "last_params_hash": self._last_params_hash,
                 "last_error_time": timestamp_ms(stream.last_error_time),
                 "last_error": stream.last_error,
-                "last_restart_time": timestamp_ms(getattr(stream, "last_restart_time", None)),
-                "last_restart_logs": self._last_restart_logs,
-                "restart_count": int(getattr(stream, "restart_count", 0)),
+                # ai-runner's fields for a pipeline restart; this server never restarts one in place
+                "last_restart_time": None,
+                "last_restart_logs": None,
+                "restart_count": 0,
             },
             "last_status_timestamp": timestamp_ms(self._last_status_time) if self._last_status_time else start_ms,
             "timestamp": timestamp_ms(now),
         }
         if clear_transient:
             self._last_params = None
-            self._last_restart_logs = None
             self._last_status_time = now
             self.reports += 1
         return status

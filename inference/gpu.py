@@ -27,7 +27,6 @@ import asyncio
 import importlib.util
 import inspect
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -37,6 +36,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from media.cuda import nvidia_device_visible
 
 log = logging.getLogger(__name__)
 
@@ -146,16 +147,9 @@ class TorchProbe(MemoryProbe):
         )
 
 
-def _nvidia_device_visible() -> bool:
-    """Cheap check before importing anything heavy: an NVIDIA driver node or CUDA env hint."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
-
-
 def detect_probe(device_index: int = 0) -> tuple[MemoryProbe | None, str]:
     """The best available probe, or (None, reason)."""
-    if not _nvidia_device_visible():
+    if not nvidia_device_visible():
         return None, "no CUDA device"
     reasons: list[str] = []
     if importlib.util.find_spec("pynvml") is not None:
@@ -305,10 +299,6 @@ class GpuMemoryManager:
             if name not in self._models and len(self._models) >= MAX_REGISTERED_MODELS:
                 raise RuntimeError(f"too many GPU models tracked (max {MAX_REGISTERED_MODELS})")
             self._models[name] = _ManagedModel(name, loaded, unload, is_idle, pinned_reason)
-
-    def untrack_model(self, name: str) -> None:
-        with self._lock:
-            self._models.pop(name, None)
 
     def _decide(self, action: str, model: str, free_mb: float, detail: str) -> None:
         entry = {

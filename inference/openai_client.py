@@ -27,19 +27,20 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from media.outbound import client_session
+
 SslFor = Callable[[str], "ssl.SSLContext | bool"]
 
 
 class OpenAIError(RuntimeError):
-    """No usable completion. `code` is stable (API errors, stats); `http_status` is what an HTTP
-    caller of streamlens should be answered; `retryable` says whether a retry may help."""
+    """No usable completion. `code` is stable (API errors, stats; media/http_errors.py maps it to
+    an HTTP status at the edge); `retryable` says whether a retry may help."""
 
     retryable = False
 
-    def __init__(self, message: str, *, code: str = "backend_error", http_status: int = 502) -> None:
+    def __init__(self, message: str, *, code: str = "backend_error") -> None:
         super().__init__(message)
         self.code = code
-        self.http_status = http_status
 
 
 class TransientOpenAIError(OpenAIError):
@@ -52,10 +53,9 @@ class TransientOpenAIError(OpenAIError):
         message: str,
         *,
         code: str = "backend_unavailable",
-        http_status: int = 503,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, code=code, http_status=http_status)
+        super().__init__(message, code=code)
         self.retry_after = retry_after
 
 
@@ -196,8 +196,8 @@ class OpenAIClient:
         if self._session is None or self._session.closed:
             async with self._session_lock:
                 if self._session is None or self._session.closed:
-                    connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30)
-                    self._session = aiohttp.ClientSession(connector=connector)
+                    # TLS per request (`self._ssl(url)`): the endpoint's TLS_INSECURE_HOSTS exemption
+                    self._session = client_session(None, limit=self.max_connections, keepalive_timeout=30)
                     self._owns_session = True
         return self._session
 
@@ -237,7 +237,7 @@ class OpenAIClient:
                 body = await response.read()
         except TimeoutError:  # aiohttp's timeouts subclass TimeoutError
             raise TransientOpenAIError(
-                f"{label}: timeout, no answer within {timeout:g} s", code="backend_timeout", http_status=504
+                f"{label}: timeout, no answer within {timeout:g} s", code="backend_timeout"
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise TransientOpenAIError(f"cannot reach {label}: {exc.__class__.__name__}: {exc}") from None

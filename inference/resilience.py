@@ -33,10 +33,10 @@ class RetryPolicy:
 
     def delay(self, retry_index: int, rng: random.Random | None = None) -> float:
         """Delay before retry number `retry_index` (0-based): base * 2**i, capped, with jitter."""
-        rng = rng or random
+        roll = rng.random() if rng is not None else random.random()
         raw = min(self.max_delay, self.base_delay * (2**retry_index))
         spread = raw * self.jitter
-        return max(0.0, raw - spread + rng.random() * 2 * spread)
+        return max(0.0, raw - spread + roll * 2 * spread)
 
 
 async def retry_async(

@@ -1,8 +1,10 @@
-"""Final captions of a stream, kept for WebVTT, and the WebVTT formatting itself."""
+"""Final captions of a stream, kept for WebVTT, and the one WebVTT writer (live captions here and
+recorded-video subtitles in analysis/subtitles.py both use `webvtt_document`)."""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 from media.events import CaptionEvent, StreamEvent
 
@@ -16,8 +18,17 @@ def vtt_timestamp(seconds: float) -> str:
 
 
 def vtt_escape(text: str) -> str:
-    # WebVTT cue text: '&', '<' and '>' must be escaped; "-->" may not appear
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+    """One line of WebVTT cue text: line breaks become spaces (a blank line would end the cue) and
+    '&', '<', '>' are escaped as WebVTT requires (so "-->" cannot appear either)."""
+    return " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def webvtt_document(cues: Iterable[tuple[str | int, float, float, str]]) -> str:
+    """A WebVTT document of (identifier, start s, end s, plain text) cues; the text is escaped here."""
+    lines = ["WEBVTT", ""]
+    for ident, start, end, text in cues:
+        lines += [str(ident), f"{vtt_timestamp(start)} --> {vtt_timestamp(end)}", vtt_escape(text), ""]
+    return "\n".join(lines)
 
 
 class CaptionLog:
@@ -45,9 +56,12 @@ class CaptionLog:
 
     def to_webvtt(self, lang: str | None = None) -> str:
         """A WebVTT document of the finals; `lang` picks a translation (falls back to the original)."""
-        lines = ["WEBVTT", ""]
-        for cue in self._finals:
-            text = cue.translations.get(lang, cue.text) if lang else cue.text
-            end = cue.end if cue.end > cue.start else cue.start + 1.0
-            lines += [str(cue.id), f"{vtt_timestamp(cue.start)} --> {vtt_timestamp(end)}", vtt_escape(text), ""]
-        return "\n".join(lines)
+        return webvtt_document(
+            (
+                cue.id,
+                cue.start,
+                cue.end if cue.end > cue.start else cue.start + 1.0,
+                cue.translations.get(lang, cue.text) if lang else cue.text,
+            )
+            for cue in self._finals
+        )

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import av
 import numpy as np
@@ -134,7 +135,7 @@ class TsSyncChecker:
         self._offset = (self._offset + len(data)) % TS_PACKET
 
 
-class DecodeSink:
+class DecodeSink(Protocol):
     """What the decoder feeds (implemented by the stream)."""
 
     def on_streams(self, has_video: bool, has_audio: bool) -> None: ...
@@ -262,11 +263,12 @@ class MediaDecoder(threading.Thread):
                     self.sink.on_decode_error(f"decode error: {exc}")
                     continue
                 for frame in frames:
-                    if packet.stream is video:
+                    # only the video and audio streams are demuxed, so the frame type tells them apart
+                    if isinstance(frame, av.VideoFrame):
                         if self._is_repeat(frame):
                             continue
                         self.sink.on_video_frame(frame)
-                    else:
+                    elif isinstance(frame, av.AudioFrame):
                         self.sink.on_audio_frame(frame)
             return True
         finally:

@@ -15,12 +15,20 @@ import logging
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import av
+from av.audio.stream import AudioStream
+from av.container import OutputContainer
+from av.packet import Packet
+from av.stream import Stream
 from av.video.frame import PictureType
+from av.video.stream import VideoStream
 
 from media.frames import crop_to_even, even_size, reformat
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +71,10 @@ class _ChunkCollector(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
-        self.parts.append(bytes(data))
-        return len(data)
+    def write(self, data: Buffer, /) -> int:
+        view = memoryview(data)
+        self.parts.append(view.tobytes())
+        return view.nbytes
 
     def take(self) -> bytes:
         data = b"".join(self.parts)
@@ -104,17 +113,19 @@ class TsSegmentEncoder:
         self._video.codec_context.time_base = VIDEO_TIME_BASE
         self._video.codec_context.gop_size = max(1, int(settings.gop_seconds * settings.fps_hint * 4))
         self._video.codec_context.thread_count = settings.threads
-        self._audio = None
-        self._resampler = None
+        self._audio: AudioStream | None = None
+        self._resampler: av.AudioResampler | None = None
         if with_audio:
-            self._audio = self._template.add_stream(settings.audio_codec, rate=AUDIO_RATE)
+            audio = self._template.add_stream(settings.audio_codec, rate=AUDIO_RATE)
+            assert isinstance(audio, AudioStream), settings.audio_codec  # an audio codec gives an audio stream
+            self._audio = audio
             self._audio.layout = "stereo"
             self._audio.bit_rate = settings.audio_bitrate
             self._audio.time_base = AUDIO_TIME_BASE
             self._resampler = av.AudioResampler(format=self._audio.format.name, layout="stereo", rate=AUDIO_RATE)
-        self._container: av.container.OutputContainer | None = None
-        self._out_video = None
-        self._out_audio = None
+        self._container: OutputContainer | None = None
+        self._out_video: VideoStream | None = None
+        self._out_audio: AudioStream | None = None
         self._io = _ChunkCollector()
         self._next_keyframe_at: float | None = None
         self._last_video_pts: int | None = None
@@ -158,10 +169,12 @@ class TsSegmentEncoder:
             self.bytes_out += len(data)
             self.sink.write(data)
 
-    def _mux(self, packets, stream) -> None:
+    def _mux(self, packets: list[Packet[Any]], stream: Stream | None) -> None:
+        container = self._container
         for packet in packets:
+            assert container is not None and stream is not None  # packets come only while a segment is open
             packet.stream = stream
-            self._container.mux(packet)
+            container.mux(packet)
         self._emit()
 
     # -- input ----------------------------------------------------------------------------------
@@ -199,6 +212,7 @@ class TsSegmentEncoder:
             return  # audio before the first video frame has no segment to go into
         start = round(media_time * AUDIO_RATE)
         frame.pts = None
+        assert self._resampler is not None  # made together with the audio stream
         for resampled in self._resampler.resample(frame):
             if self._next_audio_pts is None or start - self._next_audio_pts > AUDIO_RATE // 5:
                 self._next_audio_pts = start  # first frame, or a gap (dropped audio): jump ahead

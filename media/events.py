@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from media.mailbox import DropOldestMailbox
+
 log = logging.getLogger(__name__)
 
 _event_ids = itertools.count(1)
@@ -117,26 +119,20 @@ class Subscription:
 
     def __init__(self, bus: EventBus, maxsize: int, kinds: frozenset[str] | None) -> None:
         self._bus = bus
-        self._queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue(maxsize=maxsize)
+        self._queue: DropOldestMailbox[StreamEvent | None] = DropOldestMailbox(maxsize)
         self.kinds = kinds
-        self.dropped = 0
         self.closed = False
+
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped
 
     def _offer(self, event: StreamEvent | None) -> None:
         if self.closed:
             return
         if event is not None and self.kinds is not None and event.kind not in self.kinds:
             return
-        while True:
-            try:
-                self._queue.put_nowait(event)
-                return
-            except asyncio.QueueFull:
-                try:
-                    self._queue.get_nowait()
-                    self.dropped += 1
-                except asyncio.QueueEmpty:  # pragma: no cover - raced with a reader
-                    pass
+        self._queue.offer(event)
 
     async def get(self, timeout: float | None = None) -> StreamEvent | None:
         """Next event, or None when the bus closed (or the timeout passed)."""

@@ -157,7 +157,8 @@ def rgb_array(frame: av.VideoFrame, width: int | None = None, height: int | None
 def plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
     """A writable (rows, width) uint8 view of one plane of a planar 8-bit frame, skipping the
     line padding. Works for odd sizes, where PyAV's `to_ndarray` refuses yuv420p."""
-    rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
+    # memoryview: numpy's stubs do not take a bare buffer-protocol object; the view stays writable
+    rows: np.ndarray = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(-1, plane.line_size)
     return rows[: plane.height, : plane.width]
 
 

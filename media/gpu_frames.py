@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 import av
 import numpy as np
 
+from media.cuda import nvidia_device_visible
 from media.frames import DropOldestQueue, VideoItem, rgb_array
 
 log = logging.getLogger(__name__)
@@ -41,19 +41,13 @@ _available_cache: bool | None = None
 _available_reason = ""
 
 
-def _nvidia_device_visible() -> bool:
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
-
-
 def available() -> bool:
     """True when frames can be uploaded: torch is installed and sees a CUDA device. Checks the
     cheap things first (driver node, package presence) so a CPU-only machine never imports torch."""
     global _available_cache, _available_reason
     if _available_cache is not None:
         return _available_cache
-    if not _nvidia_device_visible():
+    if not nvidia_device_visible():
         _available_cache, _available_reason = False, "no CUDA device"
     elif importlib.util.find_spec("torch") is None:
         _available_cache, _available_reason = False, "torch not installed"
@@ -232,15 +226,18 @@ class GpuFrameUploader:
         self, frame: av.VideoFrame | np.ndarray, media_time: float = 0.0, seq: int = 0, ingest_time: float | None = None
     ) -> GpuFrame:
         torch = self._torch
-        yuv = (
+        yuv: av.VideoFrame | None = None  # the frame, when it goes up as planar YUV for the GPU to convert
+        if (
             isinstance(frame, av.VideoFrame)
             and frame.format.name in ("yuv420p", "yuvj420p")
             and frame.width % 2 == 0
             and frame.height % 2 == 0
-        )
-        if yuv:
-            width, height = frame.width, frame.height
-            host_array = frame.to_ndarray().reshape(-1)  # Y, U, V planes back to back
+        ):
+            yuv = frame
+        host_array: np.ndarray
+        if yuv is not None:
+            width, height = yuv.width, yuv.height
+            host_array = yuv.to_ndarray().reshape(-1)  # Y, U, V planes back to back
         else:
             host_array = rgb_array(frame) if isinstance(frame, av.VideoFrame) else frame
             if host_array.ndim != 3 or host_array.shape[2] != 3 or host_array.dtype != np.uint8:
@@ -254,8 +251,8 @@ class GpuFrameUploader:
             copied = torch.cuda.Event()
             copied.record(self._stream)
             slot.event = copied
-            if yuv:
-                rgb = yuv420p_to_rgb(device_copy, width, height, limited_range=frame.format.name == "yuv420p")
+            if yuv is not None:
+                rgb = yuv420p_to_rgb(device_copy, width, height, limited_range=yuv.format.name == "yuv420p")
                 self.gpu_converted += 1
             else:
                 rgb = device_copy

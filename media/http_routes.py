@@ -87,7 +87,9 @@ class RouteTable:
 
     specs: list[RouteSpec] = field(default_factory=list)
 
-    def route(self, method: str, path: str, *, role: Role | tuple[Role, ...], **options: Any):
+    def route(
+        self, method: str, path: str, *, role: Role | tuple[Role, ...], **options: Any
+    ) -> Callable[[Handler], Handler]:
         roles = role if isinstance(role, tuple) else (role,)
         if not roles:
             raise ValueError(f"{method} {path}: a route needs a role")
@@ -98,16 +100,16 @@ class RouteTable:
 
         return decorate
 
-    def get(self, path: str, *, role: Role | tuple[Role, ...], **options: Any):
+    def get(self, path: str, *, role: Role | tuple[Role, ...], **options: Any) -> Callable[[Handler], Handler]:
         return self.route("GET", path, role=role, **options)
 
-    def post(self, path: str, *, role: Role | tuple[Role, ...], **options: Any):
+    def post(self, path: str, *, role: Role | tuple[Role, ...], **options: Any) -> Callable[[Handler], Handler]:
         return self.route("POST", path, role=role, **options)
 
-    def patch(self, path: str, *, role: Role | tuple[Role, ...], **options: Any):
+    def patch(self, path: str, *, role: Role | tuple[Role, ...], **options: Any) -> Callable[[Handler], Handler]:
         return self.route("PATCH", path, role=role, **options)
 
-    def delete(self, path: str, *, role: Role | tuple[Role, ...], **options: Any):
+    def delete(self, path: str, *, role: Role | tuple[Role, ...], **options: Any) -> Callable[[Handler], Handler]:
         return self.route("DELETE", path, role=role, **options)
 
     def add(self, method: str, path: str, handler: Handler, *, role: Role | tuple[Role, ...], **options: Any) -> None:

@@ -13,6 +13,11 @@
 - A remote candidate is an address a caller asks the server to send to: every one, from the offer's
   SDP, a trickle-ICE PATCH or an mDNS name resolved, passes the outbound policy's deny list
   (`CandidateGuard`) before aioice pairs it; a denied one is dropped, logged and counted.
+- RFC 7675 consent freshness: aioice closes a connection whose peer leaves `CONSENT_FAILURES`
+  binding requests in a row unanswered. FFmpeg 8's WHIP muxer never answers them once it streams
+  (its write loop reads the socket but handles DTLS only), so every FFmpeg publish died after
+  ~30 s. A publisher's connection may count authenticated media from it as consent instead
+  (`accept_media_as_consent`); see `PriorityTolerantConnection.query_consent`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -33,8 +39,9 @@ from typing import Any
 import aioice.ice
 import aioice.turn
 import aiortc.rtcicetransport
+from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aiortc import RTCConfiguration, RTCIceServer
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from media.outbound import OutboundPolicy
 
@@ -42,6 +49,10 @@ log = logging.getLogger(__name__)
 
 # tries per host address before giving up on a port range (each try is one bind() call)
 PORT_BIND_ATTEMPTS = 64
+# RFC 7675 consent checks: one binding request every CONSENT_INTERVAL s (±20 %), the connection
+# closes after CONSENT_FAILURES in a row fail (aioice's values; tests may shorten them here)
+CONSENT_INTERVAL: float = aioice.ice.CONSENT_INTERVAL
+CONSENT_FAILURES: int = aioice.ice.CONSENT_FAILURES
 
 
 class IceConfigError(ValueError):
@@ -175,6 +186,11 @@ class PriorityTolerantConnection(aioice.Connection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.candidate_guard = _candidate_guard.get()
+        # monotonic time of the peer's last authenticated media, for peers whose media counts as
+        # consent (set by `accept_media_as_consent`); None: only answered checks do
+        self.media_consent: Callable[[], float | None] | None = None
+        self.consent_answered = 0  # consent checks the peer answered
+        self.consent_kept_by_media = 0  # unanswered ones that its fresh media made good
 
     def _add_remote_candidate(self, remote_candidate: Candidate, network_host: str) -> None:
         # aioice's one entry for a signalled candidate (SDP, trickle, a resolved mDNS name): the
@@ -184,7 +200,7 @@ class PriorityTolerantConnection(aioice.Connection):
             return
         super()._add_remote_candidate(remote_candidate, network_host)
 
-    def check_incoming(self, message, addr, protocol) -> None:
+    def check_incoming(self, message: stun.Message, addr: tuple[str, int], protocol: aioice.ice.StunProtocol) -> None:
         if "PRIORITY" not in message.attributes:
             component = protocol.local_candidate.component
             message.attributes["PRIORITY"] = candidate_priority(component, "prflx")
@@ -198,10 +214,82 @@ class PriorityTolerantConnection(aioice.Connection):
             PriorityTolerantConnection.missing_priority_requests += 1
         super().check_incoming(message, addr, protocol)
 
+    async def query_consent(self) -> None:
+        """RFC 7675 consent freshness, as aioice does it (it starts this task once connected), except
+        that for a peer with `media_consent` an unanswered check still counts as fresh consent when
+        the peer's authenticated media arrived within the last interval.
+
+        FFmpeg 8's WHIP muxer answers binding requests only during its handshake; once it streams it
+        reads and drops every STUN packet, so aioice's checks all time out and it closed each FFmpeg
+        publish after ~30 s. Media that decrypts with the session's SRTP keys comes from the peer
+        that consented to this session; a publisher gets only RTCP from us, so nothing is flooded at
+        an address that stopped listening, and a peer that really goes away stops sending media: its
+        checks then fail as before (and the stream's media timeout closes it sooner)."""
+        assert self.remote_password is not None
+        failures = 0
+        told = False
+        while True:
+            await asyncio.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
+            for pair in self._nominated.values():
+                request = self.build_request(pair, nominate=False)
+                try:
+                    await pair.protocol.request(
+                        request,
+                        pair.remote_addr,
+                        integrity_key=self.remote_password.encode("utf8"),
+                        retransmissions=0,
+                    )
+                    failures = 0
+                    self.consent_answered += 1
+                except stun.TransactionError:
+                    if self._media_is_fresh():
+                        failures = 0
+                        self.consent_kept_by_media += 1
+                        if not told:
+                            told = True
+                            log.info(
+                                "ICE: %s:%s does not answer consent checks (FFmpeg WHIP?); its media keeps consent",
+                                pair.remote_addr[0],
+                                pair.remote_addr[1],
+                            )
+                    else:
+                        failures += 1
+                if failures >= CONSENT_FAILURES:
+                    log.info("ICE: consent to send expired (%d checks in a row unanswered)", failures)
+                    self._query_consent_task = None  # close() must not cancel the task it runs in
+                    await self.close()
+                    return
+
+    def _media_is_fresh(self) -> bool:
+        last = self.media_consent() if self.media_consent is not None else None
+        return last is not None and time.monotonic() - last <= CONSENT_INTERVAL
+
+
+def ice_connections(pc: RTCPeerConnection) -> list[PriorityTolerantConnection]:
+    """The aioice connections of `pc`'s transceivers (one with BUNDLE)."""
+    connections: list[PriorityTolerantConnection] = []
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        # aiortc keeps the aioice connection on its ICE transport (aiortc is pinned in pyproject)
+        connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+        if isinstance(connection, PriorityTolerantConnection) and connection not in connections:
+            connections.append(connection)
+    return connections
+
+
+def accept_media_as_consent(pc: RTCPeerConnection, last_media_at: Callable[[], float | None]) -> int:
+    """Let the publisher on `pc` keep ICE consent with its media (see `query_consent`):
+    `last_media_at` gives the monotonic time of its last decoded frame. Returns how many ICE
+    connections it applies to."""
+    connections = ice_connections(pc)
+    for connection in connections:
+        connection.media_consent = last_media_at
+    return len(connections)
+
 
 # aiortc builds every ICE connection from this module attribute; the port-range class below derives
 # from the tolerant one, so the tolerance holds whichever is installed.
-aiortc.rtcicetransport.Connection = PriorityTolerantConnection
+aiortc.rtcicetransport.Connection = PriorityTolerantConnection  # type: ignore[misc]  # a deliberate patch of aiortc
 
 
 # -- process-wide aioice settings -----------------------------------------------------------------
@@ -342,7 +430,7 @@ def port_range_connection(port_min: int, port_max: int) -> type[PriorityTolerant
 
 async def _bind_in_range(
     loop: asyncio.AbstractEventLoop, connection: aioice.Connection, address: str, port_min: int, port_max: int
-):
+) -> aioice.ice.StunProtocol | None:
     ports = range(port_min, port_max + 1)
     tries = random.sample(ports, min(len(ports), PORT_BIND_ATTEMPTS))
     for port in tries:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from media.captions import CaptionLog
 from media.events import EventBus
+from media.lru import LRU
 from media.stats import RateMeter
 from media.stream import Stream, StreamState
 
@@ -48,7 +48,6 @@ class StoppedStream:
         self.params_updated_at = stream.params_updated_at
         self.last_error = stream.last_error
         self.last_error_time = stream.last_error_time
-        self.restart_count = stream.restart_count
         self.in_meter = _final_meter(stream.in_meter)
         self.out_meter = _final_meter(stream.out_meter)
 
@@ -75,8 +74,7 @@ class StreamManager:
         self._active: dict[str, Stream] = {}
         self._reserved: set[str] = set()
         # summaries of recently stopped streams, bounded by `history`
-        self._recent: OrderedDict[str, StoppedStream] = OrderedDict()
-        self._history = history
+        self._recent: LRU[str, StoppedStream] = LRU(history)
         # extra admission rules, e.g. GPU memory: each returns (ok, reason)
         self.admission_checks: list[Callable[[], tuple[bool, str]]] = []
         # told (stream, its summary) when a stream stops, e.g. to move what is keyed by the stream
@@ -131,10 +129,7 @@ class StreamManager:
                 hook(stream, summary)
             except Exception:
                 log.exception("stream summary hook failed")
-        self._recent[stream.manifest_id] = summary
-        self._recent.move_to_end(stream.manifest_id)
-        while len(self._recent) > self._history:
-            self._recent.popitem(last=False)
+        self._recent.put(stream.manifest_id, summary)
 
     # -- lookup ---------------------------------------------------------------------------------
     def get(self, manifest_id: str) -> Stream | StoppedStream | None:

@@ -34,9 +34,8 @@ import logging
 import socket
 import ssl
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -44,6 +43,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from media.lru import LRU
 from media.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,7 @@ class TlsPolicy:
 
     @classmethod
     def from_settings(cls, settings: Any) -> TlsPolicy:
-        hosts = (getattr(settings, "tls_insecure_hosts", "") or "").split(",")
-        return cls(getattr(settings, "tls_ca_file", None), hosts)
+        return cls(settings.tls_ca_file, settings.tls_insecure_hosts.split(","))
 
     def is_insecure(self, url: str) -> bool:
         """True when `url`'s host is listed in TLS_INSECURE_HOSTS (its certificate is not checked)."""
@@ -231,8 +230,8 @@ class OutboundPolicy:
     @classmethod
     def from_settings(cls, settings: Any) -> OutboundPolicy:
         return cls(
-            deny=getattr(settings, "outbound_deny", DEFAULT_OUTBOUND_DENY),
-            allow=getattr(settings, "outbound_allow", ""),
+            deny=settings.outbound_deny,  # its default is DEFAULT_OUTBOUND_DENY (server/settings.py)
+            allow=settings.outbound_allow,
             tls=TlsPolicy.from_settings(settings),
         )
 
@@ -352,7 +351,7 @@ class ConnectGuard(AbstractResolver):
         self.refused = 0
         self._inner: AbstractResolver | None = None
         # addresses approved because OUTBOUND_ALLOW names their host (literal IPs have no name)
-        self._approved: OrderedDict[IPAddress, None] = OrderedDict()
+        self._approved: LRU[IPAddress, None] = LRU(MAX_APPROVED_ADDRESSES)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -366,7 +365,10 @@ class ConnectGuard(AbstractResolver):
         allowed, reasons = [], []
         for result in await self._inner.resolve(host, port, family):
             address = _parse_address(result["host"])
-            verdict = "not an IP address" if address is None else self.policy.address_verdict(address, by_name)
+            if address is None:
+                reasons.append(f"{result['host']} not an IP address")
+                continue
+            verdict = self.policy.address_verdict(address, by_name)
             if verdict is None:
                 allowed.append(result)
                 if by_name:
@@ -378,12 +380,9 @@ class ConnectGuard(AbstractResolver):
         return allowed
 
     def _approve(self, address: IPAddress) -> None:
-        self._approved[address] = None
-        self._approved.move_to_end(address)
-        while len(self._approved) > MAX_APPROVED_ADDRESSES:
-            self._approved.popitem(last=False)
+        self._approved.put(address, None)
 
-    def socket_for(self, addr_info: tuple) -> socket.socket:
+    def socket_for(self, addr_info: tuple[Any, ...]) -> socket.socket:
         """aiohappyeyeballs' socket factory: the last check before `connect()`."""
         family, type_, proto, _canon, sockaddr = addr_info
         address = _parse_address(str(sockaddr[0]))
@@ -394,7 +393,7 @@ class ConnectGuard(AbstractResolver):
             self._refuse(f"{address} {reason}")
         return socket.socket(family=family, type=type_, proto=proto)
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str) -> NoReturn:
         self.refused += 1
         log.warning("outbound connection refused: %s", reason)
         raise OSError(errno.EACCES, f"outbound policy: {reason}")
@@ -402,6 +401,32 @@ class ConnectGuard(AbstractResolver):
     async def close(self) -> None:
         if self._inner is not None:
             await self._inner.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The one outbound session factory
+# ---------------------------------------------------------------------------------------------
+def client_session(
+    policy: OutboundPolicy | TlsPolicy | None,
+    *,
+    timeout: aiohttp.ClientTimeout | None = None,
+    headers: dict[str, str] | None = None,
+    **connector_kwargs: Any,
+) -> aiohttp.ClientSession:
+    """The aiohttp session of every outbound client, with TLS applied one way: the connector verifies
+    with the policy's context (system CAs plus TLS_CA_FILE), and each request passes
+    `ssl=policy.ssl_for(url)` so TLS_INSECURE_HOSTS apply. An `OutboundPolicy` also guards the
+    connect (caller-given URLs); a `TlsPolicy` alone is for operator-configured endpoints, which are
+    exempt from the address rules; None: the system CAs (callers then pass `ssl=` per request)."""
+    if isinstance(policy, OutboundPolicy):
+        connector: aiohttp.TCPConnector = policy.connector(**connector_kwargs)
+    else:
+        connector_kwargs.setdefault("ssl", policy.context if policy is not None else True)
+        connector = aiohttp.TCPConnector(**connector_kwargs)
+    extra: dict[str, Any] = {"headers": headers} if headers else {}
+    if timeout is not None:
+        extra["timeout"] = timeout
+    return aiohttp.ClientSession(connector=connector, **extra)
 
 
 # ---------------------------------------------------------------------------------------------

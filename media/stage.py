@@ -1,7 +1,7 @@
 """The contract between a stream and the AI stages that run beside its video.
 
-`media` never imports a stage: the composition root (`server.pipeline_factory`) builds stages from a
-stream's params and hands them to the `Stream`. A stage sees frames through two cheap hooks that
+`media` never imports a stage: the composition root (`StreamFactory` in server/pipeline.py) builds
+stages from a stream's params and hands them to the `Stream`. A stage sees frames through two cheap hooks that
 are called from the decode thread and must never block; heavy work happens in the stage's own
 tasks or worker pools, and results go out as events on the stream's `EventBus`.
 """
@@ -23,7 +23,7 @@ class StageContext:
     loop: asyncio.AbstractEventLoop
     events: EventBus
     params: dict[str, Any] = field(default_factory=dict)
-    log: logging.LoggerAdapter | None = None
+    log: logging.LoggerAdapter[logging.Logger] | None = None
     # called by a stage when its model fails or recovers, so the stream can report
     # DEGRADED_INFERENCE; argument is an error message or None
     report_error: Any = None

@@ -13,7 +13,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,10 +69,11 @@ class StreamConfig:
     debug_frame_delay: float = 0.0
 
 
-class StreamLog(logging.LoggerAdapter):
+class StreamLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes every line with the stream's manifest id (and carries it as `extra`)."""
 
-    def process(self, msg, kwargs):
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        assert self.extra is not None  # always made with the manifest id
         kwargs.setdefault("extra", {}).update(self.extra)
         return f"[{self.extra['manifest_id']}] {msg}", kwargs
 
@@ -152,7 +153,6 @@ class Stream:
         self.last_error_time: float | None = None
         self.end_reason: str | None = None
         self.params_updated_at: float | None = None
-        self.restart_count = 0
         self.first_input_segment_at: float | None = None
         self.first_output_segment_at: float | None = None
         self.output_lagging_at: float | None = None  # last time a sink dropped for a slow output
@@ -160,8 +160,8 @@ class Stream:
         self._seq = 0
         self._tracks_known = threading.Event()
         self._worker: threading.Thread | None = None
-        self._monitor: asyncio.Task | None = None
-        self._stopping: asyncio.Task | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
         self._stop_started = False
         self.stopped = asyncio.Event()
         self._stop_callbacks: list[Callable[[Stream], Any]] = []
@@ -252,7 +252,7 @@ class Stream:
                 except Exception:
                     self.log.exception("stop callback failed")
 
-    async def _quietly(self, coro, what: str) -> None:
+    async def _quietly(self, coro: Awaitable[object], what: str) -> None:
         try:
             await asyncio.wait_for(coro, 15)
         except Exception as exc:

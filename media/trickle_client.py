@@ -32,21 +32,20 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import AsyncIterablePayload
 
-from media.outbound import OutboundPolicy, default_policy
+from media.outbound import OutboundPolicy, client_session, default_policy
 from media.redact import redact_text, redact_url
+from media.trickle_protocol import HEADER_CLOSED, HEADER_LATEST, HEADER_RESET, HEADER_SEQ, STATUS_SEGMENT_MISSING
 
 log = logging.getLogger(__name__)
 
-HEADER_SEQ = "Lp-Trickle-Seq"
-HEADER_LATEST = "Lp-Trickle-Latest"
-HEADER_CLOSED = "Lp-Trickle-Closed"
-HEADER_RESET = "Lp-Trickle-Reset"
-STATUS_SEGMENT_MISSING = 470
 
 # Segments a subscriber tracks so close() can release them; older ones are closed when exceeded.
 MAX_TRACKED_SEGMENTS = 4
 # POSTs a publisher keeps open at once (current + preconnected + a couple still finishing).
 MAX_OPEN_WRITERS = 4
+# The most each step of `TricklePublisher.close()` waits on the server (end the spare POST, DELETE the
+# channel, the finished segments' responses together): a stop is prompt whatever the server does.
+CLOSE_STEP_TIMEOUT = 2.0
 
 
 # The bearer token (or None) a request to a URL presents, per outbound policy (one per server app):
@@ -107,8 +106,7 @@ def _int_header(response: aiohttp.ClientResponse, name: str) -> int | None:
 
 def _make_session(connect_timeout: float, policy: OutboundPolicy) -> aiohttp.ClientSession:
     # force_close: one connection per request, as `Connection: close` asks; no idle sockets left.
-    connector = policy.connector(force_close=True)
-    return aiohttp.ClientSession(connector=connector, timeout=_timeout(connect_timeout))
+    return client_session(policy, timeout=_timeout(connect_timeout), force_close=True)
 
 
 def _timeout(connect_timeout: float) -> aiohttp.ClientTimeout:
@@ -624,32 +622,37 @@ class TricklePublisher:
         self._mark_closed("client_closed")
         async with self._lock:
             spare, self._next = self._next, None
+        step = min(self.response_timeout, CLOSE_STEP_TIMEOUT)
         if spare is not None:
             # End the spare POST (empty body) before the DELETE, so it cannot reach an
             # autocreating server after the DELETE and bring the channel back.
-            await spare.close(timeout=min(self.response_timeout, 5.0))
+            await spare.close(timeout=step)  # logs when it gives up
         if delete_channel and not was_gone:
-            await self._delete_channel()
+            await self._delete_channel(min(self.connect_timeout, CLOSE_STEP_TIMEOUT))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + step  # one budget for all the finished segments' responses
         for writer in list(self._open.values()):
             if writer._body_ended and not writer.done:
-                # Already closing: let its response arrive before giving up on it.
-                await writer.close(timeout=min(self.response_timeout, 5.0))
+                # Already closing: let its response arrive (within the budget) before giving up on it.
+                await writer.close(timeout=max(deadline - loop.time(), 0.0))
             await writer.abort()
         self._open.clear()
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
 
-    async def _delete_channel(self) -> None:
+    async def _delete_channel(self, timeout: float) -> None:
         try:
             async with self._get_session().delete(
                 self.url,
                 headers=_headers(self.policy, self.url),
                 ssl=self.policy.ssl_for(self.url),
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=self.connect_timeout),
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
                 if response.status >= 400:
                     log.info("trickle publisher DELETE %s: status %d", self.shown_url, response.status)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except TimeoutError:
+            log.warning("trickle publisher DELETE %s: no answer in %.1fs, giving up", self.shown_url, timeout)
+        except (aiohttp.ClientError, OSError) as exc:
             log.warning("trickle publisher DELETE %s failed: %s", self.shown_url, redact_text(repr(exc)))

@@ -53,7 +53,7 @@ class TrickleSource(MediaSource):
         self._pipe = BytePipe(max_chunks=pipe_chunks)
         self._subscriber: TrickleSubscriber | None = None
         self._decoder: MediaDecoder | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._ingest: Ingest | None = None
         self._ended = False
         self.segments = 0
@@ -72,15 +72,17 @@ class TrickleSource(MediaSource):
         self._task = asyncio.create_task(self._pump(), name=f"trickle-in-{self.label}")
 
     async def _pump(self) -> None:
+        subscriber, ingest = self._subscriber, self._ingest
+        assert subscriber is not None and ingest is not None  # set by start() before the task
         reason = "input ended"
         try:
             while True:
-                segment = await self._subscriber.next_segment()
+                segment = await subscriber.next_segment()
                 if segment is None:
-                    reason = f"input channel ended: {self._subscriber.end_reason or 'closed'}"
+                    reason = f"input channel ended: {subscriber.end_reason or 'closed'}"
                     break
                 self.segments += 1
-                self._ingest.on_input_segment(segment.seq)
+                ingest.on_input_segment(segment.seq)
                 checker = TsSyncChecker()
                 try:
                     while chunk := await segment.read():
@@ -91,7 +93,7 @@ class TrickleSource(MediaSource):
                     await segment.close()
                 if checker.bad_packets:
                     self.damaged_segments += 1
-                    self._ingest.on_decode_error(
+                    ingest.on_decode_error(
                         f"input segment {segment.seq}: {checker.bad_packets} of {checker.packets} MPEG-TS packets "
                         "out of sync (garbage bytes); the decoder resyncs at the next keyframe"
                     )
@@ -188,8 +190,8 @@ class TrickleSink(MediaSink):
         self._ops_lock = threading.Lock()
         self._backlog_bytes = 0
         self._wake: asyncio.Event | None = None
-        self._pump_task: asyncio.Task | None = None
-        self._closing: set[asyncio.Task] = set()  # segment POSTs awaiting their response
+        self._pump_task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # segment POSTs awaiting their response
         self.failed: str | None = None
         self.segments_started = 0
         self.video_dropped = 0  # frames not encoded because the output was behind
@@ -291,14 +293,15 @@ class TrickleSink(MediaSink):
         self._push("end", b"")
 
     def _push(self, kind: str, data: bytes) -> None:
-        if self.failed or self._loop is None:
+        wake = self._wake
+        if self.failed or self._loop is None or wake is None:
             return
         with self._ops_lock:
             self._ops.append((kind, data, time.monotonic()))
             self._backlog_bytes += len(data)
             self.max_backlog_seen = max(self.max_backlog_seen, self._backlog_bytes)
         try:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(wake.set)
         except RuntimeError:  # loop closed during shutdown
             pass
 
@@ -314,22 +317,25 @@ class TrickleSink(MediaSink):
             self._backlog_bytes -= len(data)
 
     async def _pump(self) -> None:
+        wake, publisher = self._wake, self._publisher
+        assert wake is not None and publisher is not None  # set by start() before the task
         while True:
             op = self._pop()
             if op is None:
-                self._wake.clear()
+                wake.clear()
                 if self._ops:
                     continue
-                await self._wake.wait()
+                await wake.wait()
                 continue
             kind, data = op
             try:
                 if self.failed:
                     continue
                 if kind == "begin":
-                    self._writer = await asyncio.wait_for(self._publisher.next_segment(), self.stall_timeout)
+                    new_writer = await asyncio.wait_for(publisher.next_segment(), self.stall_timeout)
+                    self._writer = new_writer
                     self.segments_started += 1
-                    self.host.on_output_segment(self._writer.seq)
+                    self.host.on_output_segment(new_writer.seq)
                 elif kind == "data":
                     if self._writer is not None:
                         await asyncio.wait_for(self._writer.write(data), self.stall_timeout)

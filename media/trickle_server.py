@@ -50,15 +50,12 @@ from typing import Any
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from media.http_errors import json_error
 from media.http_routes import Role, RouteTable
+from media.trickle_protocol import HEADER_CLOSED, HEADER_LATEST, HEADER_RESET, HEADER_SEQ, STATUS_SEGMENT_MISSING
 
 log = logging.getLogger(__name__)
 
-HEADER_SEQ = "Lp-Trickle-Seq"
-HEADER_LATEST = "Lp-Trickle-Latest"
-HEADER_CLOSED = "Lp-Trickle-Closed"
-HEADER_RESET = "Lp-Trickle-Reset"
-STATUS_SEGMENT_MISSING = 470
 CLOSED_VALUE = "terminated"
 SEQ_NEXT = -1
 SEQ_CURRENT = -2
@@ -93,7 +90,9 @@ class TrickleChannelLimitError(RuntimeError):
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+    # returned, not raised: the trickle server also runs on a bare app (no error middleware), and
+    # some answers must force-close the connection; the body is still the one error shape
+    return json_error(status, message, code=code, headers=headers)
 
 
 def _parse_idx(text: str) -> int | None:
@@ -434,7 +433,7 @@ class TrickleServer:
         # segment bodies are streamed by the handlers (no pre-read, any Content-Type).
         table = RouteTable()
         # response bodies: the channel's own MIME type (GET), nothing (the rest)
-        opts = dict(
+        opts: dict[str, Any] = dict(
             role=Role.TRICKLE,
             content_types=None,
             stream_body=True,

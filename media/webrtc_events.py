@@ -61,7 +61,7 @@ class EventChannel:
         self.status_interval = status_interval
         self.queue_size = queue_size
         self._subscription: Subscription | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.sent = 0
         self.dropped = 0
         self.received = 0

@@ -8,6 +8,7 @@ trickle-ICE sdpfrags (RFC 8840) for WHIP/WHEP PATCH.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcicetransport import RTCIceCandidate
@@ -15,11 +16,15 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 
 class OfferError(ValueError):
-    """The offer cannot be used. `status` is the HTTP status to answer with (400 or 422)."""
+    """The offer cannot be used: malformed. HTTP statuses are the edge's (media/http_errors.py)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+
+class UnsupportedOffer(OfferError):
+    """A well-formed offer asking for what this server does not do (simulcast, data only, ...)."""
+
+
+class OfferFailed(OfferError):
+    """An acceptable offer whose session failed to start on our side."""
 
 
 @dataclass
@@ -54,21 +59,21 @@ def parse_offer(text: str, max_per_kind: int = 1) -> OfferSummary:
             if not media.rtp.codecs:
                 raise OfferError(f"malformed SDP: the {media.kind} m-line has no codecs")
         else:
-            raise OfferError(f"unsupported m-line kind {media.kind!r}", status=422)
+            raise UnsupportedOffer(f"unsupported m-line kind {media.kind!r}")
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise OfferError("malformed SDP: missing a=ice-ufrag / a=ice-pwd")
         if media.dtls is None or not media.dtls.fingerprints:
             raise OfferError("malformed SDP: missing a=fingerprint")
     if not kinds:
-        raise OfferError("the offer has no audio or video m-line", status=422 if has_data else 400)
+        error = UnsupportedOffer if has_data else OfferError
+        raise error("the offer has no audio or video m-line")
     for kind in ("audio", "video"):
         if kinds.count(kind) > max_per_kind:
-            raise OfferError(
-                f"at most {max_per_kind} {kind} track(s) per session (simulcast and multiple tracks are not supported)",
-                status=422,
+            raise UnsupportedOffer(
+                f"at most {max_per_kind} {kind} track(s) per session (simulcast and multiple tracks are not supported)"
             )
     if any(line.startswith(("a=simulcast:", "a=rid:")) for line in text.splitlines()):
-        raise OfferError("simulcast is not supported (turn it off in the publisher)", status=422)
+        raise UnsupportedOffer("simulcast is not supported (turn it off in the publisher)")
     first = description.media[0] if description.media else None
     return OfferSummary(
         description=description,
@@ -81,7 +86,7 @@ def parse_offer(text: str, max_per_kind: int = 1) -> OfferSummary:
     )
 
 
-def video_codec_preferences(preferred: str) -> list:
+def video_codec_preferences(preferred: str) -> list[Any]:
     """All of aiortc's video codecs with `preferred` ("VP8"/"H264") first; RTX kept."""
     codecs = RTCRtpSender.getCapabilities("video").codecs
     wanted = f"video/{preferred}".lower()

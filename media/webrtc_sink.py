@@ -85,7 +85,7 @@ class PacketTrack(MediaStreamTrack):
     ) -> None:
         super().__init__()
         self.kind = kind
-        self._queue: deque[av.Packet] = deque(maxlen=max_packets)  # overflow is handled in put()
+        self._queue: deque[av.Packet[Any]] = deque(maxlen=max_packets)  # overflow is handled in put()
         self._max_packets = max_packets
         self._wake = asyncio.Event()
         self._on_stop = on_stop
@@ -97,7 +97,7 @@ class PacketTrack(MediaStreamTrack):
         self.resyncs = 0
         self.keyframe_requests = 0
 
-    def put(self, packet: av.Packet) -> None:
+    def put(self, packet: av.Packet[Any]) -> None:
         if self.readyState != "live":
             return
         self.packets_in += 1
@@ -127,7 +127,7 @@ class PacketTrack(MediaStreamTrack):
         if self._request_keyframe is not None:
             self._request_keyframe()
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         while not self._queue:
             if self.readyState != "live":
                 raise MediaStreamError
@@ -205,12 +205,12 @@ class _SharedEncoder:
             self.retired_drops += track.dropped
         self.consumer_count = len(self.consumers)
 
-    def _deliver(self, packets: list[av.Packet]) -> None:
+    def _deliver(self, packets: list[av.Packet[Any]]) -> None:
         for track in list(self.consumers):
             for packet in packets:
                 track.put(packet)
 
-    def _publish(self, packets: list[av.Packet]) -> None:
+    def _publish(self, packets: list[av.Packet[Any]]) -> None:
         if not packets:
             return
         self.packets += len(packets)
@@ -292,6 +292,7 @@ class SharedVideoEncoder(_SharedEncoder):
                 if self._stopping:
                     return
                 item, self._pending = self._pending, None
+                assert item is not None  # the wait ends on a pending frame unless stopping
             if not self.consumer_count:
                 continue
             started = time.perf_counter()
@@ -346,7 +347,7 @@ class SharedVideoEncoder(_SharedEncoder):
         ctx.options = options
         return ctx
 
-    def _encode(self, item: VideoItem) -> list[av.Packet]:
+    def _encode(self, item: VideoItem) -> list[av.Packet[Any]]:
         source = item.frame
         width, height = even_size(source.width, source.height)  # odd sizes lose one column/row
         ctx = self._context
@@ -449,7 +450,7 @@ class SharedAudioEncoder(_SharedEncoder):
             self.frames_encoded += 1
             self._publish(packets)
 
-    def _encode(self, item: AudioItem) -> list[av.Packet]:
+    def _encode(self, item: AudioItem) -> list[av.Packet[Any]]:
         if self._context is None:
             self._context = self._open()
         # keep RTP time honest across input gaps (the receiver's jitter buffer expects it)
@@ -461,7 +462,7 @@ class SharedAudioEncoder(_SharedEncoder):
         except ValueError:  # the input's format changed (e.g. a publisher restarted): start over
             self._resampler = self._new_resampler()
             resampled = self._resampler.resample(item.frame)
-        packets: list[av.Packet] = []
+        packets: list[av.Packet[Any]] = []
         for frame in resampled:
             frame.pts = self._samples
             frame.time_base = AUDIO_TIME_BASE
@@ -555,10 +556,6 @@ class WebRTCOutput(MediaSink):
             encoder.remove_consumer(track)
         if track in self._tracks:
             self._tracks.remove(track)
-
-    @property
-    def track_count(self) -> int:
-        return len(self._tracks)
 
     async def stop(self) -> None:
         self._stopped = True

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.endpoints import Ingest, MediaSource
@@ -45,7 +46,7 @@ class WebRTCSource(MediaSource):
         self.connect_timeout = connect_timeout
         self.media_timeout = media_timeout
         self._ingest: Ingest | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.monotonic()
         self._ended = False
         self.video_frames = 0
@@ -68,16 +69,20 @@ class WebRTCSource(MediaSource):
             )
         self._tasks.append(asyncio.create_task(self._watchdog(), name=f"rtc-watchdog-{self.label}"))
 
-    def _on_video(self, frame) -> None:
+    def _on_video(self, frame: av.VideoFrame) -> None:
+        assert self._ingest is not None  # frames flow only after start()
         self.video_frames += 1
         self.video_size = (frame.width, frame.height)
         self._ingest.on_video_frame(frame)
 
-    def _on_audio(self, frame) -> None:
+    def _on_audio(self, frame: av.AudioFrame) -> None:
+        assert self._ingest is not None  # frames flow only after start()
         self.audio_frames += 1
         self._ingest.on_audio_frame(frame)
 
     async def _drain(self, track: MediaStreamTrack, deliver: Callable[[Any], None]) -> None:
+        ingest = self._ingest
+        assert ingest is not None  # drained only after start()
         try:
             while True:
                 frame = await track.recv()
@@ -85,7 +90,7 @@ class WebRTCSource(MediaSource):
                 try:
                     deliver(frame)
                 except Exception as exc:  # a bad frame must not end the input
-                    self._ingest.on_decode_error(f"{track.kind} frame rejected: {exc}")
+                    ingest.on_decode_error(f"{track.kind} frame rejected: {exc}")
         except MediaStreamError:
             log.info("[%s] remote %s track ended", self.label, track.kind)
         if all(t.done() or t is asyncio.current_task() for t in self._tasks[:-1]):

@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # the repository, and reference_file beside this script
+
+import reference_file  # noqa: E402 - beside this script
 
 from media.http_routes import registry_of
 from server.app import create_app
@@ -54,22 +55,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when the file is stale")
-    parser.add_argument("--stdout", action="store_true", help="print the table instead of writing the file")
-    args = parser.parse_args(argv)
-    if args.stdout:
-        print("\n".join(route_rows()))
-        return 0
-    text = render()
-    if args.check:
-        fresh = OUTPUT.exists() and OUTPUT.read_text() == text
-        if not fresh:
-            print(f"{OUTPUT.relative_to(ROOT)} is stale: run scripts/routes_table.py", file=sys.stderr)
-        return 0 if fresh else 1
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(text)
-    return 0
+    return reference_file.run(
+        __doc__.splitlines()[0], OUTPUT, render, lambda: "\n".join(route_rows()), "routes_table.py", argv
+    )
 
 
 if __name__ == "__main__":

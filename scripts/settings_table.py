@@ -4,35 +4,36 @@
     .venv/bin/python scripts/settings_table.py --check   # exit 1 when the file is stale
     .venv/bin/python scripts/settings_table.py --stdout  # print the tables only
 
-Every feature has one pydantic-settings model with its env prefix; a variable's name is its
-alias when it declares one (e.g. `VISION_BACKEND`), else prefix + field name.
+The tree is `server.settings.Settings`: the server's own fields, then one section model per
+feature (`settings.translate`, `.asr`, `.vision`, `.gpu`, `.analysis`), each with its env prefix;
+a variable's name is its alias when it declares one (e.g. `VISION_BACKEND`), else prefix + field name.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # the repository, and reference_file beside this script
 
+import reference_file  # noqa: E402 - beside this script
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 OUTPUT = ROOT / "docs" / "reference" / "settings.md"
 
-# (heading, "module:Model"), in the order of the reference
-MODELS = [
-    ("Server, media, WebRTC and Livepeer (`server/settings.py`)", "server.settings:Settings"),
-    ("Translation (`inference/translate`)", "inference.translate.service:TranslateSettings"),
-    ("Speech recognition (`inference/asr`)", "inference.asr.model:AsrSettings"),
-    ("Vision (`inference/vision`)", "inference.vision.stage:VisionSettings"),
-    ("GPU memory (`inference/gpu.py`)", "inference.gpu:GpuSettings"),
-    ("Recorded-video analysis (`analysis/`)", "analysis.settings:AnalysisSettings"),
-]
+ROOT_TITLE = "Server, media, WebRTC and Livepeer (`server/settings.py`)"
+# section field of the root → heading (the guides link to these anchors)
+SECTION_TITLES = {
+    "translate": "Translation (`inference/translate`)",
+    "asr": "Speech recognition (`inference/asr`)",
+    "vision": "Vision (`inference/vision`)",
+    "gpu": "GPU memory (`inference/gpu.py`)",
+    "analysis": "Recorded-video analysis (`analysis/`)",
+}
 
 # meanings of the few fields whose model gives no description
 FALLBACK_MEANINGS = {
@@ -50,15 +51,22 @@ HEADER = """\
      tests/test_docs.py fails when this file is stale. -->
 # Settings
 
-Every setting is an environment variable. `streamlens serve` flags override them: `--host`,
-`--port`, `--max-streams`, `--log-level`, `--api-token`, `--auth-token`, and `--set NAME=VALUE`
-for any other server setting (prefer environment variables for tokens: command lines are visible to
-other users of the machine).
+Every setting is an environment variable, also read from a `.env` file in the working directory
+(the environment wins). `streamlens serve` flags override them: `--host`, `--port`, `--max-streams`,
+`--log-level`, `--api-token`, `--auth-token`, `--set NAME=VALUE` for any other server setting, and
+`--set SECTION.FIELD=VALUE` for a feature's (sections `translate`, `asr`, `vision`, `gpu`,
+`analysis`; the field is the model's field name, mostly the variable's name in lower case without
+the section's prefix: `asr.model` for `ASR_MODEL`, `translate.vllm_endpoint` for `VLLM_ENDPOINT`,
+`vision.default_backend` for `VISION_BACKEND`). Prefer environment variables for tokens and keys:
+command lines are visible to other users of the machine.
 
 ```sh
 MAX_STREAMS=2 AUTH_TOKEN=secret .venv/bin/streamlens serve --port 9000 --set encoder_preset=veryfast
+ASR_DEVICE=cpu .venv/bin/streamlens serve --set asr.model=small --set vision.interval=2
 ```
 
+The server builds these settings once, at start-up, into one tree (`server/settings.py`: the
+server's own fields, then `settings.translate`, `.asr`, `.vision`, `.gpu`, `.analysis`).
 Each table is one feature's settings model; "unset" means no value (the feature's own default
 applies, or the option is off). How the settings fit together: [security](../guides/security.md)
 (tokens, outbound policy, TLS, budgets), [Livepeer](../guides/livepeer.md) (registration and side
@@ -68,14 +76,21 @@ channels), [captions and translation](../guides/captions-and-translation.md),
 
 
 def load_models() -> list[tuple[str, type[BaseSettings]]]:
-    found = []
-    for title, where in MODELS:
-        module, _, name = where.partition(":")
-        try:
-            found.append((title, getattr(importlib.import_module(module), name)))
-        except (ImportError, AttributeError):
-            continue  # a feature not in this checkout
+    """The root model, then each section model of the tree, with its heading."""
+    settings = importlib.import_module("server.settings")
+    found: list[tuple[str, type[BaseSettings]]] = [(ROOT_TITLE, settings.Settings)]
+    for name, model in settings.SECTIONS.items():
+        found.append((SECTION_TITLES.get(name, name), model))
     return found
+
+
+def own_fields(model: type[BaseSettings]) -> list[str]:
+    """The model's fields that are variables (not its nested sections)."""
+    return [
+        name
+        for name, field in model.model_fields.items()
+        if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseSettings))
+    ]
 
 
 def env_name(model: type[BaseSettings], field_name: str) -> str:
@@ -93,7 +108,7 @@ def env_name(model: type[BaseSettings], field_name: str) -> str:
 
 
 def env_names(model: type[BaseSettings]) -> list[str]:
-    return [env_name(model, name) for name in model.model_fields]
+    return [env_name(model, name) for name in own_fields(model)]
 
 
 def default_of(field) -> str:
@@ -116,7 +131,8 @@ def meaning(name: str, description: str | None) -> str:
 
 def rows(model: type[BaseSettings]) -> list[str]:
     out = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for name, field in model.model_fields.items():
+    for name in own_fields(model):
+        field = model.model_fields[name]
         variable = env_name(model, name)
         desc = meaning(variable, field.description)
         out.append(f"| `{variable}` | {default_of(field)} | {desc.replace('|', chr(92) + '|')} |")
@@ -135,22 +151,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when the file is stale")
-    parser.add_argument("--stdout", action="store_true", help="print the tables instead of writing the file")
-    args = parser.parse_args(argv)
-    if args.stdout:
-        print(tables())
-        return 0
-    text = render()
-    if args.check:
-        fresh = OUTPUT.exists() and OUTPUT.read_text() == text
-        if not fresh:
-            print(f"{OUTPUT.relative_to(ROOT)} is stale: run scripts/settings_table.py", file=sys.stderr)
-        return 0 if fresh else 1
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(text)
-    return 0
+    return reference_file.run(__doc__.splitlines()[0], OUTPUT, render, lambda: tables(), "settings_table.py", argv)
 
 
 if __name__ == "__main__":

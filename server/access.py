@@ -28,10 +28,11 @@ from typing import Any
 
 from aiohttp import web
 
-from byoc.mount import secret_value
+from media.http_errors import error_response
 from media.http_json import JSONBodyError, json_error, loads_limited
 from media.http_routes import JSON, Role, RouteSpec, registry_of
 from media.redact import redact_text
+from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ ALLOWED_HEADERS = "Authorization, Content-Type, If-Match, Last-Event-ID"
 class AccessPolicy:
     """Tokens per role, from the settings; built once per app."""
 
-    def __init__(self, settings: Any) -> None:
-        tokens = {name: secret_value(getattr(settings, name, None)) for name in TOKEN_SETTINGS}
+    def __init__(self, settings: Settings) -> None:
+        tokens = settings.tokens()
         self.open = not any(tokens.values())
         fallback = tokens["api_token"] or tokens["auth_token"]
         self.role_tokens: dict[Role, str | None] = {
@@ -66,9 +67,7 @@ class AccessPolicy:
         self.cors_origins = {o.strip() for o in (settings.cors_origins or "").split(",") if o.strip()}
         # a `?token=` rides in URLs (logs, history, Referer): only WHEP_TOKEN itself, never its API fallback
         self.query_viewer_token = tokens["whep_token"]
-        self.allowed_hosts = {
-            _bare_host(h) for h in (getattr(settings, "allowed_hosts", "") or "").split(",") if h.strip()
-        }
+        self.allowed_hosts = {_bare_host(h) for h in settings.allowed_hosts.split(",") if h.strip()}
         # open mode answers only to loopback names (a DNS-rebinding page is refused); with tokens the
         # Host is checked only when ALLOWED_HOSTS is set
         self.check_host = "*" not in self.allowed_hosts and (self.open or bool(self.allowed_hosts))
@@ -89,11 +88,9 @@ class AccessPolicy:
             for token in (self.role_tokens.get(role), self.internal_tokens.get(role)):
                 if token and hmac.compare_digest(presented.encode(), token.encode()):
                     return True
-        return (
-            bool(viewer_token)
-            and Role.VIEWER in spec.roles
-            and hmac.compare_digest(presented.encode(), viewer_token.encode())
-        )
+        if not viewer_token or Role.VIEWER not in spec.roles:
+            return False
+        return hmac.compare_digest(presented.encode(), viewer_token.encode())
 
     def cors_origin(self, origin: str | None) -> str | None:
         if not origin or not self.cors_origins:
@@ -237,7 +234,7 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
 
 async def _read_body(request: web.Request, spec: RouteSpec) -> web.Request:
     settings = request.app["settings"]
-    limit = getattr(settings, spec.max_body) if isinstance(spec.max_body, str) else spec.max_body
+    limit = settings.size_limit(spec.max_body) if isinstance(spec.max_body, str) else spec.max_body
     limit = limit or settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(
@@ -380,6 +377,12 @@ async def access_middleware(request: web.Request, handler):
     except web.HTTPException as exc:
         exc.headers.update(cors)  # so a browser can read the error
         raise
+    except Exception as exc:  # ApiError, a mapped domain error, a bug: the one error answer, with CORS
+        error = error_response(request, exc)
+        if error is None:
+            raise
+        error.headers.update(cors)
+        return error
     if cors and not response.prepared:
         response.headers.update(cors)
     return response
@@ -400,7 +403,7 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def startup_warnings(settings: Any) -> list[str]:
+def startup_warnings(settings: Settings) -> list[str]:
     """What `streamlens serve` logs loudly before it listens."""
     warnings = []
     policy = AccessPolicy(settings)

@@ -7,13 +7,15 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from analysis.cli import add_analyze_parser, run_analyze
 from server import __version__
 from server.heap import pin_mmap_threshold
-from server.settings import Settings
+from server.settings import ENV_FILE, SECTIONS, Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,27 +38,44 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="any other setting, e.g. --set encoder_preset=veryfast (repeatable)",
+        help="any other setting, e.g. --set encoder_preset=veryfast; a feature section's as "
+        "SECTION.FIELD=VALUE, e.g. --set asr.model=small (sections: " + ", ".join(SECTIONS) + "; repeatable)",
     )
     add_analyze_parser(sub)  # `streamlens analyze FILE_OR_URL ...` (analysis/cli.py)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    overrides = {}
+    """The one settings tree: environment and .env, then these flags over them (sections too)."""
+    overrides: dict[str, Any] = {}
     for name in ("host", "port", "max_streams", "log_level", "api_token", "auth_token"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    sections: dict[str, dict[str, Any]] = {}  # field values as given; each section's model parses them
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set expects NAME=VALUE, got {item!r}")
         name = name.strip().lower().replace("-", "_")
-        if name not in Settings.model_fields:
+        section, dot, field = name.partition(".")
+        if dot:
+            model = SECTIONS.get(section)
+            if model is None:
+                raise SystemExit(f"unknown settings section {section!r} (one of {', '.join(SECTIONS)})")
+            if field not in model.model_fields:
+                raise SystemExit(f"unknown setting {name!r}")
+            sections.setdefault(section, {})[field] = value
+        elif name in Settings.model_fields and name not in SECTIONS:
+            overrides[name] = value
+        else:
             raise SystemExit(f"unknown setting {name!r}")
-        overrides[name] = value
-    return Settings(**overrides)
+    try:
+        for section, values in sections.items():
+            overrides[section] = SECTIONS[section](_env_file=ENV_FILE, **values)  # flags over its variables
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SystemExit(f"invalid settings: {exc}") from None
 
 
 log = logging.getLogger("streamlens")

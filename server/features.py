@@ -1,7 +1,9 @@
 """Wires the AI features into the app: translation, vision, GPU memory, (and ASR captions).
 
-Each feature reads its own environment variables (docs/reference/settings.md), adds its routes,
-its stage provider for streams, its /health and /metrics figures, and closes on shutdown.
+Each feature takes its section of the one settings tree (`settings.translate`, `.asr`, `.vision`,
+`.gpu`, `.analysis`; docs/reference/settings.md), adds its routes, its stage provider for streams,
+its /health and /metrics figures, and closes on shutdown. Services live under the keys of
+server/keys.py; route modules only read them.
 """
 
 from __future__ import annotations
@@ -12,16 +14,21 @@ import logging
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 
-from byoc.capabilities import CapabilityError
+from analysis.engine import AnalysisServices
+from analysis.runner import JobRunner
+from analysis.settings import AnalysisSettings
+from byoc.capabilities import CapabilityContext, CapabilityError
 from inference.asr.metrics import asr_metrics
-from inference.asr.model import AsrModelPool, AsrSettings, shared_pool
+from inference.asr.model import AsrModelPool, shared_pool
 from inference.asr.stage import CaptionStage
-from inference.gpu import GpuMemoryManager, GpuSettings
+from inference.gpu import GpuMemoryManager
 from inference.translate.base import TranslationError
-from inference.translate.service import TranslateSettings, TranslationService
-from inference.vision.stage import VisionBackends, VisionParams, VisionSettings, VisionStage
+from inference.translate.service import TranslationService
+from inference.vision.stage import VisionBackends, VisionParams, VisionStage
+from media.http_errors import status_of
 from media.outbound import OUTBOUND_POLICY_KEY
-from server.routes_analysis import install_analysis
+from server.keys import ASR_KEY, GPU_KEY, TRANSLATION_KEY, VISION_KEY
+from server.routes_analysis import add_analysis_routes, analyze_capability, inference_capability
 from server.routes_translate import add_translate_routes, translate_capability
 from server.routes_vision import DescribeError, add_vision_routes, describe_capability
 from server.settings import Settings
@@ -29,16 +36,9 @@ from server.start_request import StreamSpec
 
 log = logging.getLogger(__name__)
 
-TRANSLATION_KEY = web.AppKey("translation", TranslationService)
-VISION_KEY = web.AppKey("vision_backends", VisionBackends)
-GPU_KEY = web.AppKey("gpu_memory", GpuMemoryManager)
-ASR_KEY = web.AppKey("asr_pool", AsrModelPool)
 
-
-def install_translation(app: web.Application) -> TranslationService:
-    service = TranslationService(
-        TranslateSettings(), ssl_for=app[OUTBOUND_POLICY_KEY].tls.ssl_for
-    )  # a BaseSettings: reads TRANSLATE_* and the VLLM_*/APERTIUM_* names
+def install_translation(app: web.Application, settings: Settings) -> TranslationService:
+    service = TranslationService(settings.translate, ssl_for=app[OUTBOUND_POLICY_KEY].tls.ssl_for)
     app[TRANSLATION_KEY] = service
     add_translate_routes(app, service)
     app["health_details"]["translation"] = lambda: {"backend": service.backend, "model": service.model_info}
@@ -52,14 +52,14 @@ def install_translation(app: web.Application) -> TranslationService:
         try:
             return await translate_capability(body, service)
         except TranslationError as exc:
-            raise CapabilityError(exc.http_status, exc.message) from None
+            raise CapabilityError(status_of(exc), exc.message) from None
 
     app["capabilities"].register("translate", translate, "Translate text: {text|texts, source_lang, target_lang}")
     return service
 
 
 def install_vision(app: web.Application, settings: Settings) -> VisionBackends:
-    vision_settings = VisionSettings.from_env()
+    vision_settings = settings.vision
     backends = VisionBackends(vision_settings, ssl_for=app[OUTBOUND_POLICY_KEY].tls.ssl_for)
     app[VISION_KEY] = backends
     add_vision_routes(app, backends)
@@ -88,8 +88,8 @@ def install_vision(app: web.Application, settings: Settings) -> VisionBackends:
     return backends
 
 
-def install_gpu(app: web.Application) -> GpuMemoryManager:
-    gpu = GpuMemoryManager(GpuSettings())  # GPU_* environment variables
+def install_gpu(app: web.Application, settings: Settings) -> GpuMemoryManager:
+    gpu = GpuMemoryManager(settings.gpu)
     app[GPU_KEY] = gpu
     app["streams"].admission_checks.append(gpu.can_accept_stream)
     app["health_details"]["gpu"] = gpu.snapshot
@@ -156,7 +156,7 @@ def track_gpu_models(app: web.Application, gpu: GpuMemoryManager) -> None:
 def install_asr(app: web.Application, settings: Settings, translation: TranslationService) -> AsrModelPool:
     """One shared speech model for every stream; each stream gets a CaptionStage that stays idle
     until its params carry a "captions" object."""
-    asr_settings = AsrSettings()  # ASR_* environment variables
+    asr_settings = settings.asr
     pool = shared_pool(asr_settings)
     app[ASR_KEY] = pool
     app["metrics"].add_source(lambda: asr_metrics(pool))
@@ -187,9 +187,57 @@ def install_asr(app: web.Application, settings: Settings, translation: Translati
     return pool
 
 
+def install_analysis(app: web.Application, config: AnalysisSettings) -> JobRunner:
+    """Jobs, tags and transcripts of recorded video (routes: server/routes_analysis.py); after the
+    vision, ASR and translation features, whose services it shares."""
+    services = AnalysisServices(
+        vision=app[VISION_KEY],
+        asr=app.get(ASR_KEY),
+        translation=app.get(TRANSLATION_KEY),
+        max_duration=config.max_duration,
+        max_samples=config.max_samples,
+        vlm_concurrency=config.vlm_concurrency,
+        transcript_window=config.transcript_window,
+        face_max_side=config.face_max_side,
+        input_formats=config.input_formats,
+        image_patch_size=config.image_patch_size,
+    )
+    runner = JobRunner(config, services, outbound_policy=app[OUTBOUND_POLICY_KEY])
+    add_analysis_routes(app, runner)
+    app["health_details"]["analysis"] = runner.stats
+
+    async def start(_app: web.Application) -> None:
+        await runner.start()
+
+    async def stop(_app: web.Application) -> None:
+        await runner.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+    async def analyze(body: dict, ctx: CapabilityContext) -> dict | web.Response:
+        return await analyze_capability(runner, body, ctx)
+
+    async def inference(body: dict, ctx: CapabilityContext) -> dict | web.Response:
+        return await inference_capability(runner, body, ctx)
+
+    app["capabilities"].register(
+        "analyze",
+        analyze,
+        "Timed tags / transcript of a video: {video_url, tag_list, frame_interval, "
+        "threshold, backend, transcript, translate_to}",
+    )
+    app["capabilities"].register(
+        "video-inference",
+        inference,
+        "A VLM's answer about a video: {video_url, prompt, video_params, generation_params}",
+    )
+    return runner
+
+
 def install_features(app: web.Application, settings: Settings) -> None:
-    install_gpu(app)
-    translation = install_translation(app)
+    install_gpu(app, settings)
+    translation = install_translation(app, settings)
     install_asr(app, settings, translation)
     install_vision(app, settings)
-    install_analysis(app, settings)  # recorded video: jobs, tags, transcripts (server/routes_analysis.py)
+    install_analysis(app, settings.analysis)  # recorded video: jobs, tags, transcripts

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from media.http_errors import STATUS
 from media.http_routes import JSON, Role, RouteSpec, RouteTable, registry_of
 from server import __version__
 
@@ -21,28 +22,8 @@ ROLE_DESCRIPTIONS = {
     Role.TRICKLE: "TRICKLE_TOKEN (else API_TOKEN, then AUTH_TOKEN): the built-in trickle server",
     Role.METRICS: "METRICS_TOKEN (else API_TOKEN, then AUTH_TOKEN): Prometheus metrics",
 }
-STATUS_TEXT = {
-    200: "OK",
-    201: "Created",
-    202: "Accepted",
-    204: "No Content",
-    400: "Bad request",
-    401: "Missing or wrong token",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    408: "Body too slow",
-    409: "Conflict",
-    412: "Precondition failed",
-    413: "Body too large",
-    415: "Wrong Content-Type",
-    422: "Unprocessable",
-    428: "Precondition required",
-    500: "Internal error",
-    502: "Bad upstream answer",
-    503: "Unavailable or at capacity",
-    504: "Timed out",
-}
+# descriptions come from the one status table (media/http_errors.py)
+STATUS_TEXT = {status: info.text for status, info in STATUS.items()}
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],

@@ -1,21 +1,20 @@
 """Recorded video over HTTP: prompt answers (TRU shape), timed tags, transcripts, and their jobs.
 
-`install_analysis(app, settings)` mounts the routes below, starts and stops the job runner with the
-app, adds an "analysis" section to /health and registers the BYOC batch capabilities `analyze` and
-`video-inference`. Every route is `api` but `/v1/health` (public). Errors are the one JSON shape.
+`server.features.install_analysis` builds the job runner from `settings.analysis`, starts and stops
+it with the app, adds an "analysis" section to /health, mounts the routes below (`add_analysis_routes`)
+and registers the BYOC batch capabilities `analyze` and `video-inference` (handlers below). Every route
+is `api` but `/v1/health` (public). Errors are the one JSON shape.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from analysis.engine import AnalysisServices
 from analysis.inputs import InputError, remove_quietly, save_upload
 from analysis.models import (
     AnalyzeOptions,
@@ -34,20 +33,19 @@ from analysis.models import (
     VideoParams,
 )
 from analysis.runner import JobConflict, JobNotFound, JobRunner, QueueFull, RequestTooLarge
-from analysis.settings import AnalysisSettings
 from analysis.subtitles import to_srt, to_vtt
 from byoc.capabilities import CapabilityContext, CapabilityError, url_fetch_error
-from media.http_json import JSONBodyError, json_error, loads_limited, validation_message
+from media.http_errors import ApiError, status_of
+from media.http_json import JSONBodyError, loads_limited, validation_message
 from media.http_routes import JSON, Role, RouteTable
+from media.sse import DISCONNECT_CHECK_SECONDS, SseWriter
 from server import __version__
 from server.errors import read_json
+from server.keys import RUNNER_KEY
 
 log = logging.getLogger(__name__)
 
-RUNNER_KEY = web.AppKey("analysis_runner", JobRunner)
 MULTIPART = "multipart/form-data"
-_SSE_KEEPALIVE = 15.0
-_SSE_DISCONNECT_CHECK = 1.0  # an event stream whose client went away frees its place within this
 _SUMMARY_CHARS = 200  # in a job list, longer request strings are cut to this
 _SUMMARY_ITEMS = 16  # and longer request lists to this many items
 
@@ -66,8 +64,8 @@ def _summary(value: Any) -> tuple[Any, bool]:
         items = [_summary(item) for item in value[:_SUMMARY_ITEMS]]
         return [item for item, _ in items], len(value) > _SUMMARY_ITEMS or any(cut for _, cut in items)
     if isinstance(value, dict):
-        items = {key: _summary(item) for key, item in value.items()}
-        return {key: item for key, (item, _) in items.items()}, any(cut for _, cut in items.values())
+        fields = {key: _summary(item) for key, item in value.items()}
+        return {key: item for key, (item, _) in fields.items()}, any(cut for _, cut in fields.values())
     return value, False
 
 
@@ -116,36 +114,36 @@ def _validate(model: type[BaseModel], data: dict[str, Any]) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise web.HTTPBadRequest(reason=validation_message(exc)) from None
+        raise ApiError(400, validation_message(exc)) from None
 
 
 def _require_vlm(runner: JobRunner) -> None:
     if not runner.services.vlm_configured():
-        raise web.HTTPServiceUnavailable(
-            reason="no VLM is configured: set VISION_VLM_ENDPOINT (or VISION_VLM_ENDPOINTS) to an "
-            "OpenAI-compatible server"
+        raise ApiError(
+            503,
+            "no VLM is configured: set VISION_VLM_ENDPOINT (or VISION_VLM_ENDPOINTS) to an OpenAI-compatible server",
         )
 
 
 def _require_asr(runner: JobRunner) -> None:
     if runner.services.asr is None:
-        raise web.HTTPServiceUnavailable(reason="no speech model is configured on this server")
+        raise ApiError(503, "no speech model is configured on this server")
 
 
 def _capacity(runner: JobRunner) -> None:
     try:
         runner.check_capacity()
     except QueueFull as exc:
-        raise web.HTTPServiceUnavailable(reason=str(exc), headers={"Retry-After": "30"}) from None
+        raise ApiError(503, str(exc), headers={"Retry-After": "30"}) from None
 
 
 async def _submit(runner: JobRunner, kind: str, request: dict[str, Any], **upload: Any) -> dict[str, Any]:
     try:
         return await runner.submit(kind, request, **upload)
     except QueueFull as exc:
-        raise web.HTTPServiceUnavailable(reason=str(exc), headers={"Retry-After": "30"}) from None
+        raise ApiError(503, str(exc), headers={"Retry-After": "30"}) from None
     except RequestTooLarge as exc:
-        raise _http_error(413, str(exc)) from None
+        raise ApiError(413, str(exc)) from None
 
 
 async def _upload(request: web.Request, runner: JobRunner) -> tuple[str, Any, str | None, dict[str, str]]:
@@ -166,24 +164,14 @@ async def _upload(request: web.Request, runner: JobRunner) -> tuple[str, Any, st
             )
     except InputError as exc:
         log.info("upload refused: %s", exc.message)
-        raise _http_error(exc.status, exc.message) from None
+        raise ApiError(status_of(exc), exc.message, code=exc.code) from None
     return job_id, path, filename, fields
 
 
-def _http_error(status: int, message: str) -> web.HTTPException:
-    classes = {
-        400: web.HTTPBadRequest,
-        408: web.HTTPRequestTimeout,
-        413: web.HTTPRequestEntityTooLarge,
-        415: web.HTTPUnsupportedMediaType,
-        500: web.HTTPInternalServerError,
-        507: web.HTTPInsufficientStorage,
-    }
-    cls = classes.get(status, web.HTTPBadRequest)
-    if cls is web.HTTPRequestEntityTooLarge:
-        # the error middleware keeps a 413 message that names the limit
-        return cls(max_size=0, actual_size=0, reason=message, text=message)
-    return cls(reason=message)
+def _failed_status(runner: JobRunner, job_id: str) -> int:
+    """The status a synchronous caller of a failed job gets: the error table's for why it failed."""
+    failure = runner.failure(job_id)
+    return status_of(failure) if failure is not None else 422
 
 
 def _form_options(fields: dict[str, str]) -> dict[str, Any]:
@@ -196,7 +184,7 @@ def _form_options(fields: dict[str, str]) -> dict[str, Any]:
                 data[key] = loads_limited(text)
                 continue
             except JSONBodyError as exc:
-                raise web.HTTPBadRequest(reason=f"form field {key!r} must be JSON: {exc}") from None
+                raise ApiError(400, f"form field {key!r} must be JSON: {exc}") from None
         data[key] = text
     return data
 
@@ -210,8 +198,8 @@ async def _wait_answer(runner: JobRunner, job: dict[str, Any], request: web.Requ
     if job["status"] in ("queued", "running"):
         return _accepted(job)
     if job["status"] == "failed":
-        return json_error(runner.error_status(job["id"]), f"job {job['id']} failed: {job['error']}")
-    return json_error(409, f"job {job['id']} was {job['status']}")
+        raise ApiError(_failed_status(runner, job["id"]), f"job {job['id']} failed: {job['error']}")
+    raise ApiError(409, f"job {job['id']} was {job['status']}")
 
 
 # -- prompt answers (TRU) ------------------------------------------------------------------------------
@@ -333,7 +321,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit = min(100, max(1, int(request.query.get("limit", "20"))))
         offset = max(0, int(request.query.get("offset", "0")))
     except ValueError:
-        raise web.HTTPBadRequest(reason="limit and offset must be integers") from None
+        raise ApiError(400, "limit and offset must be integers") from None
     status = request.query.get("status") or None
     jobs, total = await _runner(request).list(limit, offset, status)
     return web.json_response(
@@ -345,7 +333,7 @@ async def _job_or_404(request: web.Request) -> dict[str, Any]:
     try:
         return await _runner(request).get(request.match_info["job_id"])
     except JobNotFound:
-        raise web.HTTPNotFound(reason=f"no job {request.match_info['job_id']!r}") from None
+        raise ApiError(404, f"no job {request.match_info['job_id']!r}") from None
 
 
 @table.get(
@@ -371,7 +359,7 @@ async def delete_job(request: web.Request) -> web.Response:
     try:
         outcome = await _runner(request).cancel_or_delete(request.match_info["job_id"])
     except JobNotFound:
-        raise web.HTTPNotFound(reason=f"no job {request.match_info['job_id']!r}") from None
+        raise ApiError(404, f"no job {request.match_info['job_id']!r}") from None
     return web.json_response({"job_id": request.match_info["job_id"], "status": outcome})
 
 
@@ -390,16 +378,12 @@ async def retry_job(request: web.Request) -> web.Response:
     try:
         job = await runner.retry(request.match_info["job_id"])
     except JobNotFound:
-        raise web.HTTPNotFound(reason=f"no job {request.match_info['job_id']!r}") from None
+        raise ApiError(404, f"no job {request.match_info['job_id']!r}") from None
     except JobConflict as exc:
-        raise web.HTTPConflict(reason=str(exc)) from None
+        raise ApiError(409, str(exc)) from None
     except QueueFull as exc:
-        raise web.HTTPServiceUnavailable(reason=str(exc)) from None
+        raise ApiError(503, str(exc)) from None
     return _accepted(job)
-
-
-def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 @table.get(
@@ -416,41 +400,33 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     try:
         queue = runner.subscribe(job["id"])
     except QueueFull as exc:
-        raise web.HTTPServiceUnavailable(reason=str(exc)) from None
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **_cors(request)}
-    )
+        raise ApiError(503, str(exc)) from None
+    sse = SseWriter(request, _cors(request))
     # from here on the place is given back however the stream ends: prepare() itself raises when the
     # client already went away
     try:
-        await response.prepare(request)
+        await sse.prepare()
         if queue is None:  # finished (or not live in this process): the result at once
-            await response.write(_sse("result", _job_view(await runner.get(job["id"]))))
-            await response.write(_sse("end", {}))
-            return response
-        loop = asyncio.get_running_loop()
-        last_write = loop.time()
+            await sse.send("result", _job_view(await runner.get(job["id"])))
+            await sse.send("end", {})
+            return sse.response
         while True:
             try:
-                event, data = await asyncio.wait_for(queue.get(), _SSE_DISCONNECT_CHECK)
+                event, data = await asyncio.wait_for(queue.get(), DISCONNECT_CHECK_SECONDS)
             except TimeoutError:
-                if request.transport is None or request.transport.is_closing():
+                if not await sse.idle():
                     break  # the client went away: free its place now, not at the next event
-                if loop.time() - last_write >= _SSE_KEEPALIVE:
-                    await response.write(b": keep-alive\n\n")
-                    last_write = loop.time()
                 continue
             if event == "end":
-                await response.write(_sse("end", {}))
+                await sse.send("end", {})
                 break
-            await response.write(_sse(event, _job_view(data) if event == "result" else data))
-            last_write = loop.time()
+            await sse.send(event, _job_view(data) if event == "result" else data)
     except ConnectionResetError:  # the client went away mid-write (aiohttp's error is one too)
         log.debug("job %s: event stream closed by the client", job["id"])
     finally:
         if queue is not None:
             runner.unsubscribe(job["id"], queue)
-    return response
+    return sse.response
 
 
 def _cors(request: web.Request) -> dict[str, str]:
@@ -465,14 +441,14 @@ async def _subtitles(request: web.Request, render, content_type: str) -> web.Res
     job = await _job_or_404(request)
     transcript = (job.get("result") or {}).get("transcript")
     if job["status"] != "completed" or transcript is None:
-        raise web.HTTPNotFound(reason=f"job {job['id']} has no transcript ({job['status']})")
+        raise ApiError(404, f"job {job['id']} has no transcript ({job['status']})")
     lang = request.query.get("lang") or None
     if lang == transcript.get("language"):
         lang = None
     try:
         text = render(transcript["segments"], lang)
     except KeyError:
-        raise web.HTTPNotFound(reason=f"job {job['id']} has no {lang!r} translation") from None
+        raise ApiError(404, f"job {job['id']} has no {lang!r} translation") from None
     return web.Response(text=text, content_type=content_type, charset="utf-8")
 
 
@@ -542,68 +518,25 @@ async def health_detailed(request: web.Request) -> web.Response:
     )
 
 
-# -- installation ----------------------------------------------------------------------------------------
+# -- mounting (server/features.py installs the feature: its runner, lifecycle, /health) ----------------
 
 
-def install_analysis(
-    app: web.Application, settings: Any, analysis_settings: AnalysisSettings | None = None
-) -> JobRunner:
-    from server.features import ASR_KEY, TRANSLATION_KEY, VISION_KEY  # installed before this feature
-
-    config = analysis_settings or AnalysisSettings()
-    services = AnalysisServices(
-        vision=app[VISION_KEY],
-        asr=app.get(ASR_KEY),
-        translation=app.get(TRANSLATION_KEY),
-        max_duration=config.max_duration,
-        max_samples=config.max_samples,
-        vlm_concurrency=config.vlm_concurrency,
-        transcript_window=config.transcript_window,
-        face_max_side=config.face_max_side,
-        input_formats=config.input_formats,
-        image_patch_size=config.image_patch_size,
-    )
-    policy = None
-    try:
-        from media.outbound import outbound_policy
-
-        policy = outbound_policy(app)
-    except ImportError:  # pragma: no cover - the outbound policy module ships with the server
-        log.warning("media.outbound is missing: video URLs are fetched without the outbound policy")
-    runner = JobRunner(config, services, outbound_policy=policy)
+def add_analysis_routes(app: web.Application, runner: JobRunner) -> None:
+    """Mount the routes below on `app`, serving `runner` (kept under RUNNER_KEY)."""
     app[RUNNER_KEY] = runner
     table.mount(app)
-    app["health_details"]["analysis"] = runner.stats
 
-    async def start(_app: web.Application) -> None:
-        await runner.start()
 
-    async def stop(_app: web.Application) -> None:
-        await runner.stop()
+async def analyze_capability(runner: JobRunner, body: dict, ctx: CapabilityContext) -> dict | web.Response:
+    """The BYOC batch capability `analyze`."""
+    return await _capability(runner, "analyze", AnalyzeRequest, body, ctx)
 
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
 
-    async def analyze_capability(body: dict, ctx: CapabilityContext) -> dict | web.Response:
-        return await _capability(runner, "analyze", AnalyzeRequest, body, ctx)
-
-    async def inference_capability(body: dict, ctx: CapabilityContext) -> dict | web.Response:
-        if not services.vlm_configured():
-            raise CapabilityError(503, "no VLM is configured: set VISION_VLM_ENDPOINT")
-        return await _capability(runner, "inference", InferenceUrlRequest, body, ctx)
-
-    app["capabilities"].register(
-        "analyze",
-        analyze_capability,
-        "Timed tags / transcript of a video: {video_url, tag_list, frame_interval, "
-        "threshold, backend, transcript, translate_to}",
-    )
-    app["capabilities"].register(
-        "video-inference",
-        inference_capability,
-        "A VLM's answer about a video: {video_url, prompt, video_params, generation_params}",
-    )
-    return runner
+async def inference_capability(runner: JobRunner, body: dict, ctx: CapabilityContext) -> dict | web.Response:
+    """The BYOC batch capability `video-inference`."""
+    if not runner.services.vlm_configured():
+        raise CapabilityError(503, "no VLM is configured: set VISION_VLM_ENDPOINT")
+    return await _capability(runner, "inference", InferenceUrlRequest, body, ctx)
 
 
 # analysis/inputs.py's errors for a video_url that was contacted but not fetched (refused, timed out,
@@ -639,7 +572,7 @@ async def _capability(
     if job["status"] == "failed":
         if (job["error"] or "").startswith(URL_FETCH_FAILURES):  # how the URL's host answered: log only
             raise url_fetch_error(f"job {job['id']} failed: {job['error']}")
-        raise CapabilityError(runner.error_status(job["id"]), f"job {job['id']} failed: {job['error']}")
+        raise CapabilityError(_failed_status(runner, job["id"]), f"job {job['id']} failed: {job['error']}")
     return web.json_response(
         {"job_id": job["id"], "status": job["status"], "status_url": f"/v1/jobs/{job['id']}"}, status=202
     )

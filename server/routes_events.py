@@ -12,8 +12,6 @@ first gets the recent events it missed, from the stream's bounded history.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import re
 import weakref
@@ -22,7 +20,9 @@ from typing import Any
 from aiohttp import web
 
 from media.events import StreamEvent
+from media.http_errors import ApiError
 from media.http_routes import Role, RouteTable, match_stream_id
+from media.sse import DISCONNECT_CHECK_SECONDS, SseWriter
 from server.access import cors_headers
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 routes = RouteTable()
 # Viewer routes: WHEP_TOKEN (every stream) or the stream's own viewer token; `?token=` too, since
 # EventSource and <track src> cannot send headers.
-VIEWER = {
+VIEWER: dict[str, Any] = {
     "role": Role.VIEWER,
     "query_token": True,
     "stream_of": match_stream_id(),
@@ -38,8 +38,6 @@ VIEWER = {
     "errors": (401, 404),
 }
 
-KEEPALIVE_SECONDS = 15.0
-DISCONNECT_CHECK_SECONDS = 1.0
 # An event id as the server writes it: ASCII decimal, at most 19 digits (str.isdigit() also takes "²")
 EVENT_ID = re.compile(r"[0-9]{1,19}")
 
@@ -87,7 +85,7 @@ def _stream(request: web.Request):
     manifest_id = request.match_info["manifest_id"]
     stream = request.app["streams"].get(manifest_id)
     if stream is None:
-        raise web.HTTPNotFound(reason=f"no stream with manifest id '{manifest_id}'")
+        raise ApiError(404, f"no stream with manifest id '{manifest_id}'")
     return stream
 
 
@@ -97,18 +95,13 @@ def event_payload(event: StreamEvent) -> dict:
     return body
 
 
-def sse_message(event: StreamEvent, event_name: str) -> bytes:
-    data = json.dumps(event_payload(event), separators=(",", ":"), default=str)
-    return f"id: {event.id}\nevent: {event_name}\ndata: {data}\n\n".encode()
-
-
 def last_event_id(request: web.Request) -> int | None:
     """`Last-Event-ID` (header, else `?last_event_id=`): None when absent, else an event id or 400."""
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     if not raw:
         return None
     if not EVENT_ID.fullmatch(raw):
-        raise web.HTTPBadRequest(reason="Last-Event-ID must be an event id: ASCII digits, at most 19")
+        raise ApiError(400, "Last-Event-ID must be an event id: ASCII digits, at most 19")
     return int(raw)
 
 
@@ -119,53 +112,39 @@ async def _serve_sse(request: web.Request, kinds: set[str] | None, name_of) -> w
     slots = request.app[SSE_OPEN_KEY]
     limit = request.app["settings"].sse_max_per_stream
     if not slots.take(stream, limit):
-        raise web.HTTPServiceUnavailable(
-            reason=f"stream '{stream.manifest_id}' has its maximum of {limit} event connections",
+        raise ApiError(
+            503,
+            f"stream '{stream.manifest_id}' has its maximum of {limit} event connections",
             headers={"Retry-After": "5"},
         )
     subscription = None
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            **cors_headers(request),
-        }
-    )
+    sse = SseWriter(request, cors_headers(request))
     try:  # from here on, every way out gives the place back
         try:
             subscription = stream.events.subscribe(maxsize=512, kinds=kinds, replay=replay)
         except RuntimeError as exc:  # too many subscribers on this stream
-            raise web.HTTPServiceUnavailable(reason=str(exc)) from None
-        await response.prepare(request)  # raises when the client already left
-        await response.write(b": streamlens events\nretry: 2000\n\n")
-        loop = asyncio.get_running_loop()
-        last_write = loop.time()
+            raise ApiError(503, str(exc)) from None
+        await sse.prepare(b": streamlens events\nretry: 2000\n\n")  # raises when the client already left
         while True:
             # wake every second so a client that went away frees its place promptly
             event = await subscription.get(timeout=DISCONNECT_CHECK_SECONDS)
             if event is None:
                 if subscription.closed:
-                    reason = json.dumps({"type": "stream_ended", "reason": stream.end_reason})
-                    await response.write(f"event: end\ndata: {reason}\n\n".encode())
+                    await sse.send("end", {"type": "stream_ended", "reason": stream.end_reason})
                     break
-                if request.transport is None or request.transport.is_closing():
+                if not await sse.idle():
                     break
-                if loop.time() - last_write >= KEEPALIVE_SECONDS:
-                    await response.write(b": keepalive\n\n")
-                    last_write = loop.time()
                 continue
             if skip_until is not None and event.id <= skip_until:
                 continue  # the client saw it before reconnecting
-            await response.write(sse_message(event, name_of(event)))
-            last_write = loop.time()
+            await sse.send(name_of(event), event_payload(event), event.id)
     except (ConnectionResetError, RuntimeError):
         pass  # the client went away (aiohttp answers nothing more on a closed connection)
     finally:
         if subscription is not None:
             subscription.close()
         slots.give_back(stream)
-    return response
+    return sse.response
 
 
 @routes.get(

@@ -12,7 +12,7 @@ from media.manager import AdmissionError, DuplicateStreamError, StreamManager
 from media.outbound import OutboundDenied, check_spec_urls, outbound_policy
 from media.redact import redact_payload, redact_text
 from server.access import VIEWER_TOKENS_KEY
-from server.errors import json_error, read_json, validation_message
+from server.errors import ApiError, read_json, validation_message
 from server.pipeline import StreamFactory
 from server.start_request import StartRequest, StreamSpec, parse_start
 
@@ -71,16 +71,16 @@ async def start_from_body(app: web.Application, body: dict, stream_id_header: st
         spec = parse_start(body, stream_id_header)
     except ValidationError as exc:
         metrics.streams_rejected.labels("bad_request").inc()
-        return json_error(400, validation_message(exc))
+        raise ApiError(400, validation_message(exc)) from None
     except ValueError as exc:
         metrics.streams_rejected.labels("bad_request").inc()
-        return json_error(400, str(exc))
+        raise ApiError(400, str(exc)) from None
     running = app["streams"].get_active(spec.manifest_id)
     if running is not None and running.metadata.get("publish_url") == spec.publish_url:
         try:  # the gateway re-sends /stream/start for a running stream: its params are a merge patch
             running.update_params(spec.params)
         except ValueError as exc:
-            return json_error(400, str(exc))
+            raise ApiError(400, str(exc)) from None
         # answered as ai-runner does (200, the same stream), but whoever can repeat a start (its id
         # and publish_url are no secret) does not get the viewer token again
         return web.json_response(start_response(app, running, created=False))
@@ -88,19 +88,19 @@ async def start_from_body(app: web.Application, body: dict, stream_id_header: st
         stream = await start_stream(app, spec)
     except AdmissionError as exc:
         metrics.streams_rejected.labels("capacity").inc()
-        return json_error(503, str(exc), code="at_capacity", headers={"Retry-After": "5"})
+        raise ApiError(503, str(exc), code="at_capacity", headers={"Retry-After": "5"}) from None
     except DuplicateStreamError as exc:
-        return json_error(409, str(exc))
+        raise ApiError(409, str(exc)) from None
     except OutboundDenied as exc:
         metrics.streams_rejected.labels("outbound_denied").inc()
         log.warning("[%s] stream start refused: %s", spec.manifest_id, exc)
-        return json_error(400, str(exc))
+        raise ApiError(400, str(exc)) from None
     except ValueError as exc:
         metrics.streams_rejected.labels("bad_request").inc()
-        return json_error(400, str(exc))
+        raise ApiError(400, str(exc)) from None
     except Exception as exc:
         log.exception("[%s] stream failed to start", spec.manifest_id)
-        return json_error(500, f"stream failed to start: {redact_text(str(exc))}")
+        raise ApiError(500, f"stream failed to start: {redact_text(str(exc))}") from None
     return web.json_response(start_response(app, stream))
 
 
@@ -138,7 +138,7 @@ def _stream_or_404(request: web.Request, active_only: bool = False):
     manager = manager_of(request)
     stream = manager.get_active(manifest_id) if active_only else manager.get(manifest_id)
     if stream is None:
-        raise web.HTTPNotFound(reason=f"no stream with manifest id '{manifest_id}'")
+        raise ApiError(404, f"no stream with manifest id '{manifest_id}'")
     return stream
 
 

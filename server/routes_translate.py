@@ -28,13 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from inference.translate import TranslationError, TranslationResult, TranslationService
 from inference.translate.base import LANGUAGE_CODE_PATTERN, sum_usage
 from inference.translate.sessions import SESSION_ID_PATTERN
-from media.http_json import JSONBodyError, json_error, loads_limited, validation_message
+from media.http_errors import ApiError
+from media.http_json import JSONBodyError, loads_limited, validation_message
 from media.http_routes import Role, RouteTable
 from server.errors import read_json
+from server.keys import TRANSLATION_KEY
 
 log = logging.getLogger(__name__)
-
-TRANSLATION_SERVICE_KEY: web.AppKey[TranslationService] = web.AppKey("translation_service", TranslationService)
 
 # ISO 639-1/3 code, optionally with a region: 'en', 'es', 'spa', 'en-US'
 LanguageCode = Annotated[str, Field(pattern=LANGUAGE_CODE_PATTERN, max_length=24)]
@@ -115,7 +115,7 @@ class LanguagesResponse(BaseModel):
 
 
 def _invalid(message: str) -> TranslationError:
-    return TranslationError(message, code="invalid_request", http_status=400, retryable=False)
+    return TranslationError(message, code="invalid_request", retryable=False)
 
 
 def _parse(model: type[BaseModel], body: Any) -> Any:
@@ -167,7 +167,7 @@ def batch_response(
 async def translate_capability(body: dict[str, Any], service: TranslationService) -> dict[str, Any]:
     """The BYOC `translate` capability: `{"text", "source_lang", "target_lang", "session_id"?}` →
     the /translate answer, or `{"texts": [...], ...}` → the /translate/batch answer. Raises
-    TranslationError (`.http_status`, `.code`, message) for bad input and unsupported pairs."""
+    TranslationError (`.code`, message) for bad input and unsupported pairs."""
     if isinstance(body, dict) and "texts" in body and "text" not in body:
         batch = _parse(BatchTranslateRequest, body)
         results = await service.translate_batch(batch.texts, batch.source_lang, batch.target_lang, batch.session_id)
@@ -175,14 +175,6 @@ async def translate_capability(body: dict[str, Any], service: TranslationService
     single = _parse(TranslateRequest, body)
     result = await service.translate(single.text, single.source_lang, single.target_lang, single.session_id)
     return single_response(result, single.session_id, single.source_lang)
-
-
-def _error_response(request: web.Request, exc: TranslationError) -> web.Response:
-    if exc.http_status >= 500:
-        log.warning("%s %s → %d %s: %s", request.method, request.path, exc.http_status, exc.code, exc)
-    else:
-        log.info("%s %s → %d %s", request.method, request.path, exc.http_status, exc.code)
-    return json_error(exc.http_status, str(exc), code=exc.code)
 
 
 routes = RouteTable()
@@ -198,13 +190,11 @@ routes = RouteTable()
     errors=(400, 413, 503),
 )
 async def handle_translate(request: web.Request) -> web.StreamResponse:
-    service = request.app[TRANSLATION_SERVICE_KEY]
+    service = request.app[TRANSLATION_KEY]
     body = await read_json(request)
-    try:
-        single = _parse(TranslateRequest, body)
-        result = await service.translate(single.text, single.source_lang, single.target_lang, single.session_id)
-    except TranslationError as exc:
-        return _error_response(request, exc)
+    # a TranslationError is answered by the error table (media/http_errors.py): status by its code
+    single = _parse(TranslateRequest, body)
+    result = await service.translate(single.text, single.source_lang, single.target_lang, single.session_id)
     return web.json_response(single_response(result, single.session_id, single.source_lang))
 
 
@@ -218,13 +208,10 @@ async def handle_translate(request: web.Request) -> web.StreamResponse:
     errors=(400, 413, 503),
 )
 async def handle_translate_batch(request: web.Request) -> web.StreamResponse:
-    service = request.app[TRANSLATION_SERVICE_KEY]
+    service = request.app[TRANSLATION_KEY]
     body = await read_json(request)
-    try:
-        batch = _parse(BatchTranslateRequest, body)
-        results = await service.translate_batch(batch.texts, batch.source_lang, batch.target_lang, batch.session_id)
-    except TranslationError as exc:
-        return _error_response(request, exc)
+    batch = _parse(BatchTranslateRequest, body)
+    results = await service.translate_batch(batch.texts, batch.source_lang, batch.target_lang, batch.session_id)
     return web.json_response(batch_response(results, service.model_info, batch.session_id, batch.source_lang))
 
 
@@ -236,7 +223,7 @@ async def handle_translate_batch(request: web.Request) -> web.StreamResponse:
     response=LanguagesResponse,
 )
 async def handle_translate_languages(request: web.Request) -> web.StreamResponse:
-    return web.json_response(await request.app[TRANSLATION_SERVICE_KEY].languages())
+    return web.json_response(await request.app[TRANSLATION_KEY].languages())
 
 
 @routes.get(
@@ -249,9 +236,9 @@ async def handle_translate_languages(request: web.Request) -> web.StreamResponse
 )
 async def handle_get_session(request: web.Request) -> web.StreamResponse:
     session_id = request.match_info["session_id"]
-    snapshot = request.app[TRANSLATION_SERVICE_KEY].session_snapshot(session_id)
+    snapshot = request.app[TRANSLATION_KEY].session_snapshot(session_id)
     if snapshot is None:
-        return json_error(404, f"no translation session {session_id[:80]!r} (ended, expired or never started)")
+        raise ApiError(404, f"no translation session {session_id[:80]!r} (ended, expired or never started)")
     return web.json_response(snapshot)
 
 
@@ -264,14 +251,14 @@ async def handle_get_session(request: web.Request) -> web.StreamResponse:
 )
 async def handle_delete_session(request: web.Request) -> web.StreamResponse:
     session_id = request.match_info["session_id"]
-    if not request.app[TRANSLATION_SERVICE_KEY].end_session(session_id):
-        return json_error(404, f"no translation session {session_id[:80]!r} (ended, expired or never started)")
+    if not request.app[TRANSLATION_KEY].end_session(session_id):
+        raise ApiError(404, f"no translation session {session_id[:80]!r} (ended, expired or never started)")
     return web.json_response({"session_id": session_id, "ended": True})
 
 
 @routes.get("/translate/health", role=Role.API, tag="translate", summary="Translation backend health", errors=(503,))
 async def handle_translate_health(request: web.Request) -> web.StreamResponse:
-    report = await request.app[TRANSLATION_SERVICE_KEY].health()
+    report = await request.app[TRANSLATION_KEY].health()
     report["stream"] = request.app[STREAM_STATS_KEY].snapshot()
     return web.json_response(report, status=200 if report["status"] == "healthy" else 503)
 
@@ -313,7 +300,7 @@ class _StreamConnection:
         ws: web.WebSocketResponse,
         service: TranslationService,
         stats: StreamStats,
-        transport: asyncio.BaseTransport | None,
+        transport: asyncio.Transport | None,
     ) -> None:
         self.ws = ws
         self.service = service
@@ -479,14 +466,14 @@ class _StreamConnection:
     errors=(400, 503),
 )
 async def handle_translate_stream(request: web.Request) -> web.StreamResponse:
-    service = request.app[TRANSLATION_SERVICE_KEY]
+    service = request.app[TRANSLATION_KEY]
     stats = request.app[STREAM_STATS_KEY]
     if stats.open >= stats.max_connections:
         stats.refused += 1
-        return json_error(503, f"too many translation streams open (limit {stats.max_connections})")
+        raise ApiError(503, f"too many translation streams open (limit {stats.max_connections})")
     ws = web.WebSocketResponse(max_msg_size=service.settings.ws_max_message_bytes, heartbeat=30.0, autoping=True)
     if not ws.can_prepare(request).ok:
-        return json_error(400, "GET /translate/stream is a WebSocket: send Connection: Upgrade and Upgrade: websocket")
+        raise ApiError(400, "GET /translate/stream is a WebSocket: send Connection: Upgrade and Upgrade: websocket")
     await ws.prepare(request)
     stats.open += 1
     stats.accepted += 1
@@ -504,8 +491,8 @@ async def handle_translate_stream(request: web.Request) -> web.StreamResponse:
 
 
 def add_translate_routes(app: web.Application, service: TranslationService) -> None:
-    """Mount the translation API on `app` and keep `service` under TRANSLATION_SERVICE_KEY.
+    """Mount the translation API on `app` and keep `service` under TRANSLATION_KEY.
     The caller owns the service's lifetime (`await service.close()` on shutdown)."""
-    app[TRANSLATION_SERVICE_KEY] = service
+    app[TRANSLATION_KEY] = service
     app[STREAM_STATS_KEY] = StreamStats(max_connections=service.settings.ws_max_connections)
     routes.mount(app)

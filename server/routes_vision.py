@@ -36,24 +36,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from inference.vision.base import BackendUnavailable, VisionRequest
 from inference.vision.stage import VisionBackends
-from media.http_json import JSONBodyError, json_error, loads_limited
+from media.http_errors import ApiError
+from media.http_json import JSONBodyError, loads_limited
 from media.http_routes import Role, RouteTable
+from server.keys import VISION_KEY
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
-VISION_BACKENDS_KEY = web.AppKey("vision_backends", VisionBackends)
 
 
-class DescribeError(Exception):
+class DescribeError(ApiError):
+    """An `ApiError` with its stable code first; answered by the error middleware (media/http_errors.py)."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-    def to_response(self) -> web.Response:
-        return json_error(self.status, self.message, code=self.code)  # the one error shape
+        super().__init__(status, message, code=code)
 
 
 class DescribeOptions(BaseModel):
@@ -174,25 +173,20 @@ async def describe_capability(body: bytes | str | Mapping[str, Any], backends: V
 
 async def handle_describe(request: web.Request) -> web.Response:
     """JSON or raw image bytes; the access middleware has read the body under MAX_BODY_BYTES."""
-    backends = request.app[VISION_BACKENDS_KEY]
-    try:
-        content_type = request.content_type
-        if content_type == "application/json":
-            answer = await describe_capability(await request.read(), backends)
-        elif content_type in RAW_IMAGE_TYPES:
-            try:
-                options = DescribeOptions.model_validate(dict(request.query))
-            except ValidationError as exc:
-                raise DescribeError(400, "invalid_request", _validation_message(exc)) from None
-            answer = await run_describe(await request.read(), options, backends)
-        else:
-            raise DescribeError(
-                415, "unsupported_media_type", f"send application/json or one of {', '.join(RAW_IMAGE_TYPES)}"
-            )
-    except DescribeError as exc:
-        if exc.status >= 500:
-            log.warning("/vision/describe failed: %s", exc.message)
-        return exc.to_response()
+    backends = request.app[VISION_KEY]
+    content_type = request.content_type
+    if content_type == "application/json":
+        answer = await describe_capability(await request.read(), backends)
+    elif content_type in RAW_IMAGE_TYPES:
+        try:
+            options = DescribeOptions.model_validate(dict(request.query))
+        except ValidationError as exc:
+            raise DescribeError(400, "invalid_request", _validation_message(exc)) from None
+        answer = await run_describe(await request.read(), options, backends)
+    else:
+        raise DescribeError(
+            415, "unsupported_media_type", f"send application/json or one of {', '.join(RAW_IMAGE_TYPES)}"
+        )
     return web.json_response(answer)
 
 
@@ -212,5 +206,5 @@ routes.add(
 
 def add_vision_routes(app: web.Application, backends: VisionBackends) -> None:
     """Mount `POST /vision/describe` on `app`, serving from `backends`."""
-    app[VISION_BACKENDS_KEY] = backends
+    app[VISION_KEY] = backends
     routes.mount(app)

@@ -17,7 +17,7 @@ from media.http_json import JSONBodyError, loads_limited
 from media.http_routes import Role, RouteTable, match_stream_id
 from media.manager import AdmissionError, DuplicateStreamError
 from media.webrtc_sdp import OfferError, parse_sdpfrag
-from server.errors import json_error, validated_body
+from server.errors import ApiError, validated_body
 from server.routes_streams import viewer_token
 from server.start_request import MANIFEST_ID_RE, new_manifest_id
 from server.webrtc_service import PeerSession, SessionLimitError, WebRTCService
@@ -82,16 +82,17 @@ async def _sdp_text(request: web.Request) -> str:
     try:
         return (await request.read()).decode("utf-8")
     except UnicodeDecodeError:
-        raise web.HTTPBadRequest(reason="the SDP body is not UTF-8") from None
+        raise ApiError(400, "the SDP body is not UTF-8") from None
 
 
-def _publish_failed(request: web.Request, exc: Exception) -> web.Response:
+def _publish_failed(request: web.Request, exc: Exception) -> Exception:
+    """What to raise for a refused publisher; an `OfferError` is answered by the error table."""
     if isinstance(exc, OfferError):
-        return json_error(exc.status, str(exc))
+        return exc
     if isinstance(exc, DuplicateStreamError):
-        return json_error(409, str(exc))
+        return ApiError(409, str(exc))
     request.app["metrics"].streams_rejected.labels("capacity").inc()
-    return json_error(503, str(exc), code="at_capacity", headers={"Retry-After": "5"})
+    return ApiError(503, str(exc), code="at_capacity", headers={"Retry-After": "5"})
 
 
 @routes.post(
@@ -106,14 +107,14 @@ def _publish_failed(request: web.Request, exc: Exception) -> web.Response:
 async def post_offer(request: web.Request) -> web.Response:
     body: OfferBody = validated_body(request)
     if body is None:
-        raise web.HTTPBadRequest(reason="request body is empty; a JSON object is required")
+        raise ApiError(400, "request body is empty; a JSON object is required")
     manifest_id = body.manifest_id or new_manifest_id()
     if not MANIFEST_ID_RE.fullmatch(manifest_id):
-        return json_error(400, f"manifest id {MANIFEST_ID_MESSAGE}")
+        raise ApiError(400, f"manifest id {MANIFEST_ID_MESSAGE}")
     try:
         session, answer = await service_of(request).open_publisher("browser", body.sdp, manifest_id, body.params)
     except (OfferError, AdmissionError, SessionLimitError, DuplicateStreamError) as exc:
-        return _publish_failed(request, exc)
+        raise _publish_failed(request, exc) from None
     return web.json_response(
         {
             "sdp": answer,
@@ -125,7 +126,7 @@ async def post_offer(request: web.Request) -> web.Response:
     )
 
 
-WHIP = dict(
+WHIP: dict[str, Any] = dict(
     role=Role.INGEST,
     content_types=(SDP,),
     max_body="max_sdp_bytes",
@@ -141,20 +142,20 @@ async def post_whip(request: web.Request) -> web.Response:
     offer = await _sdp_text(request)
     stream_key = request.match_info.get("stream_key")
     if stream_key is not None and not MANIFEST_ID_RE.fullmatch(stream_key):
-        return json_error(400, f"the stream key {MANIFEST_ID_MESSAGE}")
+        raise ApiError(400, f"the stream key {MANIFEST_ID_MESSAGE}")
     manifest_id = stream_key or new_manifest_id()
     params: dict[str, Any] = {}
     if "params" in request.query:
         try:
             params = loads_limited(request.query["params"], request.app["settings"].max_json_depth)
         except JSONBodyError as exc:
-            return json_error(400, f"the params query parameter: {exc}")
+            raise ApiError(400, f"the params query parameter: {exc}") from None
         if not isinstance(params, dict):
-            return json_error(400, "the params query parameter must be a JSON object")
+            raise ApiError(400, "the params query parameter must be a JSON object")
     try:
         session, answer = await service_of(request).open_publisher("whip", offer, manifest_id, params)
     except (OfferError, AdmissionError, SessionLimitError, DuplicateStreamError) as exc:
-        return _publish_failed(request, exc)
+        raise _publish_failed(request, exc) from None
     return sdp_created(request, session, answer, f"/whip/sessions/{session.id}")
 
 
@@ -187,18 +188,16 @@ async def post_whep(request: web.Request) -> web.Response:
     try:
         session, answer = await service_of(request).open_viewer(manifest_id, offer)
     except LookupError as exc:
-        return json_error(404, str(exc))
-    except OfferError as exc:
-        return json_error(exc.status, str(exc))
+        raise ApiError(404, str(exc)) from None
     except SessionLimitError as exc:
-        return json_error(503, str(exc), code="at_capacity", headers={"Retry-After": "5"})
+        raise ApiError(503, str(exc), code="at_capacity", headers={"Retry-After": "5"}) from None
     return sdp_created(request, session, answer, f"/whep/sessions/{session.id}")
 
 
 def _session_or_404(request: web.Request, kinds: tuple[str, ...]) -> PeerSession:
     session = service_of(request).sessions.get(request.match_info["session_id"])
     if session is None or session.kind not in kinds:
-        raise web.HTTPNotFound(reason="no such session")
+        raise ApiError(404, "no such session")
     return session
 
 
@@ -208,22 +207,22 @@ def _patch_handler(kind: str):
         session = _session_or_404(request, (kind,))
         if_match = request.headers.get("If-Match")
         if if_match is None:
-            return json_error(428, "If-Match with the session's ETag is required", code="precondition_required")
+            raise ApiError(428, "If-Match with the session's ETag is required", code="precondition_required")
         if if_match.strip() == "*":
-            return json_error(422, "ICE restarts are not supported; start a new session")
+            raise ApiError(422, "ICE restarts are not supported; start a new session")
         if if_match.strip() != session.etag:
-            return json_error(412, "If-Match does not match the session's ETag", code="precondition_failed")
+            raise ApiError(412, "If-Match does not match the session's ETag", code="precondition_failed")
         try:
             frag = parse_sdpfrag(await _sdp_text(request), session.first_mid)
-        except OfferError as exc:
-            return json_error(400, str(exc))
+        except OfferError as exc:  # a bad fragment is a 400 whatever its kind
+            raise ApiError(400, str(exc)) from None
         if frag.ice_ufrag and frag.ice_ufrag != session.remote_ufrag:
-            return json_error(422, "ICE restarts are not supported; start a new session")
+            raise ApiError(422, "ICE restarts are not supported; start a new session")
         for candidate in frag.candidates:
             try:
                 await session.pc.addIceCandidate(candidate)
             except Exception as exc:
-                return json_error(400, f"candidate rejected: {exc}")
+                raise ApiError(400, f"candidate rejected: {exc}") from None
         # a=end-of-candidates is not applied: peer-reflexive discovery must stay possible (OBS sends none)
         return web.Response(status=204)
 
@@ -239,7 +238,7 @@ def _delete_handler(kinds: tuple[str, ...]):
     return delete_session
 
 
-SESSION_PATCH = dict(
+SESSION_PATCH: dict[str, Any] = dict(
     content_types=(SDPFRAG,),
     max_body="max_sdp_bytes",
     tag="webrtc",
@@ -336,11 +335,11 @@ async def static_file(request: web.Request) -> web.FileResponse:
     name = request.match_info["filename"]
     path = (folder / name).resolve()
     if "/" in name or name.startswith(".") or path.parent != folder or not path.is_file():
-        raise web.HTTPNotFound(reason=f"no static file '{name}'")
+        raise ApiError(404, f"no static file '{name}'")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
-PAGE = dict(role=Role.PUBLIC, tag="demo", response_type="text/html")
+PAGE: dict[str, Any] = dict(role=Role.PUBLIC, tag="demo", response_type="text/html")
 routes.add("GET", "/", _page("index.html"), summary="Demo page: camera → captions, tags, translation", **PAGE)
 routes.add("GET", "/whep.html", _page("whep.html"), summary="Viewer page (WHEP)", **PAGE)
 routes.add("GET", "/view/{manifest_id}", _page("whep.html"), summary="Viewer page of one stream", **PAGE)

@@ -1,15 +1,67 @@
-"""Server settings: environment variables, overridable by CLI flags (see docs/reference/settings.md)."""
+"""The one settings tree of the server (docs/reference/settings.md): built once, from the
+environment and `.env`, overridden by `streamlens serve` flags (server/cli.py), and handed down.
+
+The root `Settings` holds the server's own fields (each reads the environment variable of the same
+name in upper case) and one typed section per feature (`settings.asr`, `.translate`, `.vision`,
+`.gpu`, `.analysis`), each a pydantic-settings model reading its own documented variables
+(ASR_*, TRANSLATE_*/VLLM_*/APERTIUM_*, VISION_*, GPU_*, ANALYSIS_*) when the root is built.
+Tests give a section whole: `Settings(asr=AsrSettings(model="tiny"))`.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from analysis.settings import AnalysisSettings
+from inference.asr.model import AsrSettings
+from inference.gpu import GpuSettings
+from inference.translate.service import TranslateSettings
+from inference.vision.stage import VisionSettings
+from media.outbound import DEFAULT_OUTBOUND_DENY
+
+ENV_FILE = ".env"  # read by the root and by every section (variables in the environment win)
+
+# section field → its model, in the order of docs/reference/settings.md
+SECTIONS: dict[str, type[BaseSettings]] = {
+    "translate": TranslateSettings,
+    "asr": AsrSettings,
+    "vision": VisionSettings,
+    "gpu": GpuSettings,
+    "analysis": AnalysisSettings,
+}
+
+
+def secret_value(value: SecretStr | str | None) -> str | None:
+    """The plain text of a secret setting; None when unset or empty."""
+    if value is None:
+        return None
+    text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    return text or None
+
+
+SectionT = TypeVar("SectionT", bound=BaseSettings)
+
+
+def _section(model: type[SectionT]) -> Callable[[], SectionT]:
+    # built when the root is, unless given: the section reads its own variables (and .env) then
+    return lambda: model(_env_file=ENV_FILE)
+
 
 class Settings(BaseSettings):
-    """Every field reads the environment variable of the same name in upper case."""
+    """Every server field reads the environment variable of the same name in upper case."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", env_file=ENV_FILE)
+
+    # -- feature sections (their own variables; `--set asr.model=small` on the command line) --------
+    translate: TranslateSettings = Field(default_factory=_section(TranslateSettings))
+    asr: AsrSettings = Field(default_factory=_section(AsrSettings))
+    vision: VisionSettings = Field(default_factory=_section(VisionSettings))
+    gpu: GpuSettings = Field(default_factory=_section(GpuSettings))
+    analysis: AnalysisSettings = Field(default_factory=_section(AnalysisSettings))
 
     # -- server ------------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address to listen on (the Docker image sets 0.0.0.0)")
@@ -27,12 +79,16 @@ class Settings(BaseSettings):
     )
     # -- access (README "Security"): a role whose own token is unset falls back to API_TOKEN, then
     # AUTH_TOKEN; non-public routes are open only when no token at all is set
-    api_token: str | None = Field(
+    api_token: SecretStr | None = Field(
         None, description="Bearer token of the api role: stream lifecycle, translation, vision, analysis"
     )
-    auth_token: str | None = Field(None, description="Bearer token of the livepeer role: BYOC and ai-runner routes")
-    trickle_token: str | None = Field(None, description="Bearer token of the trickle role: the built-in trickle server")
-    metrics_token: str | None = Field(None, description="Bearer token of the metrics role: /metrics")
+    auth_token: SecretStr | None = Field(
+        None, description="Bearer token of the livepeer role: BYOC and ai-runner routes"
+    )
+    trickle_token: SecretStr | None = Field(
+        None, description="Bearer token of the trickle role: the built-in trickle server"
+    )
+    metrics_token: SecretStr | None = Field(None, description="Bearer token of the metrics role: /metrics")
     max_json_depth: int = Field(32, ge=2, le=256, description="Deepest nesting of a JSON body → 400")
     max_sdp_bytes: int = Field(64 << 10, ge=1024, description="Largest SDP offer or ICE fragment (bytes) → 413")
     body_read_timeout: float = Field(30.0, gt=0, description="Seconds a request body may take to arrive → 408")
@@ -72,8 +128,8 @@ class Settings(BaseSettings):
         description="Comma-separated local IPs ICE gathers on (empty = every "
         "interface but loopback; 127.0.0.1 for loopback-only use)",
     )
-    whip_token: str | None = Field(None, description="Bearer token of the ingest role: WHIP publishers")
-    whep_token: str | None = Field(
+    whip_token: SecretStr | None = Field(None, description="Bearer token of the ingest role: WHIP publishers")
+    whep_token: SecretStr | None = Field(
         None, description="Bearer token of the viewer role: WHEP, SSE, WebVTT of every stream"
     )
     whep_max_viewers: int = Field(8, ge=1, description="WHEP viewers per stream; one more gets 503")
@@ -114,8 +170,7 @@ class Settings(BaseSettings):
 
     # -- outbound URL policy and TLS (URLs a caller gives: trickle channels, video URLs) -----------
     outbound_deny: str = Field(
-        "169.254.0.0/16,fe80::/10,0.0.0.0/8,224.0.0.0/4,ff00::/8,fd00:ec2::254/128,"
-        "100.100.100.200/32,metadata.google.internal",
+        DEFAULT_OUTBOUND_DENY,
         description="Comma-separated CIDRs and host names the server never contacts for a caller",
     )
     outbound_allow: str = Field("", description="When set, the only CIDRs and host names contacted for a caller")
@@ -192,3 +247,22 @@ class Settings(BaseSettings):
     capability_default_timeout: float = Field(
         60.0, gt=0, description="Batch capability timeout without a Livepeer header (s)"
     )
+
+    # -- typed views used by the access policy (server/access.py) --------------------------------
+    def tokens(self) -> dict[str, str | None]:
+        """Each role's token setting (TOKEN_SETTINGS of server/access.py) as plain text; None when unset."""
+        return {
+            "api_token": secret_value(self.api_token),
+            "auth_token": secret_value(self.auth_token),
+            "whip_token": secret_value(self.whip_token),
+            "whep_token": secret_value(self.whep_token),
+            "trickle_token": secret_value(self.trickle_token),
+            "metrics_token": secret_value(self.metrics_token),
+        }
+
+    def size_limit(self, name: str) -> int:
+        """The byte limit a route declares by setting name (RouteSpec.max_body, e.g. "max_image_bytes")."""
+        value = getattr(self, name) if name in type(self).model_fields else None
+        if not isinstance(value, int):
+            raise KeyError(f"{name!r} is not a size limit setting")
+        return value

@@ -43,10 +43,10 @@ def trickle_metrics(trickle: Any) -> Iterator:
     """A `Metrics.add_source` callable's body: `metrics.add_source(lambda: trickle_metrics(trickle))`."""
     stats = trickle.stats()
     for key, (name, doc) in COUNTERS.items():
-        family = CounterMetricFamily(name, doc)
-        family.add_metric([], stats.get(key, 0))
-        yield family
+        counter = CounterMetricFamily(name, doc)
+        counter.add_metric([], stats.get(key, 0))
+        yield counter
     for key, (name, doc) in GAUGES.items():
-        family = GaugeMetricFamily(name, doc)
-        family.add_metric([], stats.get(key, 0))
-        yield family
+        gauge = GaugeMetricFamily(name, doc)
+        gauge.add_metric([], stats.get(key, 0))
+        yield gauge

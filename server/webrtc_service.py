@@ -18,6 +18,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +26,20 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from prometheus_client.core import GaugeMetricFamily
 
-from media.ice import CandidateGuard, IceSettings, apply_ice_settings
+from media.ice import CandidateGuard, IceSettings, accept_media_as_consent, apply_ice_settings
 from media.manager import AdmissionError, DuplicateStreamError, StreamManager
 from media.outbound import outbound_policy
 from media.stream import Stream
 from media.webrtc_events import EventChannel
-from media.webrtc_sdp import OfferError, add_transceivers, answer_direction, negotiated_codec, parse_offer
+from media.webrtc_sdp import (
+    OfferError,
+    OfferFailed,
+    UnsupportedOffer,
+    add_transceivers,
+    answer_direction,
+    negotiated_codec,
+    parse_offer,
+)
 from media.webrtc_sink import PacketTrack, WebRTCEncoderConfig, WebRTCOutput, forward_keyframe_requests
 from media.webrtc_source import WebRTCSource
 from server.routes_streams import start_stream
@@ -100,7 +109,7 @@ class WebRTCService:
         )
         self.sessions: dict[str, PeerSession] = {}
         self.max_sessions = s.max_streams * (1 + s.whep_max_viewers)
-        self._release_ice = None
+        self._release_ice: Callable[[], None] | None = None
 
     # -- app lifecycle ----------------------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
@@ -211,7 +220,7 @@ class WebRTCService:
             transceivers, answer = await self._negotiate(session, offer_text, direction)
             remote = {k: t.receiver.track for k, t in transceivers.items() if t.receiver.track is not None}
             if not remote:
-                raise OfferError("the offer sends no audio or video to the server", status=422)
+                raise UnsupportedOffer("the offer sends no audio or video to the server")
             s = self.settings
             source = WebRTCSource(
                 manifest_id,
@@ -221,6 +230,9 @@ class WebRTCService:
                 media_timeout=s.webrtc_media_timeout,
                 peer="OBS/WHIP" if kind == "whip" else kind,
             )
+            if kind == "whip":
+                # FFmpeg 8 never answers ICE consent checks once it streams: its media keeps consent
+                accept_media_as_consent(session.pc, lambda: source.last_media_at)
             output = self.make_output(manifest_id)
             spec = StreamSpec(
                 manifest_id=manifest_id, mode="native", subscribe_url=None, publish_url=None, params=params
@@ -232,7 +244,7 @@ class WebRTCService:
             stream.metadata["transport"] = "whip" if kind == "whip" else "webrtc"
             stream.on_stop(self._on_stream_stopped)
             if not stream.active:  # it ended before the callback was in place
-                raise OfferError(f"the stream ended at once: {stream.end_reason}", status=500)
+                raise OfferFailed(f"the stream ended at once: {stream.end_reason}")
             if kind == "browser":
                 self._attach_outputs(session, transceivers, output, answer)
             session.watchdog = asyncio.create_task(self._watch(session), name=f"rtc-watch-{session.id[:8]}")
@@ -259,7 +271,7 @@ class WebRTCService:
                 raise LookupError(f"stream '{manifest_id}' stopped")
             self._attach_outputs(session, transceivers, output, answer)
             if not session.tracks:
-                raise OfferError("the offer receives no VP8/H.264 video or Opus audio", status=422)
+                raise UnsupportedOffer("the offer receives no VP8/H.264 video or Opus audio")
             session.watchdog = asyncio.create_task(self._watch(session), name=f"rtc-watch-{session.id[:8]}")
             return session, answer
         except BaseException:

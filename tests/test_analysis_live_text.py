@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import av
 
 from inference.vision.embedded import TextTag
 from inference.vision.stage import VisionBackends, VisionSettings, VisionStage
 from tests.analysis_media import text_card
+from tests.conftest import wait_until
 from tests.test_vision_stage import Feeder, drain, start_stage
 
 
@@ -25,10 +24,7 @@ async def test_live_stream_text_tags_carry_the_words() -> None:
     try:
         await feeder.run()
         # the first sample also loads the OCR models (a second or more on a busy machine)
-        for _ in range(150):
-            if stage.stats()["published"] and not stage.stats()["in_flight"]:
-                break
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: stage.stats()["published"] and not stage.stats()["in_flight"], timeout=15)
     finally:
         await stage.stop()
         await backends.close()

@@ -141,7 +141,9 @@ def test_vtt_and_srt_text():
     ]
     vtt = to_vtt(segments)
     assert vtt.splitlines()[:4] == ["WEBVTT", "", "1", "00:00:00.500 --> 00:00:02.250"]
-    assert "01:01:01.000 --> 01:01:02.500" in vtt and "a -> b" in vtt
+    # WebVTT escapes '>' (so "-->" cannot end up in cue text); SRT has no escaping, so it rewrites it
+    assert "01:01:01.000 --> 01:01:02.500" in vtt and "a --&gt; b" in vtt
+    assert "a -> b" in to_srt(segments)
     assert "Hola" in to_vtt(segments, "es")
     assert to_srt(segments).splitlines()[:3] == ["1", "00:00:00,500 --> 00:00:02,250", "Hello there"]
     with pytest.raises(KeyError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch model weights in tests
@@ -16,6 +15,7 @@ import pytest  # noqa: E402
 
 from inference.asr.decode import Lead  # noqa: E402
 from inference.asr.model import AsrModelPool, AsrSettings  # noqa: E402
+from tests.conftest import wait_until  # noqa: E402
 from tests.speech import (  # noqa: E402
     build_track,
     normalize_text,
@@ -47,10 +47,7 @@ def long_audio() -> np.ndarray:
 
 
 async def wait_running(pool: AsrModelPool, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while pool.stats()["running"] == 0:
-        assert time.monotonic() < deadline, "the worker never started the call"
-        await asyncio.sleep(0.01)
+    assert await wait_until(lambda: pool.stats()["running"] > 0, timeout=timeout), "the worker never started the call"
 
 
 async def test_utterances_of_several_streams_share_one_model_call(pool: AsrModelPool) -> None:
@@ -76,7 +73,7 @@ async def test_finals_go_first_and_partials_are_what_overload_skips(pool: AsrMod
     busy = asyncio.create_task(pool.transcribe(long_audio(), beam_size=1))
     await wait_running(pool)
     first_partial = asyncio.create_task(pool.decode(synthesize(SENTENCES[0]), final=False, stream="a"))
-    await asyncio.sleep(0.05)
+    assert await wait_until(lambda: pool.stats()["waiting"]["partials"] == 1, timeout=5)  # queued first
     newer_partial = asyncio.create_task(pool.decode(synthesize(SENTENCES[0]), final=False, stream="a"))
     final = asyncio.create_task(pool.decode(synthesize(SENTENCES[1]), final=True, stream="b"))
     # a stream has one partial waiting at most: the newer one replaced the older at once
@@ -113,10 +110,7 @@ async def test_cancelled_call_keeps_its_slot_until_the_model_is_done(pool: AsrMo
         # the caller gave up, the model did not: the slot is still taken
         assert pool.pending == 1
         assert await pool.transcribe(synthesize(SENTENCES[0])) is None
-        deadline = time.monotonic() + 60
-        while pool.pending:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        assert await wait_until(lambda: not pool.pending, timeout=60)
         assert pool.stats()["running"] == 0
         # freed once the call really ended
         result = await pool.transcribe(synthesize(SENTENCES[0]))
@@ -127,8 +121,7 @@ async def test_cancelled_call_keeps_its_slot_until_the_model_is_done(pool: AsrMo
     busy = asyncio.create_task(pool.transcribe(long_audio(), beam_size=1))
     await wait_running(pool)
     queued = asyncio.create_task(pool.decode(synthesize(SENTENCES[1]), final=True, stream="x"))
-    await asyncio.sleep(0.05)
-    assert pool.stats()["waiting"]["finals"] == 1
+    assert await wait_until(lambda: pool.stats()["waiting"]["finals"] == 1, timeout=5)
     queued.cancel()
     with pytest.raises(asyncio.CancelledError):
         await queued

@@ -31,6 +31,7 @@ from inference.asr.vad import StreamingVad  # noqa: E402
 from media.events import CaptionEvent, EventBus  # noqa: E402
 from media.frames import AudioItem  # noqa: E402
 from media.stage import StageContext  # noqa: E402
+from tests.conftest import wait_until  # noqa: E402
 from tests.speech import (  # noqa: E402
     SAMPLE_RATE,
     audio_items,
@@ -200,10 +201,7 @@ def test_model_resolution_never_downloads_by_default(tmp_path) -> None:
 async def test_load_error_is_reported_not_raised() -> None:
     broken = AsrModelPool(AsrSettings(model="/nonexistent/asr/model"))
     broken.start_loading()
-    for _ in range(100):
-        if not broken.loading:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: not broken.loading, timeout=5)
     assert not broken.loaded and "does not exist" in (broken.load_error or "")
     errors: list[str | None] = []
     recorder = Recorder()
@@ -415,10 +413,7 @@ async def test_live_loop_at_real_time_pace(pool: AsrModelPool) -> None:
     feeder = threading.Thread(target=feed_in_real_time, args=(transcriber.feed, list(audio_items(track.audio))))
     feeder.start()
     await asyncio.to_thread(feeder.join, 30)
-    for _ in range(100):  # the final needs the pause + one model call
-        if any(e.final for e in events):
-            break
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: any(e.final for e in events), timeout=10)  # the final needs the pause + one model call
     await transcriber.close()
     finals = [e for e in events if e.final and e.text]
     assert len(finals) == 1
@@ -455,9 +450,7 @@ async def test_overloaded_model_still_gives_every_stream_its_finals(pool: AsrMod
     def done() -> bool:
         return all(t.stats()["finals"] >= 2 and not t.in_speech and t.lag_seconds < 0.3 for t in transcribers)
 
-    deadline = time.monotonic() + 60
-    while not done() and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    await wait_until(done, timeout=60)
     for t in transcribers:
         await t.close()
     for sentences, recorder, t in zip(OVERLOAD_SPEECH, recorders, transcribers):
@@ -589,6 +582,7 @@ async def test_caption_stage_publishes_events_translations_and_follows_params(po
         finals = [e for e in third if e.final]
         assert len(finals) == 1 and "station" in finals[0].text.lower() and finals[0].translations == {}
         assert not any(e.burned_in for e in third)  # players draw it themselves now
+        # kept: "published once" means no repeat arrives afterwards; no event marks its absence
         await asyncio.sleep(0.3)
         assert [e for e in await collect_until(sub, lambda ev: False, 0.3) if e.final] == []
 

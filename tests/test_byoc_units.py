@@ -17,6 +17,7 @@ from byoc.params import ParamsApplier, normalize_params_body
 from byoc.status import StreamStatusTracker
 from media.events import CaptionEvent, Tag, VisionEvent
 from media.stream import Stream, StreamState
+from tests.conftest import wait_until
 
 
 async def test_params_applier_applies_only_the_newest_pending_update():
@@ -34,21 +35,15 @@ async def test_params_applier_applies_only_the_newest_pending_update():
     applier = ParamsApplier(slow_apply, errors.append, "t")
     applier.start()
     applier.submit({"n": 1})
-    await asyncio.sleep(0.01)
+    assert await wait_until(lambda: applied == [{"n": 1}], timeout=5)  # n=1 is being applied
     for n in (2, 3, 4):  # arrive while n=1 is being applied
         applier.submit({"n": n})
     gate.set()
-    for _ in range(100):
-        if applier.applied == 2:
-            break
-        await asyncio.sleep(0.01)
+    assert await wait_until(lambda: applier.applied == 2, timeout=5)
     assert applied == [{"n": 1}, {"n": 4}]
     assert applier.stats() == {"received": 4, "applied": 2, "failed": 0, "superseded": 2}
     applier.submit({"n": 99})
-    for _ in range(100):
-        if applier.failed:
-            break
-        await asyncio.sleep(0.01)
+    assert await wait_until(lambda: applier.failed, timeout=5)
     assert errors == ["params rejected: changing 'width' mid-stream is not supported"]
     await applier.close()
 

@@ -35,6 +35,23 @@ def test_flags_override_environment(monkeypatch):
         settings_from_args(build_parser().parse_args(["serve", "--set", "no_such_setting=1"]))
 
 
+def test_set_reaches_every_section(monkeypatch):
+    """`--set SECTION.FIELD=VALUE` overrides a feature section; its other fields keep their variables."""
+    monkeypatch.setenv("ASR_BEAM_SIZE", "3")
+    monkeypatch.setenv("VLLM_MODEL", "from-env")
+    argv = ["serve", "--set", "asr.model=small", "--set", "translate.vllm_endpoint=http://127.0.0.1:9/v1"]
+    argv += ["--set", "vision.interval=2.5", "--set", "gpu.min_free_mb=4096", "--set", "analysis.max_samples=7"]
+    settings = settings_from_args(build_parser().parse_args(argv))
+    assert settings.asr.model == "small" and settings.asr.beam_size == 3
+    assert settings.translate.vllm_endpoint == "http://127.0.0.1:9/v1" and settings.translate.vllm_model == "from-env"
+    assert settings.vision.interval == 2.5
+    assert settings.gpu.min_free_mb == 4096
+    assert settings.analysis.max_samples == 7
+    for bad in ("nosection.x=1", "asr.no_such_field=1", "asr=1", "vision.interval=-1"):
+        with pytest.raises(SystemExit):
+            settings_from_args(build_parser().parse_args(["serve", "--set", bad]))
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_serve_and_graceful_shutdown(sig):
     port = free_port()

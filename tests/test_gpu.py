@@ -23,6 +23,7 @@ from inference.vision.base import BackendUnavailable, VisionRequest
 from inference.vision.tensorrt_backend import TensorRtBackend, TensorRtConfig, missing_requirements
 from media import gpu_frames
 from media.gpu_frames import GpuFrame, GpuFrameQueue, GpuFrameUploader
+from tests.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA = gpu_frames.available()
@@ -231,10 +232,7 @@ async def test_memory_manager_watcher_runs_until_cancelled() -> None:
     calls: list[int] = []
     manager.track_model("m", lambda: True, lambda: calls.append(1))
     task = asyncio.create_task(manager.run(0.01))
-    for _ in range(200):
-        if len(calls) >= 3:
-            break
-        await asyncio.sleep(0.01)
+    assert await wait_until(lambda: len(calls) >= 3, timeout=5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -72,7 +72,7 @@ async def test_params_applier_composes_queued_patches():
     applier = ParamsApplier(apply, lambda message: None, "t")
     applier.start()
     applier.submit({"overlay": {"enabled": False}})
-    await asyncio.sleep(0.01)
+    assert await wait_until(lambda: len(applied) == 1, timeout=5)  # the first is being applied
     applier.submit({"captions": {"burn_in": False}})  # both arrive while the first is applied
     applier.submit({"vision": {"enabled": True}})
     gate.set()

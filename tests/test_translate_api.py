@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from inference.translate import TranslateSettings, TranslationError, TranslationService
+from media.http_errors import status_of
 from server.routes_translate import translate_capability
 from tests.openai_stub import OpenAIStub, user_text
 from tests.translate_helpers import expect_error, serve
@@ -161,7 +162,7 @@ async def test_capability_accepts_text_and_texts() -> None:
         await service.close()
     assert "Hola" in single["translated_text"] and single["backend"] == "apertium"
     assert [("gato" in t["translated_text"]) for t in batch["translations"]] == [False, True]
-    assert bad.value.http_status == 400 and "source_lang" in str(bad.value)
+    assert status_of(bad.value) == 400 and "source_lang" in str(bad.value)
 
 
 # --- OpenAI-compatible backend, fallback ------------------------------------------------------

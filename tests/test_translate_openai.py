@@ -18,12 +18,12 @@ from inference.openai_client import chat_completions_url, server_root
 from inference.translate import (
     LRUCache,
     OpenAICompatTranslator,
-    PartialRateLimiter,
     TranslateSettings,
     TranslationError,
     TranslationService,
 )
 from inference.translate.openai_compat import clean_model_output
+from media.http_errors import status_of
 from tests.openai_stub import OpenAIStub, image_urls, user_text
 
 SPANISH = {"Hello world": "Hola mundo", "The cat is black": "El gato es negro", "Good morning": "Buenos días"}
@@ -184,7 +184,7 @@ async def test_timeout_is_a_clear_error(stub: OpenAIStub) -> None:
             await client.translate("Hello world", "en", "es")
     finally:
         await client.close()
-    assert caught.value.code == "backend_timeout" and caught.value.http_status == 504
+    assert caught.value.code == "backend_timeout" and status_of(caught.value) == 504
 
 
 async def test_server_errors_are_retried_until_success(stub: OpenAIStub) -> None:
@@ -218,7 +218,7 @@ async def test_retries_give_up_with_the_last_error(stub: OpenAIStub) -> None:
             await client.translate("Hello world", "en", "es")
     finally:
         await client.close()
-    assert caught.value.code == "backend_overloaded" and caught.value.http_status == 503
+    assert caught.value.code == "backend_overloaded" and status_of(caught.value) == 503
     assert "rate limit" in str(caught.value)
     assert stub.chat_count == 3
 
@@ -230,7 +230,7 @@ async def test_client_errors_are_not_retried(stub: OpenAIStub) -> None:
         for _ in range(2):
             with pytest.raises(TranslationError) as caught:
                 await client.translate("Hello world", "en", "es")
-            assert caught.value.code == "backend_rejected" and caught.value.http_status == 502
+            assert caught.value.code == "backend_rejected" and status_of(caught.value) == 502
     finally:
         await client.close()
     assert stub.chat_count == 2  # one attempt each
@@ -256,7 +256,7 @@ async def test_malformed_answers_count_as_failures(stub: OpenAIStub, mode: str) 
             await client.translate("Hello world", "en", "es")
     finally:
         await client.close()
-    assert caught.value.code == "bad_backend_response" and caught.value.http_status == 502
+    assert caught.value.code == "bad_backend_response" and status_of(caught.value) == 502
     assert stub.chat_count == 1  # a malformed answer is not retried (the service moves to the next backend)
 
 
@@ -271,7 +271,7 @@ async def test_unreachable_backend_is_unavailable() -> None:
         health = await client.health()
     finally:
         await client.close()
-    assert caught.value.code == "backend_unavailable" and caught.value.http_status == 503
+    assert caught.value.code == "backend_unavailable" and status_of(caught.value) == 503
     assert client.retries == 1
     assert health["status"] == "unhealthy" and "error" in health
 
@@ -462,30 +462,9 @@ async def test_service_limits_are_enforced(stub: OpenAIStub) -> None:
         same = await service.translate("Hello", "en", "en-US")
     finally:
         await service.close()
-    assert long_text.value.http_status == 413 and many.value.http_status == 413
+    assert status_of(long_text.value) == 413 and status_of(many.value) == 413
     assert same.text == "Hello"  # same language: passed through without a backend call
     assert stub.chat_count == 0
-
-
-def test_partial_rate_limiter_spaces_partials_per_segment() -> None:
-    limiter = PartialRateLimiter(min_interval=0.5, max_segments=2)
-    assert limiter.should_translate("seg1", 10.0)
-    assert not limiter.should_translate("seg1", 10.2)
-    assert limiter.should_translate("seg2", 10.2)  # other segments are independent
-    assert limiter.should_translate("seg1", 10.5)
-    limiter.should_translate("seg3", 10.6)  # evicts the least recently seen (seg2)
-    assert len(limiter._last) == 2 and "seg2" not in limiter._last
-    assert (limiter.allowed, limiter.skipped) == (4, 1)
-
-
-def test_service_partial_helper_uses_its_clock() -> None:
-    clock = FakeClock()
-    service = TranslationService(TranslateSettings(backend="none", partial_min_interval_s=0.5), clock=clock)
-    assert service.should_translate_partial(7)
-    clock.now += 0.3
-    assert not service.should_translate_partial(7)
-    clock.now += 0.3
-    assert service.should_translate_partial(7)
 
 
 def test_lru_cache_is_bounded_and_evicts_least_recent() -> None:

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from inference.translate import TranslateSettings, TranslationService
 from server.routes_translate import STREAM_STATS_KEY
+from tests.conftest import wait_until
 from tests.openai_stub import OpenAIStub
 from tests.translate_helpers import serve, spanish_responder
 
@@ -164,10 +165,7 @@ async def test_a_client_that_stops_reading_is_closed_and_others_carry_on(api: Te
                 await asyncio.sleep(0.1)  # the server stopped reading us: back-pressure
             except ConnectionError:
                 break
-        for _ in range(50):  # the close lands just after the counter
-            if stats.closed_slow_reader:
-                break
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: stats.closed_slow_reader, timeout=5)  # the close lands just after the counter
     finally:
         writer.transport.abort()
     assert stats.closed_slow_reader == 1, f"sent {sent} messages without being closed"
@@ -176,8 +174,4 @@ async def test_a_client_that_stops_reading_is_closed_and_others_carry_on(api: Te
     async with api.ws_connect("/translate/stream") as ws:  # nothing else was affected
         await ws.send_json({"text": "Hello world", "source_lang": "en", "target_lang": "es"})
         assert (await receive_json(ws))["translated_text"] == "Hola mundo"
-    for _ in range(50):
-        if stats.open == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert stats.open == 0
+    assert await wait_until(lambda: stats.open == 0, timeout=5)

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from media.trickle_client import TrickleChannelClosedError, TricklePublisher, TrickleSubscriber
 from media.trickle_server import TrickleServer
+from tests.conftest import wait_until
 
 PREFIX = "/ai/trickle/"
 
@@ -85,14 +86,6 @@ async def publish(pub: TricklePublisher, data: bytes, piece: int = 16 * 1024) ->
     return await asyncio.wait_for(writer.close(), 10)
 
 
-async def wait_until(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
-    for _ in range(int(timeout / step)):
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return predicate()
-
-
 async def test_round_trip_of_several_segments(start_server):
     srv = await start_server()
     url = srv.url("rt")
@@ -149,7 +142,8 @@ async def test_start_minus_two_vs_minus_one(start_server):
         assert segment is not None and segment.seq == 1 and await read_all(segment) == b"one"
 
         waiting = asyncio.create_task(upcoming.next_segment())
-        await asyncio.sleep(0.3)
+        # parked server-side: the current reader's preconnected GET for seq 2, and this one
+        assert await wait_until(lambda: srv.requests("GET", "/edge/-1") and srv.server.stats()["subscribers"] == 2)
         assert not waiting.done()  # -1 waits for the next segment to start
         await publish(pub, b"two")
         segment = await asyncio.wait_for(waiting, 10)
@@ -167,7 +161,8 @@ async def test_subscriber_jumps_to_latest_after_falling_behind(start_server):
     sub = TrickleSubscriber(url, start_seq=0)
 
     async def publish_later(data: bytes) -> None:
-        await asyncio.sleep(0.3)
+        # once the subscriber, sent on by the 470 for seq 2, waits at the latest seq
+        assert await wait_until(lambda: bool(srv.requests("GET", "/behind/8")))
         await publish(pub, data)
 
     try:
@@ -200,7 +195,7 @@ async def test_subscriber_starting_on_evicted_segment_follows_latest(start_serve
     sub = TrickleSubscriber(url, start_seq=0)
     try:
         waiting = asyncio.create_task(sub.next_segment())
-        await asyncio.sleep(0.2)
+        assert await wait_until(lambda: bool(srv.requests("GET", "/old/7")))  # 470 for 0, then waits at 7
         await publish(pub, b"s7")
         segment = await asyncio.wait_for(waiting, 10)
         assert segment is not None and segment.seq == 7 and await read_all(segment) == b"s7"
@@ -216,7 +211,7 @@ async def test_subscriber_ends_on_closed_channel(start_server):
     sub = TrickleSubscriber(srv.url("ending"))
     try:
         waiting = asyncio.create_task(sub.next_segment())
-        await asyncio.sleep(0.2)
+        assert await wait_until(lambda: srv.server.stats()["subscribers"] == 1)  # the GET is parked
         await srv.server.close_channel("ending")
         assert await asyncio.wait_for(waiting, 10) is None
         assert sub.ended and sub.end_reason == "closed"
@@ -308,10 +303,10 @@ async def test_publisher_marks_closed_on_404_and_does_not_retry(start_server):
         assert await writer.close() == 404
         with pytest.raises(TrickleChannelClosedError):
             await pub.next_segment()
-        await asyncio.sleep(0.2)
-        assert len([1 for m, p, _ in srv.seen if m == "POST"]) <= 2  # current + preconnect, no retries
     finally:
         await pub.close()
+    # counted once closed (every request the publisher started has ended): current + preconnect, no retries
+    assert len([1 for m, p, _ in srv.seen if m == "POST"]) <= 2
     assert not srv.requests("DELETE", "/gone")  # nothing to delete after a 404
 
 
@@ -418,7 +413,7 @@ async def test_close_leaves_no_tasks(start_server):
     partial = await asyncio.wait_for(sub.next_segment(), 10)
     assert partial is not None and partial.seq == 1
     waiting = asyncio.create_task(sub.next_segment())
-    await asyncio.sleep(0.2)
+    assert await wait_until(lambda: bool(srv.requests("GET", "/leak/2")))  # the preconnect it waits on
     assert not waiting.done()
     await sub.close()
     assert await asyncio.wait_for(waiting, 5) is None

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from media.trickle_client import HeadersFirstBody
 from media.trickle_server import TrickleChannelLimitError, TrickleServer
+from tests.conftest import wait_until
 
 PREFIX = "/ai/trickle/"
 
@@ -89,12 +90,14 @@ async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, dict, bytes]:
         return resp.status, dict(resp.headers), await resp.read()
 
 
-async def wait_until(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
-    for _ in range(int(timeout / step)):
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return predicate()
+async def parked_readers(srv, count: int = 1) -> None:
+    """Wait until `count` GETs are being served (parked server-side waiting for data)."""
+    assert await wait_until(lambda: srv.server.stats()["subscribers"] == count)
+
+
+async def segments_open(srv, channel: str, count: int = 1) -> None:
+    """Wait until the channel holds `count` segments (a preconnected POST has reached the server)."""
+    assert await wait_until(lambda: srv.server.stats()["per_channel"][channel]["segments_held"] == count)
 
 
 async def test_post_then_get_returns_same_bytes_and_headers(start_server, http):
@@ -135,7 +138,7 @@ async def test_next_write_advances_on_first_byte(start_server, http):
     srv.server.create_channel("ch")
     feed = BodyFeed()
     post_task = asyncio.create_task(post(http, srv.url("ch/0"), feed.body()))
-    await asyncio.sleep(0.2)
+    await segments_open(srv, "ch")
     assert (await get(http, srv.url("ch/next")))[2] == b"0"  # preconnected, no byte yet
     await feed.queue.put(b"x")
     assert await wait_until(lambda: srv.server.stats()["per_channel"]["ch"]["next_write"] == 1)
@@ -166,7 +169,7 @@ async def test_minus_one_waits_for_next_segment(start_server, http):
     await post(http, srv.url("ch/0"), b"zero")
     await post(http, srv.url("ch/1"), b"one")
     waiting = asyncio.create_task(get(http, srv.url("ch/-1")))
-    await asyncio.sleep(0.3)
+    await parked_readers(srv)
     assert not waiting.done()  # -1 = next write: blocks until seq 2 starts
     await post(http, srv.url("ch/2"), b"two")
     status, headers, body = await asyncio.wait_for(waiting, 5)
@@ -181,10 +184,10 @@ async def test_minus_one_waits_for_next_segment(start_server, http):
     # On a fresh channel -2 resolves to 0 and also waits for it.
     srv.server.create_channel("fresh")
     first = asyncio.create_task(get(http, srv.url("fresh/-2")))
-    await asyncio.sleep(0.2)
+    await parked_readers(srv)
     assert not first.done()
     ahead = asyncio.create_task(get(http, srv.url("fresh/1")))  # one ahead of an empty channel: waits too
-    await asyncio.sleep(0.2)
+    await parked_readers(srv, 2)
     assert not ahead.done()
     await post(http, srv.url("fresh/0"), b"a")
     assert (await asyncio.wait_for(first, 5))[1]["Lp-Trickle-Seq"] == "0"
@@ -209,7 +212,7 @@ async def test_closed_channel_wakes_readers_with_closed_header(start_server, htt
     srv = await start_server()
     srv.server.create_channel("ch")
     waiting = asyncio.create_task(get(http, srv.url("ch/0")))  # pre-created, blocks
-    await asyncio.sleep(0.2)
+    await parked_readers(srv)
     assert not waiting.done()
     assert await srv.server.close_channel("ch") is True
     status, headers, body = await asyncio.wait_for(waiting, 5)
@@ -265,7 +268,7 @@ async def test_oversize_post_is_413_and_readers_see_segment_end(start_server, ht
     srv = await start_server(max_segment_bytes=1000)
     srv.server.create_channel("ch")
     reader = asyncio.create_task(get(http, srv.url("ch/0")))
-    await asyncio.sleep(0.1)
+    await parked_readers(srv)
     feed = BodyFeed()
     post_task = asyncio.create_task(post(http, srv.url("ch/0"), feed.body()))
     await feed.queue.put(b"a" * 600)
@@ -292,7 +295,7 @@ async def test_delete_segment_and_channel(start_server, http):
     srv = await start_server()
     srv.server.create_channel("ch")
     waiting = asyncio.create_task(get(http, srv.url("ch/0")))
-    await asyncio.sleep(0.2)
+    await parked_readers(srv)
     async with http.delete(srv.url("ch/0")) as resp:
         assert resp.status == 200
     status, headers, body = await asyncio.wait_for(waiting, 5)
@@ -310,7 +313,7 @@ async def test_delete_segment_wakes_preconnected_post(start_server, http):
     srv.server.create_channel("ch")
     feed = BodyFeed()
     post_task = asyncio.create_task(post(http, srv.url("ch/0"), feed.body()))
-    await asyncio.sleep(0.2)
+    await segments_open(srv, "ch")
     async with http.delete(srv.url("ch/0")) as resp:
         assert resp.status == 200
     status, headers, _ = await asyncio.wait_for(post_task, 5)
@@ -352,8 +355,8 @@ async def test_reset_header_closes_lower_segments(start_server, http):
     async with http.get(srv.url("ch/0")) as resp:
         assert await asyncio.wait_for(resp.content.readexactly(7), 5) == b"partial"
         rest = asyncio.create_task(resp.read())
-        await asyncio.sleep(0.2)
-        assert not rest.done()  # publisher hung: the reader waits
+        await asyncio.sleep(0)  # let the read start
+        assert srv.server.stats()["subscribers"] == 1 and not rest.done()  # publisher hung: the reader waits
         # A restarted publisher posts seq 1 with Lp-Trickle-Reset: seq 0 is closed for readers.
         status, headers, _ = await post(http, srv.url("ch/1"), b"fresh", **{"Lp-Trickle-Reset": "1"})
         assert status == 200 and headers["Lp-Trickle-Seq"] == "1"
@@ -375,7 +378,7 @@ async def test_slow_subscriber_does_not_hold_back_publisher(start_server, http):
             return head + await resp.read()
 
     reader = asyncio.create_task(slow_reader())
-    await asyncio.sleep(0.1)
+    await parked_readers(srv)
     status, _, _ = await asyncio.wait_for(post(http, srv.url("ch/0"), io.BytesIO(payload)), 10)
     assert status == 200  # upload completed while the reader sat idle
     assert not reader.done()
@@ -390,7 +393,8 @@ async def test_shutdown_wakes_blocked_requests_and_leaves_no_task(start_server, 
     reader = asyncio.create_task(get(http, srv.url("ch/0")))
     feed = BodyFeed()
     preconnect = asyncio.create_task(post(http, srv.url("ch/1"), feed.body()))
-    await asyncio.sleep(0.2)
+    await parked_readers(srv)
+    await segments_open(srv, "ch", 2)  # the reader's seq 0 and the preconnected seq 1
     await asyncio.wait_for(srv.runner.cleanup(), 10)
     status, headers, _ = await asyncio.wait_for(reader, 5)
     assert status == 200 and headers["Lp-Trickle-Closed"] == "terminated"
@@ -426,7 +430,7 @@ async def test_waiting_get_ends_when_client_disconnects(start_server, http):
     srv.server.create_channel("ch")
     before = asyncio.all_tasks()
     waiting = asyncio.create_task(get(http, srv.url("ch/0")))  # blocks server-side
-    await asyncio.sleep(0.2)
+    await parked_readers(srv)
     waiting.cancel()  # the client goes away
     await asyncio.gather(waiting, return_exceptions=True)
     me = asyncio.current_task()

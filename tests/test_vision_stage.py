@@ -19,6 +19,8 @@ from media.events import EventBus, VisionEvent
 from media.frames import VideoItem
 from media.gpu_frames import GpuFrame, GpuFrameQueue
 from media.stage import StageContext
+from server.settings import Settings
+from tests.conftest import wait_until
 
 FPS = 30
 
@@ -103,7 +105,7 @@ async def test_face_tags_arrive_with_boxes_while_feeding_30fps(backends: VisionB
     feeder = Feeder(stage, seconds=3.0)
     try:
         await feeder.run()
-        await asyncio.sleep(0.6)  # let the last sample finish
+        assert await wait_until(lambda: not stage.stats()["in_flight"], timeout=5)  # the last sample finished
     finally:
         await stage.stop()
     events = await drain(sub)
@@ -152,16 +154,21 @@ async def test_params_change_mid_stream(backends: VisionBackends) -> None:
     stage = VisionStage(backends, {"vision": {"interval": 0.2}})
     bus, _ = await start_stage(stage)
     sub = bus.subscribe()
-    feeder = Feeder(stage, seconds=2.4)
+    feeder = Feeder(stage, seconds=4.0)  # frames keep coming through every step below
     feeding = asyncio.create_task(feeder.run())
     try:
-        await asyncio.sleep(0.7)
+        assert await wait_until(lambda: stage.stats()["published"] >= 1, timeout=5)  # tags
+        published = stage.stats()["published"]
         stage.update_params({"vision": {"interval": 0.2, "mode": "description"}})
-        await asyncio.sleep(0.7)
+        # one more than a sample that was in flight at the switch: a description
+        assert await wait_until(lambda: stage.stats()["published"] >= published + 2, timeout=5)
         stage.update_params({"vision": {"enabled": False}})
-        await asyncio.sleep(0.3)  # a sample in flight may still land
+        assert await wait_until(lambda: not stage.stats()["in_flight"], timeout=5)  # one in flight may still land
         published_when_disabled = stage.stats()["published"]
-        await asyncio.sleep(0.6)
+        # 15 more frames (0.5 s of video, 2.5 intervals) went by: enabled, they would have been sampled
+        seen = stage.stats()["frames_seen"]
+        assert await wait_until(lambda: stage.stats()["frames_seen"] >= seen + 15, timeout=5)
+        assert not stage.stats()["in_flight"]
         assert stage.stats()["published"] == published_when_disabled
         stage.update_params({"vision": {"interval": "not-a-number"}})  # invalid: kept the old params
         assert stage.stats()["param_errors"] == 1 and stage.params.enabled is False
@@ -183,7 +190,7 @@ async def test_unavailable_backend_is_counted_and_reported_once(backends: Vision
     feeder = Feeder(stage, seconds=1.0)
     try:
         await feeder.run()
-        await asyncio.sleep(0.2)
+        assert await wait_until(lambda: stage.stats()["errors"] >= 3 and not stage.stats()["in_flight"], timeout=5)
         stats = stage.stats()
         assert stats["errors"] >= 3 and "no VLM endpoint configured" in stats["last_error"]
         assert len(reports) == 1 and "VLM" in reports[0]  # transitions only, not every tick
@@ -191,7 +198,7 @@ async def test_unavailable_backend_is_counted_and_reported_once(backends: Vision
         stage.update_params({"vision": {"interval": 0.1, "backend": "embedded"}})
         feeder2 = Feeder(stage, seconds=0.8)
         await feeder2.run()
-        await asyncio.sleep(0.3)
+        assert await wait_until(lambda: reports[-1] is None and stage.stats()["published"] > 0, timeout=5)
     finally:
         await stage.stop()
     assert reports[-1] is None
@@ -230,22 +237,27 @@ async def test_backends_registry_builds_shared_instances_lazily() -> None:
         await registry.close()
 
 
-def test_settings_from_environment() -> None:
-    settings = VisionSettings.from_env(
-        {
-            "VISION_BACKEND": "vlm",
-            "VISION_INTERVAL": "0.5",
-            "VISION_VLM_ENDPOINT": "http://127.0.0.1:8000/v1",
-            "VISION_VLM_MODEL": "Qwen/Qwen2.5-VL-3B-Instruct",
-            "VISION_VLM_TAGS": "person, dog",
-            "VISION_TENSORRT_ENGINE": "/models/x.engine",
-        }
-    )
+def test_settings_from_environment(monkeypatch) -> None:
+    environ = {
+        "VISION_BACKEND": "vlm",
+        "VISION_INTERVAL": "0.5",
+        "VISION_VLM_ENDPOINT": "http://127.0.0.1:8000/v1",
+        "VISION_VLM_MODEL": "Qwen/Qwen2.5-VL-3B-Instruct",
+        "VISION_VLM_TAGS": "person, dog",
+        "VISION_TENSORRT_ENGINE": "/models/x.engine",
+    }
+    for name in environ:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("VISION_VLM_ENDPOINTS", raising=False)
+    assert VisionSettings().vlm is None
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    settings = VisionSettings()
     assert settings.default_backend == "vlm" and settings.interval == 0.5
     assert settings.vlm is not None and settings.vlm.tag_list == ["person", "dog"]
     assert settings.vlm.model_id == "Qwen/Qwen2.5-VL-3B-Instruct"
     assert settings.tensorrt is not None and settings.tensorrt.engine_path == "/models/x.engine"
-    assert VisionSettings.from_env({}).vlm is None
+    assert Settings().vision.vlm is not None  # the root tree reads the same variables
 
 
 class GpuFrameTagger(EmbeddedTagger):
@@ -288,8 +300,8 @@ async def test_gpu_frame_queue_feeds_backends_that_accept_gpu_frames() -> None:
                     height=512,
                 )
             )
-            await asyncio.sleep(1 / FPS)
-        await asyncio.sleep(0.3)
+            await asyncio.sleep(1 / FPS)  # paced as live video
+        assert await wait_until(lambda: not stage.stats()["in_flight"], timeout=5)  # the last sample finished
     finally:
         await stage.stop()
         await registry.close()

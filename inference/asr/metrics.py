@@ -42,9 +42,9 @@ def asr_metrics(pool: AsrModelPool) -> Iterator[Any]:
         ("streamlens_asr_busy_seconds", "seconds the ASR workers spent decoding", stats["busy_seconds"]),
     )
     for name, doc, value in counters:
-        family = CounterMetricFamily(name, doc)
-        family.add_metric([], float(value))
-        yield family
+        counter = CounterMetricFamily(name, doc)
+        counter.add_metric([], float(value))
+        yield counter
     lag = GaugeMetricFamily("streamlens_asr_lag_seconds", "audio of a stream not decoded yet", labels=["manifest_id"])
     max_lag = GaugeMetricFamily(
         "streamlens_asr_max_lag_seconds", "largest lag of a stream so far", labels=["manifest_id"]

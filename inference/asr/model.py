@@ -256,6 +256,11 @@ class _Request:
     started: bool = False
 
     @property
+    def samples(self) -> np.ndarray:
+        assert self.audio is not None  # every request is submitted with its audio
+        return self.audio
+
+    @property
     def utterance_audio(self) -> np.ndarray:
         """The utterance alone, without its lead."""
         assert self.audio is not None
@@ -390,11 +395,6 @@ class AsrModelPool:
                 raise
             finally:
                 self.loading = False
-
-    async def ensure_loaded(self) -> None:
-        """Load in a thread without blocking the loop."""
-        if self._model is None:
-            await asyncio.get_running_loop().run_in_executor(None, self.load)
 
     def start_loading(self) -> None:
         """Kick off loading in the background (e.g. at server start, so /health can say LOADING)."""
@@ -542,7 +542,7 @@ class AsrModelPool:
         """Under the lock: finals first, then fresh partials, then one whole-file call."""
         limit = self.settings.batch_max
         if self._finals:
-            batch = []
+            batch: list[_Request] = []
             while self._finals and len(batch) < limit:
                 batch.append(self._finals.popleft())
             return batch
@@ -616,7 +616,7 @@ class AsrModelPool:
             for language, requests in groups.items():
                 contexts = [self._decoder.prompt_tokens(r.context, language, s.prompt_tokens) for r in requests]
                 results = self._decoder.decode(
-                    [r.audio for r in requests], language, beam, contexts, [r.lead for r in requests]
+                    [r.samples for r in requests], language, beam, contexts, [r.lead for r in requests]
                 )
                 for request, context, result in zip(requests, contexts, results):
                     if request.lead is not None and not result.text:
@@ -680,7 +680,8 @@ class AsrModelPool:
                 condition_on_previous_text=False,
                 temperature=FALLBACK_TEMPERATURES,
                 vad_filter=False,
-                initial_prompt=" ".join(filter(None, (request.context, request.lead and request.lead.text))) or None,
+                initial_prompt=" ".join(filter(None, (request.context, request.lead.text if request.lead else None)))
+                or None,
             )
             segments = [s for s in segments_iter]
         except Exception as exc:
@@ -705,7 +706,7 @@ class AsrModelPool:
 
     def _run_call(self, request: _Request, began: float) -> list[tuple[Future, Any, BaseException | None]]:
         try:
-            result = self._transcribe_blocking(request.audio, request.submitted, began, request.options or {})
+            result = self._transcribe_blocking(request.samples, request.submitted, began, request.options or {})
         except Exception as exc:
             return [(request.future, None, exc)]
         return [(request.future, result, None)]

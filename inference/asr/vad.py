@@ -83,11 +83,6 @@ class StreamingVad:
         self.recent: deque[tuple[int, float]] = deque(maxlen=RECENT_WINDOWS)
 
     @property
-    def silence_since(self) -> int | None:
-        """Start index of a silence inside speech that may turn into an `end` (else None)."""
-        return self._temp_end if self.triggered and self._temp_end else None
-
-    @property
     def position(self) -> int:
         """Stream index up to which audio has been handed to `process`."""
         return self._next_index + len(self._pending)

@@ -21,7 +21,6 @@ from .ollama import OllamaTranslator
 from .openai_compat import OpenAICompatTranslator
 from .service import (
     CaptionTranslation,
-    PartialRateLimiter,
     TranslateSettings,
     TranslationService,
     build_translator,
@@ -38,7 +37,6 @@ __all__ = [
     "LanguageSupport",
     "OllamaTranslator",
     "OpenAICompatTranslator",
-    "PartialRateLimiter",
     "TranslateSettings",
     "TranslationError",
     "TranslationResult",

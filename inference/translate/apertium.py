@@ -241,9 +241,7 @@ class ApertiumTranslator(Translator):
             if isinstance(exc, asyncio.CancelledError):
                 raise
             self.failures += 1
-            raise TranslationError(
-                f"apertium did not answer within {timeout:.1f} s", code="backend_timeout", http_status=504
-            ) from exc
+            raise TranslationError(f"apertium did not answer within {timeout:.1f} s", code="backend_timeout") from exc
         if proc.returncode != 0:
             self.failures += 1
             detail = stderr.decode("utf-8", "replace").strip()[:300]

@@ -120,7 +120,6 @@ class BackendChain:
             raise TranslationError(
                 "translation is disabled (TRANSLATE_BACKENDS=none)",
                 code="translation_disabled",
-                http_status=503,
                 retryable=False,
             )
         tried: list[str] = []
@@ -129,20 +128,18 @@ class BackendChain:
         for slot in self.slots:
 
             async def attempt(slot: BackendSlot = slot) -> list[TranslationResult]:
-                call = (
-                    slot.translator.translate(texts[0], source, target, context)
-                    if single
-                    else slot.translator.translate_batch(texts, source, target)
-                )
+                async def call() -> list[TranslationResult]:
+                    if single:
+                        return [await slot.translator.translate(texts[0], source, target, context)]
+                    return list(await slot.translator.translate_batch(texts, source, target))
+
                 try:
-                    answer = await asyncio.wait_for(call, slot.timeout)
+                    results = await asyncio.wait_for(call(), slot.timeout)
                 except TimeoutError:
                     raise TranslationError(
                         f"{slot.name} did not answer within {slot.timeout:.1f} s",
                         code="backend_timeout",
-                        http_status=504,
                     ) from None
-                results = [answer] if single else list(answer)
                 _check_answer(slot.name, texts, results)
                 return results
 
@@ -236,10 +233,7 @@ def _check_answer(name: str, texts: list[str], results: list[TranslationResult])
         raise TranslationError(
             f"{name} answered {len(results)} translations for {len(texts)} texts",
             code="bad_backend_response",
-            http_status=502,
         )
     for text, result in zip(texts, results):
         if text.strip() and not result.text.strip():
-            raise TranslationError(
-                f"{name} answered an empty translation", code="bad_backend_response", http_status=502
-            )
+            raise TranslationError(f"{name} answered an empty translation", code="bad_backend_response")

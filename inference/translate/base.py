@@ -63,16 +63,13 @@ class LanguageSupport:
 
 
 class TranslationError(Exception):
-    """A translation that could not be done. `code` is stable (used in API errors and stats);
-    `http_status` is what an HTTP caller should answer; `retryable` says whether trying again
-    later may help (backend down) or not (unsupported pair)."""
+    """A translation that could not be done. `code` is stable (used in API errors and stats; the
+    HTTP status for each code is the edge's, media/http_errors.py); `retryable` says whether trying
+    again later may help (backend down) or not (unsupported pair)."""
 
-    def __init__(
-        self, message: str, *, code: str = "translation_failed", http_status: int = 503, retryable: bool = True
-    ) -> None:
+    def __init__(self, message: str, *, code: str = "translation_failed", retryable: bool = True) -> None:
         super().__init__(message)
         self.code = code
-        self.http_status = http_status
         self.retryable = retryable
 
     @property
@@ -86,7 +83,6 @@ class UnsupportedLanguagePairError(TranslationError):
         super().__init__(
             f"language pair {source}->{target} is not supported; available pairs: {listed}",
             code="unsupported_language_pair",
-            http_status=400,
             retryable=False,
         )
         self.available = list(available)
@@ -138,7 +134,6 @@ class BoundedConcurrency:
             raise TranslationError(
                 f"{self.name} is overloaded ({self.in_flight} running, {self._waiting} waiting)",
                 code="overloaded",
-                http_status=503,
             )
         self._waiting += 1
         try:
@@ -282,9 +277,7 @@ def split_language_code(code: str) -> tuple[str, str | None]:
     """'en-US' → ('en', 'US'); 'spa' → ('spa', None). Raises TranslationError on junk."""
     code = code.strip()
     if not _LANGUAGE_CODE_RE.match(code):
-        raise TranslationError(
-            f"invalid language code {code!r}", code="invalid_language", http_status=400, retryable=False
-        )
+        raise TranslationError(f"invalid language code {code!r}", code="invalid_language", retryable=False)
     parts = re.split(r"[-_]", code)
     base = parts[0].lower()
     region = parts[1].upper() if len(parts) > 1 else None

@@ -4,9 +4,10 @@ backend time)."""
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Generic, TypeVar
+
+from media.lru import LRU
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -18,7 +19,7 @@ class LRUCache(Generic[K, V]):
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max(0, max_entries)
-        self._items: OrderedDict[K, V] = OrderedDict()
+        self._items: LRU[K, V] = LRU(self.max_entries)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -27,9 +28,8 @@ class LRUCache(Generic[K, V]):
     def get(self, key: K) -> V | None:
         with self._lock:
             if key in self._items:
-                self._items.move_to_end(key)
                 self.hits += 1
-                return self._items[key]
+                return self._items.get(key, refresh=True)
             self.misses += 1
             return None
 
@@ -37,11 +37,7 @@ class LRUCache(Generic[K, V]):
         if self.max_entries == 0:
             return
         with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
-                self.evictions += 1
+            self.evictions += self._items.put(key, value)
 
     def __contains__(self, key: object) -> bool:
         with self._lock:

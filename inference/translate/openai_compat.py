@@ -186,9 +186,7 @@ class OpenAICompatTranslator(Translator):
         completion = await self._limiter.run(lambda: self._complete_with_retries(messages, text))
         translated = clean_model_output(completion.text, text, target_lang)
         if not translated:
-            raise TranslationError(
-                "translation backend answered an empty translation", code="bad_backend_response", http_status=502
-            )
+            raise TranslationError("translation backend answered an empty translation", code="bad_backend_response")
         score = logprob_score(completion.token_logprobs)
         flags = ("low_token_probability",) if score is not None and score < LOW_TOKEN_PROBABILITY else ()
         return TranslationResult(
@@ -294,4 +292,4 @@ def _translation_error(exc: OpenAIError) -> TranslationError:
     (the server is up and said no); anything else, a garbled answer included, counts against the
     backend's breaker."""
     rejected = exc.code == "backend_rejected"
-    return TranslationError(str(exc), code=exc.code, http_status=exc.http_status, retryable=not rejected)
+    return TranslationError(str(exc), code=exc.code, retryable=not rejected)

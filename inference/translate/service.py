@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from ssl import SSLContext
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.openai_client import chat_completions_url
@@ -53,8 +52,8 @@ BACKEND_KINDS = ("apertium", "openai", "vllm", "ollama", "triton")
 
 
 def _env(*names: str) -> AliasChoices:
-    """Env var names that keep their historic spelling (no TRANSLATE_ prefix); the field name
-    itself stays accepted as a keyword."""
+    """Env var names of a backend's own settings (APERTIUM_*, VLLM_*: no TRANSLATE_ prefix); the field
+    name itself stays accepted as a keyword."""
     return AliasChoices(*names)
 
 
@@ -78,11 +77,6 @@ class TranslateSettings(BaseSettings):
     max_text_chars: int = Field(5000, ge=1, description="TRANSLATE_MAX_TEXT_CHARS: longest text accepted")
     max_batch_texts: int = Field(64, ge=1, description="TRANSLATE_MAX_BATCH_TEXTS: most texts in one batch")
     max_pending: int = Field(64, ge=0, description="TRANSLATE_MAX_PENDING: callers allowed to wait for a backend slot")
-    partial_min_interval_s: float = Field(
-        0.5,
-        ge=0,
-        description="TRANSLATE_PARTIAL_MIN_INTERVAL_S: least time between translations of one partial segment",
-    )
     latency_window: int = Field(512, ge=1, description="samples kept for latency percentiles")
     backend_timeout_s: float = Field(
         10.0,
@@ -93,15 +87,12 @@ class TranslateSettings(BaseSettings):
     breaker_threshold: int = Field(
         5,
         ge=1,
-        validation_alias=_env("TRANSLATE_BREAKER_THRESHOLD", "VLLM_BREAKER_THRESHOLD", "breaker_threshold"),
-        description="TRANSLATE_BREAKER_THRESHOLD: consecutive failures that open a backend's breaker "
-        "(VLLM_BREAKER_THRESHOLD is read too)",
+        description="TRANSLATE_BREAKER_THRESHOLD: consecutive failures that open a backend's breaker",
     )
     breaker_reset_s: float = Field(
         30.0,
         gt=0,
-        validation_alias=_env("TRANSLATE_BREAKER_RESET_S", "VLLM_BREAKER_RESET_S", "breaker_reset_s"),
-        description="TRANSLATE_BREAKER_RESET_S: seconds a breaker stays open before a probe (VLLM_BREAKER_RESET_S is read too)",
+        description="TRANSLATE_BREAKER_RESET_S: seconds a breaker stays open before a probe",
     )
 
     # -- context and sessions
@@ -167,9 +158,8 @@ class TranslateSettings(BaseSettings):
         validation_alias=_env("VLLM_MODEL", "vllm_model"),
         description="VLLM_MODEL: unset → first model of /v1/models",
     )
-    vllm_api_key: str | None = Field(
+    vllm_api_key: SecretStr | None = Field(
         None,
-        repr=False,
         validation_alias=_env("VLLM_API_KEY", "vllm_api_key"),
         description="VLLM_API_KEY: sent as a Bearer token",
     )
@@ -323,7 +313,7 @@ def build_translator(name: str, settings: TranslateSettings, ssl_for: SslFor | N
         return OpenAICompatTranslator(
             settings.vllm_endpoint,
             settings.vllm_model,
-            api_key=settings.vllm_api_key,
+            api_key=settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None,
             extra_body=settings.vllm_extra_body,
             name=name,
             ssl=ssl_of(settings.vllm_endpoint),
@@ -381,34 +371,6 @@ class CaptionTranslation(tuple):
         return self[1]
 
 
-class PartialRateLimiter:
-    """Lets a partial caption of one segment be translated at most once per `min_interval`
-    (partials change several times a second; finals bypass this). Remembers a bounded number
-    of segments, forgetting the least recently seen."""
-
-    def __init__(self, min_interval: float, max_segments: int = 1024) -> None:
-        self.min_interval = min_interval
-        self.max_segments = max(1, max_segments)
-        self._last: OrderedDict[Hashable, float] = OrderedDict()
-        self.allowed = 0
-        self.skipped = 0
-
-    def should_translate(self, segment_id: Hashable, now: float) -> bool:
-        last = self._last.get(segment_id)
-        if last is not None and now - last < self.min_interval:
-            self.skipped += 1
-            return False
-        self._last[segment_id] = now
-        self._last.move_to_end(segment_id)
-        while len(self._last) > self.max_segments:
-            self._last.popitem(last=False)
-        self.allowed += 1
-        return True
-
-    def forget(self, segment_id: Hashable) -> None:
-        self._last.pop(segment_id, None)
-
-
 CacheKey = tuple[str, str, str, str]
 
 
@@ -443,13 +405,11 @@ class TranslationService:
             breaker_reset_s=self.settings.breaker_reset_s,
             clock=clock,
         )
-        self.translator = translators[0] if translators else None  # the first choice (older callers)
         self.backend = ",".join(self.chain.names) or "none"
         self.sessions = SessionStore(
             self.settings.max_sessions, self.settings.session_history, self.settings.session_ttl, clock=clock
         )
         self.cache: LRUCache[CacheKey, TranslationResult] = LRUCache(self.settings.cache_size)
-        self.partials = PartialRateLimiter(self.settings.partial_min_interval_s)
         self.latency = LatencyWindow(self.settings.latency_window)
         self.requests = 0
         self.failures = 0
@@ -458,17 +418,13 @@ class TranslationService:
         self.detections = 0
         self.errors_by_code: dict[str, int] = {}  # keys are a small fixed set of codes
 
-    @classmethod
-    def from_settings(cls, settings: TranslateSettings) -> TranslationService:
-        return cls(settings)
-
     @property
     def enabled(self) -> bool:
         return bool(self.chain.slots)
 
     @property
     def model_info(self) -> str:
-        return self.translator.model_info if self.translator is not None else "none"
+        return self.chain.slots[0].translator.model_info if self.chain.slots else "none"
 
     # --- translation ---------------------------------------------------------------------
 
@@ -477,14 +433,12 @@ class TranslationService:
             raise TranslationError(
                 "translation is disabled (TRANSLATE_BACKENDS=none)",
                 code="translation_disabled",
-                http_status=503,
                 retryable=False,
             )
         if len(texts) > self.settings.max_batch_texts:
             raise TranslationError(
                 f"{len(texts)} texts in one batch; the limit is {self.settings.max_batch_texts}",
                 code="too_many_texts",
-                http_status=413,
                 retryable=False,
             )
         for text in texts:
@@ -492,7 +446,6 @@ class TranslationService:
                 raise TranslationError(
                     f"text has {len(text)} characters; the limit is {self.settings.max_text_chars}",
                     code="text_too_long",
-                    http_status=413,
                     retryable=False,
                 )
         if source != AUTO:
@@ -533,7 +486,7 @@ class TranslationService:
         except Exception as exc:  # a bug must still surface as a clean error value
             log.exception("translation failed unexpectedly")
             self._count_error("internal_error")
-            raise TranslationError(f"translation failed: {exc}", code="internal_error", http_status=500) from exc
+            raise TranslationError(f"translation failed: {exc}", code="internal_error") from exc
 
     async def _resolve_source(self, texts: Sequence[str], source_lang: str) -> str:
         if source_lang != AUTO:
@@ -544,7 +497,6 @@ class TranslationService:
             raise TranslationError(
                 "could not detect the source language; send source_lang",
                 code="language_not_detected",
-                http_status=400,
                 retryable=False,
             )
         return detected.code
@@ -585,9 +537,9 @@ class TranslationService:
     ) -> list[TranslationResult]:
         if not self.chain.uses_context:
             results = await self._translate_independent(texts, source, target)
-            for text, result in zip(texts, results):
+            for text, translated in zip(texts, results):
                 if text.strip():
-                    session.add(result, text)
+                    session.add(translated, text)
             return results
         results = []
         for text in texts:  # one by one: each sentence's prompt carries the ones before it
@@ -646,14 +598,6 @@ class TranslationService:
         return CaptionTranslation(
             result.text, None, confidence=result.confidence, quality_flags=result.quality_flags, backend=result.backend
         )
-
-    def should_translate_partial(self, segment_id: Hashable, now: float | None = None) -> bool:
-        """True when a partial of `segment_id` may be translated now (at most one per
-        `partial_min_interval_s`). Finals need no check; call `forget_segment` after one."""
-        return self.partials.should_translate(segment_id, self._clock() if now is None else now)
-
-    def forget_segment(self, segment_id: Hashable) -> None:
-        self.partials.forget(segment_id)
 
     def _count_error(self, code: str) -> None:
         self.failures += 1
@@ -720,7 +664,6 @@ class TranslationService:
             "sessions": self.sessions.stats(),
             "detections": self.detections,
             "latency_ms": self.latency.summary_ms(),
-            "partials": {"allowed": self.partials.allowed, "skipped": self.partials.skipped},
             "backend_stats": {s.name: s.translator.stats() for s in self.chain.slots},
         }
 

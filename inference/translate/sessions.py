@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from media.lru import LRU
 
 from .base import ContextTurn, TranslationError, TranslationResult
 
@@ -34,7 +36,6 @@ def check_session_id(session_id: str) -> str:
         raise TranslationError(
             f"invalid session id {session_id[:40]!r}: 1-160 characters of letters, digits and ._:@-",
             code="invalid_session_id",
-            http_status=400,
             retryable=False,
         )
     return session_id
@@ -130,7 +131,7 @@ class SessionStore:
         self.max_history = max(1, max_history)
         self.ttl = ttl
         self._clock = clock
-        self._sessions: OrderedDict[str, TranslationSession] = OrderedDict()
+        self._sessions: LRU[str, TranslationSession] = LRU(self.max_sessions)
         self.created = 0
         self.expired = 0
         self.evicted = 0
@@ -141,10 +142,10 @@ class SessionStore:
     def _expire(self, now: float) -> None:
         # Least recently used first: stop at the first one still alive.
         while self._sessions:
-            oldest = next(iter(self._sessions.values()))
-            if now - oldest.last_used < self.ttl:
+            oldest = self._sessions.oldest()
+            if oldest is None or now - oldest.last_used < self.ttl:
                 break
-            self._sessions.popitem(last=False)
+            self._sessions.pop_oldest()
             self.expired += 1
 
     def get(self, session_id: str) -> TranslationSession | None:
@@ -160,18 +161,15 @@ class SessionStore:
         session = self._sessions.get(session_id)
         if session is None:
             session = TranslationSession(session_id, self.max_history, created_at=time.time(), last_used=now)
-            self._sessions[session_id] = session
+            self.evicted += self._sessions.put(session_id, session)
             self.created += 1
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
-                self.evicted += 1
         session.last_used = now
-        self._sessions.move_to_end(session_id)
+        self._sessions.refresh(session_id)
         return session
 
     def delete(self, session_id: str) -> bool:
         self._expire(self._clock())
-        return self._sessions.pop(session_id, None) is not None
+        return self._sessions.pop(session_id) is not None
 
     def snapshot(self, session_id: str) -> dict[str, Any] | None:
         session = self.get(session_id)

@@ -163,7 +163,7 @@ class TritonTranslator(Translator):
         except TimeoutError as exc:
             self.failures += 1
             raise TranslationError(
-                f"triton did not answer within {self.timeout:.1f} s", code="backend_timeout", http_status=504
+                f"triton did not answer within {self.timeout:.1f} s", code="backend_timeout"
             ) from exc
         except InferenceServerException as exc:
             self.failures += 1
@@ -185,7 +185,6 @@ class TritonTranslator(Translator):
                 raise TranslationError(
                     f"triton model {self.model!r} has no {OUTPUT_TEXT} output (outputs: {sorted(names)})",
                     code="bad_backend_response",
-                    http_status=502,
                 )
             self._has_confidence = OUTPUT_CONFIDENCE in names
         return self._has_confidence
@@ -200,7 +199,6 @@ class TritonTranslator(Translator):
             raise TranslationError(
                 f"triton answered {0 if translated is None else translated.size} translations for {len(texts)} texts",
                 code="bad_backend_response",
-                http_status=502,
             )
         results = []
         for i, raw in enumerate(translated.reshape(-1)):

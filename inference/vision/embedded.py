@@ -56,7 +56,7 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +74,7 @@ from inference.vision.base import (
     filter_tags,
 )
 from media.events import Tag
+from media.lru import LRU
 from media.stats import LatencyWindow
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,12 @@ class TextReader:
         return tags
 
 
+def _rect(values: Iterable[Any]) -> tuple[int, int, int, int]:
+    """An OpenCV (x, y, w, h) rectangle as ints."""
+    x, y, w, h = (int(v) for v in values)
+    return x, y, w, h
+
+
 def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
@@ -222,7 +229,7 @@ class EmbeddedTagger(VisionBackend):
             max_workers=max(1, workers), thread_name_prefix="vision-embedded", initializer=_lower_thread_priority
         )
         self._local = threading.local()  # one CascadeClassifier per worker thread
-        self._sources: OrderedDict[str, _SourceState] = OrderedDict()
+        self._sources: LRU[str, _SourceState] = LRU(max_sources)
         self._sources_lock = threading.Lock()
         self._pending = 0
         self._closed = False
@@ -284,7 +291,7 @@ class EmbeddedTagger(VisionBackend):
 
     def forget(self, source: str) -> None:
         with self._sources_lock:
-            self._sources.pop(source, None)
+            self._sources.pop(source)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -327,12 +334,12 @@ class EmbeddedTagger(VisionBackend):
         )
         if len(rects) == 0:
             return []
-        candidates = [tuple(int(v) for v in r) for r in rects]
+        candidates = [_rect(r) for r in rects]
         level_weights = np.ravel(weights).astype(float).tolist()
         grouped, neighbours = cv2.groupRectangles([list(c) for c in candidates], self.min_neighbors, _GROUP_EPS)
         tags: list[Tag] = []
         for rect, count in zip(grouped, np.ravel(neighbours).tolist()):
-            rect_t = tuple(int(v) for v in rect)
+            rect_t = _rect(rect)
             members = [w for c, w in zip(candidates, level_weights) if _iou(c, rect_t) >= 0.3]
             max_weight = max(members) if members else 0.0
             x, y, w, h = rect_t
@@ -348,10 +355,8 @@ class EmbeddedTagger(VisionBackend):
         hist = cv2.calcHist([hsv], [0, 1, 2], None, [16, 8, 8], [0, 180, 0, 256, 0, 256])
         cv2.normalize(hist, hist, alpha=1.0, norm_type=cv2.NORM_L1)
         with self._sources_lock:
-            previous = self._sources.pop(source, None)
-            self._sources[source] = _SourceState(thumb, hist)  # most recent last
-            while len(self._sources) > self.max_sources:
-                self._sources.popitem(last=False)
+            previous = self._sources.pop(source)
+            self._sources.put(source, _SourceState(thumb, hist))
         if previous is None:
             return None, None
         motion = float(np.mean(cv2.absdiff(thumb, previous.thumb)))

@@ -125,7 +125,6 @@ class VlmEndpoint:
             raise EndpointBusy(
                 f"endpoint {self.name} busy ({self.in_flight} in flight, {self.waiting} waiting)",
                 code="backend_busy",
-                http_status=503,
             )
         self.waiting += 1
         try:

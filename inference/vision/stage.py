@@ -24,7 +24,16 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.vision.base import BackendBusy, BackendUnavailable, VisionBackend, VisionRequest
@@ -54,7 +63,8 @@ class VisionSettings(BaseSettings):
     `vlm` / `tensorrt` may also be given whole (code and tests); the flat VISION_VLM_* and
     VISION_TENSORRT_* values build them when they are not."""
 
-    model_config = SettingsConfigDict(env_prefix="VISION_", extra="forbid", populate_by_name=True)
+    # extra="ignore": a shared .env file holds every section's variables
+    model_config = SettingsConfigDict(env_prefix="VISION_", extra="ignore", populate_by_name=True)
 
     default_backend: str = Field(
         "embedded",
@@ -67,7 +77,7 @@ class VisionSettings(BaseSettings):
     embedded_max_pending: int = Field(8, ge=1, description="frames waiting for the embedded tagger")
     vlm_endpoint: str | None = Field(None, description="OpenAI-compatible VLM base URL")
     vlm_model: str | None = Field(None, description="VLM model id")
-    vlm_api_key: str | None = Field(None, description="VLM API key")
+    vlm_api_key: SecretStr | None = Field(None, description="VLM API key")
     vlm_tags: str | None = Field(None, description="comma-separated default tag list")
     vlm_endpoints: str | None = Field(None, description="JSON list of VLM endpoints for the multiplexer")
     vlm_timeout: float | None = Field(None, gt=0, description="seconds per VLM call")
@@ -83,7 +93,7 @@ class VisionSettings(BaseSettings):
             vlm: dict[str, Any] = {"api_base_url": self.vlm_endpoint}
             for field_name, value in (
                 ("model_id", self.vlm_model),
-                ("api_key", self.vlm_api_key),
+                ("api_key", self.vlm_api_key.get_secret_value() if self.vlm_api_key else None),
                 ("timeout", self.vlm_timeout),
                 ("max_pixels", self.vlm_max_pixels),
             ):
@@ -100,20 +110,6 @@ class VisionSettings(BaseSettings):
                 trt["labels_path"] = self.tensorrt_labels
             self.tensorrt = TensorRtConfig.model_validate(trt)
         return self
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> VisionSettings:
-        """The settings from the process environment; values in `environ` win over it (tests)."""
-        if environ is None:
-            return cls()
-        values = {
-            key[len("VISION_") :].lower(): value
-            for key, value in environ.items()
-            if key.startswith("VISION_") and value
-        }
-        if "backend" in values:
-            values["default_backend"] = values.pop("backend")
-        return cls.model_validate(values)
 
 
 class VisionBackends:

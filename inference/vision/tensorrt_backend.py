@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,6 +45,7 @@ from inference.vision.base import (
     VisionResult,
     filter_tags,
 )
+from media.cuda import nvidia_device_visible
 from media.events import Tag
 from media.stats import LatencyWindow
 
@@ -69,12 +69,6 @@ class TensorRtConfig(BaseModel):
     max_pending: int = Field(4, ge=1)
 
 
-def _cuda_device_visible() -> bool:
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
-
-
 def missing_requirements() -> list[str]:
     """What this machine lacks to run TensorRT engines (empty when everything is there)."""
     missing: list[str] = []
@@ -82,7 +76,7 @@ def missing_requirements() -> list[str]:
         missing.append("the 'tensorrt' Python package (pip install tensorrt)")
     if importlib.util.find_spec("torch") is None:
         missing.append("torch with CUDA (pip install torch)")
-    elif not _cuda_device_visible():
+    elif not nvidia_device_visible():
         missing.append("a CUDA device (no NVIDIA driver/device found)")
     else:
         import torch

@@ -102,7 +102,9 @@ class OrchestratorTrickle:
         self.app = web.Application()
         self.trickle = TrickleServer()
         self.trickle.add_routes(self.app)
-        self.runner = web.AppRunner(self.app)
+        # A remote server that goes away does not wait for its clients: aiohttp's default (60 s) held
+        # every test whose stream still had a request on it (streams are stopped after this server).
+        self.runner = web.AppRunner(self.app, shutdown_timeout=1.0)
         self.base_url = ""
 
     async def start(self) -> OrchestratorTrickle:

@@ -101,7 +101,7 @@ async def test_flood_across_channels_stays_under_the_budget(make_server):
     connector = aiohttp.TCPConnector(limit=64, force_close=True)
     async with aiohttp.ClientSession(connector=connector, headers=server.auth_headers("trickle")) as session:
         reader = asyncio.create_task(live_read())
-        await asyncio.sleep(0.1)
+        assert await wait_until(lambda: trickle.stats()["subscribers"] >= 1, timeout=10)  # reading before the flood
         results = await asyncio.gather(live_publish(), *(flood_channel(session, c) for c in range(32)))
         await asyncio.wait_for(reader, 30)
     done.set()
