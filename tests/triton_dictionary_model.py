@@ -8,7 +8,7 @@ function below as a model through Triton's Python backend.
 
 The model follows the tensor contract of inference/translate/triton.py:
 TEXT, SOURCE_LANG, TARGET_LANG (BYTES [batch, 1]) → TRANSLATION (BYTES), CONFIDENCE (FP32):
-the share of words found in the dictionary. Prints "READY" on stdout once it serves.
+the share of words found in the dictionary. Prints `READY_MARKER` on stdout once it serves.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import numpy as np
 from pytriton.decorators import batch
 from pytriton.model_config import ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
+
+# unique, so it is found even inside a line of tritonserver's own log (they share the pipe)
+READY_MARKER = "STREAMLENS-TRITON-READY"
 
 EN_ES = {
     "hello": "hola",
@@ -121,7 +124,7 @@ def main() -> int:
             strict=True,
         )
         triton.run()  # starts the server and loads the model, without blocking
-        print("READY", flush=True)
+        print(READY_MARKER, flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             signal.pause()

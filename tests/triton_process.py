@@ -49,7 +49,7 @@ def start_triton_server() -> tuple[subprocess.Popen, str]:
         if not line:
             break
         tail = (tail + [line])[-30:]
-        if line.rstrip().endswith(b"READY"):  # tritonserver's own log may share the line
+        if b"STREAMLENS-TRITON-READY" in line:  # the model script's marker, maybe inside a line of tritonserver's log
             # keep draining its log (last lines kept) so a chatty server never blocks on a full pipe
             log_tail: deque[bytes] = deque(tail, maxlen=200)
             threading.Thread(target=lambda: log_tail.extend(iter(proc.stdout.readline, b"")), daemon=True).start()  # noqa: B023 - returns right after
