@@ -139,13 +139,13 @@ class JobRunner:
         self.services = services
         self.outbound_policy = outbound_policy
         self.store = JobStore(settings.db_path)
-        self._queue: deque[str] = deque()
+        self._queue: deque[str] = deque()  # bounded by ANALYSIS_MAX_QUEUED: submit() refuses beyond it (503)
         self._wake = asyncio.Event()
         self._live: dict[str, _LiveJob] = {}
         self._workers: list[asyncio.Task] = []
         self._sweeper: asyncio.Task | None = None
         self._subscriptions: set[asyncio.Queue] = set()  # every open event stream's queue, of any job
-        self._finished: deque[str] = deque()
+        self._finished: deque[str] = deque()  # bounded: trimmed to _KEEP_FINISHED on every append
         self._writes: set[asyncio.Task] = set()
         self._reserved_bytes = 0  # byte caps granted to uploads/downloads in progress
         self.running = 0
