@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench deps system-deps lock clean
+.PHONY: run test lint bench deps system-deps web-deps lock clean
 
 system-deps:
 	./scripts/install_system_deps.sh
@@ -21,7 +21,12 @@ $(STAMP): $(LOCK) pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-deps: system-deps $(STAMP)
+deps: system-deps $(STAMP) web-deps
+
+# hls.js for the viewer's HLS view (exact version and hashes: web/package-lock.json); skipped without npm
+web-deps:
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix web --no-audit --no-fund --silent; \
+	else echo "npm not found: the viewer's HLS view needs it (web/package.json); skipping"; fi
 
 run: deps
 	$(VENV)/bin/streamlens serve --host $(HOST) --port $(PORT)

@@ -2,7 +2,16 @@
 
     python bench/bench_captions.py --streams 1,4            # K = 1 and 4 (default: 1,2,3,4,6)
     python bench/bench_captions.py --streams 4 --seconds 40 --size 512
+    python bench/bench_captions.py --model base --language de --streams 1
+    python bench/bench_captions.py --languages                # per model and language, then capacity
+    python bench/bench_captions.py --languages --quick        # the same, short (a busy machine)
     python bench/bench_captions.py --compare-models          # tiny.en (30 s / short windows) vs Moonshine
+
+--languages: for tiny.en (English) and the multilingual base model (en, es, de, fr from espeak-ng),
+one stream each: WER streaming vs offline, time to final p50/p95, time to first partial (the
+server's own figures, inference/asr/metrics.py), CPU per stream-second; then for each model the
+most captioned 512x512@30 streams the machine holds (every stream's video >= 90 % and time to
+final p95 <= 2 s), raising K until one fails.
 
 --streams: a real server in this process (loopback, the embedded tiny.en model, trickle in and
 out). Each of K streams publishes its own espeak-ng sentences (a different order per stream,
@@ -46,7 +55,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tests.speech import SpeechTrack, build_track, synthesize, word_error_rate  # noqa: E402
+from tests.speech import (  # noqa: E402
+    PhraseTiming,
+    SpeechTrack,
+    build_track,
+    synthesize,
+    voiced_bounds,
+    word_error_rate,
+)
 
 SENTENCES = [
     "We will meet at the library after lunch.",
@@ -67,6 +83,35 @@ SENTENCES = [
     "A small boat was sailing slowly across the lake.",
 ]
 PAUSES = [0.8, 1.0, 1.2, 0.6, 1.1]
+# other languages (espeak-ng voices of the same names); plain sentences without digits
+SENTENCES_BY_LANGUAGE = {
+    "en": SENTENCES,
+    "es": [
+        "Mi hermano toca la guitarra por la noche.",
+        "El tren sale de la estación del norte por la mañana.",
+        "Vamos a la biblioteca después de comer.",
+        "El tiempo es muy bueno hoy y hace sol.",
+        "Los niños juegan en el jardín de la casa.",
+        "Quiero una taza de café con leche, por favor.",
+    ],
+    "de": [
+        "Ich habe heute keine Zeit.",
+        "Ich trinke gern Kaffee mit Milch.",
+        "Die Kinder spielen im Garten.",
+        "Guten Morgen, wie geht es Ihnen heute?",
+        "Meine Mutter kocht jeden Sonntag.",
+        "Der Zug fährt morgen früh in die Stadt.",
+    ],
+    "fr": [
+        "Je ne parle pas très bien français.",
+        "Je voudrais un café, s'il vous plaît.",
+        "Nous allons à la bibliothèque après le déjeuner.",
+        "Mon frère joue de la guitare le soir.",
+        "Les enfants jouent dans le jardin.",
+        "Paris est une très belle ville.",
+    ],
+}
+MODELS = {"tiny.en": "embedded:tiny.en", "base": "embedded:base"}
 
 
 def cpu_time() -> float:
@@ -83,16 +128,37 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def stream_track(index: int, seconds: float) -> SpeechTrack:
+def stream_track(index: int, seconds: float, language: str = "en") -> SpeechTrack:
     """Speech for stream `index`: the sentences in its own rotation, about `seconds` long."""
+    sentences = SENTENCES_BY_LANGUAGE[language]
+    voice = "en-us" if language == "en" else language
     phrases: list[str] = []
     length = 0.5
     while length < seconds - 1.5:
-        sentence = SENTENCES[(index * 5 + len(phrases)) % len(SENTENCES)]
+        sentence = sentences[(index * 5 + len(phrases)) % len(sentences)]
         phrases.append(sentence)
-        length += len(synthesize(sentence)) / 16000 + PAUSES[len(phrases) % len(PAUSES)]
+        length += len(synthesize(sentence, voice)) / 16000 + PAUSES[len(phrases) % len(PAUSES)]
     pauses = [PAUSES[(i + index) % len(PAUSES)] for i in range(len(phrases) - 1)]
-    return build_track(phrases, pause_seconds=pauses, lead_seconds=0.5, tail_seconds=1.5)
+    if language == "en":
+        return build_track(phrases, pause_seconds=pauses, lead_seconds=0.5, tail_seconds=1.5)
+    return voiced_track(phrases, voice, pauses)
+
+
+def voiced_track(phrases: list[str], voice: str, pauses: list[float], lead: float = 0.5, tail: float = 1.5):
+    """`build_track` for another espeak-ng voice: phrases' voiced parts joined by known pauses."""
+    parts = [np.zeros(int(lead * 16000), np.float32)]
+    timings = []
+    cursor = len(parts[0])
+    for i, text in enumerate(phrases):
+        samples = synthesize(text, voice)
+        first, last = voiced_bounds(samples)
+        timings.append(PhraseTiming(text, cursor / 16000, (cursor + last - first) / 16000))
+        parts.append(samples[first:last])
+        cursor += last - first
+        gap = np.zeros(int((pauses[i] if i < len(phrases) - 1 else tail) * 16000), np.float32)
+        parts.append(gap)
+        cursor += len(gap)
+    return SpeechTrack(np.concatenate(parts).astype(np.float32), timings)
 
 
 def to_48k_int16(audio16k: np.ndarray) -> np.ndarray:
@@ -133,9 +199,10 @@ class StreamRun:
     max_lag: float = 0.0
     frames_in: int = 0
     frames_out: int = 0
+    status: dict = field(default_factory=dict)  # the stream's captions status at its end
 
 
-async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
+async def run_streams(k: int, seconds: float, size: int, pool_settings, language: str = "en") -> dict:
     from server.features import ASR_KEY
     from server.settings import Settings
     from tests.conftest import start_server, stop_server
@@ -145,10 +212,10 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
 
     runs = []
     for i in range(k):
-        track = stream_track(i, seconds)
+        track = stream_track(i, seconds, language)
         segments = make_segments(int(np.ceil(track.duration)), size, size, audio_samples=to_48k_int16(track.audio))
         runs.append(StreamRun(track, segments, frames_in=int(np.ceil(track.duration)) * 30))
-    server = await start_server(Settings(host="127.0.0.1", port=0, max_streams=max(4, k)))
+    server = await start_server(Settings(host="127.0.0.1", port=0, max_streams=max(4, k), asr=pool_settings))
     pool = server.app[ASR_KEY]
     await asyncio.get_running_loop().run_in_executor(None, pool.load)
     readers, collectors = [], []
@@ -162,7 +229,7 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
                 json={
                     "subscribe_url": server.trickle_url(f"in{i}"),
                     "publish_url": server.trickle_url(f"out{i}"),
-                    "params": {"captions": {"enabled": True, "language": "en", "burn_in": True}},
+                    "params": {"captions": {"enabled": True, "language": language, "burn_in": True}},
                 },
             )
             body = await resp.json()
@@ -205,6 +272,8 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
             mean_batch=round(delta["batched_items"] / delta["batches"], 2) if delta["batches"] else 0.0,
         )
         for run in runs:
+            status = await (await server.session.get(server.url(f"/stream/{run.manifest_id}/status"))).json()
+            run.status = status.get("stages", {}).get("captions", {})
             await server.session.delete(server.url(f"/stream/{run.manifest_id}"))
         for collector in collectors:
             await asyncio.wait_for(collector.ended.wait(), 15)
@@ -233,7 +302,7 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
             latencies.append(received - (t0 + gold_end))
         streamed = " ".join(d["text"] for _, d in sorted(run.finals, key=lambda f: f[1]["start"]))
         segments, _ = offline_model.transcribe(
-            received_audio(run.segments), language="en", beam_size=pool_settings.resolved_final_beam()
+            received_audio(run.segments), language=language, beam_size=pool_settings.resolved_final_beam()
         )
         offline = " ".join(s.text.strip() for s in segments)
         rows.append(
@@ -251,10 +320,15 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings) -> dict:
                 "offline_text": offline,
                 "reference": run.track.text,
                 "latencies": latencies,
+                "ttf_p50": (run.status.get("time_to_final") or {}).get("p50"),
+                "ttf_p95": (run.status.get("time_to_final") or {}).get("p95"),
+                "ttfp_p50": (run.status.get("time_to_first_partial") or {}).get("p50"),
             }
         )
     return {
         "k": k,
+        "language": language,
+        "model": pool_settings.model,
         "rows": rows,
         "cpu_per_stream_s": cpu / speech_seconds,
         "model_per_stream_s": busy / speech_seconds,
@@ -407,13 +481,20 @@ async def main() -> None:
     parser.add_argument("--compare-models", action="store_true", help="tiny.en vs Moonshine, one utterance at a time")
     parser.add_argument("--sentences", type=int, default=16, help="sentences for --compare-models")
     parser.add_argument("--show-text", action="store_true", help="print each stream's finals and the offline text")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny.en", help="the speech model (ASR_MODEL)")
+    parser.add_argument("--language", choices=sorted(SENTENCES_BY_LANGUAGE), default="en", help="spoken language")
+    parser.add_argument("--languages", action="store_true", help="per model and language, then capacity")
+    parser.add_argument("--quick", action="store_true", help="with --languages: short streams, capacity up to 4")
     args = parser.parse_args()
     if args.compare_models:
         compare_models(args.sentences)
         return
+    if args.languages:
+        await languages_matrix(args.quick, args.size, args.show_text)
+        return
     from inference.asr.model import AsrSettings
 
-    settings = AsrSettings()
+    settings = AsrSettings(model=MODELS[args.model])
     print(
         f"model {settings.model} beam {settings.beam_size} final beam {settings.resolved_final_beam()} "
         f"batch max {settings.batch_max}; {args.size}x{args.size}@30, {args.seconds:.0f} s of speech per stream; "
@@ -423,7 +504,7 @@ async def main() -> None:
     results = []
     for k in [int(x) for x in args.streams.split(",") if x.strip()]:
         began = time.perf_counter()
-        result = await run_streams(k, args.seconds, args.size, settings)
+        result = await run_streams(k, args.seconds, args.size, settings, args.language)
         results.append(result)
         print_streams(result, args.show_text)
         print(f"  (run took {time.perf_counter() - began:.0f} s)", flush=True)
@@ -443,6 +524,59 @@ def print_summary(results: list[dict]) -> None:
             f"{max(x['wer'] - x['wer_offline'] for x in rows):>+15.3f}  {max(x['lag_max'] for x in rows):>7.2f}  "
             f"{100 * min(x['video'] for x in rows):>8.0f} %"
         )
+
+
+def _worst(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return max(values) if values else float("nan")
+
+
+async def languages_matrix(quick: bool, size: int, show_text: bool) -> None:
+    """Per model and language one stream, then each model's capacity (K raised until it fails)."""
+    from inference.asr.model import AsrSettings
+
+    seconds = 14.0 if quick else 30.0
+    cases = [("tiny.en", "en"), ("base", "en"), ("base", "es"), ("base", "de"), ("base", "fr")]
+    print(
+        f"{size}x{size}@30, {seconds:.0f} s of speech per stream; cores={os.cpu_count()} "
+        f"load-avg={os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    table = []
+    for model, language in cases:
+        result = await run_streams(1, seconds, size, AsrSettings(model=MODELS[model]), language)
+        if show_text:
+            print_streams(result, True)
+        table.append((model, language, result))
+        print(f"  {model} {language} done (load-avg {os.getloadavg()[0]:.2f})", flush=True)
+    print(
+        "\n| model | lang | WER stream | WER offline | TTF p50 s | TTF p95 s | first partial p50 s | CPU s/stream-s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for model, language, result in table:
+        row = result["rows"][0]
+        print(
+            f"| {model} | {language} | {row['wer']:.3f} | {row['wer_offline']:.3f} | {_fmt(row['ttf_p50'])} | "
+            f"{_fmt(row['ttf_p95'])} | {_fmt(row['ttfp_p50'])} | {result['cpu_per_stream_s']:.3f} |"
+        )
+    limit = 4 if quick else 10
+    print("\n| model | K | video min | TTF p95 max s | finals | held |")
+    print("|---|---|---|---|---|---|")
+    for model in MODELS:
+        for k in range(1, limit + 1):
+            result = await run_streams(k, seconds, size, AsrSettings(model=MODELS[model]), "en")
+            rows = result["rows"]
+            video = min(r["video"] for r in rows)
+            p95 = _worst(rows, "ttf_p95")
+            held = video >= 0.9 and p95 <= 2.0
+            finals = f"{sum(r['finals'] for r in rows)}/{sum(r['sentences'] for r in rows)}"
+            print(f"| {model} | {k} | {100 * video:.0f} % | {_fmt(p95)} | {finals} | {'yes' if held else 'no'} |")
+            if not held:
+                break
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}"
 
 
 if __name__ == "__main__":

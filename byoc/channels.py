@@ -156,7 +156,7 @@ class ChannelRegistry:
         self._by_id: dict[str, StreamChannels] = {}
 
     def on_stream_built(self, stream: Any, spec: Any) -> None:
-        """A `stream_start_hooks` entry: attach channels when the start named any of their URLs."""
+        """A stream start hook (the stream service's): attach channels when the start named any of their URLs."""
         control_url, events_url, data_url = spec_channel_urls(spec)
         if not (control_url or events_url or data_url):
             return

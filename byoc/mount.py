@@ -7,8 +7,8 @@
 - a stream start hook attaching the events/control/data channels (byoc/channels.py);
 - capability registration with the orchestrator when ORCH_URL and ORCH_SECRET are set.
 
-`byoc` never imports `server`: the app's stream manager, its settings and the shared
-`/stream/start` handler are handed in.
+`byoc` never imports `server`: the app's stream manager, its settings and the stream service
+(`StreamStarter`: starts streams, runs start hooks) are handed in.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from byoc.channels import ChannelConfig, ChannelRegistry
 from byoc.metrics import livepeer_metrics
 from byoc.registration import CapabilityRegistration, OrchestratorRegistrar, RetryPlan
 from byoc.routes import capability_fallback, routes
-from byoc.service import LivepeerService, StartHandler
+from byoc.service import LivepeerService, StreamStarter
 from media.outbound import OutboundPolicy, TlsPolicy, outbound_policy
 
 if TYPE_CHECKING:  # the type only: byoc never imports server at run time
@@ -107,7 +107,7 @@ def mount_livepeer(
     *,
     manager: Any,
     settings: Settings,
-    start_handler: StartHandler,
+    streams: StreamStarter,
     capabilities: CapabilityRegistry | None = None,
 ) -> LivepeerService:
     policy = outbound_policy(app)  # caller-given channel URLs, and TLS for the orchestrator
@@ -116,14 +116,14 @@ def mount_livepeer(
     service = LivepeerService(
         manager=manager,
         settings=settings,
-        start_handler=start_handler,
+        streams=streams,
         capabilities=capabilities or default_registry(),
         channels=channels,
         registrar=registrar,
     )
     app["livepeer"] = service
     app["capabilities"] = service.capabilities  # features add their batch capabilities here
-    app["stream_start_hooks"].append(channels.on_stream_built)
+    streams.add_start_hook(channels.on_stream_built)
     app.middlewares.append(service.middleware)
     routes.mount(app)
     metrics = app.get("metrics")

@@ -1,5 +1,5 @@
 """Livepeer routes: BYOC streaming (`/stream/params|stop|status`; `/stream/start` is the server's
-shared handler), the ai-runner alias `POST /live-video-to-video`, BYOC batch capabilities
+own route), the ai-runner alias `POST /live-video-to-video`, BYOC batch capabilities
 (`/process/request/{name}` and the bare `/{name}` the orchestrator forwards to), `/hardware/*`.
 
 Handlers reach their collaborators through `request.app["livepeer"]` (a `LivepeerService`, see
@@ -30,7 +30,7 @@ from byoc.params import normalize_params_body
 from byoc.status import StreamStatusTracker, idle_status
 from media.http_errors import ApiError
 from media.http_json import JSONBodyError, loads_limited, validation_message
-from media.http_routes import Role, RouteTable, registry_of
+from media.http_routes import Role, RouteTable, registry_of, validated_body
 from media.redact import redact_payload, redact_text
 
 if TYPE_CHECKING:
@@ -220,11 +220,7 @@ class LiveVideoToVideoRequest(BaseModel):
 
 async def live_video_to_video(request: web.Request) -> web.StreamResponse:
     service = service_of(request)
-    body = parse_json_object(await read_body(request))
-    try:
-        req = LiveVideoToVideoRequest.model_validate(body)
-    except ValidationError as exc:
-        raise LivepeerHTTPError(400, validation_message(exc)) from None
+    req = validated_body(request, LiveVideoToVideoRequest)  # validated once, by the access middleware
     configured = service.settings.model_id
     if req.model_id and req.model_id != configured:
         raise LivepeerHTTPError(400, f"pipeline configured with {configured} but called with {req.model_id}.")
@@ -257,18 +253,10 @@ async def live_video_to_video(request: web.Request) -> web.StreamResponse:
         if value
     }
     forwarded["params"] = req.params
-    response = await service.start_handler(request.app, forwarded, stream_id)
-    if response.status != 200 or not isinstance(response, web.Response):
-        return response
-    answer = response.body
-    if not isinstance(answer, bytes | bytearray):  # None, or a streamed payload: passed on as it is
-        return response
-    try:
-        started = json.loads(answer)
-    except (TypeError, ValueError):
-        return response
+    # the server's stream service, as for `/stream/start`; its refusals are answered by the error table
+    started = await service.streams.start_body(forwarded, stream_id)
     # ai-runner answers {"publish_url": "", "subscribe_url": "", "control_url": ""} (unused)
-    return web.json_response({"publish_url": "", "subscribe_url": "", "control_url": "", **started})
+    return web.json_response({"publish_url": "", "subscribe_url": "", "control_url": "", **started.answer()})
 
 
 for _path in ("/live-video-to-video", "/live-video-to-video/"):

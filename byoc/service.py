@@ -3,8 +3,8 @@ built by `mount_livepeer` (byoc/mount.py). Its own module so routes and mount im
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -17,8 +17,21 @@ from byoc.registration import OrchestratorRegistrar
 if TYPE_CHECKING:  # the type only: byoc never imports server at run time
     from server.settings import Settings
 
-# (app, body, stream id) → the response of the server's shared `/stream/start`
-StartHandler = Callable[[web.Application, dict[str, Any], str | None], Awaitable[web.StreamResponse]]
+
+class StartedStreamLike(Protocol):
+    """What a start gives back (server/stream_service.py's `StartedStream`)."""
+
+    def answer(self) -> dict[str, Any]: ...
+
+
+class StreamStarter(Protocol):
+    """The server's stream service, as byoc uses it (byoc imports no `server` module): start a
+    stream from a start body, and add a hook run for every stream before it starts."""
+
+    async def start_body(self, body: Mapping[str, Any], stream_id_header: str | None = None) -> StartedStreamLike: ...
+
+    def add_start_hook(self, hook: Callable[[Any, Any], None]) -> None: ...
+
 
 # Paths whose 401 answers make the orchestrator drop this capability (so: register again).
 LIVEPEER_PATH_PREFIXES = ("/stream/", "/live-video-to-video", "/process/")
@@ -32,14 +45,14 @@ class LivepeerService:
         *,
         manager: Any,
         settings: Settings,
-        start_handler: StartHandler,
+        streams: StreamStarter,
         capabilities: CapabilityRegistry,
         channels: ChannelRegistry,
         registrar: OrchestratorRegistrar | None,
     ) -> None:
         self.manager = manager
         self.settings = settings
-        self.start_handler = start_handler
+        self.streams = streams
         self.capabilities = capabilities
         self.channels = channels
         self.registrar = registrar

@@ -4,7 +4,7 @@ recorded-video subtitles in analysis/subtitles.py both use `webvtt_document`).""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from media.events import CaptionEvent, StreamEvent
 
@@ -23,11 +23,22 @@ def vtt_escape(text: str) -> str:
     return " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def webvtt_document(cues: Iterable[tuple[str | int, float, float, str]]) -> str:
-    """A WebVTT document of (identifier, start s, end s, plain text) cues; the text is escaped here."""
-    lines = ["WEBVTT", ""]
+def webvtt_document(
+    cues: Iterable[tuple[str | int, float, float, str]],
+    header: Iterable[str] = (),
+    cue_languages: Mapping[str | int, str] | None = None,
+) -> str:
+    """A WebVTT document of (identifier, start s, end s, plain text) cues; the text is escaped here.
+    `header`: lines of the header block after `WEBVTT` (an HLS segment's `X-TIMESTAMP-MAP=...`).
+    `cue_languages`: per identifier, the language its text is in, written as a WebVTT language
+    span (`<lang es>...</lang>`), which players that do not use it render as plain text."""
+    lines = ["WEBVTT", *header, ""]
     for ident, start, end, text in cues:
-        lines += [str(ident), f"{vtt_timestamp(start)} --> {vtt_timestamp(end)}", vtt_escape(text), ""]
+        body = vtt_escape(text)
+        lang = (cue_languages or {}).get(ident)
+        if lang and body:
+            body = f"<lang {vtt_escape(lang).replace(' ', '')}>{body}</lang>"
+        lines += [str(ident), f"{vtt_timestamp(start)} --> {vtt_timestamp(end)}", body, ""]
     return "\n".join(lines)
 
 
@@ -55,13 +66,22 @@ class CaptionLog:
         return list(self._finals)
 
     def to_webvtt(self, lang: str | None = None) -> str:
-        """A WebVTT document of the finals; `lang` picks a translation (falls back to the original)."""
+        """A WebVTT document of the finals; `lang` picks a translation (falls back to the original).
+        A caption whose language was detected (captions.language "auto") says it in a language span."""
+        detected: dict[str | int, str] = {
+            cue.id: cue.lang
+            for cue in self._finals
+            if cue.lang_prob is not None and not (lang and lang in cue.translations)
+        }
         return webvtt_document(
             (
-                cue.id,
-                cue.start,
-                cue.end if cue.end > cue.start else cue.start + 1.0,
-                cue.translations.get(lang, cue.text) if lang else cue.text,
-            )
-            for cue in self._finals
+                (
+                    cue.id,
+                    cue.start,
+                    cue.end if cue.end > cue.start else cue.start + 1.0,
+                    cue.translations.get(lang, cue.text) if lang else cue.text,
+                )
+                for cue in self._finals
+            ),
+            cue_languages=detected,
         )

@@ -55,6 +55,8 @@ class SinkHost(Protocol):
 
 class MediaSink:
     name = "sink"
+    # True: `send_video` gets each frame before the stream's overlay is drawn (media/outputs)
+    source_frames = False
 
     async def start(self, host: SinkHost) -> None:
         self.host = host

@@ -57,6 +57,8 @@ class CaptionEvent(StreamEvent):
     start: float = 0.0
     end: float = 0.0
     lang: str = "en"
+    # probability of `lang` when the speech model detected it (captions.language "auto"); None: given
+    lang_prob: float | None = None
     translations: dict[str, str] = field(default_factory=dict)
     untranslated: list[str] = field(default_factory=list)
     revision: int = 0

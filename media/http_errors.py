@@ -115,6 +115,20 @@ DOMAIN_ERRORS: dict[str, tuple[int, str | None]] = {
     "inference.translate.base.TranslationError": (503, None),
     "inference.openai_client.OpenAIError": (502, None),
     "inference.openai_client.TransientOpenAIError": (503, None),
+    # stream start (server/stream_service.py) and WebRTC peers
+    "media.manager.AdmissionError": (503, "at_capacity"),
+    "media.manager.DuplicateStreamError": (409, None),
+    "media.outbound.OutboundDenied": (400, None),
+    "server.stream_service.InvalidStart": (400, None),
+    "server.stream_service.InvalidParams": (400, None),
+    "server.stream_service.StreamNotFound": (404, None),
+    "server.stream_service.StreamStartFailed": (500, None),
+    "server.webrtc_service.SessionLimitError": (503, "at_capacity"),
+}
+# Headers a domain error's answer carries (capacity: when to try again), by the same class paths.
+DOMAIN_HEADERS: dict[str, dict[str, str]] = {
+    "media.manager.AdmissionError": {"Retry-After": "5"},
+    "server.webrtc_service.SessionLimitError": {"Retry-After": "5"},
 }
 DOMAIN_CODES: dict[str, int] = {
     "invalid_request": 400,
@@ -146,6 +160,14 @@ def domain_status(exc: BaseException) -> tuple[int, str | None] | None:
             if isinstance(own, str) and own:
                 return DOMAIN_CODES.get(own) or STATUS_BY_CODE.get(own) or status, code or own
             return status, code
+    return None
+
+
+def domain_headers(exc: BaseException) -> dict[str, str] | None:
+    for cls in type(exc).__mro__:
+        found = DOMAIN_HEADERS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if found is not None:
+            return dict(found)
     return None
 
 
@@ -201,7 +223,7 @@ def error_response(request: web.Request, exc: BaseException) -> web.StreamRespon
     if mapped is not None:
         status, code = mapped
         log.log(logging.WARNING if status >= 500 else logging.INFO, "%s → %d: %s", where, status, exc)
-        return json_error(status, str(exc), code=code)
+        return json_error(status, str(exc), code=code, headers=domain_headers(exc))
     # a traceback can quote URLs and headers: redact it like every other log line
     trace = redact_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     log.error("%s failed\n%s", where, trace)

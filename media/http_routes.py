@@ -14,14 +14,22 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
 
+from media.http_errors import ApiError
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 JSON = "application/json"
+# where the access middleware (server/access.py) leaves a request's parsed JSON and validated body
+JSON_KEY = "streamlens_json"
+BODY_KEY = "streamlens_body"
+EMPTY_BODY_MESSAGE = "request body is empty; a JSON object is required"
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class Role(StrEnum):
@@ -45,8 +53,8 @@ class RouteSpec:
     handler: Handler
     roles: tuple[Role, ...]
     summary: str = ""
-    # JSON body model: parsed (depth-limited) and validated before the handler runs; the handler
-    # reads the result with `server.errors.validated_body(request)` / `read_json(request)`.
+    # JSON body model: parsed (depth-limited) and validated once, before the handler runs; the
+    # handler takes the typed result with `validated_body(request, Model)`.
     body: type[BaseModel] | None = None
     # Request Content-Types accepted when the request has a body (→ 415 otherwise). None: any
     # (a Livepeer caller known to send other types; documented on the route).
@@ -171,6 +179,18 @@ def registry_of(app: web.Application) -> RouteRegistry:
     return app[REGISTRY_KEY]
 
 
+def validated_body(request: web.Request, model: type[ModelT]) -> ModelT:
+    """The route's declared `body` model, validated once by the access middleware: handlers never
+    parse or validate a declared body again. A request without a body is a 400 (a JSON object is
+    required); asking for a model the route does not declare is a bug (TypeError)."""
+    body = request.get(BODY_KEY)
+    if body is None:
+        raise ApiError(400, EMPTY_BODY_MESSAGE)
+    if not isinstance(body, model):
+        raise TypeError(f"{request.method} {request.path} declares {type(body).__name__}, not {model.__name__}")
+    return body
+
+
 def match_stream_id(key: str = "manifest_id") -> Callable[[web.Request], str | None]:
     """`stream_of` for routes whose path names the stream (`/stream/{manifest_id}/events`)."""
 
@@ -189,5 +209,8 @@ __all__ = [
     "RouteRegistry",
     "registry_of",
     "match_stream_id",
+    "validated_body",
     "REGISTRY_KEY",
+    "BODY_KEY",
+    "JSON_KEY",
 ]

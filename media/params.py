@@ -4,6 +4,8 @@ Every place an update arrives (`/stream/params`, `/stream/start` of a running id
 control channel, the WebRTC data channel) hands its object to `Stream.update_params`, which applies
 it with `merge_patch`: keys the patch does not mention keep their value, `null` removes a key (the
 option is back to its default), an object merges into the object it names, anything else replaces.
+A list is a value: a patch that names `outputs` replaces the whole list (which outputs keep running
+across the change is decided by media/outputs/spec.py, by entry name and settings).
 """
 
 from __future__ import annotations

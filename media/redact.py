@@ -39,6 +39,9 @@ MAX_DECODE_ROUNDS = 3
 # `scheme://user:pass@` in free text: the userinfo is dropped
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/?#@\"'<>\[\]]*@")
 # `name=value` after `?`, `&`, `;` or `#`; the value ends at a separator, a quote or whitespace
+# an RTMP URL's path after its application is the stream key (rtmp://host/app/KEY): a credential
+RTMP_SCHEMES = frozenset({"rtmp", "rtmps", "rtmpt", "rtmpe", "rtmpte", "rtmpts"})
+_RTMP_KEY = re.compile(r"(?i)\b(rtmp[a-z]{0,2}://[^\s/?#\"'<>]+/[^\s/?#\"'<>]+/)[^\s?#\"'<>]+")
 _PARAM = re.compile(r"([?&;#])([^=&;#\s\"'<>]+)=([^&;#\s\"'<>]*)")
 
 
@@ -80,7 +83,11 @@ def redact_url(url: str) -> str:
     except ValueError:  # e.g. an invalid IPv6 literal: redact it as text
         return redact_text(url)
     netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, _redact_params(parts.query), _redact_params(parts.fragment)))
+    path = parts.path
+    if parts.scheme.lower() in RTMP_SCHEMES:
+        app, _, key = path.lstrip("/").partition("/")
+        path = f"/{app}/{REDACTED}" if key else path
+    return urlunsplit((parts.scheme, netloc, path, _redact_params(parts.query), _redact_params(parts.fragment)))
 
 
 def redact_text(text: str) -> str:
@@ -89,6 +96,8 @@ def redact_text(text: str) -> str:
         text = _USERINFO.sub(r"\1", text)
     if "=" in text:
         text = _PARAM.sub(_redact_param, text)
+    if "rtmp" in text.lower():
+        text = _RTMP_KEY.sub(rf"\1{REDACTED}", text)
     return text
 
 

@@ -166,6 +166,11 @@ class Stream:
         self.stopped = asyncio.Event()
         self._stop_callbacks: list[Callable[[Stream], Any]] = []
         self._hooks: dict[str, list[Callable[..., Any]]] = {}
+        # the server's params checks (server/stream_service.py): a params update that fails them
+        # raises ValueError before anything changes, whichever way it arrived
+        self.params_check: Callable[[dict[str, Any]], None] | None = None
+        # more sections of `status()` (name → callable), e.g. "outputs" from media/outputs/runner.py
+        self.status_sections: dict[str, Callable[[], Any]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -279,6 +284,8 @@ class Stream:
         for key in ("width", "height"):
             if params.get(key) != self.params.get(key) and key in self.params:
                 raise ValueError(f"changing '{key}' mid-stream is not supported")
+        if self.params_check is not None:
+            self.params_check(params)
         self.params = params
         self.params_updated_at = time.time()
         self.overlay.options = OverlayOptions.from_params(self.params)
@@ -380,7 +387,8 @@ class Stream:
                     time.sleep(delay)
                 out = VideoItem(frame, item.media_time, item.ingest_time, item.seq)
                 for sink in self.sinks:
-                    sink.send_video(out)
+                    # an outputs runner takes the frame before the overlay: each output draws its own
+                    sink.send_video(item if sink.source_frames else out)
             except Exception as exc:  # one bad frame must not end the stream
                 self._record_error(f"frame processing failed: {exc}")
                 continue
@@ -489,6 +497,7 @@ class Stream:
             "sinks": {s.name: s.stats() for s in self.sinks},
             "stages": {s.name: s.stats() for s in self.stages},
             "events": {"published": self.events.published, "dropped": self.events.dropped},
+            **{name: section() for name, section in self.status_sections.items()},
         }
 
     def summary(self) -> dict[str, Any]:

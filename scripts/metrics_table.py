@@ -21,6 +21,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # the repository, and referen
 import reference_file  # noqa: E402 - beside this script
 from pydantic import SecretStr
 
+from rtmp.settings import RtmpSettings
 from server.app import create_app
 from server.settings import Settings
 
@@ -72,6 +73,7 @@ def collect() -> list[tuple[str, str, tuple[str, ...], str, str]]:
             orch_url="https://orch.invalid:8935",
             orch_secret=SecretStr("unused"),
             capability_url="http://worker.invalid:8000",
+            rtmp=RtmpSettings(port=1935),  # the RTMP ingest's families exist only where it is on (never bound here)
         )
     )
     registry = app["metrics"].registry

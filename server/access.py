@@ -30,7 +30,7 @@ from aiohttp import web
 
 from media.http_errors import error_response
 from media.http_json import JSONBodyError, json_error, loads_limited
-from media.http_routes import JSON, Role, RouteSpec, registry_of
+from media.http_routes import BODY_KEY, JSON, JSON_KEY, Role, RouteSpec, registry_of
 from media.redact import redact_text
 from server.settings import Settings
 
@@ -46,8 +46,6 @@ ROLE_TOKEN_SETTING = {
 }
 TOKEN_SETTINGS = tuple(ROLE_TOKEN_SETTING.values())
 INVALID_TOKEN_MESSAGE = "Invalid bearer token."  # ai-runner's wording (Livepeer callers read it)
-JSON_KEY = "streamlens_json"
-BODY_KEY = "streamlens_body"
 EXPOSED_HEADERS = "Location, ETag, Link, Accept-Patch, Accept-Post, X-Manifest-Id, X-Session-Id, X-Viewer-Token"
 ALLOWED_HEADERS = "Authorization, Content-Type, If-Match, Last-Event-ID"
 
@@ -149,7 +147,8 @@ def install_access(app: web.Application) -> None:
     """Put the policy in the app; its middleware is `access_middleware`. At start-up every route
     of the router must have a declaration, or the server refuses to start."""
     app[POLICY_KEY] = AccessPolicy(app["settings"])
-    app[VIEWER_TOKENS_KEY] = ViewerTokens()
+    if VIEWER_TOKENS_KEY not in app:  # the composition root shares its own with the stream service
+        app[VIEWER_TOKENS_KEY] = ViewerTokens()
     if "streams" in app:  # an app serving streams (test apps may mount only some routes)
         app["streams"].summary_hooks.append(app[VIEWER_TOKENS_KEY].transfer)
     app.middlewares.append(access_middleware)
@@ -361,18 +360,10 @@ async def access_middleware(request: web.Request, handler):
         raise web.HTTPUnsupportedMediaType(
             reason=f"Content-Type must be {' or '.join(spec.content_types)}, got '{request.content_type}'"
         )
-    if not spec.stream_body and _has_body(request):
-        request = await _read_body(request, spec)
-        if request.content_type == JSON:
-            raw = await request.read()
-            if raw.strip():
-                request[JSON_KEY] = parse_json(raw, request.app["settings"].max_json_depth)
-                if spec.body is not None:
-                    if not isinstance(request[JSON_KEY], dict):
-                        raise web.HTTPBadRequest(reason="the JSON body must be an object")
-                    request[BODY_KEY] = spec.body.model_validate(request[JSON_KEY])
     cors = _cors_headers(request)
     try:
+        if not spec.stream_body and _has_body(request):
+            request = await _read_body_once(request, spec)
         response = await handler(request)
     except web.HTTPException as exc:
         exc.headers.update(cors)  # so a browser can read the error
@@ -386,6 +377,21 @@ async def access_middleware(request: web.Request, handler):
     if cors and not response.prepared:
         response.headers.update(cors)
     return response
+
+
+async def _read_body_once(request: web.Request, spec: RouteSpec) -> web.Request:
+    """Read, parse and validate the body once: the handler takes the declared model typed
+    (`validated_body(request, Model)`); a ValidationError is the one 400 naming every bad field."""
+    request = await _read_body(request, spec)
+    if request.content_type == JSON:
+        raw = await request.read()
+        if raw.strip():
+            request[JSON_KEY] = parse_json(raw, request.app["settings"].max_json_depth)
+            if spec.body is not None:
+                if not isinstance(request[JSON_KEY], dict):
+                    raise web.HTTPBadRequest(reason="the JSON body must be an object")
+                request[BODY_KEY] = spec.body.model_validate(request[JSON_KEY])
+    return request
 
 
 def cors_headers(request: web.Request) -> dict[str, str]:

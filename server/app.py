@@ -9,17 +9,20 @@ from aiohttp import web
 from byoc.mount import mount_capability_fallback, mount_livepeer
 from media.manager import StreamManager
 from media.outbound import OUTBOUND_POLICY_KEY, OutboundPolicy
+from media.outputs.runner import outputs_metrics
 from media.trickle_server import TrickleServer
 from server import routes_events, routes_streams, routes_system
-from server.access import install_access, install_log_redaction
+from server.access import VIEWER_TOKENS_KEY, ViewerTokens, install_access, install_log_redaction
 from server.errors import error_middleware
 from server.features import install_features
+from server.keys import STREAM_SERVICE_KEY
 from server.metrics import Metrics
 from server.openapi import mount_openapi
 from server.pipeline import StreamFactory
 from server.routes_webrtc import add_webrtc_routes
 from server.self_trust import SELF_TRUST_KEY, install_self_trust
 from server.settings import Settings
+from server.stream_service import StreamService
 from server.trickle_metrics import trickle_metrics
 
 log = logging.getLogger(__name__)
@@ -37,9 +40,15 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app["metrics"] = metrics
     outbound = OutboundPolicy.from_settings(settings)  # every URL a caller gives (README "Security")
     app[OUTBOUND_POLICY_KEY] = outbound
-    app["stream_factory"] = StreamFactory(settings, on_frame_latency=metrics.frame_latency.observe, outbound=outbound)
-    # extension points filled by features: called with (stream, spec) before a stream starts
-    app["stream_start_hooks"] = []
+    factory = StreamFactory(settings, on_frame_latency=metrics.frame_latency.observe, outbound=outbound)
+    # the one way streams start and stop (routes, WebRTC, byoc); features add their params checks,
+    # stage providers (`service.factory`) and start hooks to it
+    viewer_tokens = ViewerTokens()
+    app[VIEWER_TOKENS_KEY] = viewer_tokens
+    streams = StreamService(manager, factory, metrics, outbound, viewer_tokens)
+    app[STREAM_SERVICE_KEY] = streams
+    streams.params.add("outputs", factory.check_outputs)  # params.outputs: RTMP, HLS (media/outputs)
+    metrics.add_source(lambda: outputs_metrics(manager.active()))
     # each returns "OK" | "LOADING" | "ERROR" for /health
     app["health_probes"] = []
     # extra sections of the /health body: name → callable returning a JSON-able value
@@ -66,7 +75,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     routes_events.mount_event_routes(app)
     # Livepeer worker: BYOC/ai-runner routes, stream side channels, capability registration.
     # Before the features, so they can add batch capabilities to app["capabilities"].
-    mount_livepeer(app, manager=manager, settings=settings, start_handler=routes_streams.start_from_body)
+    mount_livepeer(app, manager=manager, settings=settings, streams=streams)
     # innermost middleware: every declared route's role, content type, body limits (server/access.py)
     install_access(app)
     # the server's own trickle clients reach its trickle routes whatever tokens are set (never another host)

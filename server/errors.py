@@ -2,7 +2,9 @@
 
 `ApiError`, `error_middleware`, `json_error` and `validation_message` are re-exported from there
 (shared with `byoc` and the trickle server): handlers raise, the middleware answers with the one
-body `{"error": {"code", "message"}, "detail": {"msg"}}`.
+body `{"error": {"code", "message"}, "detail": {"msg"}}`. A route's declared body model is read with
+`validated_body(request, Model)` (media/http_routes.py): validated once, by the access middleware;
+`read_json` is for routes that declare no model.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any, Literal, overload
 from aiohttp import web
 
 from media.http_errors import ApiError, error_middleware, json_error, validation_message
-from server.access import BODY_KEY, JSON_KEY, parse_json
+from media.http_routes import EMPTY_BODY_MESSAGE, JSON_KEY, validated_body
+from server.access import parse_json
 
 __all__ = ["ApiError", "error_middleware", "json_error", "read_json", "validated_body", "validation_message"]
 
@@ -34,13 +37,8 @@ async def read_json(request: web.Request, allow_empty: bool = False) -> dict[str
         if not raw.strip():
             if allow_empty:
                 return None
-            raise ApiError(400, "request body is empty; a JSON object is required")
+            raise ApiError(400, EMPTY_BODY_MESSAGE)
         body = parse_json(raw, request.app["settings"].max_json_depth)
     if not isinstance(body, dict):
         raise ApiError(400, "the JSON body must be an object")
     return body
-
-
-def validated_body(request: web.Request) -> Any:
-    """The route's declared `body` model, validated by the access middleware (None without a body)."""
-    return request.get(BODY_KEY)

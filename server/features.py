@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
@@ -20,17 +21,19 @@ from analysis.settings import AnalysisSettings
 from byoc.capabilities import CapabilityContext, CapabilityError
 from inference.asr.metrics import asr_metrics
 from inference.asr.model import AsrModelPool, shared_pool
-from inference.asr.stage import CaptionStage
+from inference.asr.stage import CaptionParams, CaptionStage
 from inference.gpu import GpuMemoryManager
 from inference.translate.base import TranslationError
 from inference.translate.service import TranslationService
-from inference.vision.stage import VisionBackends, VisionParams, VisionStage
+from inference.vision.stage import VisionBackends, VisionParams, VisionSettings, VisionStage
 from media.http_errors import status_of
 from media.outbound import OUTBOUND_POLICY_KEY
-from server.keys import ASR_KEY, GPU_KEY, TRANSLATION_KEY, VISION_KEY
+from server.keys import ASR_KEY, GPU_KEY, STREAM_SERVICE_KEY, TRANSLATION_KEY, VISION_KEY
 from server.routes_analysis import add_analysis_routes, analyze_capability, inference_capability
+from server.routes_hls import install_hls
 from server.routes_translate import add_translate_routes, translate_capability
 from server.routes_vision import DescribeError, add_vision_routes, describe_capability
+from server.rtmp_service import install_rtmp
 from server.settings import Settings
 from server.start_request import StreamSpec
 
@@ -58,6 +61,14 @@ def install_translation(app: web.Application, settings: Settings) -> Translation
     return service
 
 
+def check_vision_block(block: object, settings: VisionSettings) -> VisionParams:
+    """`params.vision` over the server's defaults, as the stage reads it; a ValidationError names the field."""
+    if not isinstance(block, Mapping):
+        raise ValueError("must be an object")
+    defaults = {"interval": settings.interval, "backend": settings.default_backend, "threshold": settings.threshold}
+    return VisionParams.model_validate({**defaults, "enabled": bool(block), **block})
+
+
 def install_vision(app: web.Application, settings: Settings) -> VisionBackends:
     vision_settings = settings.vision
     backends = VisionBackends(vision_settings, ssl_for=app[OUTBOUND_POLICY_KEY].tls.ssl_for)
@@ -65,10 +76,12 @@ def install_vision(app: web.Application, settings: Settings) -> VisionBackends:
     add_vision_routes(app, backends)
 
     def provider(spec: StreamSpec) -> VisionStage:
-        VisionParams.from_stream_params(spec.params, vision_settings)  # invalid params → ValueError → 400
         return VisionStage(backends)
 
-    app["stream_factory"].stage_providers.append(provider)
+    streams = app[STREAM_SERVICE_KEY]
+    streams.factory.stage_providers.append(provider)
+    # an invalid `vision` block is a 400 at start and on every update (server/stream_service.py)
+    streams.params.add("vision", lambda block: check_vision_block(block, vision_settings))
     app["health_details"]["vision"] = backends.status
 
     async def close(_app: web.Application) -> None:
@@ -164,7 +177,10 @@ def install_asr(app: web.Application, settings: Settings, translation: Translati
     def provider(spec: StreamSpec) -> CaptionStage:
         return CaptionStage(pool, asr_settings, translate=translation.translate_for_captions)
 
-    app["stream_factory"].stage_providers.append(provider)
+    streams = app[STREAM_SERVICE_KEY]
+    streams.factory.stage_providers.append(provider)
+    # an invalid `captions` block is a 400 at start and on every update, never silently ignored
+    streams.params.add("captions", CaptionParams.model_validate)
 
     def probe() -> str:
         if pool.load_error is not None:
@@ -241,3 +257,5 @@ def install_features(app: web.Application, settings: Settings) -> None:
     install_asr(app, settings, translation)
     install_vision(app, settings)
     install_analysis(app, settings.analysis)  # recorded video: jobs, tags, transcripts
+    install_hls(app, settings)  # the `{"type": "hls"}` output and /stream/{id}/hls/ (server/routes_hls.py)
+    install_rtmp(app, settings)  # RTMP ingest listener (RTMP_PORT), started and stopped with the app

@@ -11,6 +11,10 @@ from collections.abc import Callable
 from media.encode import EncoderSettings
 from media.endpoints import MediaSink, MediaSource
 from media.outbound import OutboundPolicy
+from media.outputs.base import OutputBuilder
+from media.outputs.rtmp import RtmpOutput
+from media.outputs.runner import OutputsRunner
+from media.outputs.spec import check_outputs_block
 from media.stage import Stage
 from media.stream import Stream, StreamConfig, StreamThresholds
 from media.trickle_io import TrickleSink, TrickleSource
@@ -33,6 +37,13 @@ class StreamFactory:
         # caller-given trickle URLs connect only through the outbound policy (checked at connect time)
         self.outbound = outbound or OutboundPolicy.from_settings(settings)
         self.stage_providers: list[StageProvider] = []
+        # `params.outputs` entry type → its output class/factory; a feature adds its own (the HLS
+        # routes add "hls"); a type with no builder is refused (400) at start and on update
+        self.output_builders: dict[str, OutputBuilder] = {"rtmp": RtmpOutput}
+
+    def check_outputs(self, block: object) -> None:
+        """The `params.outputs` section check (server/stream_service.py's ParamsValidator)."""
+        check_outputs_block(block, self.outbound, self.output_builders)
 
     def encoder_settings(self) -> EncoderSettings:
         s = self.settings
@@ -88,10 +99,14 @@ class StreamFactory:
                         policy=self.outbound,
                     )
                 )
+        # every stream gets an outputs runner, so `params.outputs` can be added by a later update
+        outputs = OutputsRunner(
+            spec.manifest_id, spec.params, self.outbound, self.encoder_settings(), self.output_builders
+        )
         return Stream(
             spec.manifest_id,
             source=source,
-            sinks=sinks,
+            sinks=[*sinks, outputs],
             stages=self.build_stages(spec),
             params=spec.params,
             loop=asyncio.get_running_loop(),

@@ -3,7 +3,7 @@
 - `GET /stream/{id}/events`: every event (captions, tags, descriptions, status, errors);
   `?kinds=tags,caption` narrows it.
 - `GET /stream/{id}/captions`: caption events only, `event: partial` / `event: final` / `event: update`
-  (a final's translation, same id).
+  (a final's translation, same id); `?lang=es` gives one language's captions (`LanguageView`).
 - `GET /stream/{id}/captions.vtt`: the final captions as a WebVTT document (`?lang=es` for a translation).
 
 Each SSE message carries `id: <event id>`; a client reconnecting with `Last-Event-ID` (or `?replay=1`)
@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 import re
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from media.events import StreamEvent
+from media.events import CaptionEvent, StreamEvent
 from media.http_errors import ApiError
 from media.http_routes import Role, RouteTable, match_stream_id
+from media.lru import LRU
 from media.sse import DISCONNECT_CHECK_SECONDS, SseWriter
 from server.access import cors_headers
 
@@ -40,6 +42,8 @@ VIEWER: dict[str, Any] = {
 
 # An event id as the server writes it: ASCII decimal, at most 19 digits (str.isdigit() also takes "²")
 EVENT_ID = re.compile(r"[0-9]{1,19}")
+# `?lang=`: a language code as captions.language / translate_to take it (BCP 47 shape)
+LANG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 
 
 class SseSlots:
@@ -105,7 +109,48 @@ def last_event_id(request: web.Request) -> int | None:
     return int(raw)
 
 
-async def _serve_sse(request: web.Request, kinds: set[str] | None, name_of) -> web.StreamResponse:
+def caption_lang(request: web.Request) -> str | None:
+    """`?lang=`: None when absent, else a language code or 400."""
+    lang = request.query.get("lang")
+    if lang is None:
+        return None
+    if not LANG.fullmatch(lang):
+        raise ApiError(400, "lang must be a language code such as 'en', 'es' or 'pt-BR'")
+    return lang
+
+
+class LanguageView:
+    """The caption events of one language (`?lang=`), for one SSE connection: the spoken language's
+    events as they are; in a translation's language only finals, once their translation arrives
+    (`final` the first time, `update` if it changes), with `text` translated and `original_text`."""
+
+    def __init__(self, lang: str, remember: int = 256) -> None:
+        self.lang = lang
+        self._sent: LRU[int, str] = LRU(remember)  # caption id → translated text already sent
+
+    def __call__(self, event: StreamEvent) -> tuple[str, dict] | None:
+        if not isinstance(event, CaptionEvent):
+            return None
+        if event.lang == self.lang:
+            return event.sse_event, event_payload(event)
+        text = event.translations.get(self.lang)
+        if not event.final or not text:
+            return None
+        before = self._sent.get(event.id)
+        if before == text:
+            return None
+        self._sent.put(event.id, text)
+        payload = event_payload(event)
+        payload.update(original_text=event.text, text=text, lang=self.lang)
+        return ("final" if before is None else "update"), payload
+
+
+async def _serve_sse(
+    request: web.Request,
+    kinds: set[str] | None,
+    name_of,
+    view: Callable[[StreamEvent], tuple[str, dict] | None] | None = None,
+) -> web.StreamResponse:
     stream = _stream(request)
     skip_until = last_event_id(request)  # a bad one is refused before anything is held
     replay = request.query.get("replay") in ("1", "true") or skip_until is not None
@@ -137,7 +182,10 @@ async def _serve_sse(request: web.Request, kinds: set[str] | None, name_of) -> w
                 continue
             if skip_until is not None and event.id <= skip_until:
                 continue  # the client saw it before reconnecting
-            await sse.send(name_of(event), event_payload(event), event.id)
+            if view is None:
+                await sse.send(name_of(event), event_payload(event), event.id)
+            elif (picked := view(event)) is not None:
+                await sse.send(picked[0], picked[1], event.id)
     except (ConnectionResetError, RuntimeError):
         pass  # the client went away (aiohttp answers nothing more on a closed connection)
     finally:
@@ -161,12 +209,14 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
 @routes.get(
     "/stream/{manifest_id}/captions",
-    summary="Caption events (SSE: partial / final / update)",
+    summary="Caption events (SSE: partial / final / update); ?lang= one caption language",
     response_type="text/event-stream",
     **VIEWER,
 )
 async def stream_captions(request: web.Request) -> web.StreamResponse:
-    return await _serve_sse(request, {"caption"}, lambda event: event.sse_event)
+    lang = caption_lang(request)
+    view = LanguageView(lang) if lang else None
+    return await _serve_sse(request, {"caption"}, lambda event: event.sse_event, view)
 
 
 @routes.get(
@@ -177,5 +227,5 @@ async def stream_captions(request: web.Request) -> web.StreamResponse:
 )
 async def stream_captions_vtt(request: web.Request) -> web.Response:
     stream = _stream(request)
-    text = stream.captions.to_webvtt(request.query.get("lang"))
+    text = stream.captions.to_webvtt(caption_lang(request))
     return web.Response(text=text, content_type="text/vtt", charset="utf-8")

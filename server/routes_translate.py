@@ -31,7 +31,7 @@ from inference.translate.sessions import SESSION_ID_PATTERN
 from media.http_errors import ApiError
 from media.http_json import JSONBodyError, loads_limited, validation_message
 from media.http_routes import Role, RouteTable
-from server.errors import read_json
+from server.errors import validated_body
 from server.keys import TRANSLATION_KEY
 
 log = logging.getLogger(__name__)
@@ -191,9 +191,8 @@ routes = RouteTable()
 )
 async def handle_translate(request: web.Request) -> web.StreamResponse:
     service = request.app[TRANSLATION_KEY]
-    body = await read_json(request)
+    single = validated_body(request, TranslateRequest)  # validated once, by the access middleware
     # a TranslationError is answered by the error table (media/http_errors.py): status by its code
-    single = _parse(TranslateRequest, body)
     result = await service.translate(single.text, single.source_lang, single.target_lang, single.session_id)
     return web.json_response(single_response(result, single.session_id, single.source_lang))
 
@@ -209,8 +208,7 @@ async def handle_translate(request: web.Request) -> web.StreamResponse:
 )
 async def handle_translate_batch(request: web.Request) -> web.StreamResponse:
     service = request.app[TRANSLATION_KEY]
-    body = await read_json(request)
-    batch = _parse(BatchTranslateRequest, body)
+    batch = validated_body(request, BatchTranslateRequest)
     results = await service.translate_batch(batch.texts, batch.source_lang, batch.target_lang, batch.session_id)
     return web.json_response(batch_response(results, service.model_info, batch.session_id, batch.source_lang))
 

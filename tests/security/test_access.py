@@ -43,6 +43,7 @@ def test_every_route_of_the_app_has_a_declared_role():
         "/whep.html",
         "/view/{manifest_id}",
         "/static/{filename}",
+        "/static/vendor/hls.min.js",
         "/hardware/info",
         "/hardware/info/",
         "/hardware/stats",
