@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from analysis.subtitles import to_vtt
-from media.outbound import client_session
+from httpapi.outbound import client_session
 
 
 def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -149,7 +149,7 @@ async def _run_local(
     try:
         path = args.source
         if _is_url(path):
-            from media.outbound import default_policy
+            from httpapi.outbound import default_policy
 
             handle, download = tempfile.mkstemp(suffix=".video")
             os.close(handle)

@@ -46,7 +46,7 @@ EMBEDDED_MAX_SIDE = 1280  # frames for the embedded taggers are scaled down to t
 class JobFailed(Exception):
     """A clear, user-facing reason the job could not finish. `code`: "unprocessable" the input,
     "bad_gateway" the model's answer, "unavailable" a backend; the edge maps it to an HTTP status
-    (media/http_errors.py)."""
+    (httpapi/errors.py)."""
 
     def __init__(self, message: str, code: str = "unprocessable") -> None:
         super().__init__(message)

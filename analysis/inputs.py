@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from media.outbound import OutboundPolicy, client_session
+from httpapi.outbound import OutboundPolicy, client_session
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ MAX_FIELDS = 32
 class InputError(Exception):
     """The input could not be obtained. `code` says why, in the project's error-code vocabulary
     ("payload_too_large", "insufficient_storage", ...); the edge maps it to an HTTP status
-    (media/http_errors.py)."""
+    (httpapi/errors.py)."""
 
     def __init__(self, message: str, code: str = "bad_request") -> None:
         super().__init__(message)

@@ -55,6 +55,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 
+from server.keys import TRICKLE_KEY  # noqa: E402
 from tests.speech import (  # noqa: E402
     PhraseTiming,
     SpeechTrack,
@@ -220,7 +221,7 @@ async def run_streams(k: int, seconds: float, size: int, pool_settings, language
     await asyncio.get_running_loop().run_in_executor(None, pool.load)
     readers, collectors = [], []
     try:
-        trickle = server.app["trickle"]
+        trickle = server.app[TRICKLE_KEY]
         for i, run in enumerate(runs):
             trickle.create_channel(f"in{i}")
             trickle.create_channel(f"out{i}")

@@ -38,11 +38,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from media.decode import BytePipe, MediaDecoder  # noqa: E402
 from media.encode import EncoderSettings, TsSegmentEncoder  # noqa: E402
 from media.endpoints import MediaSink, MediaSource  # noqa: E402
+from media.manager import STREAMS_KEY  # noqa: E402
 from media.stream import Stream, StreamConfig  # noqa: E402
-from media.trickle_client import TricklePublisher, TrickleSubscriber  # noqa: E402
+from server.keys import TRICKLE_KEY  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.conftest import start_server, stop_server  # noqa: E402
 from tests.media_gen import make_segments, read_frame_id  # noqa: E402
+from trickle.client import TricklePublisher, TrickleSubscriber  # noqa: E402
 
 PRESET, TUNE, GOP_SECONDS = "superfast", "zerolatency", 2.0
 
@@ -265,7 +267,7 @@ def packet_ends(data: bytes) -> list[tuple[int, int]]:
 async def bench_latency(seconds: float) -> dict:
     server = await start_server(Settings(host="127.0.0.1", port=0))
     loop = asyncio.get_running_loop()
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     trickle.create_channel("lat")
     trickle.create_channel("lat-out")
     segments = make_segments(seconds, 512, 512, fps=30)
@@ -317,7 +319,7 @@ async def bench_latency(seconds: float) -> dict:
 
     collector = asyncio.create_task(collect())
     await publish()
-    stream = server.app["streams"].get(manifest_id)
+    stream = server.app[STREAMS_KEY].get(manifest_id)
     await asyncio.sleep(2.0)
     pipeline = stream.latency.summary_ms()
     status = stream.status()
@@ -354,7 +356,7 @@ async def bench_latency(seconds: float) -> dict:
 # -- 3. memory under overload -------------------------------------------------------------------
 async def bench_overload(seconds: float) -> dict:
     server = await start_server(Settings(host="127.0.0.1", port=0, debug_frame_delay_ms=50))
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     trickle.create_channel("ovl")
     trickle.create_channel("ovl-out")
     resp = await server.session.post(
@@ -394,7 +396,7 @@ async def bench_overload(seconds: float) -> dict:
     del segment
     drainer = asyncio.create_task(drain())
     await publish()
-    stream = server.app["streams"].get(manifest_id)
+    stream = server.app[STREAMS_KEY].get(manifest_id)
     status = stream.status()
     await stream.stop("bench done")
     await asyncio.wait_for(drainer, 10)

@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from aiohttp import web  # noqa: E402
 
+from media.manager import STREAMS_KEY  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.webrtc_helpers import BASE_FLAGS as FLAGS  # noqa: E402
@@ -136,7 +137,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def run_one(page, app: web.Application, width: int, height: int, seconds: float, warmup: int) -> dict[str, Any]:
     result = await page.evaluate(PAGE_SCRIPT, {"width": width, "height": height, "seconds": seconds})
-    stream = app["streams"].get(result["manifest_id"])
+    stream = app[STREAMS_KEY].get(result["manifest_id"])
     status = stream.status() if stream else {}
     await asyncio.sleep(0.5)
     samples = result["samples"][warmup:]

@@ -39,10 +39,10 @@ import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from media.trickle_client import TricklePublisher, TrickleSubscriber  # noqa: E402
 from tests.media_gen import make_segments  # noqa: E402
 from tests.speech import DEFAULT_PHRASES, build_track, speech_tools_available  # noqa: E402
 from tests.webrtc_helpers import BrowserPeer  # noqa: E402
+from trickle.client import TricklePublisher, TrickleSubscriber  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LOOP_SECONDS = 20  # seconds in one pass of the speech track, published over and over (the stream re-bases the

@@ -2,7 +2,7 @@
 
 - `byoc.mount.mount_livepeer(app, manager=, settings=, streams=)`: routes, stream side
   channels, capability registration (the only entry point the server calls);
-- `byoc.capabilities.CapabilityRegistry` (`app["capabilities"]`): batch capabilities;
+- `byoc.capabilities.CapabilityRegistry` (`app[CAPABILITIES_KEY]`): batch capabilities;
 - `byoc.channels`: events (ai-runner status/trace/error), control (params) and data (JSON lines)
   channels of one stream; `byoc.registration`: orchestrator (un)registration.
 

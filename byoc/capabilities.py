@@ -19,7 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from byoc.livepeer_header import LivepeerHeader
-from media.http_errors import ApiError
+from httpapi.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ CapabilityHandler = Callable[[dict[str, Any], CapabilityContext], Awaitable[dict
 
 
 class CapabilityError(ApiError):
-    """The one edge error (`media.http_errors.ApiError`) for batch handlers: `message` (and `code`)
+    """The one edge error (`httpapi.errors.ApiError`) for batch handlers: `message` (and `code`)
     go to the caller, `detail` only to the server log."""
 
     def __init__(self, status: int, message: str, *, code: str | None = None, detail: str | None = None) -> None:
@@ -131,3 +131,7 @@ def default_registry() -> CapabilityRegistry:
     registry = CapabilityRegistry()
     registry.register("text-reversal", text_reversal, "Reverses the characters of `text` (BYOC example)")
     return registry
+
+
+# the batch capabilities (`POST /process/request/{capability}`); features add theirs
+CAPABILITIES_KEY = web.AppKey("capabilities", CapabilityRegistry)

@@ -15,8 +15,9 @@ from byoc.data_channel import DataPublisher
 from byoc.events_channel import EventsReporter
 from byoc.params import ParamsApplier
 from byoc.status import StreamStatusTracker
+from httpapi.outbound import OutboundPolicy
 from media.events import StatusEvent
-from media.outbound import OutboundPolicy
+from media.spec import StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class ChannelConfig:
     # ai-runner stops a stream when its control loop ends (the orchestrator closed the channel)
     stop_on_control_end: bool = True
     close_timeout: float = 5.0
-    # which addresses the channels may contact, and TLS (None: media.outbound's built-in policy)
+    # which addresses the channels may contact, and TLS (None: httpapi.outbound's built-in policy)
     policy: OutboundPolicy | None = None
 
 
@@ -142,9 +143,9 @@ class StreamChannels:
         }
 
 
-def spec_channel_urls(spec: Any) -> tuple[str | None, str | None, str | None]:
-    """(control_url, events_url, data_url) of a start spec (duck-typed: byoc never imports server)."""
-    return getattr(spec, "control_url", None), getattr(spec, "events_url", None), getattr(spec, "data_url", None)
+def spec_channel_urls(spec: StreamSpec) -> tuple[str | None, str | None, str | None]:
+    """(control_url, events_url, data_url) of a start spec."""
+    return spec.control_url, spec.events_url, spec.data_url
 
 
 class ChannelRegistry:
@@ -155,7 +156,7 @@ class ChannelRegistry:
         self.config = config
         self._by_id: dict[str, StreamChannels] = {}
 
-    def on_stream_built(self, stream: Any, spec: Any) -> None:
+    def on_stream_built(self, stream: Any, spec: StreamSpec) -> None:
         """A stream start hook (the stream service's): attach channels when the start named any of their URLs."""
         control_url, events_url, data_url = spec_channel_urls(spec)
         if not (control_url or events_url or data_url):

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from byoc.params import ParamsApplier, normalize_params_body
-from media.http_json import JSONBodyError, loads_limited
-from media.outbound import OutboundPolicy
-from media.redact import redact_text, redact_url
-from media.trickle_client import TrickleSubscriber
+from httpapi.json_body import JSONBodyError, loads_limited
+from httpapi.outbound import OutboundPolicy
+from httpapi.redact import redact_text, redact_url
+from trickle.client import TrickleSubscriber
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ import time
 from collections import deque
 from typing import Any
 
+from httpapi.outbound import OutboundPolicy
+from httpapi.redact import redact_url
 from media.events import Subscription
-from media.outbound import OutboundPolicy
-from media.redact import redact_url
-from media.trickle_client import TrickleChannelClosedError, TricklePublisher
+from trickle.client import TrickleChannelClosedError, TricklePublisher
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ import time
 from typing import Any
 
 from byoc.status import StreamStatusTracker, timestamp_ms
+from httpapi.outbound import OutboundPolicy
+from httpapi.redact import redact_url
 from media.events import Subscription
 from media.mailbox import DropOldestMailbox
-from media.outbound import OutboundPolicy
-from media.redact import redact_url
-from media.trickle_client import TrickleChannelClosedError, TricklePublisher
+from trickle.client import TrickleChannelClosedError, TricklePublisher
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """HTTP helpers for the Livepeer routes: JSON errors and body parsing.
 
-The error path is `media.http_errors`'s and the depth-limited JSON parser `media.http_json`'s,
+The error path is `httpapi.errors`'s and the depth-limited JSON parser `httpapi.json_body`'s,
 shared with `server`. Tokens are checked by the server's access policy from each route's declared role.
 """
 
@@ -11,15 +11,15 @@ from typing import Any, Literal, overload
 
 from aiohttp import web
 
-from media.http_errors import ApiError
-from media.http_json import JSONBodyError, loads_limited
+from httpapi.errors import ApiError
+from httpapi.json_body import JSONBodyError, loads_limited
 
 log = logging.getLogger(__name__)
 
 
 class LivepeerHTTPError(ApiError):
     """The Livepeer routes' `ApiError`: byoc's middleware (byoc/mount.py) also asks for
-    re-registration on its 401s; the body is the one error shape (`media.http_errors`)."""
+    re-registration on its 401s; the body is the one error shape (`httpapi.errors`)."""
 
 
 @overload

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from media.http_json import JSONBodyError, loads_limited
+from httpapi.json_body import JSONBodyError, loads_limited
 
 HEADER_NAME = "Livepeer"
 # A header this large is not a BYOC job description; refuse before decoding.

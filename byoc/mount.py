@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from byoc.capabilities import CapabilityRegistry, default_registry
+from byoc.capabilities import CAPABILITIES_KEY, CapabilityRegistry, default_registry
 from byoc.channels import ChannelConfig, ChannelRegistry
-from byoc.metrics import livepeer_metrics
 from byoc.registration import CapabilityRegistration, OrchestratorRegistrar, RetryPlan
 from byoc.routes import capability_fallback, routes
-from byoc.service import LivepeerService, StreamStarter
-from media.outbound import OutboundPolicy, TlsPolicy, outbound_policy
+from byoc.service import LIVEPEER_KEY, LivepeerService, StreamStarter
+from httpapi.outbound import OutboundPolicy, TlsPolicy, outbound_policy
 
 if TYPE_CHECKING:  # the type only: byoc never imports server at run time
     from server.settings import Settings
@@ -121,16 +120,13 @@ def mount_livepeer(
         channels=channels,
         registrar=registrar,
     )
-    app["livepeer"] = service
-    app["capabilities"] = service.capabilities  # features add their batch capabilities here
+    app[LIVEPEER_KEY] = service
+    app[CAPABILITIES_KEY] = service.capabilities  # features add their batch capabilities here
     streams.add_start_hook(channels.on_stream_built)
     app.middlewares.append(service.middleware)
     routes.mount(app)
-    metrics = app.get("metrics")
-    if metrics is not None and hasattr(metrics, "add_source"):
-        metrics.add_source(lambda: livepeer_metrics(service))
+    # its metrics source and /health section are added by the composition root (server/app.py)
     if registrar is not None:
-        app["health_details"]["livepeer"] = service.health_detail
 
         async def start_registration(_app: web.Application) -> None:
             registrar.start()

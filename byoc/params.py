@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from media.http_json import JSONBodyError, loads_limited
+from httpapi.json_body import JSONBodyError, loads_limited
 from media.params import compose_patches
 
 log = logging.getLogger(__name__)

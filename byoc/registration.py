@@ -10,7 +10,7 @@ same header and the raw capability name as body removes it.
 - The orchestrator forgets capabilities when it restarts and deregisters one whose worker answers
   401; `request_reregister()` (called after this worker sent a 401) and the optional
   `refresh_interval` register again. Re-registering a name replaces the entry.
-- TLS is verified (media/outbound.py `TlsPolicy`: system CAs plus TLS_CA_FILE); an orchestrator
+- TLS is verified (httpapi/outbound.py `TlsPolicy`: system CAs plus TLS_CA_FILE); an orchestrator
   with a self-signed certificate must be listed in TLS_INSECURE_HOSTS. The secret goes only to a
   verified HTTPS host, a listed host, or plain http on loopback; any other URL is refused before
   a connection is opened (state `refused`, logged without the secret).
@@ -27,8 +27,8 @@ from typing import Any
 
 import aiohttp
 
+from httpapi.outbound import TlsPolicy, client_session
 from inference.resilience import RetryPolicy
-from media.outbound import TlsPolicy, client_session
 
 log = logging.getLogger(__name__)
 

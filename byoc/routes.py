@@ -2,7 +2,7 @@
 own route), the ai-runner alias `POST /live-video-to-video`, BYOC batch capabilities
 (`/process/request/{name}` and the bare `/{name}` the orchestrator forwards to), `/hardware/*`.
 
-Handlers reach their collaborators through `request.app["livepeer"]` (a `LivepeerService`, see
+Handlers reach their collaborators through `request.app[LIVEPEER_KEY]` (a `LivepeerService`, see
 byoc/mount.py). Every route is declared with its role (`livepeer`; the stream routes also `api`);
 the server's access policy checks the token.
 
@@ -27,11 +27,12 @@ from byoc.hardware import hardware_info, hardware_stats
 from byoc.http import LivepeerHTTPError, parse_json_object, read_body
 from byoc.livepeer_header import HEADER_NAME, LivepeerHeaderError, parse_livepeer_header
 from byoc.params import normalize_params_body
+from byoc.service import LIVEPEER_KEY
 from byoc.status import StreamStatusTracker, idle_status
-from media.http_errors import ApiError
-from media.http_json import JSONBodyError, loads_limited, validation_message
-from media.http_routes import Role, RouteTable, registry_of, validated_body
-from media.redact import redact_payload, redact_text
+from httpapi.errors import ApiError, validation_message
+from httpapi.json_body import JSONBodyError, loads_limited
+from httpapi.redact import redact_payload, redact_text
+from httpapi.routes import Role, RouteTable, registry_of, validated_body
 
 if TYPE_CHECKING:
     from byoc.service import LivepeerService
@@ -47,7 +48,7 @@ PREVIOUS_STREAM_STOP_TIMEOUT_S = 10.0
 
 
 def service_of(request: web.Request) -> LivepeerService:
-    return request.app["livepeer"]
+    return request.app[LIVEPEER_KEY]
 
 
 # -- locating the stream a BYOC call is about ----------------------------------------------------

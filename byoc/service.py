@@ -1,4 +1,4 @@
-"""`LivepeerService`: what the Livepeer routes (byoc/routes.py) need, kept on `app["livepeer"]`;
+"""`LivepeerService`: what the Livepeer routes (byoc/routes.py) need, kept on `app[LIVEPEER_KEY]`;
 built by `mount_livepeer` (byoc/mount.py). Its own module so routes and mount import it, not each other."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from byoc.channels import ChannelRegistry
 from byoc.http import LivepeerHTTPError
 from byoc.metrics import CapabilityCounter
 from byoc.registration import OrchestratorRegistrar
+from media.spec import StreamSpec
 
 if TYPE_CHECKING:  # the type only: byoc never imports server at run time
     from server.settings import Settings
@@ -30,7 +31,7 @@ class StreamStarter(Protocol):
 
     async def start_body(self, body: Mapping[str, Any], stream_id_header: str | None = None) -> StartedStreamLike: ...
 
-    def add_start_hook(self, hook: Callable[[Any, Any], None]) -> None: ...
+    def add_start_hook(self, hook: Callable[[Any, StreamSpec], None]) -> None: ...
 
 
 # Paths whose 401 answers make the orchestrator drop this capability (so: register again).
@@ -38,7 +39,7 @@ LIVEPEER_PATH_PREFIXES = ("/stream/", "/live-video-to-video", "/process/")
 
 
 class LivepeerService:
-    """What the Livepeer routes need, kept on `app["livepeer"]`."""
+    """What the Livepeer routes need, kept on `app[LIVEPEER_KEY]`."""
 
     def __init__(
         self,
@@ -80,3 +81,7 @@ class LivepeerService:
 
     def health_detail(self) -> dict[str, Any]:
         return {"registration": self.registrar.snapshot() if self.registrar else None, "channels": len(self.channels)}
+
+
+# byoc imports no `server` module, so its keys live beside their services
+LIVEPEER_KEY = web.AppKey("livepeer", LivepeerService)

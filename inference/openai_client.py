@@ -27,13 +27,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from media.outbound import client_session
+from httpapi.outbound import client_session
 
 SslFor = Callable[[str], "ssl.SSLContext | bool"]
 
 
 class OpenAIError(RuntimeError):
-    """No usable completion. `code` is stable (API errors, stats; media/http_errors.py maps it to
+    """No usable completion. `code` is stable (API errors, stats; httpapi/errors.py maps it to
     an HTTP status at the edge); `retryable` says whether a retry may help."""
 
     retryable = False

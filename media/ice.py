@@ -43,7 +43,7 @@ from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
-from media.outbound import OutboundPolicy
+from httpapi.outbound import OutboundPolicy
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp import web
+
 from media.captions import CaptionLog
 from media.events import EventBus
 from media.lru import LRU
@@ -155,3 +157,8 @@ class StreamManager:
         if streams:
             log.info("stopping %d stream(s): %s", len(streams), reason)
             await asyncio.gather(*(s.stop(reason) for s in streams), return_exceptions=True)
+
+
+# the app's stream table (server/app.py); beside its type because server/access.py, which
+# server/keys.py imports, reads it
+STREAMS_KEY = web.AppKey("streams", StreamManager)

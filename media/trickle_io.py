@@ -13,14 +13,14 @@ from typing import Any
 import aiohttp
 import av
 
+from httpapi.outbound import OutboundPolicy
+from httpapi.redact import redact_text, redact_url
 from media.decode import BytePipe, DecoderOptions, MediaDecoder, TsSyncChecker
 from media.encode import EncoderSettings, TsSegmentEncoder
 from media.endpoints import Ingest, MediaSink, MediaSource, SinkHost
 from media.frames import AudioItem, DropOldestQueue, VideoItem
-from media.outbound import OutboundPolicy
-from media.redact import redact_text, redact_url
 from media.stats import LatencyWindow
-from media.trickle_client import SegmentWriter, TricklePublisher, TrickleSubscriber
+from trickle.client import SegmentWriter, TricklePublisher, TrickleSubscriber
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from aiortc import RTCDataChannel
 
+from httpapi.json_body import JSONBodyError, loads_limited
 from media.events import Subscription
-from media.http_json import JSONBodyError, loads_limited
 from media.stream import Stream
 
 log = logging.getLogger(__name__)

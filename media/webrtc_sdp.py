@@ -16,7 +16,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 
 class OfferError(ValueError):
-    """The offer cannot be used: malformed. HTTP statuses are the edge's (media/http_errors.py)."""
+    """The offer cannot be used: malformed. HTTP statuses are the edge's (httpapi/errors.py)."""
 
 
 class UnsupportedOffer(OfferError):

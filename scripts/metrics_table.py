@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from rtmp.settings import RtmpSettings
 from server.app import create_app
+from server.keys import METRICS_KEY  # noqa: E402
 from server.settings import Settings
 
 OUTPUT = ROOT / "docs" / "reference" / "metrics.md"
@@ -76,7 +77,7 @@ def collect() -> list[tuple[str, str, tuple[str, ...], str, str]]:
             rtmp=RtmpSettings(port=1935),  # the RTMP ingest's families exist only where it is on (never bound here)
         )
     )
-    registry = app["metrics"].registry
+    registry = app[METRICS_KEY].registry
     # Counter/Histogram objects keep their label names; the registry maps each to its names
     collectors: dict[str, tuple[str, ...]] = {}
     for collector in list(getattr(registry, "_collector_to_names", {})):

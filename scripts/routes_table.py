@@ -15,7 +15,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # the repository, and referen
 
 import reference_file  # noqa: E402 - beside this script
 
-from media.http_routes import registry_of
+from httpapi.routes import registry_of
 from server.app import create_app
 from server.settings import Settings
 
@@ -27,7 +27,7 @@ HEADER = """\
 # Routes
 
 Every route the server answers, with the role whose token opens it. Each route declares its role
-where it is declared (`media/http_routes.py`: `RouteTable`), and this table is written from those
+where it is declared (`httpapi/routes.py`: `RouteTable`), and this table is written from those
 declarations. What the roles are and which token each takes: [security guide](../guides/security.md).
 Request and response shapes: [HTTP API](http-api.md), and the same declarations as OpenAPI 3.1 at
 `GET /openapi.json` (rendered at `/docs`).

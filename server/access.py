@@ -1,4 +1,4 @@
-"""The access policy: what every declared route (media/http_routes.py) gets before its handler.
+"""The access policy: what every declared route (httpapi/routes.py) gets before its handler.
 
 In order, for each request: refuse a `Host` this server does not answer to (open mode: loopback
 names and ALLOWED_HOSTS only, against DNS rebinding) and a state-changing request or WebSocket
@@ -28,11 +28,12 @@ from typing import Any
 
 from aiohttp import web
 
-from media.http_errors import error_response
-from media.http_json import JSONBodyError, json_error, loads_limited
-from media.http_routes import BODY_KEY, JSON, JSON_KEY, Role, RouteSpec, registry_of
-from media.redact import redact_text
-from server.settings import Settings
+from httpapi.errors import MAX_BODY_BYTES_KEY, error_response, json_error
+from httpapi.json_body import JSONBodyError, loads_limited
+from httpapi.redact import redact_text
+from httpapi.routes import BODY_KEY, JSON, JSON_KEY, Role, RouteSpec, registry_of
+from media.manager import STREAMS_KEY
+from server.settings import SETTINGS_KEY, Settings
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,12 @@ VIEWER_TOKENS_KEY = web.AppKey("viewer_tokens", ViewerTokens)
 def install_access(app: web.Application) -> None:
     """Put the policy in the app; its middleware is `access_middleware`. At start-up every route
     of the router must have a declaration, or the server refuses to start."""
-    app[POLICY_KEY] = AccessPolicy(app["settings"])
+    app[POLICY_KEY] = AccessPolicy(app[SETTINGS_KEY])
+    app[MAX_BODY_BYTES_KEY] = app[SETTINGS_KEY].max_body_bytes  # named in 413 answers (httpapi/errors.py)
     if VIEWER_TOKENS_KEY not in app:  # the composition root shares its own with the stream service
         app[VIEWER_TOKENS_KEY] = ViewerTokens()
-    if "streams" in app:  # an app serving streams (test apps may mount only some routes)
-        app["streams"].summary_hooks.append(app[VIEWER_TOKENS_KEY].transfer)
+    if STREAMS_KEY in app:  # an app serving streams (test apps may mount only some routes)
+        app[STREAMS_KEY].summary_hooks.append(app[VIEWER_TOKENS_KEY].transfer)
     app.middlewares.append(access_middleware)
     app.on_startup.append(_check_every_route_declared)
 
@@ -187,7 +189,7 @@ def _viewer_token_for(request: web.Request, spec: RouteSpec) -> str | None:
     manifest_id = spec.stream_of(request)
     if not manifest_id:
         return None
-    streams = request.app.get("streams")
+    streams = request.app.get(STREAMS_KEY)
     return None if streams is None else request.app[VIEWER_TOKENS_KEY].of(streams.get(manifest_id))
 
 
@@ -232,7 +234,7 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
 
 
 async def _read_body(request: web.Request, spec: RouteSpec) -> web.Request:
-    settings = request.app["settings"]
+    settings = request.app[SETTINGS_KEY]
     limit = settings.size_limit(spec.max_body) if isinstance(spec.max_body, str) else spec.max_body
     limit = limit or settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -386,7 +388,7 @@ async def _read_body_once(request: web.Request, spec: RouteSpec) -> web.Request:
     if request.content_type == JSON:
         raw = await request.read()
         if raw.strip():
-            request[JSON_KEY] = parse_json(raw, request.app["settings"].max_json_depth)
+            request[JSON_KEY] = parse_json(raw, request.app[SETTINGS_KEY].max_json_depth)
             if spec.body is not None:
                 if not isinstance(request[JSON_KEY], dict):
                     raise web.HTTPBadRequest(reason="the JSON body must be an object")
@@ -427,7 +429,7 @@ def startup_warnings(settings: Settings) -> list[str]:
 
 # -- secrets never reach the logs ----------------------------------------------------------------------
 def redact(text: str) -> str:
-    # one redaction for the whole server (media/redact.py): percent-encoded names, every secret-looking parameter
+    # one redaction for the whole server (httpapi/redact.py): percent-encoded names, every secret-looking parameter
     return redact_text(text)
 
 

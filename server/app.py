@@ -6,24 +6,25 @@ import logging
 
 from aiohttp import web
 
+from byoc.metrics import livepeer_metrics
 from byoc.mount import mount_capability_fallback, mount_livepeer
-from media.manager import StreamManager
-from media.outbound import OUTBOUND_POLICY_KEY, OutboundPolicy
+from httpapi.outbound import OUTBOUND_POLICY_KEY, OutboundPolicy
+from media.manager import STREAMS_KEY, StreamManager
 from media.outputs.runner import outputs_metrics
-from media.trickle_server import TrickleServer
 from server import routes_events, routes_streams, routes_system
 from server.access import VIEWER_TOKENS_KEY, ViewerTokens, install_access, install_log_redaction
 from server.errors import error_middleware
 from server.features import install_features
-from server.keys import STREAM_SERVICE_KEY
+from server.keys import HEALTH_DETAILS_KEY, HEALTH_PROBES_KEY, METRICS_KEY, STREAM_SERVICE_KEY, TRICKLE_KEY
 from server.metrics import Metrics
 from server.openapi import mount_openapi
 from server.pipeline import StreamFactory
 from server.routes_webrtc import add_webrtc_routes
 from server.self_trust import SELF_TRUST_KEY, install_self_trust
-from server.settings import Settings
+from server.settings import SETTINGS_KEY, Settings
 from server.stream_service import StreamService
 from server.trickle_metrics import trickle_metrics
+from trickle.server import TrickleServer
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,11 @@ TRICKLE_PREFIX = "/ai/trickle/"
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
-    app["settings"] = settings
+    app[SETTINGS_KEY] = settings
     manager = StreamManager(settings.max_streams)
-    app["streams"] = manager
+    app[STREAMS_KEY] = manager
     metrics = Metrics(manager)
-    app["metrics"] = metrics
+    app[METRICS_KEY] = metrics
     outbound = OutboundPolicy.from_settings(settings)  # every URL a caller gives (README "Security")
     app[OUTBOUND_POLICY_KEY] = outbound
     factory = StreamFactory(settings, on_frame_latency=metrics.frame_latency.observe, outbound=outbound)
@@ -50,9 +51,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     streams.params.add("outputs", factory.check_outputs)  # params.outputs: RTMP, HLS (media/outputs)
     metrics.add_source(lambda: outputs_metrics(manager.active()))
     # each returns "OK" | "LOADING" | "ERROR" for /health
-    app["health_probes"] = []
+    app[HEALTH_PROBES_KEY] = []
     # extra sections of the /health body: name → callable returning a JSON-able value
-    app["health_details"] = {}
+    app[HEALTH_DETAILS_KEY] = {}
 
     trickle = TrickleServer(
         autocreate=settings.trickle_autocreate,
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         max_subscribers_per_channel=settings.trickle_max_subscribers_per_channel,
         max_subscribers=settings.trickle_max_subscribers,
     )
-    app["trickle"] = trickle
+    app[TRICKLE_KEY] = trickle
     metrics.add_source(lambda: trickle_metrics(trickle))
     # streams stop before the trickle server closes its channels
     app.on_shutdown.append(_stop_streams)
@@ -74,8 +75,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
     routes_system.routes.mount(app)
     routes_events.mount_event_routes(app)
     # Livepeer worker: BYOC/ai-runner routes, stream side channels, capability registration.
-    # Before the features, so they can add batch capabilities to app["capabilities"].
-    mount_livepeer(app, manager=manager, settings=settings, streams=streams)
+    # Before the features, so they can add batch capabilities to app[CAPABILITIES_KEY].
+    livepeer = mount_livepeer(app, manager=manager, settings=settings, streams=streams)
+    metrics.add_source(lambda: livepeer_metrics(livepeer))
+    if livepeer.registrar is not None:
+        app[HEALTH_DETAILS_KEY]["livepeer"] = livepeer.health_detail
     # innermost middleware: every declared route's role, content type, body limits (server/access.py)
     install_access(app)
     # the server's own trickle clients reach its trickle routes whatever tokens are set (never another host)
@@ -89,7 +93,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
 
 
 async def _stop_streams(app: web.Application) -> None:
-    await app["streams"].stop_all("server shutting down")
+    await app[STREAMS_KEY].stop_all("server shutting down")
 
 
 def make_runner(app: web.Application, settings: Settings, shutdown_timeout: float = 30.0) -> web.AppRunner:

@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from analysis.cli import add_analyze_parser, run_analyze
+from media.manager import STREAMS_KEY
 from server import __version__
 from server.heap import pin_mmap_threshold
 from server.settings import ENV_FILE, SECTIONS, Settings
@@ -111,7 +112,7 @@ async def serve(settings: Settings) -> None:
     try:
         await stop.wait()
         log.info("shutting down")
-        await app["streams"].stop_all("server shutting down")
+        await app[STREAMS_KEY].stop_all("server shutting down")
     finally:
         await runner.cleanup()
 

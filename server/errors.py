@@ -1,9 +1,9 @@
-"""JSON request bodies for server routes; the one error path is `media.http_errors`.
+"""JSON request bodies for server routes; the one error path is `httpapi.errors`.
 
 `ApiError`, `error_middleware`, `json_error` and `validation_message` are re-exported from there
 (shared with `byoc` and the trickle server): handlers raise, the middleware answers with the one
 body `{"error": {"code", "message"}, "detail": {"msg"}}`. A route's declared body model is read with
-`validated_body(request, Model)` (media/http_routes.py): validated once, by the access middleware;
+`validated_body(request, Model)` (httpapi/routes.py): validated once, by the access middleware;
 `read_json` is for routes that declare no model.
 """
 
@@ -13,9 +13,10 @@ from typing import Any, Literal, overload
 
 from aiohttp import web
 
-from media.http_errors import ApiError, error_middleware, json_error, validation_message
-from media.http_routes import EMPTY_BODY_MESSAGE, JSON_KEY, validated_body
+from httpapi.errors import ApiError, error_middleware, json_error, validation_message
+from httpapi.routes import EMPTY_BODY_MESSAGE, JSON_KEY, validated_body
 from server.access import parse_json
+from server.settings import SETTINGS_KEY
 
 __all__ = ["ApiError", "error_middleware", "json_error", "read_json", "validated_body", "validation_message"]
 
@@ -38,7 +39,7 @@ async def read_json(request: web.Request, allow_empty: bool = False) -> dict[str
             if allow_empty:
                 return None
             raise ApiError(400, EMPTY_BODY_MESSAGE)
-        body = parse_json(raw, request.app["settings"].max_json_depth)
+        body = parse_json(raw, request.app[SETTINGS_KEY].max_json_depth)
     if not isinstance(body, dict):
         raise ApiError(400, "the JSON body must be an object")
     return body

@@ -18,7 +18,9 @@ from prometheus_client.core import GaugeMetricFamily
 from analysis.engine import AnalysisServices
 from analysis.runner import JobRunner
 from analysis.settings import AnalysisSettings
-from byoc.capabilities import CapabilityContext, CapabilityError
+from byoc.capabilities import CAPABILITIES_KEY, CapabilityContext, CapabilityError
+from httpapi.errors import status_of
+from httpapi.outbound import OUTBOUND_POLICY_KEY
 from inference.asr.metrics import asr_metrics
 from inference.asr.model import AsrModelPool, shared_pool
 from inference.asr.stage import CaptionParams, CaptionStage
@@ -26,16 +28,24 @@ from inference.gpu import GpuMemoryManager
 from inference.translate.base import TranslationError
 from inference.translate.service import TranslationService
 from inference.vision.stage import VisionBackends, VisionParams, VisionSettings, VisionStage
-from media.http_errors import status_of
-from media.outbound import OUTBOUND_POLICY_KEY
-from server.keys import ASR_KEY, GPU_KEY, STREAM_SERVICE_KEY, TRANSLATION_KEY, VISION_KEY
+from media.manager import STREAMS_KEY
+from media.spec import StreamSpec
+from server.keys import (
+    ASR_KEY,
+    GPU_KEY,
+    HEALTH_DETAILS_KEY,
+    HEALTH_PROBES_KEY,
+    METRICS_KEY,
+    STREAM_SERVICE_KEY,
+    TRANSLATION_KEY,
+    VISION_KEY,
+)
 from server.routes_analysis import add_analysis_routes, analyze_capability, inference_capability
 from server.routes_hls import install_hls
 from server.routes_translate import add_translate_routes, translate_capability
 from server.routes_vision import DescribeError, add_vision_routes, describe_capability
 from server.rtmp_service import install_rtmp
 from server.settings import Settings
-from server.start_request import StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +54,7 @@ def install_translation(app: web.Application, settings: Settings) -> Translation
     service = TranslationService(settings.translate, ssl_for=app[OUTBOUND_POLICY_KEY].tls.ssl_for)
     app[TRANSLATION_KEY] = service
     add_translate_routes(app, service)
-    app["health_details"]["translation"] = lambda: {"backend": service.backend, "model": service.model_info}
+    app[HEALTH_DETAILS_KEY]["translation"] = lambda: {"backend": service.backend, "model": service.model_info}
 
     async def close(_app: web.Application) -> None:
         await service.close()
@@ -57,7 +67,7 @@ def install_translation(app: web.Application, settings: Settings) -> Translation
         except TranslationError as exc:
             raise CapabilityError(status_of(exc), exc.message) from None
 
-    app["capabilities"].register("translate", translate, "Translate text: {text|texts, source_lang, target_lang}")
+    app[CAPABILITIES_KEY].register("translate", translate, "Translate text: {text|texts, source_lang, target_lang}")
     return service
 
 
@@ -82,7 +92,7 @@ def install_vision(app: web.Application, settings: Settings) -> VisionBackends:
     streams.factory.stage_providers.append(provider)
     # an invalid `vision` block is a 400 at start and on every update (server/stream_service.py)
     streams.params.add("vision", lambda block: check_vision_block(block, vision_settings))
-    app["health_details"]["vision"] = backends.status
+    app[HEALTH_DETAILS_KEY]["vision"] = backends.status
 
     async def close(_app: web.Application) -> None:
         await backends.close()
@@ -95,7 +105,7 @@ def install_vision(app: web.Application, settings: Settings) -> VisionBackends:
         except DescribeError as exc:
             raise CapabilityError(exc.status, exc.message) from None
 
-    app["capabilities"].register(
+    app[CAPABILITIES_KEY].register(
         "describe", describe, "Tag or describe an image: {image (base64/data URI), mode, tag_list, threshold}"
     )
     return backends
@@ -104,8 +114,8 @@ def install_vision(app: web.Application, settings: Settings) -> VisionBackends:
 def install_gpu(app: web.Application, settings: Settings) -> GpuMemoryManager:
     gpu = GpuMemoryManager(settings.gpu)
     app[GPU_KEY] = gpu
-    app["streams"].admission_checks.append(gpu.can_accept_stream)
-    app["health_details"]["gpu"] = gpu.snapshot
+    app[STREAMS_KEY].admission_checks.append(gpu.can_accept_stream)
+    app[HEALTH_DETAILS_KEY]["gpu"] = gpu.snapshot
 
     def gpu_metrics():
         snap = gpu.snapshot()
@@ -119,7 +129,7 @@ def install_gpu(app: web.Application, settings: Settings) -> GpuMemoryManager:
                     family.add_metric([], float(snap[key]))
                     yield family
 
-    app["metrics"].add_source(gpu_metrics)
+    app[METRICS_KEY].add_source(gpu_metrics)
     watcher: dict[str, asyncio.Task] = {}
 
     async def start(_app: web.Application) -> None:
@@ -172,7 +182,7 @@ def install_asr(app: web.Application, settings: Settings, translation: Translati
     asr_settings = settings.asr
     pool = shared_pool(asr_settings)
     app[ASR_KEY] = pool
-    app["metrics"].add_source(lambda: asr_metrics(pool))
+    app[METRICS_KEY].add_source(lambda: asr_metrics(pool))
 
     def provider(spec: StreamSpec) -> CaptionStage:
         return CaptionStage(pool, asr_settings, translate=translation.translate_for_captions)
@@ -187,8 +197,8 @@ def install_asr(app: web.Application, settings: Settings, translation: Translati
             return "ERROR"
         return "LOADING" if pool.loading else "OK"
 
-    app["health_probes"].append(probe)
-    app["health_details"]["asr"] = lambda: {
+    app[HEALTH_PROBES_KEY].append(probe)
+    app[HEALTH_DETAILS_KEY]["asr"] = lambda: {
         "model": asr_settings.model,
         "loaded": pool.loaded,
         "loading": pool.loading,
@@ -220,7 +230,7 @@ def install_analysis(app: web.Application, config: AnalysisSettings) -> JobRunne
     )
     runner = JobRunner(config, services, outbound_policy=app[OUTBOUND_POLICY_KEY])
     add_analysis_routes(app, runner)
-    app["health_details"]["analysis"] = runner.stats
+    app[HEALTH_DETAILS_KEY]["analysis"] = runner.stats
 
     async def start(_app: web.Application) -> None:
         await runner.start()
@@ -237,13 +247,13 @@ def install_analysis(app: web.Application, config: AnalysisSettings) -> JobRunne
     async def inference(body: dict, ctx: CapabilityContext) -> dict | web.Response:
         return await inference_capability(runner, body, ctx)
 
-    app["capabilities"].register(
+    app[CAPABILITIES_KEY].register(
         "analyze",
         analyze,
         "Timed tags / transcript of a video: {video_url, tag_list, frame_interval, "
         "threshold, backend, transcript, translate_to}",
     )
-    app["capabilities"].register(
+    app[CAPABILITIES_KEY].register(
         "video-inference",
         inference,
         "A VLM's answer about a video: {video_url, prompt, video_params, generation_params}",

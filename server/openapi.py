@@ -1,4 +1,4 @@
-"""OpenAPI 3.1 at `/openapi.json`, generated from the route declarations (media/http_routes.py) and
+"""OpenAPI 3.1 at `/openapi.json`, generated from the route declarations (httpapi/routes.py) and
 the pydantic models that validate the requests: one source of truth with the access policy. Each
 role is a security scheme; every error is the one error shape. `/docs` renders it."""
 
@@ -10,9 +10,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from media.http_errors import STATUS
-from media.http_routes import JSON, Role, RouteSpec, RouteTable, registry_of
+from httpapi.errors import STATUS
+from httpapi.routes import JSON, Role, RouteSpec, RouteTable, registry_of
 from server import __version__
+from server.settings import SETTINGS_KEY
 
 ROLE_DESCRIPTIONS = {
     Role.API: "API_TOKEN: stream lifecycle, translation, vision, analysis",
@@ -22,7 +23,7 @@ ROLE_DESCRIPTIONS = {
     Role.TRICKLE: "TRICKLE_TOKEN (else API_TOKEN, then AUTH_TOKEN): the built-in trickle server",
     Role.METRICS: "METRICS_TOKEN (else API_TOKEN, then AUTH_TOKEN): Prometheus metrics",
 }
-# descriptions come from the one status table (media/http_errors.py)
+# descriptions come from the one status table (httpapi/errors.py)
 STATUS_TEXT = {status: info.text for status, info in STATUS.items()}
 ERROR_SCHEMA = {
     "type": "object",
@@ -181,7 +182,7 @@ async def get_openapi(request: web.Request) -> web.Response:
 async def get_docs(request: web.Request) -> web.FileResponse:
     from server.routes_webrtc import static_dir
 
-    return web.FileResponse(static_dir(request.app["settings"]) / "docs.html", headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(static_dir(request.app[SETTINGS_KEY]) / "docs.html", headers={"Cache-Control": "no-cache"})
 
 
 routes.add(

@@ -8,18 +8,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from httpapi.outbound import OutboundPolicy
 from media.encode import EncoderSettings
 from media.endpoints import MediaSink, MediaSource
-from media.outbound import OutboundPolicy
 from media.outputs.base import OutputBuilder
 from media.outputs.rtmp import RtmpOutput
 from media.outputs.runner import OutputsRunner
 from media.outputs.spec import check_outputs_block
+from media.spec import StreamSpec
 from media.stage import Stage
 from media.stream import Stream, StreamConfig, StreamThresholds
 from media.trickle_io import TrickleSink, TrickleSource
 from server.settings import Settings
-from server.start_request import StreamSpec
 
 # A stage provider builds a stage for a stream (or returns None when it does not apply).
 StageProvider = Callable[[StreamSpec], Stage | None]

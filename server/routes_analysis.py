@@ -35,13 +35,13 @@ from analysis.models import (
 from analysis.runner import JobConflict, JobNotFound, JobRunner, QueueFull, RequestTooLarge
 from analysis.subtitles import to_srt, to_vtt
 from byoc.capabilities import CapabilityContext, CapabilityError, url_fetch_error
-from media.http_errors import ApiError, status_of
-from media.http_json import JSONBodyError, loads_limited, validation_message
-from media.http_routes import JSON, Role, RouteTable
-from media.sse import DISCONNECT_CHECK_SECONDS, SseWriter
+from httpapi.errors import ApiError, status_of, validation_message
+from httpapi.json_body import JSONBodyError, loads_limited
+from httpapi.routes import JSON, Role, RouteTable
+from httpapi.sse import DISCONNECT_CHECK_SECONDS, SseWriter
 from server import __version__
 from server.errors import read_json
-from server.keys import RUNNER_KEY
+from server.keys import HEALTH_DETAILS_KEY, RUNNER_KEY
 
 log = logging.getLogger(__name__)
 
@@ -506,7 +506,7 @@ async def health_detailed(request: web.Request) -> web.Response:
         models["asr"] = services.asr.stats()
     if services.translation is not None:
         models["translation"] = {"backend": services.translation.backend, "model": services.translation.model_info}
-    gpu = app["health_details"].get("gpu")
+    gpu = app[HEALTH_DETAILS_KEY].get("gpu")
     return web.json_response(
         {
             "status": _status(app),

@@ -20,12 +20,14 @@ from typing import Any
 
 from aiohttp import web
 
+from httpapi.errors import ApiError
+from httpapi.routes import Role, RouteTable, match_stream_id
+from httpapi.sse import DISCONNECT_CHECK_SECONDS, SseWriter
 from media.events import CaptionEvent, StreamEvent
-from media.http_errors import ApiError
-from media.http_routes import Role, RouteTable, match_stream_id
 from media.lru import LRU
-from media.sse import DISCONNECT_CHECK_SECONDS, SseWriter
+from media.manager import STREAMS_KEY
 from server.access import cors_headers
+from server.settings import SETTINGS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def mount_event_routes(app: web.Application) -> None:
 
 def _stream(request: web.Request):
     manifest_id = request.match_info["manifest_id"]
-    stream = request.app["streams"].get(manifest_id)
+    stream = request.app[STREAMS_KEY].get(manifest_id)
     if stream is None:
         raise ApiError(404, f"no stream with manifest id '{manifest_id}'")
     return stream
@@ -155,7 +157,7 @@ async def _serve_sse(
     skip_until = last_event_id(request)  # a bad one is refused before anything is held
     replay = request.query.get("replay") in ("1", "true") or skip_until is not None
     slots = request.app[SSE_OPEN_KEY]
-    limit = request.app["settings"].sse_max_per_stream
+    limit = request.app[SETTINGS_KEY].sse_max_per_stream
     if not slots.take(stream, limit):
         raise ApiError(
             503,

@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from media.http_errors import ApiError
-from media.http_routes import Role, RouteTable, match_stream_id
+from httpapi.errors import ApiError
+from httpapi.routes import Role, RouteTable, match_stream_id
 from media.outputs.hls import (
     SUBTITLE_PLAYLIST,
     SUBTITLE_SEGMENT,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from media.http_routes import Role, RouteTable, validated_body
+from httpapi.redact import redact_payload
+from httpapi.routes import Role, RouteTable, validated_body
 from media.manager import StreamManager
-from media.redact import redact_payload
 from server.errors import ApiError
 from server.keys import STREAM_SERVICE_KEY
 from server.rtmp_service import rtmp_answer

@@ -25,12 +25,12 @@ from typing import Annotated, Any, Literal
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from httpapi.errors import ApiError, validation_message
+from httpapi.json_body import JSONBodyError, loads_limited
+from httpapi.routes import Role, RouteTable
 from inference.translate import TranslationError, TranslationResult, TranslationService
 from inference.translate.base import LANGUAGE_CODE_PATTERN, sum_usage
 from inference.translate.sessions import SESSION_ID_PATTERN
-from media.http_errors import ApiError
-from media.http_json import JSONBodyError, loads_limited, validation_message
-from media.http_routes import Role, RouteTable
 from server.errors import validated_body
 from server.keys import TRANSLATION_KEY
 
@@ -192,7 +192,7 @@ routes = RouteTable()
 async def handle_translate(request: web.Request) -> web.StreamResponse:
     service = request.app[TRANSLATION_KEY]
     single = validated_body(request, TranslateRequest)  # validated once, by the access middleware
-    # a TranslationError is answered by the error table (media/http_errors.py): status by its code
+    # a TranslationError is answered by the error table (httpapi/errors.py): status by its code
     result = await service.translate(single.text, single.source_lang, single.target_lang, single.session_id)
     return web.json_response(single_response(result, single.session_id, single.source_lang))
 

@@ -34,11 +34,11 @@ from aiohttp import web
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from httpapi.errors import ApiError
+from httpapi.json_body import JSONBodyError, loads_limited
+from httpapi.routes import Role, RouteTable
 from inference.vision.base import BackendUnavailable, VisionRequest
 from inference.vision.stage import VisionBackends
-from media.http_errors import ApiError
-from media.http_json import JSONBodyError, loads_limited
-from media.http_routes import Role, RouteTable
 from server.keys import VISION_KEY
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-s
 
 
 class DescribeError(ApiError):
-    """An `ApiError` with its stable code first; answered by the error middleware (media/http_errors.py)."""
+    """An `ApiError` with its stable code first; answered by the error middleware (httpapi/errors.py)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(status, message, code=code)

@@ -13,13 +13,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from media.http_json import JSONBodyError, loads_limited
-from media.http_routes import Role, RouteTable, match_stream_id
+from httpapi.json_body import JSONBodyError, loads_limited
+from httpapi.routes import Role, RouteTable, match_stream_id
 from media.webrtc_sdp import OfferError, parse_sdpfrag
 from server.errors import ApiError, validated_body
-from server.keys import STREAM_SERVICE_KEY
+from server.keys import METRICS_KEY, STREAM_SERVICE_KEY
+from server.settings import SETTINGS_KEY
 from server.start_request import MANIFEST_ID_RE, new_manifest_id
-from server.webrtc_service import PeerSession, WebRTCService
+from server.webrtc_service import WEBRTC_KEY, PeerSession, WebRTCService
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SDP = "application/sdp"
@@ -49,7 +50,7 @@ class OfferAnswer(BaseModel):
 
 
 def service_of(request: web.Request) -> WebRTCService:
-    return request.app["webrtc"]
+    return request.app[WEBRTC_KEY]
 
 
 def _session_stream(request: web.Request) -> str | None:
@@ -133,7 +134,7 @@ async def post_whip(request: web.Request) -> web.Response:
     params: dict[str, Any] = {}
     if "params" in request.query:
         try:
-            params = loads_limited(request.query["params"], request.app["settings"].max_json_depth)
+            params = loads_limited(request.query["params"], request.app[SETTINGS_KEY].max_json_depth)
         except JSONBodyError as exc:
             raise ApiError(400, f"the params query parameter: {exc}") from None
         if not isinstance(params, dict):
@@ -305,14 +306,14 @@ def static_dir(settings) -> Path:
 
 def _page(name: str):
     async def handler(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(static_dir(request.app["settings"]) / name, headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(static_dir(request.app[SETTINGS_KEY]) / name, headers={"Cache-Control": "no-cache"})
 
     return handler
 
 
 async def static_file(request: web.Request) -> web.FileResponse:
     """A demo asset by name: only plain files directly in the static folder (no sub-paths, no `..`)."""
-    folder = static_dir(request.app["settings"]).resolve()
+    folder = static_dir(request.app[SETTINGS_KEY]).resolve()
     name = request.match_info["filename"]
     path = (folder / name).resolve()
     if "/" in name or name.startswith(".") or path.parent != folder or not path.is_file():
@@ -339,9 +340,9 @@ def add_webrtc_routes(app: web.Application) -> WebRTCService:
     """Mount `/offer`, WHIP, WHEP, the session API and the demo pages; wire the service into the
     app's lifecycle (ICE settings, stream start hook, shutdown, metrics)."""
     service = WebRTCService(app)
-    app["webrtc"] = service
+    app[WEBRTC_KEY] = service
     app[STREAM_SERVICE_KEY].add_start_hook(service.on_stream_build)
-    app["metrics"].add_source(service.metrics)
+    app[METRICS_KEY].add_source(service.metrics)
     app.on_startup.append(service.on_startup)
     app.on_shutdown.append(service.on_shutdown)
     app.on_cleanup.append(service.on_cleanup)

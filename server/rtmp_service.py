@@ -22,14 +22,15 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from media.manager import AdmissionError
+from media.spec import StreamSpec
 from media.stream import Stream
 from rtmp.server import PublishRefused, PublishRequest, PublishTarget, RtmpServer
 from rtmp.settings import ANY_PORT, RtmpSettings
 from rtmp.source import RtmpSource
 from server.access import POLICY_KEY
-from server.keys import STREAM_SERVICE_KEY
+from server.keys import METRICS_KEY, STREAM_SERVICE_KEY
 from server.settings import Settings
-from server.start_request import MANIFEST_ID_RE, StreamSpec
+from server.start_request import MANIFEST_ID_RE
 from server.stream_service import StartedStream, StreamService
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ def install_rtmp(app: web.Application, settings: Settings) -> RtmpIngest | None:
     ingest = RtmpIngest(rtmp_settings, settings.host, streams, open_mode=app[POLICY_KEY].open)
     app[RTMP_KEY] = ingest
     streams.add_start_hook(ingest.start_hook)
-    app["metrics"].add_source(ingest.metric_families)
+    app[METRICS_KEY].add_source(ingest.metric_families)
 
     async def start(_app: web.Application) -> None:
         await ingest.start()

@@ -3,7 +3,7 @@ publisher, the Livepeer control/events/data channels) reach its built-in trickle
 tokens are set.
 
 Each app draws a random token (never logged, never in an answer) that the access policy accepts
-for the trickle role only. The trickle clients present it (media/trickle_client.py asks
+for the trickle role only. The trickle clients present it (trickle/client.py asks
 `bearer_for(url)` before each request, redirects are never followed) only to a URL that is this
 server's own trickle route:
 
@@ -28,10 +28,11 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from media.http_routes import Role
-from media.outbound import outbound_policy
-from media.trickle_client import set_bearer_source
+from httpapi.outbound import outbound_policy
+from httpapi.routes import Role
 from server.access import POLICY_KEY
+from server.settings import SETTINGS_KEY
+from trickle.client import set_bearer_source
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ SELF_TRUST_KEY = web.AppKey("self_trust", SelfTrust)
 
 def install_self_trust(app: web.Application, prefix: str) -> SelfTrust:
     """After `install_access`: the app's own trickle clients are let into its trickle routes."""
-    trust = SelfTrust(app["settings"].host, prefix)
+    trust = SelfTrust(app[SETTINGS_KEY].host, prefix)
     app[SELF_TRUST_KEY] = trust
     trust.install(app)
     return trust

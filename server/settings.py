@@ -13,15 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from aiohttp import web
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from analysis.settings import AnalysisSettings
+from httpapi.outbound import DEFAULT_OUTBOUND_DENY
 from inference.asr.model import AsrSettings
 from inference.gpu import GpuSettings
 from inference.translate.service import TranslateSettings
 from inference.vision.stage import VisionSettings
-from media.outbound import DEFAULT_OUTBOUND_DENY
 from media.outputs.hls import HlsSettings
 from rtmp.settings import RtmpSettings
 
@@ -272,3 +273,8 @@ class Settings(BaseSettings):
         if not isinstance(value, int):
             raise KeyError(f"{name!r} is not a size limit setting")
         return value
+
+
+# the app's settings (server/app.py); here, not in server/keys.py, because modules that
+# server/keys.py imports read it
+SETTINGS_KEY = web.AppKey("settings", Settings)

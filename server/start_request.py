@@ -5,7 +5,7 @@
 - Livepeer (BYOC gateway / ai-runner): header `X-Stream-Id`, body `gateway_request_id`,
   `control_url`, `events_url`, `data_url`, settings inside `params` → manifest id = stream id.
 
-Both normalise to one `StreamSpec`.
+Both normalise to one `StreamSpec` (media/spec.py).
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from media.http_json import JSONBodyError, loads_limited
-from media.redact import redact_url
+from httpapi.json_body import JSONBodyError, loads_limited
+from httpapi.redact import redact_url
+from media.spec import StreamSpec
 
 MANIFEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # a caller's own RTMP stream key: long enough not to be guessed, safe in a URL path
@@ -99,34 +99,6 @@ class StartRequest(BaseModel):
         return self
 
 
-@dataclass
-class StreamSpec:
-    manifest_id: str
-    mode: str  # "native" | "livepeer"
-    subscribe_url: str | None
-    publish_url: str | None
-    control_url: str | None = None
-    events_url: str | None = None
-    data_url: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    model_id: str | None = None
-    source_type: str = "trickle"  # "trickle" (subscribe_url) | "rtmp" (a publisher with stream_key)
-    stream_key: str | None = None  # the RTMP publisher's credential: never logged, answered once
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "subscribe_url": self.subscribe_url,
-            "publish_url": self.publish_url,
-            "control_url": self.control_url,
-            "events_url": self.events_url,
-            "data_url": self.data_url,
-            "model_id": self.model_id,
-            "width": self.params.get("width"),
-            "height": self.params.get("height"),
-        }
-
-
 def is_livepeer(body: dict[str, Any], stream_id_header: str | None) -> bool:
     return bool(
         stream_id_header
@@ -192,4 +164,4 @@ def new_stream_key() -> str:
     return secrets.token_urlsafe(24)
 
 
-__all__ = ["StartRequest", "StreamSpec", "parse_start", "ValidationError", "new_manifest_id", "check_http_url"]
+__all__ = ["StartRequest", "parse_start", "ValidationError", "new_manifest_id", "check_http_url"]

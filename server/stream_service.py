@@ -4,7 +4,7 @@
 server/webrtc_service.py), ai-runner's `/live-video-to-video` (byoc/routes.py) and any other
 ingest call `start`; nothing in the process calls an HTTP handler to start a stream. The service
 raises plain domain exceptions (`AdmissionError`, `DuplicateStreamError`, `OutboundDenied`,
-`InvalidStart`, `InvalidParams`, `StreamNotFound`, `StreamStartFailed`); the one table in media/http_errors.py
+`InvalidStart`, `InvalidParams`, `StreamNotFound`, `StreamStartFailed`); the one table in httpapi/errors.py
 maps them to HTTP at the edge.
 
 Params are validated in one place, `ParamsValidator`: each feature registers a check for its own
@@ -23,15 +23,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from httpapi.outbound import OutboundDenied, OutboundPolicy, check_spec_urls
+from httpapi.redact import redact_payload, redact_text
 from media.endpoints import MediaSink, MediaSource
 from media.manager import AdmissionError, DuplicateStreamError, StreamManager
-from media.outbound import OutboundDenied, OutboundPolicy, check_spec_urls
-from media.redact import redact_payload, redact_text
+from media.spec import StreamSpec
 from media.stream import Stream
 from server.access import ViewerTokens
 from server.metrics import Metrics
 from server.pipeline import StreamFactory
-from server.start_request import StartRequest, StreamSpec, spec_from_request
+from server.start_request import StartRequest, spec_from_request
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,10 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from prometheus_client.core import GaugeMetricFamily
 
+from httpapi.outbound import outbound_policy
 from media.ice import CandidateGuard, IceSettings, accept_media_as_consent, apply_ice_settings
 from media.manager import StreamManager
-from media.outbound import outbound_policy
+from media.spec import StreamSpec
 from media.stream import Stream
 from media.webrtc_events import EventChannel
 from media.webrtc_sdp import (
@@ -44,8 +45,7 @@ from media.webrtc_sdp import (
 from media.webrtc_sink import PacketTrack, WebRTCEncoderConfig, WebRTCOutput, forward_keyframe_requests
 from media.webrtc_source import WebRTCSource
 from server.keys import STREAM_SERVICE_KEY
-from server.settings import Settings
-from server.start_request import StreamSpec
+from server.settings import SETTINGS_KEY, Settings
 from server.stream_service import StreamService
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class WebRTCService:
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
-        self.settings: Settings = app["settings"]
+        self.settings: Settings = app[SETTINGS_KEY]
         s = self.settings
         self.ice = IceSettings.from_strings(
             s.ice_servers, s.webrtc_host_addresses, s.webrtc_udp_port_min, s.webrtc_udp_port_max
@@ -366,3 +366,7 @@ class WebRTCService:
         for kind in ("browser", "whip", "whep"):
             gauge.add_metric([kind], self.count(kind))
         yield gauge
+
+
+# beside its service: this module imports server/keys.py
+WEBRTC_KEY = web.AppKey("webrtc", WebRTCService)

@@ -25,9 +25,13 @@ os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="streamlens-test-data-
 # no test server takes the RTMP port 1935; RTMP tests ask for a free port (rtmp.port = -1)
 os.environ.setdefault("RTMP_PORT", "0")
 
+from media.manager import STREAMS_KEY  # noqa: E402
 from server.app import create_app, make_runner  # noqa: E402
 from server.routes_system import health_status  # noqa: E402
-from server.settings import Settings  # noqa: E402
+from server.settings import (
+    SETTINGS_KEY,  # noqa: E402
+    Settings,  # noqa: E402
+)
 
 TOKEN_MODE = os.environ.get("STREAMLENS_TEST_TOKENS") == "1"
 # one distinct token per role setting, so a route that checks the wrong role fails in token mode
@@ -70,7 +74,7 @@ async def route_roles(app: web.Application, method: str, path: str) -> tuple[str
     """The roles `app` declares for `method path` (empty when the router does not match it)."""
     from aiohttp.test_utils import make_mocked_request
 
-    from media.http_routes import registry_of
+    from httpapi.routes import registry_of
 
     match = await app.router.resolve(make_mocked_request(method, path, app=app))
     spec = registry_of(app).spec_for(match.route) if match.http_exception is None else None
@@ -87,7 +91,7 @@ def bearer_middleware(app: web.Application, base_url: str):
             and "token" not in request.url.query
         ):
             for role in await route_roles(app, request.method, request.url.path):
-                token = None if role == "public" else settings_token(app["settings"], role)
+                token = None if role == "public" else settings_token(app[SETTINGS_KEY], role)
                 if token:
                     request.headers["Authorization"] = f"Bearer {token}"
                     break
@@ -111,7 +115,7 @@ class RunningServer:
 
     def token(self, role: str) -> str | None:
         """The bearer token a `role` caller presents to this server (None in open mode)."""
-        return settings_token(self.app["settings"], role)
+        return settings_token(self.app[SETTINGS_KEY], role)
 
     def auth_headers(self, role: str) -> dict[str, str]:
         token = self.token(role)
@@ -137,7 +141,7 @@ async def start_server(settings: Settings | None = None, app: web.Application | 
 
 async def stop_server(server: RunningServer) -> None:
     # as `streamlens serve` does: stop streams while still listening, then close everything
-    await server.app["streams"].stop_all("server shutting down")
+    await server.app[STREAMS_KEY].stop_all("server shutting down")
     await server.session.close()
     await server.runner.cleanup()
 

@@ -9,6 +9,8 @@ import json
 import aiohttp
 
 from media.events import CaptionEvent, StatusEvent
+from media.manager import STREAMS_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.interop.gateway import LivepeerGateway
 from tests.media_gen import decode_ts, make_segments
@@ -55,7 +57,7 @@ async def test_livepeer_routes_need_the_bearer_token(make_server):
                 resp = await bare.request(method, server.url(path), json=body, headers=headers)
                 assert resp.status == 401, (method, path, resp.status)
                 assert (await resp.json())["detail"]["msg"], (method, path)
-        assert not server.app["streams"].active()
+        assert not server.app[STREAMS_KEY].active()
         # ai-runner's exact wording on its own route
         resp = await bare.post(server.url("/live-video-to-video"), json={})
         assert (await resp.json())["detail"]["msg"] == "Invalid bearer token."
@@ -113,10 +115,10 @@ async def test_malformed_bodies_capacity_and_stop_lookup(make_server):
         json={"stream_id": "cap-1", "params": json.dumps({"prompt": "from-string"})},
     )
     assert resp.status == 200, await resp.text()
-    assert server.app["streams"].get("cap-1").params == {"prompt": "from-string"}
+    assert server.app[STREAMS_KEY].get("cap-1").params == {"prompt": "from-string"}
     resp = await server.session.post(server.url("/stream/params"), headers=bearer(), json={"prompt": "only one"})
     assert resp.status == 200  # no id: the only running stream
-    assert server.app["streams"].get("cap-1").params == {"prompt": "only one"}
+    assert server.app[STREAMS_KEY].get("cap-1").params == {"prompt": "only one"}
 
     # stop: empty body, no id → the only running stream; a repeated stop is harmless
     resp = await server.session.post(server.url("/stream/stop"), headers=bearer())
@@ -141,7 +143,7 @@ async def test_data_only_stream_events_and_data_lines(make_server):
     # no X-Stream-Id: the body's gateway_request_id names the stream
     resp = await server.session.post(server.url("/stream/start"), json=dict(gateway.body, params={"prompt": "a"}))
     assert resp.status == 200, await resp.text()
-    stream = server.app["streams"].get(mid)
+    stream = server.app[STREAMS_KEY].get(mid)
     assert stream is not None and stream.source is None
     assert not any(sink.name == "trickle" for sink in stream.sinks)
 
@@ -202,7 +204,7 @@ async def test_data_only_stream_events_and_data_lines(make_server):
     )
     await asyncio.wait_for(gateway.data.ended.wait(), 5)
     await asyncio.wait_for(gateway.events.ended.wait(), 5)
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     assert not trickle.has_channel(f"{mid}-data") and not trickle.has_channel(f"{mid}-events")
     await gateway.close()
 
@@ -212,10 +214,10 @@ async def test_control_channel_end_stops_the_stream(make_server):
     gateway = LivepeerGateway(server, "ctl-end", video_in=False, video_out=False, data=False).start_collectors()
     resp = await server.session.post(server.url("/stream/start"), json=gateway.body, headers=gateway.headers())
     assert resp.status == 200
-    stream = server.app["streams"].get("ctl-end")
+    stream = server.app[STREAMS_KEY].get("ctl-end")
     await gateway.send_control({"prompt": "p", "params": {"prompt": "inner"}})  # a `params` object wins
     assert await wait_until(lambda: stream.params == {"prompt": "inner"}, timeout=5)
-    await server.app["trickle"].close_channel("ctl-end-control")  # the orchestrator tore it down
+    await server.app[TRICKLE_KEY].close_channel("ctl-end-control")  # the orchestrator tore it down
     assert await wait_until(lambda: stream.stopped.is_set(), timeout=10)
     assert "control channel ended" in stream.end_reason
     await gateway.close()
@@ -273,7 +275,7 @@ async def test_live_video_to_video_ai_runner_body(make_server, orch_trickle):
         json={k: v for k, v in ai_runner_body.items() if k != "publish_url"},
     )
     await assert_json_error(resp, 400, "publish_url")
-    assert not server.app["streams"].active()
+    assert not server.app[STREAMS_KEY].active()
 
     out = OutputCollector(orch_trickle.trickle_url(f"{mid}-out")).start()
     resp = await server.session.post(server.url("/live-video-to-video"), json=ai_runner_body, headers=bearer())
@@ -282,7 +284,7 @@ async def test_live_video_to_video_ai_runner_body(make_server, orch_trickle):
     assert {"publish_url", "subscribe_url", "control_url"} <= set(reply)  # ai-runner's (unused) reply keys
     assert reply["manifest_id"] == mid  # channels are named after the manifest id
     await publish_realtime(orch_trickle.trickle_url(mid), make_segments(2, 256, 256))
-    stream = server.app["streams"].get(mid)
+    stream = server.app[STREAMS_KEY].get(mid)
     assert await wait_until(lambda: stream.frames_out > 30, timeout=10)
     assert gateway.events.events("status")
     assert {"runner_receive_stream_request", "runner_receive_first_ingest_segment"} <= {
@@ -293,7 +295,7 @@ async def test_live_video_to_video_ai_runner_body(make_server, orch_trickle):
     resp = await server.session.post(server.url("/live-video-to-video/"), json=ai_runner_body, headers=bearer())
     assert resp.status == 200, await resp.text()
     assert stream.stopped.is_set() and "replaced" in stream.end_reason
-    assert server.app["streams"].get_active(mid) is not stream
+    assert server.app[STREAMS_KEY].get_active(mid) is not stream
     await asyncio.wait_for(out.ended.wait(), 10)
     frames, _ = decode_ts(out.data())
     assert len(frames) > 30
@@ -309,10 +311,10 @@ async def test_output_only_stream_starts_and_stops(make_server):
     assert "subscribe_url" not in gateway.body and "publish_url" in gateway.body
     resp = await server.session.post(server.url("/stream/start"), json=gateway.body, headers=gateway.headers())
     assert resp.status == 200, await resp.text()
-    stream = server.app["streams"].get("out-only")
+    stream = server.app[STREAMS_KEY].get("out-only")
     assert stream.source is None and any(sink.name == "trickle" for sink in stream.sinks)
     assert await wait_until(lambda: gateway.events.events("status"), timeout=5)
     resp = await server.session.post(server.url("/stream/stop"), headers=gateway.headers(), data=b"")
     assert resp.status == 200 and (await resp.json())["state"] == "STOPPED"
-    assert not server.app["trickle"].has_channel("out-only-out")  # closed on stop
+    assert not server.app[TRICKLE_KEY].has_channel("out-only-out")  # closed on stop
     await gateway.close()

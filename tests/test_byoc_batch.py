@@ -9,7 +9,7 @@ import json
 
 from aiohttp import web
 
-from byoc.capabilities import CapabilityError
+from byoc.capabilities import CAPABILITIES_KEY, CapabilityError
 from byoc.livepeer_header import encode_livepeer_header
 
 TEXT = "Hello, ComfyStream BYOC!"
@@ -73,7 +73,7 @@ async def test_batch_errors(server):
 
 async def test_timeouts_registry_and_listing(make_server):
     server = await make_server(capability_default_timeout=0.3)
-    registry = server.app["capabilities"]
+    registry = server.app[CAPABILITIES_KEY]
 
     async def slow(body, ctx):
         await asyncio.sleep(5)

@@ -12,6 +12,8 @@ import asyncio
 import hashlib
 import json
 
+from media.manager import STREAMS_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.interop.gateway import LivepeerGateway
 from tests.media_gen import decode_ts, make_segments
@@ -112,7 +114,7 @@ async def test_byoc_stream_gateway_flow_at_real_cadence(make_server, orch_trickl
     await gateway.send_control({"keep": "alive"})
     control_params = {"width": 256, "height": 256, "prompt": "two"}
     await gateway.send_control(control_params)
-    assert await wait_until(lambda: server.app["streams"].get(mid).params == control_params, timeout=5)
+    assert await wait_until(lambda: server.app[STREAMS_KEY].get(mid).params == control_params, timeout=5)
     assert (await stream_status(server, mid))["params"] == control_params
 
     # BYOC update: POST /stream/params with the client's body verbatim
@@ -154,7 +156,7 @@ async def test_byoc_stream_gateway_flow_at_real_cadence(make_server, orch_trickl
     stopped = await resp.json()
     assert stopped["state"] == "STOPPED" and "gateway error" in stopped["end_reason"]
     await asyncio.wait_for(out.ended.wait(), 10)  # the output channel was closed
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     assert not trickle.has_channel(f"{mid}-out")
     assert await wait_until(lambda: gateway.events.events("status")[-1]["state"] == "OFFLINE", timeout=5)
     health = await (await server.session.get(server.url("/health"))).json()

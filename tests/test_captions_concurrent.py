@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from server.features import ASR_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import make_segments
 from tests.speech import build_track, normalize_text, speech_tools_available
@@ -32,7 +33,7 @@ def to_48k_int16(audio16k: np.ndarray) -> np.ndarray:
 
 async def test_every_concurrent_stream_gets_its_own_finals(server):
     pool = server.app[ASR_KEY]
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     streams = []
     for k, sentences in enumerate(SPEECH):
         track = build_track(sentences, pause_seconds=0.8, lead_seconds=0.5 + 0.3 * k, tail_seconds=1.5)

@@ -13,6 +13,8 @@ import pytest
 
 from inference.asr.stage import CaptionParams
 from media.caption_filter import MAX_PATTERN_CHARS, MAX_RULES, CaptionFilter, glob_match, parse_rules
+from media.manager import STREAMS_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.interop.gateway import JsonSegmentCollector
 from tests.media_gen import make_segments
@@ -76,13 +78,13 @@ PHRASES = ["We will meet at the library after lunch.", "My brother likes to play
 
 def _stream_of(server, manifest_id: str):
     """The running stream object (in-process), to read what its overlay draws."""
-    return server.app["streams"].get(manifest_id)
+    return server.app[STREAMS_KEY].get(manifest_id)
 
 
 async def test_filter_applies_to_every_output(server):
     track = build_track(PHRASES, pause_seconds=1.5, lead_seconds=1.0, tail_seconds=2.5)
     segments = make_segments(int(np.ceil(track.duration)), 320, 240, audio_samples=to_48k_int16(track.audio))
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     for name in ("filt", "filt-out"):
         trickle.create_channel(name)
     trickle.create_channel("filt-data", "application/jsonl")

@@ -27,7 +27,7 @@ from inference.asr.model import (
     base_model_parts,
     pool_for_language,
 )
-from server.keys import ASR_KEY
+from server.keys import ASR_KEY, TRICKLE_KEY
 from tests.conftest import RunningServer, wait_until
 from tests.media_gen import make_segments
 from tests.speech import SAMPLE_RATE, speech_tools_available, synthesize, voiced_bounds
@@ -105,7 +105,7 @@ class LiveStream:
 
     async def start(self) -> LiveStream:
         s = self.server
-        trickle = s.app["trickle"]
+        trickle = s.app[TRICKLE_KEY]
         trickle.create_channel(self.name)
         trickle.create_channel(f"{self.name}-out")
         resp = await s.session.post(
@@ -301,7 +301,7 @@ async def test_webrtc_captions_carry_the_detected_language(server: RunningServer
 
 
 async def test_an_unknown_language_is_a_clear_4xx(server: RunningServer) -> None:
-    server.app["trickle"].create_channel("bad-lang")
+    server.app[TRICKLE_KEY].create_channel("bad-lang")
     for captions in ({"language": "xx"}, {"language": "auto", "allowed_languages": ["es", "klingon"]}):
         resp = await server.session.post(
             server.url("/stream/start"),

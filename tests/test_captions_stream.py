@@ -12,6 +12,7 @@ import numpy as np
 
 from inference.asr.audio import Resampler16k
 from server.features import ASR_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import decode_ts, make_segments, read_frame_id, synthetic_picture
 from tests.speech import build_track, word_error_rate
@@ -45,7 +46,7 @@ async def test_captions_from_a_live_trickle_stream(server):
     track = build_track(PHRASES, pause_seconds=[1.0, GAP], lead_seconds=1.0, tail_seconds=2.5)
     seconds = int(np.ceil(track.duration))
     segments = make_segments(seconds, 320, 240, audio_samples=to_48k_int16(track.audio))
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     trickle.create_channel("talk")
     trickle.create_channel("talk-out")
 

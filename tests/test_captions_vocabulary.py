@@ -20,6 +20,7 @@ from inference.asr.vocabulary import (
 )
 from media.overlay import load_font
 from server.features import ASR_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import make_segments
 from tests.speech import build_track
@@ -99,7 +100,7 @@ async def test_vocabulary_is_per_utterance_in_a_shared_batch(server):
 
 async def _start(server, name: str, params: dict) -> str:
     """Start a trickle stream reading channel `name` and writing `name`-out; its manifest id."""
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     trickle.create_channel(name)
     trickle.create_channel(f"{name}-out")
     resp = await server.session.post(

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from media.events import CaptionEvent
+from media.manager import STREAMS_KEY
 from tests.conftest import wait_until
 from tests.speech import build_track, speech_tools_available
 from tests.test_demo_page import fake_camera_browser
@@ -39,7 +40,7 @@ async def test_captions_are_shown_once_and_updated_in_place(make_server, tmp_pat
         await page.select_option("#target-lang", "es")
         await page.click("#start")
         await page.wait_for_function("document.body.dataset.manifestId", timeout=30_000)
-        stream = server.app["streams"].get_active(await page.evaluate("document.body.dataset.manifestId"))
+        stream = server.app[STREAMS_KEY].get_active(await page.evaluate("document.body.dataset.manifestId"))
         await page.wait_for_function(
             "(() => { const v = document.getElementById('remote');"
             " return v.readyState >= 2 && v.currentTime > 0.5 && (window.streamlensMessages || 0) >= 1; })()",

@@ -19,6 +19,8 @@ import pytest
 from PIL import Image
 
 from media.events import CaptionEvent
+from media.manager import STREAMS_KEY  # noqa: E402
+from server.webrtc_service import WEBRTC_KEY  # noqa: E402
 from tests.conftest import wait_until
 from tests.webrtc_helpers import BASE_FLAGS, CHROMIUM, enter_token, loopback_settings  # noqa: E402
 
@@ -85,7 +87,7 @@ async def test_demo_page_shows_processed_video_and_events(make_server, tmp_path)
         await page.click("#start")
         await page.wait_for_function("document.body.dataset.manifestId", timeout=30_000)
         manifest_id = await page.evaluate("document.body.dataset.manifestId")
-        stream = server.app["streams"].get_active(manifest_id)
+        stream = server.app[STREAMS_KEY].get_active(manifest_id)
         assert stream is not None and stream.metadata["transport"] == "webrtc"
         # processed video plays and data-channel messages arrive
         await page.wait_for_function(
@@ -149,17 +151,17 @@ async def test_demo_page_shows_processed_video_and_events(make_server, tmp_path)
             " return v.readyState >= 2 && v.currentTime > 0.5 && (window.streamlensMessages || 0) >= 1; })()",
             timeout=30_000,
         )
-        assert server.app["webrtc"].count("whep") == 1
+        assert server.app[WEBRTC_KEY].count("whep") == 1
         await viewer.locator("#remote").screenshot(path=str(tmp_path / "viewer.png"))
         watched = band(tmp_path / "viewer.png")
         assert watched.mean() < 0.7 * local.mean() and np.percentile(watched, 99.5) > 170
         await viewer.click("#stop")  # DELETEs its WHEP session
-        assert await wait_until(lambda: server.app["webrtc"].count("whep") == 0, timeout=10)
+        assert await wait_until(lambda: server.app[WEBRTC_KEY].count("whep") == 0, timeout=10)
 
         # Stop closes the peer connection: the stream ends and everything is freed
         await page.click("#stop")
-        assert await wait_until(lambda: not server.app["streams"].active(), timeout=20)
-        assert await wait_until(lambda: not server.app["webrtc"].sessions, timeout=10)
+        assert await wait_until(lambda: not server.app[STREAMS_KEY].active(), timeout=20)
+        assert await wait_until(lambda: not server.app[WEBRTC_KEY].sessions, timeout=10)
 
 
 async def test_demo_page_explains_denied_camera(make_server):
@@ -178,6 +180,6 @@ async def test_demo_page_explains_denied_camera(make_server):
             assert await page.is_visible("#notice")
             assert "denied" in await page.text_content("#notice")
             assert await page.is_enabled("#start")  # the user can try again
-            assert not server.app["streams"].active() and not server.app["webrtc"].sessions
+            assert not server.app[STREAMS_KEY].active() and not server.app[WEBRTC_KEY].sessions
         finally:
             await browser.close()

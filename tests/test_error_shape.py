@@ -1,6 +1,6 @@
 """One error path: every error answer, from every route group (server, byoc, trickle, WebSocket
 messages), has the one body `{"error": {"code", "message"}, "detail": {"msg"}}`; domain errors are
-mapped to statuses by one table (media/http_errors.py); an unexpected exception is a 500 with the
+mapped to statuses by one table (httpapi/errors.py); an unexpected exception is a 500 with the
 same body and a redacted traceback in the log.
 """
 
@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from media.http_errors import DOMAIN_CODES, DOMAIN_ERRORS, STATUS, ApiError, error_middleware, status_of
+from httpapi.errors import DOMAIN_CODES, DOMAIN_ERRORS, STATUS, ApiError, error_middleware, status_of
 from media.webrtc_sdp import OfferError, OfferFailed, UnsupportedOffer
 from server.openapi import STATUS_TEXT
 from tests.conftest import RunningServer
@@ -135,7 +135,7 @@ async def test_unexpected_exception_is_a_500_in_the_one_shape_with_a_redacted_tr
     await site.start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
-        with caplog.at_level(logging.ERROR, logger="media.http_errors"):
+        with caplog.at_level(logging.ERROR, logger="httpapi.errors"):
             async with aiohttp.ClientSession() as s:
                 body = await assert_one_shape(await s.get(base + "/boom"), 500, "internal_error")
                 assert "hunter2" not in json.dumps(body) and "s3cret" not in json.dumps(body)

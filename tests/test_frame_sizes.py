@@ -18,8 +18,10 @@ import pytest
 from media.encode import EncoderSettings, TsSegmentEncoder
 from media.events import CaptionEvent, Tag, VisionEvent
 from media.frames import VideoItem, copy_i420, crop_to_even, plane_array
+from media.manager import STREAMS_KEY
 from media.overlay import Overlay, OverlayState
 from media.webrtc_sink import SharedVideoEncoder, WebRTCEncoderConfig
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import decode_ts, tone
 from tests.trickle_helpers import OutputCollector, publish_realtime
@@ -63,7 +65,7 @@ def odd_size_segments(
 
 
 async def run_trickle_stream(server, name: str, segments: list[bytes], viewer: WhepViewer | None = None):
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     trickle.create_channel(f"{name}-in")
     trickle.create_channel(f"{name}-out")
     resp = await server.session.post(
@@ -76,7 +78,7 @@ async def run_trickle_stream(server, name: str, segments: list[bytes], viewer: W
     )
     body = await resp.json()
     assert resp.status == 200, body
-    stream = server.app["streams"].get_active(body["manifest_id"])
+    stream = server.app[STREAMS_KEY].get_active(body["manifest_id"])
     # a caption and tags to burn in: every overlay part draws at this size
     stream.events.publish(CaptionEvent(text="odd sizes are fine", final=True))
     stream.events.publish(VisionEvent(kind="tags", tags=[Tag("bar", 0.9, (1, 1, 5, 5))], frame_size=(17, 17)))

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("server", "media", "byoc", "inference", "analysis", "rtmp")
+PACKAGES = ("server", "media", "httpapi", "trickle", "byoc", "inference", "analysis", "rtmp")
 
 # library and process environment, not settings: which GPU the CUDA runtime may see, and the
 # `streamlens analyze --server` client's default token (a client option, not a server setting)

@@ -19,7 +19,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 
-from media.http_routes import registry_of
+from httpapi.routes import registry_of
 from server.app import create_app
 from server.openapi import openapi_document
 from server.settings import Settings

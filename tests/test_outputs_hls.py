@@ -18,12 +18,13 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from httpapi.outbound import OutboundPolicy
 from media.encode import EncoderSettings
-from media.outbound import OutboundPolicy
 from media.outputs.base import OutputContext
 from media.outputs.hls import HlsOutput, HlsRegistry, HlsSettings, HlsWindow
 from media.outputs.spec import HlsOutputSpec
 from media.overlay import OverlayState
+from server.keys import TRICKLE_KEY
 from server.routes_hls import HLS_JS
 from tests.conftest import wait_until
 from tests.media_gen import make_segments
@@ -127,7 +128,7 @@ async def test_hls_output_with_a_subtitle_rendition_per_language(make_server, tm
     server = await make_server(hls=HlsSettings(window_segments=WINDOW, keep_segments=KEEP, subtitle_delay=2.0))
     track = build_track(PHRASES, pause_seconds=1.0, lead_seconds=4.0, tail_seconds=6.0)
     segments = make_segments(int(np.ceil(track.duration)), 320, 240, audio_samples=to_48k_int16(track.audio))
-    server.app["trickle"].create_channel("hls-in")
+    server.app[TRICKLE_KEY].create_channel("hls-in")
     resp = await server.session.post(
         server.url("/stream/start"),
         json={

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 
 from media.events import CaptionEvent
+from media.manager import STREAMS_KEY
 from media.outputs.base import OutputEvent
 from media.outputs.rtmp import RtmpOutput
 from media.outputs.runner import runner_of
 from rtmp.settings import RtmpSettings
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import make_segments
 from tests.rtmp_platform import RtmpPlatform, available, free_port
@@ -62,7 +64,7 @@ async def stalled_listener() -> AsyncIterator[int]:
 
 
 async def start_stream(server, channel: str, outputs: list[dict], **params) -> tuple[dict, str]:
-    server.app["trickle"].create_channel(channel)
+    server.app[TRICKLE_KEY].create_channel(channel)
     body = {
         "subscribe_url": server.trickle_url(channel),
         "params": {"captions": {"enabled": False}, "outputs": outputs, **params},
@@ -142,7 +144,7 @@ async def test_rtmp_outputs_to_nginx(server, platform):
     body, code = await start_stream(server, "rtmp-in", outputs)
     assert code == 200, body
     manifest_id = body["manifest_id"]
-    stream = server.app["streams"].get(manifest_id)
+    stream = server.app[STREAMS_KEY].get(manifest_id)
     states: dict[str, OutputEvent] = {}  # each output's last state event
     stream.events.add_listener(lambda e: states.update({e.output: e}) if isinstance(e, OutputEvent) else None)
     segments = make_segments(9, WIDTH, HEIGHT, fps=30)
@@ -207,7 +209,7 @@ async def test_rtmp_output_faults_degrade_only_that_output(server, platform):
         body, code = await start_stream(server, "fault-in", outputs)
         assert code == 200, body
         manifest_id = body["manifest_id"]
-        stream = server.app["streams"].get(manifest_id)
+        stream = server.app[STREAMS_KEY].get(manifest_id)
         segments = make_segments(40, WIDTH, HEIGHT, fps=30)  # cancelled once the test has seen enough
         publisher = asyncio.create_task(
             publish_realtime(server.trickle_url("fault-in"), segments, token=server.token("trickle"))
@@ -310,7 +312,7 @@ async def test_rtmp_ingest_to_platform_with_608(make_server, platform):
         "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv", f"{body['ingest_url']}/{body['stream_key']}",
     ]  # fmt: skip
     publisher = await asyncio.create_subprocess_exec(*publish, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    captions = asyncio.create_task(captions_forever(server.app["streams"].get(manifest_id)))
+    captions = asyncio.create_task(captions_forever(server.app[STREAMS_KEY].get(manifest_id)))
     try:
         assert await wait_until(lambda: outputs_in(server, manifest_id, "platform", state="live"), 15)
         recording = await platform.record("obs-key", 4, "obs.flv", wall_limit=10)

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from byoc.params import ParamsApplier
+from media.manager import STREAMS_KEY
 from media.overlay import OverlayOptions
 from media.params import CAPTIONS_BURN_IN_DEFAULT, compose_patches, merge_patch
 from tests.conftest import wait_until
@@ -93,7 +94,7 @@ async def test_stream_params_route_and_control_channel_merge(make_server, orch_t
             json=dict(gateway.body, params={"prompt": "one", "width": 256, "height": 256}),
         )
         assert resp.status == 200, await resp.text()
-        stream = server.app["streams"].get_active(mid)
+        stream = server.app[STREAMS_KEY].get_active(mid)
 
         async def post(patch: dict) -> dict:
             resp = await server.session.post(server.url("/stream/params"), json=patch, headers=gateway.headers(TOKEN))
@@ -147,7 +148,7 @@ async def test_stream_params_route_and_control_channel_merge(make_server, orch_t
             json=dict(gateway.body, params={"overlay": {"enabled": False}}),
         )
         assert resp.status == 200, await resp.text()
-        assert server.app["streams"].get_active(mid) is stream  # the same stream, not a restart
+        assert server.app[STREAMS_KEY].get_active(mid) is stream  # the same stream, not a restart
         assert stream.params == {**before, "overlay": {"enabled": False, "clock": False}}
     finally:
         await gateway.close()
@@ -158,7 +159,7 @@ async def test_data_channel_params_merge(make_server):
     peer = BrowserPeer()
     try:
         await peer.connect(server.session, server.base_url, params={"overlay": {"enabled": True}, "note": "x"})
-        stream = server.app["streams"].get_active(peer.manifest_id)
+        stream = server.app[STREAMS_KEY].get_active(peer.manifest_id)
         assert await wait_until(lambda: peer.channel.readyState == "open", timeout=20)
         peer.send({"type": "params", "id": 1, "captions": {"burn_in": False}})
         peer.send({"type": "params", "id": 2, "overlay": {"clock": False}})

@@ -28,11 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from media.trickle_client import TricklePublisher, TrickleSubscriber
+from media.manager import STREAMS_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.interop.gateway import LivepeerGateway
 from tests.media_gen import make_segments
 from tests.trickle_helpers import token_policy
+from trickle.client import TricklePublisher, TrickleSubscriber
 
 INTEROP_DIR = Path(__file__).parent / "interop"
 # Outside the repository: never committed by accident, and reused by every clone on this machine
@@ -118,7 +120,7 @@ def digest(data: bytes) -> dict:
 
 
 async def test_pytrickle_publisher_to_streamlens_subscriber(server, pytrickle_python, tmp_path):
-    server.app["trickle"].create_channel("py-in")
+    server.app[TRICKLE_KEY].create_channel("py-in")
     segments = make_segments(3, 128, 128)
     received: list[bytes] = []
 
@@ -147,12 +149,12 @@ async def test_pytrickle_publisher_to_streamlens_subscriber(server, pytrickle_py
     assert result["pytrickle_version"] == "0.1.6"
     assert result["sent"] == [digest(s) for s in segments]
     assert received == segments  # byte for byte, in order
-    channel = server.app["trickle"].stats()["per_channel"]["py-in"]
+    channel = server.app[TRICKLE_KEY].stats()["per_channel"]["py-in"]
     assert channel["mime"].lower() == "video/mp2t"
 
 
 async def test_streamlens_publisher_to_pytrickle_subscriber(server, pytrickle_python):
-    server.app["trickle"].create_channel("py-out")
+    server.app[TRICKLE_KEY].create_channel("py-out")
     segments = make_segments(3, 128, 128)
     async with TricklePublisher(
         server.trickle_url("py-out"), policy=token_policy(server.token("trickle"))
@@ -187,7 +189,7 @@ async def test_pytrickle_plays_the_gateway_of_a_live_stream(make_server, pytrick
             pytrickle_python, "gateway", server.trickle_url("").rstrip("/"), mid, *files, token=server.token("trickle")
         )
     )
-    stream = server.app["streams"].get(mid)
+    stream = server.app[STREAMS_KEY].get(mid)
     assert await wait_until(lambda: stream.frames_in >= 80 and stream.frames_out >= 80, timeout=30)
     await asyncio.sleep(1.5)  # the last output segment is published when the stream stops
     resp = await server.session.post(server.url("/stream/stop"), headers=gateway.headers())

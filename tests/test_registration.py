@@ -17,8 +17,9 @@ import pytest
 from aiohttp import web
 
 from byoc.registration import CapabilityRegistration, OrchestratorRegistrar, RetryPlan
-from media.outbound import TlsPolicy
-from server.settings import Settings
+from byoc.service import LIVEPEER_KEY
+from httpapi.outbound import TlsPolicy
+from server.settings import SETTINGS_KEY, Settings
 from tests.conftest import start_server, stop_server, wait_until
 
 SECRET = "orch-s3cr3t-Zq81"
@@ -101,7 +102,7 @@ async def test_registers_with_retries_and_unregisters_on_shutdown(orchestrator, 
         # start-up does not wait for the orchestrator: the server answers at once
         assert (await server.session.get(server.url("/health"))).status == 200
         assert await wait_until(lambda: len(orchestrator.registers) >= 3, timeout=10)
-        registrar = server.app["livepeer"].registrar
+        registrar = server.app[LIVEPEER_KEY].registrar
         assert await wait_until(lambda: registrar.state == "registered", timeout=5)
         assert len(orchestrator.registers) == 3  # two 500s, then 200; no more calls after that
         for call in orchestrator.registers:
@@ -136,7 +137,7 @@ async def test_registers_with_retries_and_unregisters_on_shutdown(orchestrator, 
     logged = "\n".join(f"{r.getMessage()} {r.args!r} {r.__dict__!r}" for r in caplog.records)
     assert "registered capability 'streamlens'" in logged
     assert SECRET not in logged  # the secret never reaches the logs
-    assert SECRET not in repr(server.app["settings"]) and SECRET not in repr(registrar)
+    assert SECRET not in repr(server.app[SETTINGS_KEY]) and SECRET not in repr(registrar)
     assert SECRET not in json.dumps(health)
 
 
@@ -159,7 +160,7 @@ async def test_keeps_retrying_slowly_without_blocking(make_server):
             capability_description="d",
         )
         assert await wait_until(lambda: len(stand_in.registers) >= 4, timeout=5)
-        registrar = server.app["livepeer"].registrar
+        registrar = server.app[LIVEPEER_KEY].registrar
         assert registrar.state == "retrying" and "500" in registrar.last_error
         assert [registrar.retry.delay(n) for n in (1, 2, 3)] == [0.02, 0.3, 0.3]
         body = json.loads(stand_in.registers[0]["raw"])

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import aiohttp
 
-from media import trickle_client, trickle_server
+from httpapi.outbound import OutboundPolicy, PolicyConnector, TlsPolicy, client_session
+from httpapi.sse import sse_message
 from media.cuda import nvidia_device_visible
 from media.lru import LRU
 from media.mailbox import DropOldestMailbox
-from media.outbound import OutboundPolicy, PolicyConnector, TlsPolicy, client_session
-from media.sse import sse_message
+from trickle import client as trickle_client
+from trickle import server as trickle_server
 
 
 async def test_mailbox_drops_the_oldest_and_counts_it():

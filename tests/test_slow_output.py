@@ -12,6 +12,8 @@ import socket
 
 from aiohttp import web
 
+from media.manager import STREAMS_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import decode_ts, make_segments
 from tests.trickle_helpers import publish_realtime
@@ -66,7 +68,7 @@ class SlowTrickleServer:
 async def test_slow_output_drops_frames_and_never_stalls_decoding(server):
     slow = await SlowTrickleServer().start()
     try:
-        trickle = server.app["trickle"]
+        trickle = server.app[TRICKLE_KEY]
         trickle.create_channel("slow-in")
         resp = await server.session.post(
             server.url("/stream/start"),
@@ -78,7 +80,7 @@ async def test_slow_output_drops_frames_and_never_stalls_decoding(server):
         )
         body = await resp.json()
         assert resp.status == 200, body
-        stream = server.app["streams"].get_active(body["manifest_id"])
+        stream = server.app[STREAMS_KEY].get_active(body["manifest_id"])
         segments = make_segments(SECONDS, 640, 480, fps=30, segment_seconds=1.0)
 
         states: list[tuple[str, str | None]] = []

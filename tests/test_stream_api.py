@@ -9,6 +9,8 @@ import threading
 
 import psutil
 
+from media.manager import STREAMS_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import make_segments
 from tests.trickle_helpers import OutputCollector, publish_realtime
@@ -49,13 +51,13 @@ async def test_bad_requests_get_clear_errors(server):
     resp = await server.session.delete(server.url("/stream/nope"))
     assert resp.status == 404
     # nothing was started by any of that
-    assert server.app["streams"].active() == []
+    assert server.app[STREAMS_KEY].active() == []
 
 
 async def test_capacity_refuses_with_503(make_server):
     srv = await make_server(max_streams=1)
-    srv.app["trickle"].create_channel("c1")
-    srv.app["trickle"].create_channel("c2")
+    srv.app[TRICKLE_KEY].create_channel("c1")
+    srv.app[TRICKLE_KEY].create_channel("c2")
     status, body = await start(srv, subscribe_url=srv.trickle_url("c1"))
     assert status == 200
     health = await (await srv.session.get(srv.url("/health"))).json()
@@ -63,7 +65,7 @@ async def test_capacity_refuses_with_503(make_server):
     status, body = await start(srv, subscribe_url=srv.trickle_url("c2"))
     assert status == 503
     assert "capacity" in body["error"]["message"]
-    resp = await srv.session.delete(srv.url(f"/stream/{srv.app['streams'].active()[0].manifest_id}"))
+    resp = await srv.session.delete(srv.url(f"/stream/{srv.app[STREAMS_KEY].active()[0].manifest_id}"))
     assert resp.status == 200
     assert (await (await srv.session.get(srv.url("/health"))).json())["status"] == "IDLE"
     status, _ = await start(srv, subscribe_url=srv.trickle_url("c2"))
@@ -78,7 +80,7 @@ def corrupt(segment: bytes) -> bytes:
 
 
 async def test_garbage_in_a_segment_is_survived_and_other_streams_carry_on(server):
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     for name in ("bad", "bad-out", "good", "good-out"):
         trickle.create_channel(name)
     _, bad = await start(server, subscribe_url=server.trickle_url("bad"), publish_url=server.trickle_url("bad-out"))
@@ -91,7 +93,7 @@ async def test_garbage_in_a_segment_is_survived_and_other_streams_carry_on(serve
         publish_realtime(server.trickle_url("bad"), broken, token=server.token("trickle")),
         publish_realtime(server.trickle_url("good"), segments, token=server.token("trickle")),
     )
-    streams = server.app["streams"]
+    streams = server.app[STREAMS_KEY]
     bad_stream, good_stream = streams.get(bad["manifest_id"]), streams.get(good["manifest_id"])
     # every frame of the good stream is accounted for: encoded, or dropped under load and counted
     ok = await wait_until(
@@ -113,7 +115,7 @@ def stream_threads(manifest_id: str) -> list[threading.Thread]:
 
 
 async def test_stop_leaves_no_task_thread_socket_or_file(server):
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     process = psutil.Process()
     # warm up once so lazily created pools and codec tables do not count as leaks
     for round_ in range(2):
@@ -130,7 +132,7 @@ async def test_stop_leaves_no_task_thread_socket_or_file(server):
         manifest_id = body["manifest_id"]
         collector = OutputCollector(server.trickle_url(f"{name}-out"), token=server.token("trickle")).start()
         await publish_realtime(server.trickle_url(name), make_segments(2, 256, 256), token=server.token("trickle"))
-        stream = server.app["streams"].get(manifest_id)
+        stream = server.app[STREAMS_KEY].get(manifest_id)
         assert await wait_until(lambda: stream.frames_out > 30, timeout=10)  # noqa: B023 - awaited here
         assert stream_threads(manifest_id)
         resp = await server.session.delete(server.url(f"/stream/{manifest_id}"))
@@ -153,7 +155,7 @@ async def test_stop_leaves_no_task_thread_socket_or_file(server):
 async def test_stream_without_input_is_not_timed_out(make_server):
     """A data-only / output-only stream (no subscribe URL) has no input to wait for."""
     srv = await make_server(input_timeout=1.0)
-    srv.app["trickle"].create_channel("nodata-data")
+    srv.app[TRICKLE_KEY].create_channel("nodata-data")
     resp = await srv.session.post(
         srv.url("/stream/start"),
         headers={"X-Stream-Id": "nodata"},

@@ -11,9 +11,10 @@ import weakref
 
 from media.decode import BytePipe
 from media.events import CaptionEvent, ErrorEvent
-from media.manager import StoppedStream, StreamManager
+from media.manager import STREAMS_KEY, StoppedStream, StreamManager
 from media.stage import Stage
 from media.stream import DECODE_ERROR_REPORT_INTERVAL, Stream
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import make_segments
 from tests.trickle_helpers import publish_realtime
@@ -54,7 +55,7 @@ async def test_stopped_streams_are_kept_as_small_summaries():
 
 
 async def test_stopped_stream_status_and_captions_over_http(server):
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     trickle.create_channel("sum-in")
     trickle.create_channel("sum-out")
     resp = await server.session.post(
@@ -64,7 +65,7 @@ async def test_stopped_stream_status_and_captions_over_http(server):
     body = await resp.json()
     manifest_id = body["manifest_id"]
     await publish_realtime(server.trickle_url("sum-in"), make_segments(1, 128, 128), token=server.token("trickle"))
-    stream = server.app["streams"].get_active(manifest_id)
+    stream = server.app[STREAMS_KEY].get_active(manifest_id)
     assert await wait_until(lambda: stream.frames_out > 10, timeout=10)  # noqa: F821 - `del stream` comes later
     stream.events.publish(CaptionEvent(text="kept after stop", final=True))
     assert "kept after stop" in stream.captions.to_webvtt()  # noqa: F821 - recorded as published
@@ -77,7 +78,7 @@ async def test_stopped_stream_status_and_captions_over_http(server):
     vtt = await (await server.session.get(server.url(f"/stream/{manifest_id}/captions.vtt"))).text()
     assert "kept after stop" in vtt
     gc.collect()
-    assert isinstance(server.app["streams"].get(manifest_id), StoppedStream)
+    assert isinstance(server.app[STREAMS_KEY].get(manifest_id), StoppedStream)
     assert ref() is None
 
 

@@ -8,13 +8,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from byoc.params import ParamsApplier
+from httpapi.outbound import OutboundDenied
 from media.events import ErrorEvent
-from media.manager import AdmissionError, DuplicateStreamError
-from media.outbound import OutboundDenied
+from media.manager import STREAMS_KEY, AdmissionError, DuplicateStreamError
+from media.spec import StreamSpec
 from media.webrtc_sink import WebRTCOutput
-from server.keys import STREAM_SERVICE_KEY
-from server.start_request import StreamSpec
+from server.keys import METRICS_KEY, STREAM_SERVICE_KEY, TRICKLE_KEY
 from server.stream_service import InvalidParams, StartedStream, StreamNotFound, StreamService
+from server.webrtc_service import WEBRTC_KEY
 from tests.conftest import wait_until
 
 BAD_CAPTIONS = {"captions": {"enabled": "sometimes"}}
@@ -27,7 +28,7 @@ def service_of(server) -> StreamService:
 
 def spec(server, manifest_id: str, **params) -> StreamSpec:
     """A native stream reading a channel of the server's own trickle server (it waits for input)."""
-    server.app["trickle"].create_channel(f"{manifest_id}-in")
+    server.app[TRICKLE_KEY].create_channel(f"{manifest_id}-in")
     return StreamSpec(
         manifest_id=manifest_id,
         mode="native",
@@ -39,7 +40,7 @@ def spec(server, manifest_id: str, **params) -> StreamSpec:
 
 def counter(server, name: str, **labels: str) -> float:
     """A counter's value as /metrics renders it (0 when never incremented)."""
-    for family in text_string_to_metric_families(server.app["metrics"].render().decode()):
+    for family in text_string_to_metric_families(server.app[METRICS_KEY].render().decode()):
         for sample in family.samples:
             if sample.name == f"{name}_total" and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
@@ -111,15 +112,15 @@ async def expect_400(resp, *needles: str) -> str:
 
 async def test_invalid_captions_block_is_a_400_naming_the_field_on_start_and_update(server):
     url = server.url("/stream/start")
-    server.app["trickle"].create_channel("cap-in")
+    server.app[TRICKLE_KEY].create_channel("cap-in")
     body = {"subscribe_url": server.trickle_url("cap-in"), "manifest_id": "cap-1", "params": BAD_CAPTIONS}
     await expect_400(await server.session.post(url, json=body), BAD_FIELD)
-    assert server.app["streams"].active() == []
+    assert server.app[STREAMS_KEY].active() == []
 
     body["params"] = {"captions": {"enabled": False}}
     resp = await server.session.post(url, json=body)
     assert resp.status == 200, await resp.json()
-    stream = server.app["streams"].get_active("cap-1")
+    stream = server.app[STREAMS_KEY].get_active("cap-1")
 
     # BYOC's /stream/params (a merge patch) and a repeated /stream/start of the running stream
     update = await server.session.post(
@@ -128,7 +129,7 @@ async def test_invalid_captions_block_is_a_400_naming_the_field_on_start_and_upd
     await expect_400(update, BAD_FIELD)
     await expect_400(await server.session.post(url, json={**body, "params": BAD_CAPTIONS}), BAD_FIELD)
     assert stream.params == {"captions": {"enabled": False}}  # nothing was applied
-    assert server.app["streams"].get_active("cap-1") is stream
+    assert server.app[STREAMS_KEY].get_active("cap-1") is stream
 
     update = await server.session.post(
         server.url("/stream/params"), json={"captions": {"translate_to": ["es"]}}, headers={"X-Stream-Id": "cap-1"}
@@ -150,12 +151,12 @@ async def test_invalid_params_are_refused_before_a_webrtc_peer_is_made(server):
         server.url("/offer"), json={"sdp": "v=0\r\n", "type": "offer", "params": {"vision": {"interval": 0}}}
     )
     await expect_400(offer, "params.vision.interval")
-    assert server.app["streams"].active() == [] and not server.app["webrtc"].sessions
+    assert server.app[STREAMS_KEY].active() == [] and not server.app[WEBRTC_KEY].sessions
 
 
 async def test_live_video_to_video_starts_through_the_service(server):
     started_before = counter(server, "streamlens_streams_started")
-    server.app["trickle"].create_channel("lv-in")
+    server.app[TRICKLE_KEY].create_channel("lv-in")
     body = {
         "subscribe_url": server.trickle_url("lv-in"),
         "publish_url": server.trickle_url("lv-out"),
@@ -168,7 +169,7 @@ async def test_live_video_to_video_starts_through_the_service(server):
     # ai-runner's fields beside the start answer of the stream service
     assert answer["publish_url"] == answer["subscribe_url"] == answer["control_url"] == ""
     assert answer["manifest_id"] == "lv-1" and answer["success"] is True and answer["viewer_token"]
-    stream = server.app["streams"].get_active("lv-1")
+    stream = server.app[STREAMS_KEY].get_active("lv-1")
     assert stream is not None and stream.params == {"captions": {"enabled": False}}
     assert answer["viewer_token"] == service_of(server).viewer_token(stream)
     assert counter(server, "streamlens_streams_started") == started_before + 1
@@ -178,7 +179,7 @@ async def test_live_video_to_video_starts_through_the_service(server):
     # the same one check: an invalid captions block is a 400 here too, and the running stream stays
     body.update(manifest_id="lv-2", params=BAD_CAPTIONS)
     await expect_400(await server.session.post(server.url("/live-video-to-video"), json=body), BAD_FIELD)
-    assert server.app["streams"].get_active("lv-2") is None
+    assert server.app[STREAMS_KEY].get_active("lv-2") is None
     assert counter(server, "streamlens_streams_started") == started_before + 1
 
 
@@ -202,7 +203,7 @@ async def test_control_channel_update_that_fails_the_check_is_logged_and_reporte
 async def test_refusals_are_answered_by_the_one_error_table(make_server):
     """Capacity is a 503 with Retry-After and a running id a 409, over every entry point."""
     server = await make_server(max_streams=1)
-    server.app["trickle"].create_channel("full-in")
+    server.app[TRICKLE_KEY].create_channel("full-in")
     body = {"subscribe_url": server.trickle_url("full-in"), "manifest_id": "full-1"}
     assert (await server.session.post(server.url("/stream/start"), json=body)).status == 200
     sdp = {"Content-Type": "application/sdp"}
@@ -218,8 +219,8 @@ async def test_refusals_are_answered_by_the_one_error_table(make_server):
         assert resp.status == 503 and resp.headers["Retry-After"] == "5", answer
         assert answer["error"]["code"] == "at_capacity" and "capacity" in answer["error"]["message"]
     assert counter(server, "streamlens_streams_rejected", reason="capacity") == 3
-    assert [s.manifest_id for s in server.app["streams"].active()] == ["full-1"]
-    assert not server.app["webrtc"].sessions
+    assert [s.manifest_id for s in server.app[STREAMS_KEY].active()] == ["full-1"]
+    assert not server.app[WEBRTC_KEY].sessions
 
 
 def test_routes_depend_on_services_never_the_reverse():

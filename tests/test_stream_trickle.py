@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 
+from media.manager import STREAMS_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import decode_ts, make_segments, read_frame_id, synthetic_picture
 from tests.trickle_helpers import OutputCollector, publish_realtime
@@ -24,7 +26,7 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
 
 
 async def test_trickle_stream_end_to_end(server):
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     trickle.create_channel("e2e")  # the orchestrator creates the channels before the start call
     trickle.create_channel("e2e-out")
     segments = make_segments(SECONDS, 512, 512, fps=30, segment_seconds=1.0)
@@ -49,7 +51,7 @@ async def test_trickle_stream_end_to_end(server):
     collector = OutputCollector(server.trickle_url("e2e-out"), token=server.token("trickle")).start()
     await publish_realtime(server.trickle_url("e2e"), segments, token=server.token("trickle"))
 
-    stream = server.app["streams"].get(manifest_id)
+    stream = server.app[STREAMS_KEY].get(manifest_id)
     assert await wait_until(lambda: stream.frames_out + stream.frames_dropped >= stream.frames_in > 0, timeout=10)
     status = await (await server.session.get(server.url(f"/stream/{manifest_id}/status"))).json()
     # the newest frame or two stay in the demuxer until more input arrives (live input)
@@ -110,7 +112,7 @@ async def test_trickle_stream_end_to_end(server):
 
 
 async def test_input_channel_closed_stops_stream_and_closes_output(server):
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     trickle.create_channel("gone")
     trickle.create_channel("gone-out")
     resp = await server.session.post(
@@ -119,7 +121,7 @@ async def test_input_channel_closed_stops_stream_and_closes_output(server):
     )
     manifest_id = (await resp.json())["manifest_id"]
     await publish_realtime(server.trickle_url("gone"), make_segments(2, 256, 256), token=server.token("trickle"))
-    stream = server.app["streams"].get(manifest_id)
+    stream = server.app[STREAMS_KEY].get(manifest_id)
     assert await wait_until(lambda: stream.frames_out > 30, timeout=10)
     await trickle.close_channel("gone")  # the gateway went away
     assert await wait_until(lambda: stream.stopped.is_set(), timeout=10)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from httpapi.errors import status_of
 from inference.translate import (
     ApertiumTranslator,
     TranslateSettings,
@@ -18,7 +19,6 @@ from inference.translate import (
     UnsupportedLanguagePairError,
 )
 from inference.translate.apertium import strip_unknown_marks
-from media.http_errors import status_of
 from tests.conftest import wait_until
 
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient
 
+from httpapi.errors import status_of
 from inference.translate import TranslateSettings, TranslationError, TranslationService
-from media.http_errors import status_of
 from server.routes_translate import translate_capability
 from tests.openai_stub import OpenAIStub, user_text
 from tests.translate_helpers import expect_error, serve

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from httpapi.errors import status_of
 from inference.openai_client import chat_completions_url, server_root
 from inference.translate import (
     LRUCache,
@@ -23,7 +24,6 @@ from inference.translate import (
     TranslationService,
 )
 from inference.translate.openai_compat import clean_model_output
-from media.http_errors import status_of
 from tests.openai_stub import OpenAIStub, image_urls, user_text
 
 SPANISH = {"Hello world": "Hola mundo", "The cat is black": "El gato es negro", "Good morning": "Buenos días"}

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from media.trickle_client import TrickleChannelClosedError, TricklePublisher, TrickleSubscriber
-from media.trickle_server import TrickleServer
 from tests.conftest import wait_until
+from trickle.client import TrickleChannelClosedError, TricklePublisher, TrickleSubscriber
+from trickle.server import TrickleServer
 
 PREFIX = "/ai/trickle/"
 

@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from media.trickle_client import HeadersFirstBody
-from media.trickle_server import TrickleChannelLimitError, TrickleServer
 from tests.conftest import wait_until
+from trickle.client import HeadersFirstBody
+from trickle.server import TrickleChannelLimitError, TrickleServer
 
 PREFIX = "/ai/trickle/"
 
@@ -407,10 +407,10 @@ async def test_shutdown_wakes_blocked_requests_and_leaves_no_task(start_server, 
 
 async def test_log_lines_name_the_channel(start_server, http, caplog):
     srv = await start_server()
-    with caplog.at_level(logging.INFO, logger="media.trickle_server"):
+    with caplog.at_level(logging.INFO, logger="trickle.server"):
         await post(http, srv.url("named-chan/0"), b"x")
         await srv.server.close_channel("named-chan")
-    lines = [r.getMessage() for r in caplog.records if r.name == "media.trickle_server"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "trickle.server"]
     assert lines and all("channel=named-chan" in line for line in lines)
 
 

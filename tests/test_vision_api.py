@@ -19,7 +19,7 @@ from inference.vision.stage import VisionBackends, VisionSettings
 from server.access import install_access
 from server.errors import error_middleware
 from server.routes_vision import DescribeError, add_vision_routes, describe_capability
-from server.settings import Settings
+from server.settings import SETTINGS_KEY, Settings
 from tests.openai_stub import OpenAIStub
 
 
@@ -40,7 +40,7 @@ class Api:
 
     def __init__(self, backends: VisionBackends, max_image_bytes: int = 16 * 1024 * 1024) -> None:
         self.app = web.Application(middlewares=[error_middleware])
-        self.app["settings"] = Settings(max_image_bytes=max_image_bytes)
+        self.app[SETTINGS_KEY] = Settings(max_image_bytes=max_image_bytes)
         add_vision_routes(self.app, backends)
         install_access(self.app)
         self.backends = backends

@@ -8,6 +8,8 @@ import asyncio
 import numpy as np
 from skimage import data as skdata
 
+from media.manager import STREAMS_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import decode_ts, make_segments, picture_i420
 from tests.sse import SseReader
@@ -15,7 +17,7 @@ from tests.trickle_helpers import OutputCollector, publish_realtime
 
 
 async def test_face_tags_flow_as_events_and_boxes_are_drawn(server):
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     trickle.create_channel("astro")
     trickle.create_channel("astro-out")
     photo = skdata.astronaut()  # 512x512 RGB, a face in the upper middle
@@ -47,7 +49,7 @@ async def test_face_tags_flow_as_events_and_boxes_are_drawn(server):
     assert tag_event.data["model"] == "opencv-haar-face+frame-stats"
     assert tag_event.data["latency_ms"] > 0 and tag_event.data["pts"] is not None
 
-    stream = server.app["streams"].get(manifest_id)
+    stream = server.app[STREAMS_KEY].get(manifest_id)
     assert await wait_until(lambda: stream.frames_out + stream.frames_dropped >= stream.frames_in >= 115, timeout=10)
     resp = await server.session.delete(server.url(f"/stream/{manifest_id}"))
     assert resp.status == 200

@@ -22,12 +22,14 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from media.events import CaptionEvent
 from media.frames import VideoItem
+from media.manager import STREAMS_KEY
 from media.webrtc_sdp import negotiated_codec
 from media.webrtc_sink import (
     WebRTCEncoderConfig,
     WebRTCOutput,
     forward_keyframe_requests,
 )
+from server.webrtc_service import WEBRTC_KEY
 from tests.conftest import wait_until
 from tests.media_gen import synthetic_picture
 from tests.webrtc_helpers import BrowserPeer, loopback_settings
@@ -73,7 +75,7 @@ async def test_offer_round_trip_processed_media_and_events(make_server):
         assert {"fps_in", "fps_out", "frames_dropped", "latency_ms"} <= set(status_msg)
         assert set(status_msg["latency_ms"]) == {"p50", "p95"}
         # ... every event of the stream's bus ...
-        stream = server.app["streams"].get_active(manifest_id)
+        stream = server.app[STREAMS_KEY].get_active(manifest_id)
         stream.events.publish(CaptionEvent(text="hello from the bus", final=True, start=1.0, end=2.0))
         assert await wait_until(lambda: peer.messages_of("caption"), timeout=10)
         caption = peer.messages_of("caption")[0]
@@ -98,8 +100,8 @@ async def test_offer_round_trip_processed_media_and_events(make_server):
 
         # closing the peer connection ends the stream and frees everything
         await peer.close()
-        assert await wait_until(lambda: not server.app["streams"].active(), timeout=20)
-        assert await wait_until(lambda: not server.app["webrtc"].sessions, timeout=10)
+        assert await wait_until(lambda: not server.app[STREAMS_KEY].active(), timeout=20)
+        assert await wait_until(lambda: not server.app[WEBRTC_KEY].sessions, timeout=10)
         assert stream.status()["state"] == "STOPPED"
         assert stream.status()["sinks"]["webrtc"]["tracks"] == 0
     finally:
@@ -119,7 +121,7 @@ async def test_delete_stream_closes_the_peer_h264(make_server):
         assert resp.status == 200
         assert (await resp.json())["status"] == "STOPPED"
         assert await wait_until(lambda: peer.pc.connectionState in ("closed", "failed"), timeout=20)
-        assert not server.app["webrtc"].sessions
+        assert not server.app[WEBRTC_KEY].sessions
         listing = await (await server.session.get(server.url("/streams"))).json()
         assert listing["count"] == 0
     finally:
@@ -145,7 +147,7 @@ async def test_offer_rejections(make_server):
         resp = await server.session.post(offer_url, json={"sdp": second.pc.localDescription.sdp, "type": "offer"})
         assert resp.status == 503  # one stream at a time
         assert (await resp.json())["error"]["code"] == "at_capacity"
-        assert len(server.app["webrtc"].sessions) == 1  # the refused peer left nothing behind
+        assert len(server.app[WEBRTC_KEY].sessions) == 1  # the refused peer left nothing behind
     finally:
         await first.close()
         await second.close()
@@ -157,7 +159,7 @@ async def test_offer_rejections(make_server):
         async with aiohttp.ClientSession() as bare:  # not guarded.session: in token mode it adds the token
             resp = await bare.post(guarded.url("/offer"), json={"sdp": peer.pc.localDescription.sdp, "type": "offer"})
         assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
-        assert not guarded.app["webrtc"].sessions
+        assert not guarded.app[WEBRTC_KEY].sessions
     finally:
         await peer.close()
 
@@ -170,7 +172,7 @@ async def test_slow_pipeline_drops_stale_frames_and_counts_them(make_server):
     peer = BrowserPeer()
     try:
         await peer.connect(server.session, server.base_url)
-        stream = server.app["streams"].get_active(peer.manifest_id)
+        stream = server.app[STREAMS_KEY].get_active(peer.manifest_id)
         assert await wait_until(lambda: len(peer.received.video) >= 50, timeout=40)
         status = stream.status()
         assert status["frames_dropped"] > 0 and status["frames_out"] < status["frames_in"]

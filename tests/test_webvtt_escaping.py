@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 from media.events import CaptionEvent
-from server.keys import RUNNER_KEY
+from media.manager import STREAMS_KEY
+from server.keys import RUNNER_KEY, TRICKLE_KEY
 from tests.conftest import wait_until
 
 HOSTILE = "Tom & Jerry <b>bold</b>"
@@ -15,7 +16,7 @@ ESCAPED = "Tom &amp; Jerry &lt;b&gt;bold&lt;/b&gt;"
 
 async def test_live_captions_vtt_escapes_cue_text(make_server):
     server = await make_server(asr_preload=False)
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     trickle.create_channel("vtt-in")
     trickle.create_channel("vtt-out")
     resp = await server.session.post(
@@ -23,7 +24,7 @@ async def test_live_captions_vtt_escapes_cue_text(make_server):
         json={"subscribe_url": server.trickle_url("vtt-in"), "publish_url": server.trickle_url("vtt-out")},
     )
     manifest_id = (await resp.json())["manifest_id"]
-    stream = server.app["streams"].get_active(manifest_id)
+    stream = server.app[STREAMS_KEY].get_active(manifest_id)
     stream.events.publish(CaptionEvent(text=HOSTILE, final=True, translations={"es": "Tom & Jerry <i>es</i>"}))
     assert await wait_until(lambda: stream.captions.finals())
     vtt = await (await server.session.get(server.url(f"/stream/{manifest_id}/captions.vtt"))).text()

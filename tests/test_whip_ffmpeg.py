@@ -15,7 +15,9 @@ import pytest
 
 import media.ice
 from media.ice import PriorityTolerantConnection, ice_connections
+from media.manager import STREAMS_KEY
 from media.stream import StreamState
+from server.webrtc_service import WEBRTC_KEY
 from tests.conftest import wait_until
 from tests.webrtc_helpers import WhepViewer, WhipPublisher, loopback_settings
 
@@ -105,7 +107,7 @@ async def test_ffmpeg8_whip_muxer_publishes_and_whep_plays_it_back(make_server):
 
     logger = asyncio.create_task(keep_log())
     try:
-        streams = server.app["streams"]
+        streams = server.app[STREAMS_KEY]
         published = await wait_until(
             lambda: (st := streams.get_active("ffmpeg-key")) is not None and st.frames_in > 30, timeout=30
         )
@@ -162,14 +164,14 @@ async def test_ffmpeg8_whip_outlives_the_consent_window_and_a_killed_ffmpeg_is_c
     server = await make_server(
         **loopback_settings(whip_token=TOKEN, webrtc_video_codec="H264", webrtc_media_timeout=media_timeout)
     )
-    service = server.app["webrtc"]
+    service = server.app[WEBRTC_KEY]
     process = await asyncio.create_subprocess_exec(
         *whip_command(server.url("/whip/ffmpeg-consent"), seconds=60),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        streams = server.app["streams"]
+        streams = server.app[STREAMS_KEY]
         assert await wait_until(
             lambda: (st := streams.get_active("ffmpeg-consent")) is not None and st.frames_in > 30, timeout=30
         )
@@ -213,12 +215,12 @@ async def test_whip_publisher_that_answers_consent_checks_keeps_consent_by_its_a
     try:
         resp = await publisher.publish(server.session, server.url("/whip/obs-consent"), TOKEN)
         assert resp.status == 201, await resp.text()
-        streams = server.app["streams"]
+        streams = server.app[STREAMS_KEY]
         assert await wait_until(
             lambda: (st := streams.get_active("obs-consent")) is not None and st.frames_in > 15, timeout=30
         )
         stream = streams.get_active("obs-consent")
-        (connection,) = ice_connections(whip_session(server.app["webrtc"], "obs-consent").pc)
+        (connection,) = ice_connections(whip_session(server.app[WEBRTC_KEY], "obs-consent").pc)
         assert connection.media_consent is not None  # the fallback is there, but unused
         assert await wait_until(
             lambda: not stream.active or connection.consent_answered > media.ice.CONSENT_FAILURES,
@@ -242,4 +244,4 @@ async def test_ffmpeg8_whip_with_a_wrong_token_is_refused(make_server):
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode != 0
     assert b"401" in err or b"Unauthorized" in err or b"status" in err.lower()
-    assert server.app["streams"].get_active("ffmpeg-bad") is None
+    assert server.app[STREAMS_KEY].get_active("ffmpeg-bad") is None

@@ -15,7 +15,9 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from media.events import CaptionEvent
 from media.ice import IceSettings, parse_ice_servers
+from media.manager import STREAMS_KEY
 from media.webrtc_sdp import answer_direction, negotiated_codec
+from server.webrtc_service import WEBRTC_KEY
 from tests.conftest import wait_until
 from tests.webrtc_helpers import BASE_FLAGS, CHROMIUM, WhepViewer, WhipPublisher, loopback_settings
 
@@ -86,8 +88,8 @@ async def test_whip_and_whep_refuse_bad_requests(make_server):
     for method in ("PATCH", "DELETE"):
         resp = await s.request(method, server.url("/whip/sessions/nope"), headers=bearer())
         assert resp.status == 404
-    assert not server.app["webrtc"].sessions
-    assert not server.app["streams"].active()
+    assert not server.app[WEBRTC_KEY].sessions
+    assert not server.app[STREAMS_KEY].active()
 
 
 async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_server):
@@ -121,7 +123,7 @@ async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_s
         assert ports and all(41000 <= p <= 41999 for p in ports)  # webrtc_udp_port_min/max
         assert publisher.manifest_id == "obs-stream-1"  # the stream key is the manifest id
 
-        streams = server.app["streams"]
+        streams = server.app[STREAMS_KEY]
         assert await wait_until(
             lambda: (st := streams.get_active("obs-stream-1")) is not None and st.frames_out > 15, timeout=30
         )
@@ -206,7 +208,7 @@ async def test_obs_like_publish_is_processed_and_shared_with_whep_viewers(make_s
         assert resp.status == 401
         resp = await s.delete(patch_url, headers=bearer())
         assert resp.status == 200
-        assert await wait_until(lambda: not streams.active() and not server.app["webrtc"].sessions, timeout=20)
+        assert await wait_until(lambda: not streams.active() and not server.app[WEBRTC_KEY].sessions, timeout=20)
         assert await wait_until(lambda: viewers[0].pc.connectionState in ("closed", "failed"), timeout=20)
         assert stream.status()["state"] == "STOPPED"
     finally:
@@ -239,8 +241,8 @@ async def test_vanished_peers_are_reaped(make_server):
         )
         line = await asyncio.wait_for(child.stdout.readline(), 60)
         assert line.startswith(b"READY"), line
-        sessions = server.app["webrtc"]
-        streams = server.app["streams"]
+        sessions = server.app[WEBRTC_KEY]
+        streams = server.app[STREAMS_KEY]
         assert await wait_until(lambda: sessions.count("whep") == 1 and sessions.count("whip") == 1, timeout=10)
         doomed = streams.get_active("doomed-key")
         assert doomed is not None
@@ -362,7 +364,7 @@ async def test_offer_exactly_as_obs30_sends_it_publishes_and_plays_back(make_ser
         assert "a=rtpmap:111 opus/48000/2" in answer and "a=rtpmap:96 H264/90000" in answer
         assert answer_direction(answer, "video") == "recvonly"
         await publisher.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        streams = server.app["streams"]
+        streams = server.app[STREAMS_KEY]
         assert await wait_until(
             lambda: (st := streams.get_active("obs30-key")) is not None and st.frames_in > 20, timeout=30
         )
@@ -416,7 +418,7 @@ async def test_chromium_publishes_over_whip_and_whep_plays_it_back(make_server):
             await page.goto(server.url("/"))  # same origin: no CORS in the way of the fetch
             result = await page.evaluate(CHROMIUM_WHIP_JS, [server.url("/whip/chromium-key"), TOKEN])
             assert result["status"] == 201, result
-            streams = server.app["streams"]
+            streams = server.app[STREAMS_KEY]
             assert await wait_until(
                 lambda: (st := streams.get_active("chromium-key")) is not None and st.frames_in > 20, timeout=30
             )

@@ -12,7 +12,7 @@ from inference.translate import TranslationService
 from server.access import install_access
 from server.errors import error_middleware
 from server.routes_translate import add_translate_routes
-from server.settings import Settings
+from server.settings import SETTINGS_KEY, Settings
 from tests.openai_stub import user_text
 
 SPANISH = {
@@ -31,7 +31,7 @@ def spanish_responder(request: dict[str, Any]) -> str:
 
 async def serve(service: TranslationService, **settings: Any) -> TestClient:
     app = web.Application(client_max_size=1024 * 1024, middlewares=[error_middleware])
-    app["settings"] = Settings(asr_preload=False, **settings)
+    app[SETTINGS_KEY] = Settings(asr_preload=False, **settings)
     install_access(app)
     add_translate_routes(app, service)
     client = TestClient(TestServer(app, host="127.0.0.1", port=0))

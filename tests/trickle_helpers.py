@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from media.outbound import OutboundPolicy
-from media.trickle_client import TricklePublisher, TrickleSubscriber, set_bearer_source
+from httpapi.outbound import OutboundPolicy
+from trickle.client import TricklePublisher, TrickleSubscriber, set_bearer_source
 
 
 def token_policy(token: str | None) -> OutboundPolicy | None:

@@ -64,7 +64,7 @@ class LanguageSupport:
 
 class TranslationError(Exception):
     """A translation that could not be done. `code` is stable (used in API errors and stats; the
-    HTTP status for each code is the edge's, media/http_errors.py); `retryable` says whether trying
+    HTTP status for each code is the edge's, httpapi/errors.py); `retryable` says whether trying
     again later may help (backend down) or not (unsupported pair)."""
 
     def __init__(self, message: str, *, code: str = "translation_failed", retryable: bool = True) -> None:

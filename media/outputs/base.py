@@ -31,12 +31,12 @@ from typing import Any, ClassVar
 
 import av
 
+from httpapi.outbound import OutboundPolicy
+from httpapi.redact import redact_text
 from media.encode import EncoderSettings
 from media.events import CaptionEvent, StreamEvent
 from media.frames import AudioItem, VideoItem
-from media.outbound import OutboundPolicy
 from media.overlay import Overlay, OverlayOptions, OverlayState
-from media.redact import redact_text
 
 
 class OutputState(str, enum.Enum):  # noqa: UP042 - str() of a member stays "OutputState.X"

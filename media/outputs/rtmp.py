@@ -34,13 +34,13 @@ from av.packet import Packet
 from av.video.frame import PictureType
 from av.video.stream import VideoStream
 
+from httpapi.outbound import OutboundDenied, TlsPolicy
+from httpapi.redact import redact_text, redact_url
 from media import cea608
 from media.events import CaptionEvent
 from media.frames import AudioItem, DropOldestQueue, VideoItem, even_size, reformat
-from media.outbound import OutboundDenied, TlsPolicy
 from media.outputs.base import OutputBase, OutputContext, OutputOverlay, OutputState
 from media.outputs.spec import RtmpOutputSpec, resolve_allowed
-from media.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12

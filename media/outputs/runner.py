@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from httpapi.outbound import OutboundDenied, OutboundPolicy
+from httpapi.redact import redact_url
 from media.encode import EncoderSettings
 from media.endpoints import MediaSink, SinkHost
 from media.events import CaptionEvent, StreamEvent
 from media.frames import AudioItem, VideoItem
-from media.outbound import OutboundDenied, OutboundPolicy
 from media.outputs.base import OutputBase, OutputBuilder, OutputContext, OutputState
 from media.outputs.spec import OutputSpec, RtmpOutputSpec, check_outputs_block, parse_outputs, resolve_allowed
-from media.redact import redact_url
 
 if TYPE_CHECKING:
     from media.stream import Stream

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from media.outbound import RESOLVE_TIMEOUT_S, OutboundDenied, OutboundPolicy
-from media.redact import redact_url
+from httpapi.outbound import RESOLVE_TIMEOUT_S, OutboundDenied, OutboundPolicy
+from httpapi.redact import redact_url
 
 MAX_OUTPUTS = 8  # per stream: each one is an encoder and a connection
 MAX_URL_LENGTH = 2048

@@ -19,9 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from media.trickle_client import TricklePublisher, TrickleSubscriber
-from media.trickle_server import TrickleServer
+from server.keys import TRICKLE_KEY
 from tests.trickle_helpers import token_policy
+from trickle.client import TricklePublisher, TrickleSubscriber
+from trickle.server import TrickleServer
 
 MAX_ITEMS = 2000  # collectors are bounded like everything else
 
@@ -141,7 +142,7 @@ class LivepeerGateway:
         self.trickle_host = host
         # the worker's own trickle server needs its trickle token (None in open mode)
         self.trickle_token: str | None = server.token("trickle") if trickle_host is None else None
-        trickle = host.trickle if trickle_host is not None else server.app["trickle"]
+        trickle = host.trickle if trickle_host is not None else server.app[TRICKLE_KEY]
         trickle.create_channel(f"{mid}-control", "application/json")
         trickle.create_channel(f"{mid}-events", "application/json")
         self.body: dict[str, Any] = {

@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from media.http_routes import Role, registry_of
+from httpapi.routes import Role, registry_of
+from media.manager import STREAMS_KEY
 from server.access import AccessPolicy, undeclared_routes
 from server.app import create_app
 from server.settings import Settings
@@ -83,7 +84,7 @@ async def test_every_non_public_route_is_401_without_its_token(tokens):
                 assert body["error"]["code"] == "unauthorized" and resp.headers["WWW-Authenticate"].startswith("Bearer")
         for path in ("/health", "/version", "/", "/static/app.js"):
             assert (await server.session.get(server.url(path))).status == 200, path
-        assert not server.app["streams"].active()
+        assert not server.app[STREAMS_KEY].active()
     finally:
         await bare.close()
         await stop_server(server)
@@ -128,13 +129,13 @@ async def test_the_request_never_chooses_the_token(make_server, orch_trickle):
         headers={"X-Stream-Id": "x", "Content-Type": "text/plain", "Authorization": f"Bearer {API}"},
     )
     assert resp.status == 415 and "application/json" in (await resp.json())["error"]["message"]
-    assert not server.app["streams"].active()
+    assert not server.app[STREAMS_KEY].active()
     # /stream/start serves two roles: a token valid for either opens it
     resp = await server.session.post(
         server.url("/stream/start"), json=gateway_body, headers={"X-Stream-Id": "x", "Authorization": f"Bearer {API}"}
     )
     assert resp.status == 200, await resp.text()
-    assert server.app["streams"].get_active("x") is not None
+    assert server.app[STREAMS_KEY].get_active("x") is not None
 
 
 async def test_two_roles_accept_either_token_and_nothing_else(make_server, orch_trickle):

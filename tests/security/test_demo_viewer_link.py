@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from server.webrtc_service import WEBRTC_KEY
 from tests.conftest import wait_until
 from tests.test_demo_page import fake_camera_browser
 from tests.webrtc_helpers import CHROMIUM, loopback_settings
@@ -38,7 +39,7 @@ async def test_viewer_link_plays_with_the_stream_token_only(make_server, tmp_pat
             "(() => { const v = document.getElementById('remote'); return v.readyState >= 2 && v.currentTime > 0.5; })()",
             timeout=30_000,
         )
-        service = server.app["webrtc"]
+        service = server.app[WEBRTC_KEY]
         assert await wait_until(lambda: service.count("whep") == 1, timeout=10)
         await viewer.click("#stop")  # DELETE of its session, with the viewer token
         assert await wait_until(lambda: service.count("whep") == 0, timeout=10)

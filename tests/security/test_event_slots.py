@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from media.events import StatusEvent
+from media.manager import STREAMS_KEY
 from server.routes_events import SSE_OPEN_KEY
 from tests.conftest import wait_until
 
@@ -87,7 +88,7 @@ async def test_bad_last_event_ids_are_refused_and_hold_no_place(orch_trickle, ma
 async def test_a_good_last_event_id_skips_what_the_client_saw(orch_trickle, make_server):
     server = await make_server(api_token=API, sse_max_per_stream=LIMIT)
     token = await start(server, orch_trickle, "good-id")
-    stream = server.app["streams"].get("good-id")
+    stream = server.app[STREAMS_KEY].get("good-id")
     for n in range(3):
         stream.events.publish(StatusEvent(state="ONLINE", detail={"n": n}))
     ids = [event.id for event in stream.events.history if event.kind == "status" and "n" in (event.detail or {})]
@@ -140,17 +141,17 @@ async def test_clients_that_leave_at_once_free_their_places(orch_trickle, make_s
 
 
 def stream_subscribers(server, manifest_id: str) -> int:
-    return len(server.app["streams"].get(manifest_id).events._subs)
+    return len(server.app[STREAMS_KEY].get(manifest_id).events._subs)
 
 
 async def test_a_stream_started_again_under_the_same_id_has_its_own_places(orch_trickle, make_server):
     server = await make_server(api_token=API, sse_max_per_stream=LIMIT)
     await start(server, orch_trickle, "again")
-    old = server.app["streams"].get("again")
+    old = server.app[STREAMS_KEY].get("again")
     for _ in range(LIMIT):  # places the old stream never gave back (whatever the cause)
         assert slots(server).take(old, LIMIT)
     resp = await server.session.delete(server.url("/stream/again"), headers={"Authorization": f"Bearer {API}"})
     assert resp.status == 200
     token = await start(server, orch_trickle, "again")
-    assert server.app["streams"].get("again") is not old
+    assert server.app[STREAMS_KEY].get("again") is not old
     await assert_sse_opens(server, "again", token)

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from httpapi.errors import status_of
+from httpapi.json_body import JSONBodyError, loads_limited
 from media.decode import BytePipe, DecoderOptions, DecodeSink, MediaDecoder
-from media.http_errors import status_of
-from media.http_json import JSONBodyError, loads_limited
 from media.params import compose_patches, merge_patch
 from media.webrtc_sdp import OfferError, parse_offer, parse_sdpfrag
 from server.start_request import parse_start

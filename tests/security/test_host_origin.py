@@ -13,9 +13,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from media.http_routes import registry_of
+from httpapi.routes import registry_of
+from media.manager import STREAMS_KEY
 from server.access import SAFE_METHODS
 from server.app import create_app
+from server.keys import TRICKLE_KEY
 from server.settings import Settings
 from tests.conftest import RunningServer, start_server, stop_server, wait_until
 from tests.security.listener import CountingListener
@@ -79,7 +81,7 @@ async def test_open_mode_answers_only_loopback_hosts(open_server):
         ):
             resp = await server.session.request(method, server.url(path), json={}, headers={"Host": host})
             await refused(resp, "host_not_allowed", "ALLOWED_HOSTS")
-    assert not server.app["streams"].active()
+    assert not server.app[STREAMS_KEY].active()
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"127.0.0.2:{port}", "[::1]", f"[::1]:{port}"):
         resp = await server.session.get(server.url("/streams"), headers={"Host": host})
         assert resp.status == 200, host
@@ -133,7 +135,7 @@ async def test_every_state_changing_route_refuses_a_foreign_origin(make_server):
                 headers={"Origin": origin, "Content-Type": "text/plain"},
             )
             await refused(resp, "origin_not_allowed", "CORS_ORIGINS")
-    assert not server.app["streams"].active()
+    assert not server.app[STREAMS_KEY].active()
     # a read is not refused: a browser does not let the page read it without CORS anyway
     resp = await server.session.get(server.url("/streams"), headers={"Origin": EVIL})
     assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
@@ -170,19 +172,19 @@ async def test_stream_stop_and_trickle_post_from_a_foreign_page_are_refused(make
         headers={"Origin": EVIL, "X-Stream-Id": "origin-1", "Content-Type": "text/plain"},
     )
     await refused(resp, "origin_not_allowed", EVIL)
-    assert server.app["streams"].get_active("origin-1") is not None
+    assert server.app[STREAMS_KEY].get_active("origin-1") is not None
     resp = await server.session.post(server.trickle_url("planted/0"), data=b"<script>", headers={"Origin": EVIL})
     await refused(resp, "origin_not_allowed", EVIL)
-    assert not server.app["trickle"].has_channel("planted")
+    assert not server.app[TRICKLE_KEY].has_channel("planted")
     # the same requests from the server's own origin (what Chromium sends from the demo page) pass
     own = server.base_url
     resp = await server.session.post(server.trickle_url("planted/0"), data=b"ok", headers={"Origin": own})
-    assert resp.status == 200 and server.app["trickle"].has_channel("planted")
+    assert resp.status == 200 and server.app[TRICKLE_KEY].has_channel("planted")
     resp = await server.session.post(
         server.url("/stream/stop"), json={"manifest_id": "origin-1"}, headers={"Origin": own, "X-Stream-Id": "origin-1"}
     )
     assert resp.status == 200, await resp.text()
-    assert await wait_until(lambda: server.app["streams"].get_active("origin-1") is None, timeout=10)
+    assert await wait_until(lambda: server.app[STREAMS_KEY].get_active("origin-1") is None, timeout=10)
 
 
 async def test_same_origin_variants_and_cors_origins(make_server):
@@ -263,11 +265,11 @@ async def test_chromium_on_a_foreign_page_cannot_drive_an_open_server(open_serve
                 page = await browser.new_page()
                 await page.goto(attacker_url)
                 assert await asyncio.wait_for(page.evaluate(ATTACK_JS, server.base_url), 30) == "error"
-                assert server.app["streams"].get_active("victim") is not None
+                assert server.app[STREAMS_KEY].get_active("victim") is not None
                 # the server's own page: Chromium's Origin is the server's, so the same calls work
                 await page.goto(server.url("/"))
                 assert await asyncio.wait_for(page.evaluate(ATTACK_JS, server.base_url), 30) == "open"
-                assert await wait_until(lambda: server.app["streams"].get_active("victim") is None, timeout=10)
+                assert await wait_until(lambda: server.app[STREAMS_KEY].get_active("victim") is None, timeout=10)
             finally:
                 await browser.close()
     finally:

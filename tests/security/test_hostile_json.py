@@ -16,7 +16,8 @@ import pytest
 from byoc.capabilities import CapabilityRegistry
 from byoc.control_channel import ControlReader
 from byoc.params import ParamsApplier
-from media.http_json import JSONBodyError, loads_limited
+from httpapi.json_body import JSONBodyError, loads_limited
+from media.manager import STREAMS_KEY
 from tests.conftest import wait_until
 
 API = "api-secret-j"
@@ -75,7 +76,7 @@ async def test_a_deep_params_string_is_400_on_every_start_and_update_route(serve
     ):
         resp = await server.session.post(server.url(path), json=body, headers=headers)
         await bad_request(resp, "nested too deeply")
-    assert [s.manifest_id for s in server.app["streams"].active()] == [f"deep-{depth}"]
+    assert [s.manifest_id for s in server.app[STREAMS_KEY].active()] == [f"deep-{depth}"]
 
 
 @pytest.mark.parametrize("depth", (900, 1200))  # 1200 passes Python's recursion limit; longer URLs hit 8 KiB
@@ -113,7 +114,7 @@ async def test_a_deep_stop_body_still_stops_the_stream(server, orch_trickle):
         headers={"X-Stream-Id": "deep-stop", "Content-Type": "text/plain"},
     )
     assert resp.status == 200, await resp.text()
-    assert await wait_until(lambda: server.app["streams"].get_active("deep-stop") is None, timeout=10)
+    assert await wait_until(lambda: server.app[STREAMS_KEY].get_active("deep-stop") is None, timeout=10)
 
 
 async def test_a_deep_websocket_message_gets_an_error_reply(make_server):
@@ -179,6 +180,6 @@ async def test_a_manifest_id_with_a_trailing_newline_is_400(server, orch_trickle
         server.url("/whip/abc%0A"), data="v=0\r\n", headers={"Content-Type": "application/sdp"}
     )
     await bad_request(resp, "stream key")
-    assert not server.app["streams"].active()
+    assert not server.app[STREAMS_KEY].active()
     with pytest.raises(ValueError, match="invalid capability name"):
         CapabilityRegistry().register("name\n", lambda body, ctx: None)

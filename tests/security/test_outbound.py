@@ -11,10 +11,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from media.outbound import OutboundDenied, OutboundPolicy, check_spec_urls
-from media.trickle_client import TricklePublisher, TrickleSubscriber
+from httpapi.outbound import OutboundDenied, OutboundPolicy, check_spec_urls
+from media.manager import STREAMS_KEY
 from server.start_request import parse_start
 from tests.security.listener import CountingListener
+from trickle.client import TricklePublisher, TrickleSubscriber
 
 DENIED_HOST = "127.0.0.2"
 
@@ -37,12 +38,12 @@ async def test_denied_address_gets_400_naming_the_rule_and_is_never_contacted(ma
         status, reply = await start(server, body)
         # answered, and no stream was started that could connect later
         assert status == 400, reply
-        assert not server.app["streams"].active()
+        assert not server.app[STREAMS_KEY].active()
         message = error_message(reply)
         assert field in message and f"resolves to {DENIED_HOST}" in message
         assert f"OUTBOUND_DENY {DENIED_HOST}/32" in message
         assert listener.connections == 0
-    assert server.app["streams"].active() == []
+    assert server.app[STREAMS_KEY].active() == []
 
 
 async def test_host_name_resolving_to_a_denied_address_is_refused(make_server):
@@ -50,7 +51,7 @@ async def test_host_name_resolving_to_a_denied_address_is_refused(make_server):
     async with CountingListener("127.0.0.1") as listener:
         status, reply = await start(server, {"subscribe_url": listener.url(host="localhost")})
         assert status == 400, reply
-        assert not server.app["streams"].active()  # answered: nothing is left to connect later
+        assert not server.app[STREAMS_KEY].active()  # answered: nothing is left to connect later
         assert "localhost" in error_message(reply)
         assert "resolves to 127.0.0.1, denied by OUTBOUND_DENY 127.0.0.1/32" in error_message(reply)
         assert listener.connections == 0
@@ -84,7 +85,7 @@ async def test_livepeer_side_channel_urls_are_checked(make_server):
                 headers={"X-Stream-Id": f"lp-{field}"},
             )
             assert status == 400 and error_message(reply).startswith(field), reply
-        assert not server.app["streams"].active()  # answered: nothing is left to connect later
+        assert not server.app[STREAMS_KEY].active()  # answered: nothing is left to connect later
         assert listener.connections == 0
 
 

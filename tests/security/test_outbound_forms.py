@@ -18,8 +18,10 @@ import pytest
 from aioice.candidate import Candidate
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from httpapi.outbound import OutboundPolicy, address_forms
 from media.ice import CandidateGuard, PriorityTolerantConnection
-from media.outbound import OutboundPolicy, address_forms
+from media.manager import STREAMS_KEY
+from server.webrtc_service import WEBRTC_KEY
 from tests.conftest import wait_until
 from tests.security.listener import CountingListener
 from tests.webrtc_helpers import ToneTrack, codec_capabilities, loopback_settings, obs_style_offer
@@ -94,8 +96,8 @@ async def test_every_form_of_a_denied_address_is_refused_at_stream_start(make_se
         message = reply["error"]["message"]
         assert "unspecified" in message if form.startswith("unspecified") else "OUTBOUND_DENY 127.0.0.0/8" in message
         # the start answered and started no stream: nothing is left that could connect later
-        assert listeners.connections == 0 and not server.app["streams"].active()
-    assert server.app["streams"].active() == []
+        assert listeners.connections == 0 and not server.app[STREAMS_KEY].active()
+    assert server.app[STREAMS_KEY].active() == []
 
 
 async def test_unspecified_addresses_are_refused_whatever_the_lists_say(make_server):
@@ -104,7 +106,7 @@ async def test_unspecified_addresses_are_refused_whatever_the_lists_say(make_ser
         for form in ("unspecified-v6", "unspecified-v4", "unspecified-v6-long"):
             status, reply = await start(server, {"subscribe_url": forms_of_loopback(listeners.port)[form]})
             assert status == 400 and "the unspecified address reaches this host" in reply["error"]["message"], reply
-        assert listeners.connections == 0 and not server.app["streams"].active()  # answered, nothing started
+        assert listeners.connections == 0 and not server.app[STREAMS_KEY].active()  # answered, nothing started
 
 
 def test_embedded_ipv4_forms_are_judged_as_what_they_carry():
@@ -245,7 +247,7 @@ async def test_whip_offer_and_trickle_patch_candidates_with_denied_addresses_are
             assert resp.status == 204, await resp.text()
         assert await wait_until(lambda: offered.datagrams > 0 and patched.datagrams > 0, timeout=10)
         assert denied.datagrams == 0 and denied_patch.datagrams == 0
-        assert server.app["webrtc"].candidate_guard.dropped == 2
+        assert server.app[WEBRTC_KEY].candidate_guard.dropped == 2
     finally:
         await pc.close()
         for transport, _, _ in listeners:

@@ -12,7 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from media.http_routes import Role, RouteTable, registry_of
+from httpapi.routes import Role, RouteTable, registry_of
 from server.settings import Settings
 from tests.analysis_media import face_between, write_video
 from tests.conftest import start_server, stop_server

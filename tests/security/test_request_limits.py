@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+from media.manager import STREAMS_KEY
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import make_segments
 from tests.trickle_helpers import publish_realtime
@@ -68,12 +70,12 @@ async def test_oversize_and_stalled_bodies(make_server):
 
 async def test_bad_requests_leave_a_running_stream_alone(make_server):
     server = await make_server()
-    server.app["trickle"].create_channel("calm")
+    server.app[TRICKLE_KEY].create_channel("calm")
     resp = await server.session.post(
         server.url("/stream/start"), json={"subscribe_url": server.trickle_url("calm"), "manifest_id": "calm"}
     )
     assert resp.status == 200
-    stream = server.app["streams"].get_active("calm")
+    stream = server.app[STREAMS_KEY].get_active("calm")
     feeding = asyncio.create_task(
         publish_realtime(server.trickle_url("calm"), make_segments(3, 128, 128), token=server.token("trickle"))
     )

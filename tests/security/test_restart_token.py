@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import aiohttp
 
+from media.manager import STREAMS_KEY
+
 API = "restart-api-token"
 AUTH = "restart-livepeer-token"
 WHEP = "restart-viewer-token"
@@ -31,7 +33,7 @@ async def test_a_repeated_start_does_not_hand_out_the_viewer_token(orch_trickle,
     first = await resp.json()
     assert resp.status == 200, first
     token = first["viewer_token"]
-    stream = server.app["streams"].get(MID)
+    stream = server.app[STREAMS_KEY].get(MID)
     texts = []
     # the caller of the Livepeer routes, or of the API, repeats the start (the BYOC gateway does)
     for caller, headers, params in (
@@ -47,7 +49,7 @@ async def test_a_repeated_start_does_not_hand_out_the_viewer_token(orch_trickle,
         assert resp.status == 200, answer
         assert "viewer_token" not in answer and token not in text
         assert answer["manifest_id"] == MID and answer["success"] is True
-        assert server.app["streams"].get(MID) is stream  # the same stream, its params merged
+        assert server.app[STREAMS_KEY].get(MID) is stream  # the same stream, its params merged
     assert stream.params == {"a": 1, "b": 2, "c": 3, "d": 4}
     # nothing else hands it out either
     for path, headers in (

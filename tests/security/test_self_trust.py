@@ -14,12 +14,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from media.manager import STREAMS_KEY
 from media.stream import StreamState
-from media.trickle_client import TricklePublisher, TrickleSubscriber
+from server.keys import TRICKLE_KEY
 from server.self_trust import SELF_TRUST_KEY
 from server.settings import Settings
 from tests.conftest import start_server, stop_server, wait_until
 from tests.media_gen import decode_ts, make_segments
+from trickle.client import TricklePublisher, TrickleSubscriber
 
 API = "self-trust-api-token"
 AUTH = "self-trust-livepeer-token"
@@ -83,7 +85,7 @@ async def test_a_stream_on_the_servers_own_trickle_server(make_server, tokens, c
     server = await make_server(**tokens)
     caller = "api" if "api_token" in tokens else "livepeer"
     mid = "self-1"
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     trickle.create_channel(mid)
     trickle.create_channel(f"{mid}-out")
     resp = await server.session.post(
@@ -93,7 +95,7 @@ async def test_a_stream_on_the_servers_own_trickle_server(make_server, tokens, c
     )
     answer = await resp.text()
     assert resp.status == 200, answer
-    stream = server.app["streams"].get(mid)
+    stream = server.app[STREAMS_KEY].get(mid)
     output: list[bytes] = []
     async with token_session(server, "trickle") as session:
         collector = asyncio.create_task(collect(server.trickle_url(f"{mid}-out"), session, output))
@@ -117,7 +119,7 @@ async def test_a_stream_on_the_servers_own_trickle_server(make_server, tokens, c
 async def test_side_channels_on_the_servers_own_trickle_server(make_server):
     server = await make_server(api_token=API, trickle_token=TRICKLE, **FAST)
     mid = "self-ch"
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     for name in ("control", "events", "data"):
         trickle.create_channel(f"{mid}-{name}", "application/json")
     body = {name + "_url": server.trickle_url(f"{mid}-{name}") for name in ("control", "events", "data")}
@@ -127,7 +129,7 @@ async def test_side_channels_on_the_servers_own_trickle_server(make_server):
         headers={"X-Stream-Id": mid, **server.auth_headers("api")},
     )
     assert resp.status == 200, await resp.text()
-    stream = server.app["streams"].get(mid)
+    stream = server.app[STREAMS_KEY].get(mid)
     events: list[Any] = []
     lines: list[Any] = []
     async with token_session(server, "trickle") as session:
@@ -162,7 +164,7 @@ async def test_side_channels_on_the_servers_own_trickle_server(make_server):
 
 async def test_anyone_else_needs_the_trickle_token(make_server):
     server = await make_server(api_token=API, trickle_token=TRICKLE)
-    server.app["trickle"].create_channel("closed-door")
+    server.app[TRICKLE_KEY].create_channel("closed-door")
     url = server.trickle_url("closed-door")
     async with aiohttp.ClientSession() as anonymous:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {API}"}):

@@ -7,6 +7,7 @@ import asyncio
 
 import aiohttp
 
+from media.manager import STREAMS_KEY
 from tests.conftest import wait_until
 
 MID = "stopped-status"
@@ -31,7 +32,7 @@ async def start_and_stop(server, orch_trickle, manifest_id: str) -> str:
     token = (await resp.json())["viewer_token"]
     resp = await server.session.delete(server.url(f"/stream/{manifest_id}"))
     assert resp.status == 200, await resp.text()
-    assert await wait_until(lambda: not server.app["streams"].get(manifest_id).active, timeout=10)
+    assert await wait_until(lambda: not server.app[STREAMS_KEY].get(manifest_id).active, timeout=10)
     return token
 
 

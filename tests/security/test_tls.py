@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 
 from byoc.registration import CapabilityRegistration, OrchestratorRegistrar
-from media.outbound import OutboundPolicy, TlsPolicy
-from media.trickle_client import TricklePublisher, TrickleSubscriber
-from media.trickle_server import TrickleServer
+from httpapi.outbound import OutboundPolicy, TlsPolicy
 from server.settings import Settings
+from trickle.client import TricklePublisher, TrickleSubscriber
+from trickle.server import TrickleServer
 
 SECRET = "orch-secret-never-logged-Q7"
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from httpapi.outbound import TlsPolicy
 from inference.translate.service import TranslateSettings, TranslationService
 from inference.vision.base import VisionRequest
 from inference.vision.multiplexer import VlmConfig, VlmMultiplexer
-from media.outbound import TlsPolicy
 from tests.security.test_tls import HttpsServer, certificate  # noqa: F401  (fixture)
 
 

@@ -12,10 +12,11 @@ import gc
 import aiohttp
 import psutil
 
-from media.trickle_client import TricklePublisher, TrickleSubscriber
+from server.keys import TRICKLE_KEY
 from server.trickle_metrics import trickle_metrics
 from tests.conftest import wait_until
 from tests.trickle_helpers import token_policy
+from trickle.client import TricklePublisher, TrickleSubscriber
 
 MiB = 1 << 20
 
@@ -23,7 +24,7 @@ MiB = 1 << 20
 async def trickle_server_with(make_server, **settings):
     """A real server with these TRICKLE_* settings, failing at once if they did not reach it."""
     server = await make_server(**settings)
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     applied = {
         "trickle_max_total_bytes": trickle.stats()["max_total_bytes"],
         "trickle_body_timeout": trickle.body_timeout,
@@ -52,7 +53,7 @@ async def post_segment(
 async def test_flood_across_channels_stays_under_the_budget(make_server):
     budget = 8 * MiB
     server = await trickle_server_with(make_server, trickle_max_total_bytes=budget, trickle_max_segment_bytes=4 * MiB)
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     process = psutil.Process()
     gc.collect()
     rss_before = process.memory_info().rss
@@ -125,7 +126,7 @@ async def test_a_write_nothing_can_make_room_for_gets_503(make_server):
             body = await response.json()
     assert body["error"]["code"] == "trickle_budget_full"
     assert "memory budget full" in body["error"]["message"]
-    stats = server.app["trickle"].stats()
+    stats = server.app[TRICKLE_KEY].stats()
     assert stats["rejected_budget"] == 1 and stats["bytes_held"] <= 1 * MiB
 
 
@@ -149,12 +150,12 @@ async def test_stalled_post_body_is_closed_after_the_timeout(make_server):
     length = int(head.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
     assert b"body_timeout" in await asyncio.wait_for(reader.readexactly(length), 10)
     writer.close()
-    assert server.app["trickle"].stats()["post_body_timeouts"] == 1
+    assert server.app[TRICKLE_KEY].stats()["post_body_timeouts"] == 1
 
 
 async def test_subscriber_caps_answer_503(make_server):
     server = await trickle_server_with(make_server, trickle_max_subscribers_per_channel=2, trickle_max_subscribers=3)
-    trickle = server.app["trickle"]
+    trickle = server.app[TRICKLE_KEY]
     for name in ("a", "b", "c"):
         trickle.create_channel(name)
     async with aiohttp.ClientSession(headers=server.auth_headers("trickle")) as session:
@@ -184,7 +185,7 @@ async def test_subscriber_read_timeout_ends_a_stalled_segment(server):
     """A publisher that stops mid-segment: the subscriber ends that segment after `read_timeout`
     and reads the next one (the stream is not stuck behind it)."""
     url = server.trickle_url("slow")
-    server.app["trickle"].create_channel("slow")
+    server.app[TRICKLE_KEY].create_channel("slow")
     policy = token_policy(server.token("trickle"))
     async with (
         TricklePublisher(url, policy=policy) as publisher,

@@ -5,8 +5,9 @@ origin. Every idle channel is swept, whatever its name."""
 
 from __future__ import annotations
 
-from media.trickle_server import TrickleServer, served_type
+from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
+from trickle.server import TrickleServer, served_type
 
 HTML = b"<!doctype html><script>alert(document.domain)</script>"
 
@@ -42,7 +43,7 @@ async def test_trickle_media_types_are_kept_for_livepeer_clients(server):
         served, sniff, _ = await publish_and_read(server, channel, content_type, b"{}\n")
         assert (served, sniff) == (expected, "nosniff"), channel
     # a channel created by the server (the default type is go-livepeer's video/MP2T)
-    server.app["trickle"].create_channel("made")
+    server.app[TRICKLE_KEY].create_channel("made")
     served, _, _ = await publish_and_read(server, "made", "text/html", HTML)
     assert served == "video/mp2t"
     assert served_type("Application/JSON ; charset=utf-8") == "application/json"

@@ -15,13 +15,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from media.redact import redact_payload, redact_text, redact_url
-from media.trickle_client import TricklePublisher, TrickleSubscriber, segment_url
-from media.trickle_server import TrickleServer
+from httpapi.redact import redact_payload, redact_text, redact_url
+from media.manager import STREAMS_KEY
 from server.access import redact
 from tests.conftest import wait_until
 from tests.media_gen import make_segments
 from tests.trickle_helpers import OutputCollector, publish_realtime
+from trickle.client import TricklePublisher, TrickleSubscriber, segment_url
+from trickle.server import TrickleServer
 
 SECRETS = ("abc-user-pw", "abc-token-1", "abc-sig-2", "abc-pct-3")
 
@@ -165,7 +166,7 @@ async def test_stream_with_secret_urls_runs_and_no_answer_or_log_shows_them(make
     collector = OutputCollector(orch_trickle.trickle_url("sec-out")).start()
     try:
         await publish_realtime(orch_trickle.trickle_url("sec-in"), make_segments(2, 256, 256, fps=30))
-        stream = server.app["streams"].get("sec")
+        stream = server.app[STREAMS_KEY].get("sec")
         assert await wait_until(lambda: stream.frames_out > 0 and collector.total > 0, timeout=20)
     finally:
         await collector.stop()

@@ -3,6 +3,7 @@ and events routes (header or `?token=`) and nothing else; WHEP_TOKEN opens every
 
 from __future__ import annotations
 
+from media.manager import STREAMS_KEY
 from server.routes_events import SSE_OPEN_KEY
 from tests.conftest import wait_until
 
@@ -50,7 +51,7 @@ async def test_a_viewer_token_opens_its_own_stream_only(make_server, orch_trickl
     ):
         resp = await server.session.request(method, server.url(path), headers={"Authorization": f"Bearer {token}"})
         assert resp.status == 401, (method, path)
-    assert server.app["streams"].get_active("view-1") is not None
+    assert server.app[STREAMS_KEY].get_active("view-1") is not None
     # WHEP_TOKEN is the viewer role's own token: every stream's viewer routes
     for mid in ("view-1", "view-2"):
         resp = await server.session.get(

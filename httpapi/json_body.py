@@ -1,25 +1,15 @@
-"""The depth-limited JSON parser shared by every route group (server, byoc, trickle).
-
-The error body, its status table and `json_error` live in `media.http_errors` (the one error
-path); they are re-exported here for existing importers.
-"""
+"""The depth-limited JSON parser shared by every route group (server, byoc, trickle)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from media.http_errors import STATUS_CODES, error_body, json_error, validation_message
-
 __all__ = [
     "DEFAULT_MAX_JSON_DEPTH",
-    "STATUS_CODES",
     "JSONBodyError",
-    "error_body",
     "json_depth_ok",
-    "json_error",
     "loads_limited",
-    "validation_message",
 ]
 
 DEFAULT_MAX_JSON_DEPTH = 32

@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
-from media.redact import redact_text
+from httpapi.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class ApiError(Exception):
 # analysis errors use) answers that code's status instead;
 # `code` None: the exception's own `.code`, else the status's default code.
 DOMAIN_ERRORS: dict[str, tuple[int, str | None]] = {
-    "media.http_json.JSONBodyError": (400, None),
+    "httpapi.json_body.JSONBodyError": (400, None),
     "media.webrtc_sdp.OfferError": (400, None),
     "media.webrtc_sdp.UnsupportedOffer": (422, None),
     "media.webrtc_sdp.OfferFailed": (500, None),
@@ -118,7 +118,7 @@ DOMAIN_ERRORS: dict[str, tuple[int, str | None]] = {
     # stream start (server/stream_service.py) and WebRTC peers
     "media.manager.AdmissionError": (503, "at_capacity"),
     "media.manager.DuplicateStreamError": (409, None),
-    "media.outbound.OutboundDenied": (400, None),
+    "httpapi.outbound.OutboundDenied": (400, None),
     "server.stream_service.InvalidStart": (400, None),
     "server.stream_service.InvalidParams": (400, None),
     "server.stream_service.StreamNotFound": (404, None),
@@ -210,8 +210,7 @@ def error_response(request: web.Request, exc: BaseException) -> web.StreamRespon
     if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.content_type == "application/json":
             return None
-        settings = request.app.get("settings")  # absent on apps built without the server's settings
-        message = http_exception_message(exc, settings.max_body_bytes if settings is not None else None)
+        message = http_exception_message(exc, request.app.get(MAX_BODY_BYTES_KEY))  # absent: no limit named
         log.info("%s → %d: %s", where, exc.status, message)
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return json_error(exc.status, message, headers=headers)
@@ -239,3 +238,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if response is None:
             raise
         return response
+
+
+# the server's JSON body limit, named in 413 answers (set by the access policy, server/access.py)
+MAX_BODY_BYTES_KEY = web.AppKey("max_body_bytes", int)

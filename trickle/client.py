@@ -4,7 +4,7 @@ Behaviour follows the Python clients in ai-runner and pytrickle, which go-livepe
 expect (go-livepeer's trickle package: https://github.com/livepeer/go-livepeer/tree/master/trickle):
 
 - Every request sends `Connection: close` and goes through the outbound policy's connector
-  (media/outbound.py): denied addresses are refused at connect time, redirects are not followed,
+  (httpapi/outbound.py): denied addresses are refused at connect time, redirects are not followed,
   TLS is verified unless the host is listed in TLS_INSECURE_HOSTS (ai-runner turns verification
   off for every host; here a self-signed orchestrator must be listed).
 - Subscriber: starts at `-2` (current segment, replayed from byte 0), keeps one GET preconnected for
@@ -32,9 +32,9 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import AsyncIterablePayload
 
-from media.outbound import OutboundPolicy, client_session, default_policy
-from media.redact import redact_text, redact_url
-from media.trickle_protocol import HEADER_CLOSED, HEADER_LATEST, HEADER_RESET, HEADER_SEQ, STATUS_SEGMENT_MISSING
+from httpapi.outbound import OutboundPolicy, client_session, default_policy
+from httpapi.redact import redact_text, redact_url
+from trickle.protocol import HEADER_CLOSED, HEADER_LATEST, HEADER_RESET, HEADER_SEQ, STATUS_SEGMENT_MISSING
 
 log = logging.getLogger(__name__)
 

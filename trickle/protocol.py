@@ -1,5 +1,5 @@
-"""The trickle protocol's wire names, shared by the server (media/trickle_server.py) and the client
-(media/trickle_client.py) so the two can never disagree on a spelling."""
+"""The trickle protocol's wire names, shared by the server (trickle/server.py) and the client
+(trickle/client.py) so the two can never disagree on a spelling."""
 
 HEADER_SEQ = "Lp-Trickle-Seq"
 HEADER_LATEST = "Lp-Trickle-Latest"

@@ -50,9 +50,9 @@ from typing import Any
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from media.http_errors import json_error
-from media.http_routes import Role, RouteTable
-from media.trickle_protocol import HEADER_CLOSED, HEADER_LATEST, HEADER_RESET, HEADER_SEQ, STATUS_SEGMENT_MISSING
+from httpapi.errors import json_error
+from httpapi.routes import Role, RouteTable
+from trickle.protocol import HEADER_CLOSED, HEADER_LATEST, HEADER_RESET, HEADER_SEQ, STATUS_SEGMENT_MISSING
 
 log = logging.getLogger(__name__)
 

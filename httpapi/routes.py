@@ -5,7 +5,7 @@ types, summary). `server.access` enforces them (auth, content type, body limits,
 validation, CORS) and `server.openapi` describes them; a handler never checks a token itself, and
 a route that is not declared here is refused by the access middleware.
 
-This module sits in `media` (beside `http_json`) because `byoc` and the trickle server declare
+This module sits in `httpapi` (beside `json_body`) because `byoc` and the trickle server declare
 their routes too, and neither imports `server`.
 """
 
@@ -19,14 +19,14 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
-from media.http_errors import ApiError
+from httpapi.errors import ApiError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 JSON = "application/json"
 # where the access middleware (server/access.py) leaves a request's parsed JSON and validated body
-JSON_KEY = "streamlens_json"
-BODY_KEY = "streamlens_body"
+JSON_KEY: web.RequestKey[Any] = web.RequestKey("streamlens_json")
+BODY_KEY: web.RequestKey[BaseModel] = web.RequestKey("streamlens_body")
 EMPTY_BODY_MESSAGE = "request body is empty; a JSON object is required"
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

@@ -43,8 +43,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from httpapi.redact import redact_url
 from media.lru import LRU
-from media.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class AddressRules:
 
 
 def safe_url(url: str) -> str:
-    """`url` fit for logs and errors: no credentials, secret query values `[redacted]` (media/redact.py)."""
+    """`url` fit for logs and errors: no credentials, secret query values `[redacted]` (httpapi/redact.py)."""
     return redact_url(url)
 
 
@@ -447,10 +447,11 @@ def default_policy() -> OutboundPolicy:
 
 
 def outbound_policy(app: web.Application) -> OutboundPolicy:
-    """The application's policy, built from `app["settings"]` on first use."""
+    """The application's policy (set from the settings by the composition root, server/app.py);
+    the built-in policy for an app built without one."""
     policy = app.get(OUTBOUND_POLICY_KEY)
     if policy is None:
-        policy = OutboundPolicy.from_settings(app["settings"])
+        policy = default_policy()
         with warnings.catch_warnings():
             # first use may come after start-up (app frozen); caching one value there is harmless
             warnings.simplefilter("ignore", DeprecationWarning)
