@@ -23,6 +23,7 @@ BENCHES = {
     "translate": (["bench/bench_translate.py"], ["--requests", "10", "--captions", "150"]),
     "analysis": (["bench/bench_analysis.py"], ["--minutes", "2", "--live-seconds", "4"]),
     "security": (["bench/bench_security.py"], ["--seconds", "20"]),
+    "outputs": (["-m", "bench.bench_outputs"], ["--quick"]),
 }
 
 
