@@ -290,7 +290,24 @@ class OutboundPolicy:
             raise OutboundDenied(f"{what} is not a valid URL: {exc}") from None
         if parts.scheme not in ("http", "https"):
             raise OutboundDenied(f"{what} {shown} must be an http or https URL")
-        host = _normal_host(parts.hostname or "")
+        await self.checked_addresses(parts.hostname or "", port, what=what, shown=shown)
+
+    def host_verdict(self, host: str) -> str | None:
+        """Why `host` (a name or a literal address) may not be contacted, judged without a name
+        lookup (None: not refused yet; a name's addresses are checked when it is resolved)."""
+        host = _normal_host(host)
+        literal = _parse_address(host)
+        if literal is not None:
+            reason = self.address_verdict(literal)
+            return None if reason is None else f"address {literal} {reason}"
+        reason = self.name_verdict(host)
+        return None if reason is None else f"host {host} {reason}"
+
+    async def checked_addresses(self, host: str, port: int, *, what: str = "url", shown: str = "") -> list[IPAddress]:
+        """Every address `host` stands for, resolved once and each one allowed, else OutboundDenied.
+        A caller that connects to one of these (never to the name again) cannot be rebound by DNS."""
+        shown = shown or host
+        host = _normal_host(host)
         if not host:
             raise OutboundDenied(f"{what} {shown} has no host")
         literal = _parse_address(host)
@@ -299,10 +316,12 @@ class OutboundPolicy:
             if reason is not None:
                 raise OutboundDenied(f"{what} {shown}: host {host} {reason}")
         by_name = literal is None and self.allowed_by_name(host)
-        for address in await self._resolve(host, port, what, shown):
+        addresses = await self._resolve(host, port, what, shown)
+        for address in addresses:
             reason = self.address_verdict(address, allowed_by_name=by_name)
             if reason is not None:
                 raise OutboundDenied(f"{what} {shown} resolves to {address}, {reason}")
+        return addresses
 
     @staticmethod
     async def _resolve(host: str, port: int, what: str, shown: str) -> list[IPAddress]:

@@ -61,8 +61,9 @@ class EncoderSettings:
     threads: int = 0  # 0 = let x264 decide
 
 
-class _ChunkCollector(io.RawIOBase):
-    """File object handed to the muxer: collects the bytes of one mux call."""
+class ChunkCollector(io.RawIOBase):
+    """File object handed to a muxer (MPEG-TS segments, the RTMP output's FLV): collects the bytes
+    of one mux call."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -126,7 +127,7 @@ class TsSegmentEncoder:
         self._container: OutputContainer | None = None
         self._out_video: VideoStream | None = None
         self._out_audio: AudioStream | None = None
-        self._io = _ChunkCollector()
+        self._io = ChunkCollector()
         self._next_keyframe_at: float | None = None
         self._last_video_pts: int | None = None
         self._next_audio_pts: int | None = None

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import io
 import shutil
 import subprocess
 import threading
 import time
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import av
@@ -37,13 +36,11 @@ from av.video.stream import VideoStream
 from httpapi.outbound import OutboundDenied, TlsPolicy
 from httpapi.redact import redact_text, redact_url
 from media import cea608
+from media.encode import ChunkCollector
 from media.events import CaptionEvent
 from media.frames import AudioItem, DropOldestQueue, VideoItem, even_size, reformat
 from media.outputs.base import OutputBase, OutputContext, OutputOverlay, OutputState
 from media.outputs.spec import RtmpOutputSpec, resolve_allowed
-
-if TYPE_CHECKING:
-    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 QUEUE_ITEMS = 90  # video frames and audio frames waiting for the worker (about 1 s)
 RW_TIMEOUT_S = 5.0  # no progress on the socket for this long → the session has failed
@@ -250,7 +247,7 @@ class RtmpOutput(OutputBase):
             tls = tls_options(self.ctx.policy.tls, self.spec.url, self.spec.host)
         pusher = _Pusher(url, tc_url, tls)
         self._pusher = pusher
-        collector = _Collector()
+        collector = ChunkCollector()
         try:
             container = av.open(collector, "w", format="flv", options=FLV_OPTIONS)
             try:
@@ -262,27 +259,6 @@ class RtmpOutput(OutputBase):
                     self.ctx.log.debug("closing rtmp output %s: %s", self.name, exc)
         finally:
             pusher.close()
-
-
-class _Collector(io.RawIOBase):
-    """The FLV muxer's file: collects what one mux call writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Buffer, /) -> int:
-        view = memoryview(data)
-        self.parts.append(view.tobytes())
-        return view.nbytes
-
-    def take(self) -> bytes:
-        data = b"".join(self.parts)
-        self.parts.clear()
-        return data
 
 
 class _Pusher:
@@ -390,7 +366,12 @@ class _Session:
     """One connection: encoders and the FLV muxer (worker thread only)."""
 
     def __init__(
-        self, output: RtmpOutput, container: OutputContainer, collector: _Collector, pusher: _Pusher, first: VideoItem
+        self,
+        output: RtmpOutput,
+        container: OutputContainer,
+        collector: ChunkCollector,
+        pusher: _Pusher,
+        first: VideoItem,
     ) -> None:
         self.output = output
         self.container = container

@@ -11,16 +11,13 @@ else its type and position among entries of that type (`rtmp0`, `rtmp1`, `hls0`)
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
 from collections.abc import Collection
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from httpapi.outbound import RESOLVE_TIMEOUT_S, OutboundDenied, OutboundPolicy
+from httpapi.outbound import OutboundDenied, OutboundPolicy
 from httpapi.redact import redact_url
 
 MAX_OUTPUTS = 8  # per stream: each one is an encoder and a connection
@@ -161,59 +158,20 @@ def check_outputs_block(
     return specs
 
 
-def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return None
-
-
 def check_outputs_now(outputs: list[tuple[str, OutputSpec]], policy: OutboundPolicy, where: str = "") -> None:
     """The outbound policy on what needs no name lookup (literal addresses, denied host names);
     raises OutboundDenied naming the entry. Names are resolved and checked at every connect."""
     for index, (_, spec) in enumerate(outputs):
         if isinstance(spec, RtmpOutputSpec):
-            verdict = policy_verdict(policy, spec.host)
+            verdict = policy.host_verdict(spec.host)
             if verdict is not None:
                 raise OutboundDenied(f"{where}[{index}].url {redact_url(spec.url)}: {verdict}")
 
 
-def policy_verdict(policy: OutboundPolicy, host: str) -> str | None:
-    literal = _address(host)
-    if literal is not None:
-        reason = policy.address_verdict(literal)
-        return None if reason is None else f"address {literal} {reason}"
-    reason = policy.name_verdict(host)
-    return None if reason is None else f"host {host} {reason}"
-
-
 async def resolve_allowed(policy: OutboundPolicy, host: str, port: int) -> str:
-    """The address to connect to for `host`: resolved once, every address checked (a name that
-    resolves to any denied address is refused, like `OutboundPolicy.check_url`); the caller connects
-    to this address, never to the name again, so DNS cannot rebind between check and connect."""
-    verdict = policy_verdict(policy, host)
-    if verdict is not None:
-        raise OutboundDenied(verdict)
-    literal = _address(host)
-    if literal is not None:
-        return str(literal)
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(RESOLVE_TIMEOUT_S):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, TimeoutError) as exc:
-        raise OutboundDenied(f"host {host} does not resolve ({exc})") from None
-    by_name = policy.allowed_by_name(host)
-    chosen: str | None = None
-    for info in infos:
-        address = _address(str(info[4][0]))
-        if address is None:
-            continue
-        reason = policy.address_verdict(address, allowed_by_name=by_name)
-        if reason is not None:
-            raise OutboundDenied(f"host {host} resolves to {address}, {reason}")
-        if chosen is None or (chosen.count(":") and address.version == 4):
-            chosen = str(address)  # IPv4 first: FFmpeg's RTMP client reaches it everywhere
-    if chosen is None:
-        raise OutboundDenied(f"host {host} has no address")
-    return chosen
+    """The address to connect to for `host`: resolved once, every address checked by the outbound
+    policy; the caller connects to this address, never to the name again, so DNS cannot rebind
+    between check and connect."""
+    addresses = await policy.checked_addresses(host, port, what="host")
+    # IPv4 first: FFmpeg's RTMP client reaches it everywhere
+    return str(next((address for address in addresses if address.version == 4), addresses[0]))
