@@ -13,18 +13,6 @@ const page = {
   captions: null,
 };
 
-function notice(text) {
-  const el = $("notice");
-  el.textContent = text || "";
-  el.hidden = !text;
-}
-
-function setConnection(state) {
-  const pill = $("connection");
-  pill.textContent = state;
-  pill.className = "pill " + (state === "connected" ? "connected" : state === "failed" ? "failed" : "");
-}
-
 function currentParams() {
   const lang = $("target-lang").value;
   return {

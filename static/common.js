@@ -1,10 +1,25 @@
-// Shared by the demo page (app.js) and the WHEP viewer (whep.js): ICE gathering, captions
+// Shared by the demo page (app.js), the WHEP viewer (whep.js) and the HLS viewer (hls-view.js): the
+// notice line and connection pill, ICE gathering, captions
 // (panel + native text-track cues), tags, server status and getStats figures. No build step.
 "use strict";
 
 const MAX_CAPTION_LINES = 50;
 
 function $(id) { return document.getElementById(id); }
+
+function notice(text) {
+  const el = $("notice");
+  el.textContent = text || "";
+  el.hidden = !text;
+}
+
+// the connection pill: green while connected (WebRTC) or playing (HLS), red when failed
+function setConnection(state) {
+  const pill = $("connection");
+  pill.textContent = state;
+  const good = state === "connected" || state === "playing";
+  pill.className = "pill " + (good ? "connected" : state === "failed" ? "failed" : "");
+}
 
 // aiortc answers only after gathering all its candidates; the browser does the same (capped) so
 // the offer carries its candidates and no trickle is needed.

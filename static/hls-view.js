@@ -7,18 +7,6 @@
 
 const hlsView = { hls: null, waiting: null };
 
-function notice(text) {
-  const el = $("notice");
-  el.textContent = text || "";
-  el.hidden = !text;
-}
-
-function setConnection(state) {
-  const pill = $("connection");
-  pill.textContent = state;
-  pill.className = "pill " + (state === "playing" ? "connected" : state === "failed" ? "failed" : "");
-}
-
 function masterUrl(manifestId) {
   return `/stream/${encodeURIComponent(manifestId)}/hls/master.m3u8`;
 }

@@ -4,18 +4,6 @@
 
 const viewer = { pc: null, location: null, statsTimer: null, captions: null };
 
-function notice(text) {
-  const el = $("notice");
-  el.textContent = text || "";
-  el.hidden = !text;
-}
-
-function setConnection(state) {
-  const pill = $("connection");
-  pill.textContent = state;
-  pill.className = "pill " + (state === "connected" ? "connected" : state === "failed" ? "failed" : "");
-}
-
 function manifestFromUrl() {
   const match = window.location.pathname.match(/^\/view\/([^/]+)$/);
   if (match) return decodeURIComponent(match[1]);
