@@ -186,7 +186,7 @@ class TrickleSink(MediaSink):
         self._thread: threading.Thread | None = None
         # encoder thread → pump: (kind "begin"|"data"|"end", bytes, monotonic time queued); bounded
         # by max_backlog_bytes / max_lag_seconds (beyond either, frames are dropped before encoding)
-        self._ops: deque[tuple[str, bytes, float]] = deque()
+        self._ops: deque[tuple[str, bytes, float]] = deque()  # bounded: bytes and lag, above
         self._ops_lock = threading.Lock()
         self._backlog_bytes = 0
         self._wake: asyncio.Event | None = None

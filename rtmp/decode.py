@@ -35,7 +35,9 @@ class FlvDecoder(threading.Thread):
         self.ingest = ingest
         self.max_packets = max_packets
         self.max_bytes = max_bytes
-        self._queue: deque[Any] = deque()
+        # bounded by put(): max_packets and max_bytes (a full queue drops and counts); the session
+        # markers come one per publish/unpublish of the one connection feeding this decoder
+        self._queue: deque[Any] = deque()  # bounded: see above
         self._bytes = 0
         self._cond = threading.Condition()
         self._need_keyframe = True

@@ -234,7 +234,7 @@ class TrickleSubscriber:
         self._pending: asyncio.Task[aiohttp.ClientResponse | None] | None = None
         self._awaited: asyncio.Task[aiohttp.ClientResponse | None] | None = None
         # bounded by _track: beyond MAX_TRACKED_SEGMENTS the oldest is released (not dropped silently)
-        self._segments: deque[TrickleSegment] = deque()
+        self._segments: deque[TrickleSegment] = deque()  # bounded: MAX_TRACKED_SEGMENTS (_track)
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> TrickleSubscriber:

@@ -450,9 +450,9 @@ class AsrModelPool:
         self._cond = threading.Condition()
         # bounded in _submit: finals by MAX_WAITING_FINALS, partials one per stream up to
         # MAX_WAITING_PARTIALS, other calls by max_pending (beyond, the request is refused)
-        self._finals: deque[_Request] = deque()
+        self._finals: deque[_Request] = deque()  # bounded: MAX_WAITING_FINALS (see above)
         self._partials: dict[str, _Request] = {}
-        self._calls: deque[_Request] = deque()
+        self._calls: deque[_Request] = deque()  # bounded: max_pending (see above)
         self._running = 0  # requests inside a model call right now
         self._threads: list[threading.Thread] = []
         self._busy_log: deque[tuple[float, float]] = deque(maxlen=256)  # (end time, busy seconds)

@@ -215,7 +215,7 @@ class HlsWindow:
     def __init__(self, settings: HlsSettings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._segments: deque[HlsSegment] = deque()
+        self._segments: deque[HlsSegment] = deque()  # bounded by _evict: count and bytes budget
         self._bytes = 0
         self._cues: dict[str, deque[Cue]] = {}
         self._seen: deque[tuple[int, str]] = deque(maxlen=4 * MAX_CUES_PER_LANGUAGE)
@@ -260,7 +260,7 @@ class HlsWindow:
                 if len(self._cues) >= MAX_LANGUAGES:
                     self.counters.cues_dropped += 1
                     return
-                cues = self._cues[lang] = deque()
+                cues = self._cues[lang] = deque()  # bounded: MAX_CUES_PER_LANGUAGE, just below
             if len(cues) >= MAX_CUES_PER_LANGUAGE:
                 cues.popleft()
                 self.counters.cues_dropped += 1
