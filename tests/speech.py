@@ -32,6 +32,12 @@ DEFAULT_PHRASES = [
 ]
 
 
+def to_48k_int16(audio16k: np.ndarray) -> np.ndarray:
+    """16 kHz float speech as 48 kHz int16 (linear interpolation), as a 48 kHz publisher sends it."""
+    x = np.arange(len(audio16k) * 3) / 3.0
+    return (np.clip(np.interp(x, np.arange(len(audio16k)), audio16k), -1, 1) * 32767).astype(np.int16)
+
+
 def speech_tools_available() -> bool:
     return shutil.which("espeak-ng") is not None and shutil.which("sox") is not None
 

@@ -13,7 +13,7 @@ from server.features import ASR_KEY
 from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import make_segments
-from tests.speech import build_track, normalize_text, speech_tools_available
+from tests.speech import build_track, normalize_text, speech_tools_available, to_48k_int16
 from tests.sse import SseReader
 from tests.trickle_helpers import publish_realtime
 
@@ -24,11 +24,6 @@ SPEECH = [
     ["The train to the city leaves from the north station.", "Please turn off the lights."],
     ["My brother likes to play the guitar in the evening.", "A small boat was sailing across the lake."],
 ]
-
-
-def to_48k_int16(audio16k: np.ndarray) -> np.ndarray:
-    x = np.arange(len(audio16k) * 3) / 3.0
-    return (np.clip(np.interp(x, np.arange(len(audio16k)), audio16k), -1, 1) * 32767).astype(np.int16)
 
 
 async def test_every_concurrent_stream_gets_its_own_finals(server):

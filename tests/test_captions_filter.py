@@ -18,9 +18,8 @@ from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.interop.gateway import JsonSegmentCollector
 from tests.media_gen import make_segments
-from tests.speech import build_track
+from tests.speech import build_track, to_48k_int16
 from tests.sse import SseReader
-from tests.test_captions_stream import to_48k_int16
 from tests.trickle_helpers import OutputCollector, publish_realtime
 
 

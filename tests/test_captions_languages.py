@@ -8,15 +8,11 @@ and the reassembly of the base model from its two packages (a corrupted part is 
 from __future__ import annotations
 
 import asyncio
-import fractions
 import os
-import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from inference.asr.model import (
     BASE_MODEL_SIZE,
@@ -30,10 +26,10 @@ from inference.asr.model import (
 from server.keys import ASR_KEY, TRICKLE_KEY
 from tests.conftest import RunningServer, wait_until
 from tests.media_gen import make_segments
-from tests.speech import SAMPLE_RATE, speech_tools_available, synthesize, voiced_bounds
+from tests.speech import SAMPLE_RATE, speech_tools_available, synthesize, to_48k_int16, voiced_bounds
 from tests.sse import SseReader
 from tests.trickle_helpers import OutputCollector, publish_realtime
-from tests.webrtc_helpers import AUDIO_RATE, BrowserPeer
+from tests.webrtc_helpers import BrowserPeer, SpeechTrack
 
 pytestmark = pytest.mark.skipif(not speech_tools_available(), reason="espeak-ng and sox are needed")
 
@@ -53,42 +49,6 @@ def spoken(phrases: list[tuple[str, str]], pause: float = 1.2, lead: float = 1.0
         parts.append(samples[first:last])
         parts.append(np.zeros(int((tail if i == len(phrases) - 1 else pause) * SAMPLE_RATE), np.float32))
     return np.concatenate(parts)
-
-
-def to_48k_int16(audio16k: np.ndarray) -> np.ndarray:
-    x = np.arange(len(audio16k) * 3) / 3.0
-    return (np.clip(np.interp(x, np.arange(len(audio16k)), audio16k), -1, 1) * 32767).astype(np.int16)
-
-
-class SpeechMic(MediaStreamTrack):
-    """A paced microphone playing `audio16k` (then silence) in 20 ms 48 kHz stereo frames."""
-
-    kind = "audio"
-
-    def __init__(self, audio16k: np.ndarray) -> None:
-        super().__init__()
-        self.samples = to_48k_int16(audio16k)
-        self._start: float | None = None
-        self._sent = 0
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            delay = self._start + self._sent / AUDIO_RATE - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        chunk = np.zeros(960, np.int16)
-        piece = self.samples[self._sent : self._sent + 960]
-        chunk[: len(piece)] = piece
-        frame = av.AudioFrame.from_ndarray(np.repeat(chunk, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate = AUDIO_RATE
-        frame.pts = self._sent
-        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
-        self._sent += 960
-        return frame
 
 
 class LiveStream:
@@ -279,7 +239,7 @@ async def test_a_bilingual_speaker_is_followed_per_utterance(server: RunningServ
 
 async def test_webrtc_captions_carry_the_detected_language(server: RunningServer) -> None:
     peer = BrowserPeer()
-    mic = SpeechMic(spoken([("es", SPANISH[0])], tail=1.5))
+    mic = SpeechTrack(to_48k_int16(spoken([("es", SPANISH[0])], tail=1.5)))
     audio_sender = next(t.sender for t in peer.pc.getTransceivers() if t.kind == "audio")
     audio_sender.replaceTrack(mic)
     try:

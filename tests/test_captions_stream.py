@@ -15,7 +15,7 @@ from server.features import ASR_KEY
 from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import decode_ts, make_segments, read_frame_id, synthetic_picture
-from tests.speech import build_track, word_error_rate
+from tests.speech import build_track, to_48k_int16, word_error_rate
 from tests.sse import SseReader
 from tests.trickle_helpers import OutputCollector, publish_realtime
 
@@ -33,12 +33,6 @@ def received_audio(segments: list[bytes]) -> np.ndarray:
     with av.open(io.BytesIO(b"".join(segments)), format="mpegts") as container:
         parts = [resampler.convert(frame) for frame in container.decode(container.streams.audio[0])]
     return np.concatenate(parts)
-
-
-def to_48k_int16(audio16k: np.ndarray) -> np.ndarray:
-    x = np.arange(len(audio16k) * 3) / 3.0
-    upsampled = np.interp(x, np.arange(len(audio16k)), audio16k)
-    return (np.clip(upsampled, -1, 1) * 32767).astype(np.int16)
 
 
 async def test_captions_from_a_live_trickle_stream(server):

@@ -23,9 +23,9 @@ from server.features import ASR_KEY
 from server.keys import TRICKLE_KEY
 from tests.conftest import wait_until
 from tests.media_gen import make_segments
-from tests.speech import build_track
+from tests.speech import build_track, to_48k_int16
 from tests.sse import SseReader
-from tests.test_captions_stream import received_audio, to_48k_int16
+from tests.test_captions_stream import received_audio
 from tests.trickle_helpers import OutputCollector, publish_realtime
 
 SIOBHAN = "Our next speaker is Siobhan Szczepanski from the design team."
@@ -85,8 +85,10 @@ async def test_vocabulary_is_per_utterance_in_a_shared_batch(server):
     pool = server.app[ASR_KEY]
     await asyncio.to_thread(pool.load)
     audio = build_track([JAREK], lead_seconds=0.3, tail_seconds=0.6).audio
-    busy = asyncio.ensure_future(pool.decode(np.tile(audio, 3), final=True, stream="busy"))  # occupies the worker
+    # a long final occupies the one worker, so the next two finals wait and are taken as one batch
+    busy = asyncio.ensure_future(pool.decode(np.tile(audio, 6), final=True, stream="busy"))
     assert await wait_until(lambda: pool.stats()["running"] > 0 or busy.done(), timeout=10)
+    assert not busy.done(), "the worker was free again before the two finals were queued"
     hinted, plain = await asyncio.gather(
         pool.decode(audio, final=True, stream="a", language="en", vocabulary=("Jarek Wojcik",)),
         pool.decode(audio, final=True, stream="b", language="en"),

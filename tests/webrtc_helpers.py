@@ -104,15 +104,19 @@ class IdVideoTrack(MediaStreamTrack):
         return frame
 
 
-class ToneTrack(MediaStreamTrack):
-    """A paced microphone stand-in: a 440 Hz tone in 20 ms stereo frames."""
+class PacedAudioTrack(MediaStreamTrack):
+    """A paced microphone stand-in: 20 ms 48 kHz stereo frames, sent in real time."""
 
     kind = "audio"
 
     def __init__(self) -> None:
         super().__init__()
         self._start: float | None = None
-        self._samples = 0
+        self._sent = 0
+
+    def samples(self, start: int, count: int) -> np.ndarray:
+        """Interleaved stereo int16 of shape (1, 2 * count) from sample `start` on."""
+        raise NotImplementedError
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -120,15 +124,36 @@ class ToneTrack(MediaStreamTrack):
         if self._start is None:
             self._start = time.monotonic()
         else:
-            delay = self._start + self._samples / AUDIO_RATE - time.monotonic()
+            delay = self._start + self._sent / AUDIO_RATE - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        frame = av.AudioFrame.from_ndarray(tone(self._samples, 960), format="s16", layout="stereo")
+        frame = av.AudioFrame.from_ndarray(self.samples(self._sent, 960), format="s16", layout="stereo")
         frame.sample_rate = AUDIO_RATE
-        frame.pts = self._samples
+        frame.pts = self._sent
         frame.time_base = fractions.Fraction(1, AUDIO_RATE)
-        self._samples += 960
+        self._sent += 960
         return frame
+
+
+class ToneTrack(PacedAudioTrack):
+    """A 440 Hz tone."""
+
+    def samples(self, start: int, count: int) -> np.ndarray:
+        return tone(start, count)
+
+
+class SpeechTrack(PacedAudioTrack):
+    """`mono48k` (int16 at 48 kHz, e.g. `tests.speech.to_48k_int16` of speech), then silence."""
+
+    def __init__(self, mono48k: np.ndarray) -> None:
+        super().__init__()
+        self.mono = mono48k
+
+    def samples(self, start: int, count: int) -> np.ndarray:
+        chunk = np.zeros(count, np.int16)
+        piece = self.mono[start : start + count]
+        chunk[: len(piece)] = piece
+        return np.repeat(chunk, 2).reshape(1, -1)
 
 
 @dataclass
